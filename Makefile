@@ -1,0 +1,44 @@
+# The two commands of the README: `make run` and `make test`. Each does its own
+# set-up from a fresh clone: virtualenv, packages, generated models, Kafka jars.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+# cpu: tensorflow-cpu; gpu: tensorflow with its CUDA libraries.
+TF_EXTRA ?= cpu
+MODELS ?= models
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test setup models kafka-jars bench lint clean
+
+run: setup models
+	@echo "models generated in $(MODELS)/ (the HTTP bridge that serves them comes in a later issue)"
+	$(BIN)/tfstream-models validate $(MODELS)
+
+test: setup models kafka-jars
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.installed
+
+# The install step, also used verbatim by the Dockerfiles.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[$(TF_EXTRA),dev]'
+	touch $@
+
+# Generates only the models that are missing.
+models: setup
+	$(BIN)/tfstream-models generate $(MODELS)
+
+kafka-jars:
+	bash deploy/kafka-local/fetch-jars.sh
+
+bench: setup models
+	$(BIN)/python -m bench.raw_engine --repository $(MODELS)
+
+lint: setup
+	$(BIN)/ruff check engines consumer producer_tools http_bridge tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,107 @@
+"""`tfstream-models`: generate the demo and benchmark models, draw test images,
+and check that every model of a repository loads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, CliPositionalArg
+
+from engines.errors import TfstreamError
+from engines.settings import cli_config, parse_cli
+
+
+class Command(StrEnum):
+    GENERATE = "generate"
+    """Write the generated models into DIR (skips those already there)."""
+    IMAGES = "images"
+    """Draw test images with ground-truth boxes (ground_truth.json) into DIR."""
+    VALIDATE = "validate"
+    """Load every model of the repository DIR and report problems (exit 1 if any)."""
+
+
+class ModelsSettings(BaseSettings):
+    """Generate the demo and benchmark models (generate DIR), draw test images with
+    ground truth (images DIR), or load and check every model of a repository
+    (validate DIR). Every option is also an environment variable TFSTREAM_<OPTION>."""
+
+    model_config = cli_config("tfstream-models")
+
+    command: CliPositionalArg[Command]
+    """generate, images or validate."""
+    dir: CliPositionalArg[Path]
+    """The model repository (generate, validate) or the image folder (images)."""
+    models: str = "all"
+    """generate/validate: comma-separated model names, or 'all'."""
+    overwrite: bool = False
+    """generate: replace models that already exist."""
+    count: int = 60
+    """images: how many images to draw."""
+    seed: int = 0
+    """images: random seed; the same seed draws the same images."""
+    device: str = "auto"
+    """validate: TensorFlow device to load models on ('auto', 'cpu', 'GPU:0')."""
+
+
+def _selected(models: str) -> list[str] | None:
+    names = [n.strip() for n in models.split(",") if n.strip()]
+    return None if not names or names == ["all"] else names
+
+
+def validate(repository: Path, names: list[str] | None, device: str) -> int:
+    """Load each model as the consumer would; print one line per model."""
+    from engines import runtime
+    from engines.detector import load_detector
+    from engines.repository import ModelRepository
+
+    repo = ModelRepository(repository)
+    names = names or repo.names()
+    if not names:
+        print(f"no models in {repository}")
+        return 1
+    placed = runtime.configure(None if device == "auto" else device)
+    problems = 0
+    for name in names:
+        try:
+            detector = load_detector(repo.spec(name), placed)
+        except TfstreamError as exc:
+            problems += 1
+            print(f"FAIL {name}: [{exc.code}] {exc.message}")
+            continue
+        spec = detector.spec
+        batch = detector.engine.fixed_batch or "any"
+        print(
+            f"ok   {name}: {spec.engine.value}, {len(spec.labels)} labels, batch {batch}, "
+            f"{detector.device}, loaded in {detector.load_s:.1f}s, hash {spec.hash}"
+        )
+    return 1 if problems else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = parse_cli(ModelsSettings, argv)
+    if settings.command is Command.GENERATE:
+        from engines.modelgen.generate import generate_models
+
+        written = generate_models(settings.dir, _selected(settings.models), settings.overwrite)
+        for path in written:
+            print(f"generated {path}")
+        print(f"models generated in {settings.dir}")
+        return 0
+    if settings.command is Command.IMAGES:
+        from engines.modelgen.images import write_test_images
+
+        write_test_images(settings.dir, count=settings.count, seed=settings.seed)
+        truth = json.loads((settings.dir / "ground_truth.json").read_text())
+        print(f"wrote {len(truth)} images and ground_truth.json to {settings.dir}")
+        return 0
+    return validate(settings.dir, _selected(settings.models), settings.device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The one error hierarchy of tfstream.
+
+Every failure a caller can see is a `TfstreamError` with a stable `code`. The
+code, not the class or the message, is the contract: it crosses Kafka as data
+(`to_dict`/`from_dict`), the bridge turns `http_status` into the HTTP status,
+and the consumer reads `client_error` to decide that a request goes to the
+dead-letter queue instead of being retried.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TfstreamError(Exception):
+    """Root of every error tfstream reports to a caller."""
+
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+    #: The same request may succeed later (broker outage, model still loading).
+    retriable: ClassVar[bool] = False
+    #: The request itself is at fault: answering it again gives the same error.
+    client_error: ClassVar[bool] = False
+
+    _by_code: ClassVar[dict[str, type[TfstreamError]]] = {}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        TfstreamError._by_code[cls.code] = cls
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> TfstreamError:
+        """Rebuild an error received as data; unknown codes keep their code."""
+        code = str(data.get("code") or "internal_error")
+        message = str(data.get("message") or code)
+        cls = TfstreamError._by_code.get(code)
+        if cls is not None:
+            return cls(message)
+        error = TfstreamError(message)
+        error.code = code  # type: ignore[misc]  # keep a newer peer's code intact
+        return error
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+TfstreamError._by_code[TfstreamError.code] = TfstreamError
+
+
+# -- the request is at fault -------------------------------------------------
+
+
+class InvalidImage(TfstreamError):
+    """The payload is empty, corrupt, or not an image format we decode."""
+
+    code = "invalid_image"
+    http_status = 400
+    client_error = True
+
+
+class ImageTooLarge(TfstreamError):
+    """Too many bytes or pixels: refused before it can exhaust memory."""
+
+    code = "image_too_large"
+    http_status = 413
+    client_error = True
+
+
+class InvalidRequest(TfstreamError):
+    """A missing or malformed field or header (correlation id, overrides...)."""
+
+    code = "invalid_request"
+    http_status = 422
+    client_error = True
+
+
+class ModelNotFound(TfstreamError):
+    """No model of that name or hash, or a name that could escape the repository."""
+
+    code = "model_not_found"
+    http_status = 404
+    client_error = True
+
+
+class DeadlineExceeded(TfstreamError):
+    """The request's deadline passed before it could run; it was not run."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+    client_error = True
+
+
+# -- the model or the service is at fault ------------------------------------
+
+
+class InvalidModelConfig(TfstreamError):
+    """A model folder is malformed: config.json, label map or weights layout."""
+
+    code = "invalid_model_config"
+    http_status = 500
+
+
+class ModelLoadFailed(TfstreamError):
+    """The weights exist but TensorFlow could not load or run them."""
+
+    code = "model_load_failed"
+    http_status = 503
+    retriable = True
+
+
+class InferenceFailed(TfstreamError):
+    """The engine raised while running a batch; every request in it gets this."""
+
+    code = "inference_failed"
+    http_status = 500
+    retriable = True
+
+
+class ModelUnavailable(TfstreamError):
+    """The model exists but no worker serves it right now."""
+
+    code = "model_unavailable"
+    http_status = 503
+    retriable = True
+
+
+class ServiceUnavailable(TfstreamError):
+    """The broker (or another dependency) cannot be reached."""
+
+    code = "service_unavailable"
+    http_status = 503
+    retriable = True
+
+
+class RequestTimeout(TfstreamError):
+    """No answer came back in time; the request may still be answered later."""
+
+    code = "timeout"
+    http_status = 504
+    retriable = True
+
+
+class Unauthorized(TfstreamError):
+    code = "unauthorized"
+    http_status = 401
+    client_error = True
