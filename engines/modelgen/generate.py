@@ -1,0 +1,123 @@
+"""Generate the demo and benchmark models into a model repository, atomically.
+
+Each model is built in a hidden temporary folder next to its target
+(``.<name>.tmp-<random>``, a name the repository does not list) and renamed
+into place only when complete, so an interrupted run never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from engines.modelgen import export
+
+log = logging.getLogger(__name__)
+
+#: Model name -> function writing the complete model folder it is given.
+EXPORTERS: dict[str, Callable[[Path], Path]] = {
+    "shapes_tf2": lambda d: export.export_shapes_tf2(d, open_batch=False),
+    "shapes_tf1": export.export_shapes_tf1,
+    "ssd_mobilenet_v2_bench": export.export_ssd_mobilenet_v2_bench,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(EXPORTERS)
+STALE_TEMP_S = 3600.0
+"""Temporary folders older than this are leftovers of killed runs and get removed."""
+
+
+def is_complete(model_dir: Path) -> bool:
+    """True when `model_dir` has its config, label map and weights."""
+    has_weights = (model_dir / export.FROZEN_GRAPH_FILE).is_file() or (
+        (model_dir / export.SAVED_MODEL_FILE).is_file() and (model_dir / "variables").is_dir()
+    )
+    return (
+        (model_dir / export.CONFIG_FILE).is_file()
+        and (model_dir / export.LABEL_MAP_FILE).is_file()
+        and has_weights
+    )
+
+
+def _remove_stale_temps(out_dir: Path, name: str) -> None:
+    now = time.time()
+    leftovers = [*out_dir.glob(f".{name}.tmp-*"), *out_dir.glob(f".{name}.old-*")]
+    for leftover in leftovers:
+        try:
+            if now - leftover.stat().st_mtime > STALE_TEMP_S:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def write_atomically(target: Path, build: Callable[[Path], object], overwrite: bool) -> bool:
+    """Build a model folder with `build(tmp_dir)` and rename it to `target`.
+
+    Returns:
+        False when another process put a complete `target` in place meanwhile
+        (and `overwrite` is off); our copy is then discarded.
+    """
+    out_dir = target.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out_dir, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=out_dir))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not
+        build(tmp)
+        if target.exists():
+            if not overwrite and is_complete(target):
+                return False
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=out_dir))
+            target.rename(trash / target.name)
+            tmp.rename(target)
+            shutil.rmtree(trash, ignore_errors=True)
+            return True
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process renamed its copy into place after our check.
+            if overwrite or not is_complete(target):
+                raise
+            return False
+        return True
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def generate_models(
+    out_dir: Path, names: Iterable[str] | None = None, overwrite: bool = False
+) -> list[Path]:
+    """Write the named models (default: all of `MODEL_NAMES`) into `out_dir`.
+
+    A model whose folder is already complete is skipped unless `overwrite`;
+    an incomplete folder of that name is replaced.
+
+    Returns:
+        The folders written by this call (skipped models are not listed).
+
+    Raises:
+        ValueError: an unknown model name (nothing is written then).
+    """
+    out_dir = Path(out_dir)
+    selected = list(MODEL_NAMES if names is None else names)
+    unknown = [name for name in selected if name not in EXPORTERS]
+    if unknown:
+        raise ValueError(f"unknown model names {unknown}; known: {list(MODEL_NAMES)}")
+    written: list[Path] = []
+    for name in dict.fromkeys(selected):
+        target = out_dir / name
+        if not overwrite and is_complete(target):
+            log.info("model %s exists, skipped", target)
+            continue
+        # Past the check above, an existing folder is replaced: asked for, or incomplete.
+        replace = overwrite or target.exists()
+        if target.exists() and not overwrite:
+            log.warning("model folder %s is incomplete: regenerating it", target)
+        started = time.perf_counter()
+        if write_atomically(target, EXPORTERS[name], overwrite=replace):
+            log.info("generated %s in %.1fs", target, time.perf_counter() - started)
+            written.append(target)
+    return written
