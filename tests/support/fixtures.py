@@ -1,0 +1,35 @@
+"""Session fixtures shared by every test package (loaded from tests/conftest.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.models import build_images, build_repository
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """shapes_tf2, shapes_tf1 and ssd_mobilenet_v2_bench, generated once per session."""
+    return build_repository(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def shapes_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
+    """60 generated images, each as .jpg and .png, with their ground truth."""
+    folder = tmp_path_factory.mktemp("shapes_images")
+    return folder, build_images(folder, count=60)
+
+
+@pytest.fixture(scope="session")
+def serving_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shapes models plus `broken` (corrupt weights): a worker must serve around it."""
+    root = tmp_path_factory.mktemp("serving")
+    for name in ("shapes_tf2", "shapes_tf1"):
+        shutil.copytree(model_repository / name, root / name)
+    shutil.copytree(model_repository / "shapes_tf1", root / "broken")
+    (root / "broken" / "frozen_inference_graph.pb").write_bytes(b"not a graph")
+    return root
