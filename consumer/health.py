@@ -1,0 +1,61 @@
+"""/metrics, /health/live and /health/ready on a port of their own.
+
+Served from a thread, not the event loop, so a probe still gets an answer when
+the loop is busy; liveness instead checks that the loop keeps ticking, which is
+what a stuck worker stops doing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+Check = Callable[[], tuple[bool, dict[str, object]]]
+
+
+class HealthServer:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, live: Check, ready: Check) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                if self.path == "/metrics":
+                    self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
+                elif self.path in ("/health/live", "/health/ready", "/health"):
+                    ok, detail = (outer.ready if self.path == "/health/ready" else outer.live)()
+                    body = json.dumps({"status": "ok" if ok else "unavailable", **detail}).encode()
+                    self._send(200 if ok else 503, body, "application/json")
+                else:
+                    self._send(404, b'{"error": "not found"}', "application/json")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # probes are not news
+                return
+
+        self.registry = registry
+        self.live = live
+        self.ready = ready
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,142 @@
+"""The aiokafka clients, built the same way by every process, and topic set-up.
+
+Sizes are raised together (producer request size, consumer fetch sizes, topic
+`max.message.bytes`) so that a 10 MB image fits end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from consumer.protocol import Headers
+from consumer.settings import KafkaClientSettings
+
+log = logging.getLogger(__name__)
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+def default_client_id(role: str) -> str:
+    return f"tfstream-{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+def producer(settings: KafkaClientSettings, role: str, linger_ms: int = 0) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **settings.client_kwargs(),
+        client_id=settings.client_id or default_client_id(role),
+        acks="all",
+        linger_ms=linger_ms,
+        max_request_size=settings.max_message_bytes,
+        request_timeout_ms=15_000,
+        metadata_max_age_ms=5_000,
+    )
+
+
+def consumer(settings: KafkaClientSettings, role: str, **kwargs: object) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        **settings.client_kwargs(),
+        client_id=settings.client_id or default_client_id(role),
+        max_partition_fetch_bytes=settings.max_message_bytes,
+        fetch_max_bytes=max(settings.max_message_bytes * 4, 64 * 1024 * 1024),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int = 1
+    compacted: bool = False
+
+
+async def ensure_topics(
+    settings: KafkaClientSettings, topics: Iterable[TopicSpec], replication_factor: int = 0
+) -> None:
+    """Create the topics that are missing; existing topics are left as they are.
+
+    `replication_factor` 0 means min(3, number of brokers).
+
+    Raises:
+        KafkaError: the broker refused for another reason than "already exists".
+    """
+    admin = AIOKafkaAdminClient(**settings.client_kwargs(), client_id=default_client_id("admin"))
+    await admin.start()
+    try:
+        if replication_factor <= 0:
+            cluster = await admin.describe_cluster()
+            replication_factor = max(1, min(3, len(cluster.get("brokers", []))))
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                spec.name,
+                spec.partitions,
+                replication_factor,
+                topic_configs={
+                    "max.message.bytes": str(settings.max_message_bytes),
+                    **({"cleanup.policy": "compact"} if spec.compacted else {}),
+                },
+            )
+            for spec in topics
+            if spec.name not in existing
+        ]
+        if not wanted:
+            return
+        response = await admin.create_topics(wanted)
+        for entry in response.topic_errors:
+            topic, code = entry[0], entry[1]
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                from aiokafka.errors import for_code
+
+                raise for_code(code)(f"cannot create topic {topic}: {entry[2] if len(entry) > 2 else ''}")
+        log.info("topics created", extra={"topics": [t.name for t in wanted]})
+    finally:
+        await admin.close()
+
+
+class KafkaOutbox:
+    """The pipeline's outbox on a real producer.
+
+    A send that fails for a retriable reason (broker down, leader moving) is
+    retried with backoff until it succeeds: an accepted request's answer is
+    never dropped. Other failures (record too large, topic refused) raise after
+    `attempts`, so the pipeline can report it instead of blocking a partition.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, attempts: int = 3) -> None:
+        self._producer = producer
+        self._attempts = attempts
+        self._closing = False
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self._deliver(topic, value, key, list(headers)))
+
+    def close(self) -> None:
+        """Stop retrying (used at the end of a shutdown that ran out of time)."""
+        self._closing = True
+
+    async def _deliver(self, topic: str, value: bytes | None, key: bytes | None,
+                       headers: list[tuple[str, bytes]]) -> None:
+        delay_s, failures = 0.1, 0
+        while True:
+            try:
+                ack = await self._producer.send(topic, value=value, key=key, headers=headers)
+                await ack
+                return
+            except KafkaError as exc:
+                failures += 1
+                permanent = not getattr(exc, "retriable", False)
+                if self._closing or (permanent and failures >= self._attempts):
+                    raise
+                log.warning("send failed, retrying", extra={"topic": topic, "error": repr(exc),
+                                                              "attempt": failures})
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)

@@ -1,0 +1,399 @@
+"""Wire protocol v1: topic names, headers, and the JSON bodies of replies,
+announcements and control commands. See docs/protocol.md.
+
+This is the only module that knows header names. It maps a record to a
+`Request` and a reply to (key, value, headers), with no broker involved, so
+every rule here is unit-testable and shared by the consumer, the bridge and
+the client tools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from engines.errors import InvalidRequest, TfstreamError
+
+PROTOCOL_VERSION = 1
+
+# -- headers (UTF-8 strings) -------------------------------------------------
+CORRELATION_ID = "correlation-id"
+REPLY_TO = "reply-to"
+DEADLINE_MS = "deadline-ms"
+CONFIDENCE = "confidence"
+PREDICTIONS = "predictions"
+IMAGE_NAME = "image-name"
+CONTENT_TYPE = "content-type"
+ERROR_CODE = "error-code"
+# DLQ copies carry these beside the original headers.
+DLQ_REASON_CODE = "dlq-reason-code"
+DLQ_REASON = "dlq-reason"
+DLQ_TOPIC = "dlq-source-topic"
+DLQ_PARTITION = "dlq-source-partition"
+DLQ_OFFSET = "dlq-source-offset"
+DLQ_WORKER = "dlq-worker"
+
+Headers = Sequence[tuple[str, bytes]]
+
+# -- topics -------------------------------------------------------------------
+_TOPIC_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+_MAX_TOPIC = 249
+
+
+def topic_suffix(model: str) -> str:
+    """The model's part of a topic name.
+
+    Names made only of ASCII letters, digits, '.', '_' and '-' are used as they
+    are (every name our repository accepts is one). Others get each other
+    character replaced by '_' and '-' plus the first 8 hex digits of the SHA-1
+    of the UTF-8 name appended, so two names never share a topic.
+    """
+    if _TOPIC_SAFE.fullmatch(model) and len(model) <= 200:
+        return model
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", model)[:190]
+    return f"{safe}-{hashlib.sha1(model.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = "tfstream"
+
+    def requests(self, model: str) -> str:
+        return f"{self.prefix}.requests.{topic_suffix(model)}"
+
+    def results(self, model: str) -> str:
+        return f"{self.prefix}.results.{topic_suffix(model)}"
+
+    @property
+    def requests_pattern(self) -> str:
+        return rf"^{re.escape(self.prefix)}\.requests\..+"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}.models"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"
+
+    def model_of(self, request_topic: str) -> str:
+        """The model a request topic belongs to (the suffix; see `topic_suffix`)."""
+        return request_topic.removeprefix(f"{self.prefix}.requests.")
+
+
+# -- requests -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """A detection request as the worker sees it, headers already checked."""
+
+    model: str
+    correlation_id: str
+    image: bytes
+    key: bytes | None = None
+    reply_to: str | None = None
+    deadline_ms: int | None = None
+    confidence: float | None = None
+    predictions: int | None = None
+    image_name: str | None = None
+    content_type: str | None = None
+    received_ms: float = field(default_factory=lambda: time.time() * 1000)
+
+    def expired(self, now_ms: float | None = None) -> bool:
+        return self.deadline_ms is not None and (now_ms or time.time() * 1000) > self.deadline_ms
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """The headers a client sends for this request."""
+        values: dict[str, object | None] = {
+            CORRELATION_ID: self.correlation_id,
+            REPLY_TO: self.reply_to,
+            DEADLINE_MS: self.deadline_ms,
+            CONFIDENCE: self.confidence,
+            PREDICTIONS: self.predictions,
+            IMAGE_NAME: self.image_name,
+            CONTENT_TYPE: self.content_type,
+        }
+        return [(k, str(v).encode()) for k, v in values.items() if v is not None]
+
+
+def header_map(headers: Headers | None) -> dict[str, str]:
+    """Headers as text; the last value of a repeated header wins.
+
+    Raises:
+        InvalidRequest: a header value that is not UTF-8.
+    """
+    out: dict[str, str] = {}
+    for name, raw in headers or ():
+        try:
+            out[name] = (raw or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"header '{name}' is not UTF-8") from None
+    return out
+
+
+def parse_request(model: str, key: bytes | None, value: bytes | None, headers: Headers | None) -> Request:
+    """Check a request record's headers and build the `Request`.
+
+    Raises:
+        InvalidRequest: missing correlation id or a malformed header; the message
+            names the header.
+    """
+    h = header_map(headers)
+    correlation_id = h.get(CORRELATION_ID, "").strip()
+    if not correlation_id:
+        raise InvalidRequest(f"the '{CORRELATION_ID}' header is required")
+    if len(correlation_id) > 256:
+        raise InvalidRequest(f"the '{CORRELATION_ID}' header is longer than 256 characters")
+    confidence = _number(h, CONFIDENCE, float)
+    if confidence is not None and not 0 <= confidence <= 100:
+        raise InvalidRequest(f"header '{CONFIDENCE}' must be a percentage in [0, 100]")
+    predictions = _number(h, PREDICTIONS, int)
+    if predictions is not None and predictions < 0:
+        raise InvalidRequest(f"header '{PREDICTIONS}' must be >= 0")
+    deadline = _number(h, DEADLINE_MS, int)
+    reply_to = h.get(REPLY_TO) or None
+    if reply_to is not None and not (_TOPIC_SAFE.fullmatch(reply_to) and len(reply_to) <= _MAX_TOPIC):
+        raise InvalidRequest(f"header '{REPLY_TO}' is not a valid topic name")
+    return Request(
+        model=model,
+        correlation_id=correlation_id,
+        image=value or b"",
+        key=key,
+        reply_to=reply_to,
+        deadline_ms=deadline,
+        confidence=confidence,
+        predictions=predictions,
+        image_name=h.get(IMAGE_NAME) or None,
+        content_type=h.get(CONTENT_TYPE) or None,
+    )
+
+
+def _number(h: dict[str, str], name: str, kind: type[int] | type[float]) -> Any:
+    text = h.get(name)
+    if text is None or text.strip() == "":
+        return None
+    try:
+        number = kind(text.strip())
+    except ValueError:
+        raise InvalidRequest(f"header '{name}' is not a valid {kind.__name__}: {text[:50]!r}") from None
+    if kind is float and number != number:  # NaN
+        raise InvalidRequest(f"header '{name}' is not a number")
+    return number
+
+
+def reply_address(topics: Topics, model: str, headers: Headers | None) -> tuple[str | None, str | None]:
+    """Where to answer a record even when it is too broken to parse: (topic, correlation id).
+
+    A record without a correlation id has nobody waiting for it by id, but it
+    still gets an answer on its reply topic (or the results topic) so that a
+    camera-stream reader sees that a frame failed.
+    """
+    try:
+        h = header_map(headers)
+    except InvalidRequest:
+        return topics.results(model), None
+    reply_to = h.get(REPLY_TO) or None
+    if reply_to is not None and not _TOPIC_SAFE.fullmatch(reply_to):
+        reply_to = None
+    return reply_to or topics.results(model), (h.get(CORRELATION_ID) or "").strip() or None
+
+
+# -- replies ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    queue_ms: float = 0.0
+    """From the record's arrival at the worker to the start of its batch."""
+    decode_ms: float = 0.0
+    inference_ms: float = 0.0
+    """The whole engine call of the image's batch."""
+    batch_size: int = 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "queue_ms": round(self.queue_ms, 3),
+            "decode_ms": round(self.decode_ms, 3),
+            "inference_ms": round(self.inference_ms, 3),
+            "batch_size": self.batch_size,
+        }
+
+
+@dataclass(frozen=True)
+class Reply:
+    correlation_id: str | None
+    model: str
+    data: dict[str, Any] | None = None
+    error: TfstreamError | None = None
+    timing: Timing = Timing()
+    worker: str = ""
+
+    @property
+    def success(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "protocol": PROTOCOL_VERSION,
+                "correlation_id": self.correlation_id,
+                "model": self.model,
+                "success": self.success,
+                "data": self.data,
+                "error": None if self.error is None else self.error.to_dict(),
+                "timing": self.timing.to_dict(),
+                "worker": self.worker,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        out = [(CONTENT_TYPE, b"application/json")]
+        if self.correlation_id is not None:
+            out.insert(0, (CORRELATION_ID, self.correlation_id.encode()))
+        if self.error is not None:
+            out.append((ERROR_CODE, self.error.code.encode()))
+        return out
+
+    @staticmethod
+    def from_json(value: bytes) -> Reply:
+        """Parse a reply body.
+
+        Raises:
+            InvalidRequest: not a reply of this protocol.
+        """
+        try:
+            body = json.loads(value)
+            timing = body.get("timing") or {}
+            error = body.get("error")
+            return Reply(
+                correlation_id=body.get("correlation_id"),
+                model=str(body["model"]),
+                data=body.get("data"),
+                error=None if not error else TfstreamError.from_dict(error),
+                timing=Timing(**{k: timing[k] for k in Timing.__dataclass_fields__ if k in timing}),
+                worker=str(body.get("worker") or ""),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidRequest(f"not a tfstream reply: {exc}") from None
+
+
+def detection_data(boxes: list[dict[str, Any]], image_name: str | None, width: int, height: int) -> dict[str, Any]:
+    """The `data` of a successful reply: the old API's box list plus image facts."""
+    return {"bounding-boxes": boxes, "ImageName": image_name, "width": width, "height": height}
+
+
+def dlq_headers(
+    original: Headers | None, error: TfstreamError, topic: str, partition: int, offset: int, worker: str
+) -> list[tuple[str, bytes]]:
+    return [
+        *(original or ()),
+        (DLQ_REASON_CODE, error.code.encode()),
+        (DLQ_REASON, error.message.encode()[:4000]),
+        (DLQ_TOPIC, topic.encode()),
+        (DLQ_PARTITION, str(partition).encode()),
+        (DLQ_OFFSET, str(offset).encode()),
+        (DLQ_WORKER, worker.encode()),
+    ]
+
+
+# -- announcements and control -------------------------------------------------
+
+
+class ModelState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    """Present in the worker's repository but could not be loaded; see `error`."""
+    STOPPED = "stopped"
+
+
+def announcement_key(model: str, worker: str) -> bytes:
+    """One compacted record per (model, worker): workers never overwrite each other."""
+    return f"{model}|{worker}".encode()
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What a worker says about one model on `<prefix>.models` (compacted).
+
+    A worker re-announces every `ttl_ms / 3`; readers ignore records older than
+    `ttl_ms`, which is how a killed worker's models disappear.
+    """
+
+    model: str
+    worker: str
+    state: ModelState
+    hash: str
+    engine: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    label_hashes: dict[str, str] = field(default_factory=dict)
+    device: str = ""
+    error: dict[str, str] | None = None
+    updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    ttl_ms: int = 30_000
+
+    def alive(self, now_ms: float | None = None) -> bool:
+        return (now_ms or time.time() * 1000) - self.updated_ms <= self.ttl_ms
+
+    def to_json(self) -> bytes:
+        body = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        body["state"] = self.state.value
+        body["protocol"] = PROTOCOL_VERSION
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @staticmethod
+    def from_json(value: bytes) -> Announcement:
+        body = json.loads(value)
+        fields = {k: body[k] for k in Announcement.__dataclass_fields__ if k in body}
+        fields["state"] = ModelState(fields["state"])
+        return Announcement(**fields)
+
+
+class ControlCommand(StrEnum):
+    LOAD = "load"
+    """Load (or with force, reload) `model`, or every model of the repository for '*'."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """A command on `<prefix>.control`, read by every worker (no consumer group)."""
+
+    command: ControlCommand
+    model: str = "*"
+    force: bool = False
+    correlation_id: str = ""
+    reply_to: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"protocol": PROTOCOL_VERSION, "command": self.command.value, "model": self.model,
+             "force": self.force, "correlation_id": self.correlation_id, "reply_to": self.reply_to}
+        ).encode()
+
+    @staticmethod
+    def from_json(value: bytes) -> Control:
+        """Raises: InvalidRequest for anything but a well-formed command."""
+        try:
+            body = json.loads(value)
+            return Control(
+                command=ControlCommand(body["command"]),
+                model=str(body.get("model") or "*"),
+                force=bool(body.get("force", False)),
+                correlation_id=str(body.get("correlation_id") or ""),
+                reply_to=body.get("reply_to") or None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidRequest(f"not a control command: {exc}") from None

@@ -1,0 +1,140 @@
+"""The models this worker serves, and the state of each.
+
+A model that fails to load is kept as FAILED with its error: requests for it
+are answered with that error, and the other models keep serving. Models the
+worker was not told to serve are never loaded, so TensorFlow is imported only
+when at least one served model needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from consumer.protocol import Announcement, ModelState
+from engines.detector import Detector, load_detector
+from engines.errors import (
+    ModelLoadFailed,
+    ModelUnavailable,
+    TfstreamError,
+)
+from engines.repository import ModelRepository, ModelSpec, model_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Entry:
+    name: str
+    state: ModelState
+    spec: ModelSpec | None = None
+    detector: Detector | None = None
+    error: TfstreamError | None = None
+
+
+class ModelRegistry:
+    def __init__(self, repository: ModelRepository, served: list[str] | None, device: str = "auto") -> None:
+        """`served`: the model names to serve, or None for every model of the repository."""
+        self.repository = repository
+        self._served = served
+        self._device_request = device
+        self._device: str | None = None
+        self._entries: dict[str, Entry] = {}
+        self._lock = threading.Lock()
+
+    def served_names(self) -> list[str]:
+        return list(self._served) if self._served is not None else self.repository.names()
+
+    def serves(self, name: str) -> bool:
+        return name in self.served_names()
+
+    def load_all(self) -> list[Entry]:
+        """Load every served model; blocking (call it from a thread)."""
+        return [self.load(name) for name in self.served_names()]
+
+    def load(self, name: str, force: bool = False) -> Entry:
+        """Load one served model (again, with `force`); blocking. Never raises for
+        a broken model: the entry records the error.
+
+        Raises:
+            ModelNotFound: `name` is not in the repository.
+            ModelUnavailable: `name` is in the repository but not served here.
+        """
+        if not self.serves(name):
+            self.repository.folder(name)  # raises ModelNotFound for unknown names
+            raise ModelUnavailable(f"model '{name}' is not served by this worker group")
+        with self._lock:
+            current = self._entries.get(name)
+            if current is not None and current.state is ModelState.READY and not force:
+                return current
+            self._entries[name] = Entry(name, ModelState.LOADING)
+            entry = self._load(name)
+            self._entries[name] = entry
+            return entry
+
+    def _load(self, name: str) -> Entry:
+        spec: ModelSpec | None = None
+        try:
+            spec = self.repository.spec(name)
+            detector = load_detector(spec, self.device())
+        except TfstreamError as exc:
+            log.error("model failed to load", extra={"model": name, "code": exc.code, "error": exc.message})
+            return Entry(name, ModelState.FAILED, spec=spec, error=exc)
+        except Exception as exc:  # a bad device name, an unexpected TensorFlow failure
+            log.exception("model failed to load", extra={"model": name})
+            return Entry(name, ModelState.FAILED, spec=spec, error=ModelLoadFailed(f"{name}: {exc}"))
+        log.info(
+            "model ready",
+            extra={"model": name, "device": detector.device, "load_s": round(detector.load_s, 2),
+                   "batch": detector.engine.fixed_batch or "any"},
+        )
+        return Entry(name, ModelState.READY, spec=spec, detector=detector)
+
+    def device(self) -> str:
+        if self._device is None:
+            from engines import runtime
+
+            self._device = runtime.configure(None if self._device_request == "auto" else self._device_request)
+        return self._device
+
+    def detector(self, name: str) -> Detector:
+        """The ready detector for `name`.
+
+        Raises:
+            ModelNotFound: no such model in the repository.
+            ModelUnavailable: not served here, or still loading.
+            ModelLoadFailed / InvalidModelConfig: it failed to load (the original error).
+        """
+        entry = self._entries.get(name)
+        if entry is not None and entry.detector is not None and entry.state is ModelState.READY:
+            return entry.detector
+        if entry is not None and entry.error is not None:
+            raise entry.error
+        if entry is not None:
+            raise ModelUnavailable(f"model '{name}' is still loading")
+        if not self.serves(name):
+            self.repository.folder(name)
+            raise ModelUnavailable(f"model '{name}' is not served by this worker group")
+        raise ModelUnavailable(f"model '{name}' is not loaded yet")
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def announcement(self, entry: Entry, worker: str, ttl_ms: int) -> Announcement:
+        spec = entry.spec
+        labels = [label for _, label in sorted(spec.labels.items())] if spec else []
+        return Announcement(
+            model=entry.name,
+            worker=worker,
+            state=entry.state,
+            hash=model_hash(entry.name),
+            engine=spec.engine.value if spec else "",
+            config=spec.config.model_dump(mode="json") if spec else {},
+            labels=labels,
+            label_hashes=spec.label_hashes() if spec else {},
+            device=entry.detector.device if entry.detector else "",
+            error=entry.error.to_dict() if entry.error else None,
+            ttl_ms=ttl_ms,
+        )
+

@@ -1,0 +1,140 @@
+"""Everything `tfstream-consumer` can be told, as one settings object.
+
+Command line first, then `TFSTREAM_<OPTION>`, then these defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+from engines.images import DecodeLimits
+from engines.settings import cli_config
+
+
+class KafkaClientSettings(BaseSettings):
+    """Connection settings shared by every process that talks to Kafka."""
+
+    model_config = cli_config("tfstream")
+
+    bootstrap: str = ""
+    """Kafka bootstrap servers, host:port[,host:port...]."""
+    topic_prefix: str = "tfstream"
+    """First part of every topic name: <prefix>.requests.<model>, <prefix>.dlq..."""
+    client_id: str = ""
+    """Kafka client id (default: tfstream-<role>-<host>-<pid>)."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How to reach the brokers."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] = "PLAIN"
+    """SASL mechanism, with a SASL_* security protocol."""
+    sasl_username: str = ""
+    """SASL user name."""
+    sasl_password: str = ""
+    """SASL password."""
+    ssl_cafile: Path | None = None
+    """CA bundle that signed the brokers' certificates."""
+    ssl_certfile: Path | None = None
+    """Client certificate, for mutual TLS."""
+    ssl_keyfile: Path | None = None
+    """Client private key, for mutual TLS."""
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest record produced or fetched, and the max.message.bytes of the topics we create."""
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments common to aiokafka's producer, consumer and admin client."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username or None,
+                sasl_plain_password=self.sasl_password or None,
+            )
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
+        return kwargs
+
+
+class WorkerSettings(BaseSettings):
+    """How requests are batched and run: shared by the Kafka consumer and the
+    bridge's embedded mode."""
+
+    model_config = cli_config("tfstream")
+
+    repository: Path = Path("models")
+    """The model repository: one folder per model."""
+    models: str = "all"
+    """Models to serve: 'all' or a comma-separated list of names."""
+    device: str = "auto"
+    """TensorFlow device for every model of this process: auto, cpu, GPU:0..."""
+    max_batch: int = Field(default=8, ge=1)
+    """Largest number of requests in one engine call."""
+    max_delay_ms: float = Field(default=2.0, ge=0)
+    """How long a batch waits for more requests once one is there. 0 never waits."""
+    decode_threads: int = Field(default=2, ge=1)
+    """Threads decoding images beside the inference thread."""
+    max_image_bytes: int = 10 * 1024 * 1024
+    """Largest encoded image accepted (bytes)."""
+    max_image_pixels: int = 40_000_000
+    """Largest width x height accepted, checked before decoding."""
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+
+    def model_names(self) -> list[str] | None:
+        """The listed models, or None for every model of the repository."""
+        names = [n.strip() for n in self.models.split(",") if n.strip()]
+        return None if not names or names == ["all"] else names
+
+
+class ConsumerSettings(WorkerSettings, KafkaClientSettings):
+    """tfstream-consumer: serve detection models from Kafka request topics, in a
+    consumer group. Every option is also an environment variable TFSTREAM_<OPTION>."""
+
+    model_config = cli_config("tfstream-consumer")
+
+    group: str = "tfstream-workers"
+    """Consumer group. Every member of a group must serve the same models."""
+    partitions: int = Field(default=6, ge=1)
+    """Partitions of the request topics this consumer creates (existing topics keep theirs)."""
+    replication_factor: int = Field(default=0, ge=0)
+    """Replication of the topics this consumer creates; 0 = min(3, number of brokers)."""
+    max_inflight: int = Field(default=64, ge=1)
+    """Requests fetched but not yet answered; fetching pauses above this."""
+    session_timeout_ms: int = 10_000
+    """How long the group waits for a dead member before its partitions move."""
+    heartbeat_interval_ms: int = 3_000
+    """Heartbeat period to the group coordinator."""
+    max_poll_interval_ms: int = 300_000
+    """Longest time between fetches before the member is thrown out of the group."""
+    metadata_max_age_ms: int = 5_000
+    """How often new request topics (new models) are discovered."""
+    commit_interval_ms: int = 200
+    """How often finished offsets are committed (also at every revoke and at shutdown)."""
+    linger_ms: int = 0
+    """Producer linger for replies; 0 sends each batch's replies at once."""
+    announce_ttl_ms: int = 30_000
+    """Announcements older than this are stale; workers re-announce every third of it."""
+    worker_id: str = ""
+    """This process's name in replies, announcements and the DLQ (default: host-pid)."""
+    metrics_host: str = "0.0.0.0"
+    """Address of the metrics and health endpoint."""
+    metrics_port: int = 9400
+    """Port of /metrics, /health/live and /health/ready; 0 turns it off."""
+    shutdown_timeout_s: float = 30.0
+    """Longest time to finish the work in hand on SIGTERM before leaving anyway."""
+    log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR."""
+    log_format: Literal["json", "text"] = "json"
+    """Structured JSON lines, or plain text for a terminal."""

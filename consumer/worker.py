@@ -1,0 +1,306 @@
+"""The Kafka worker: fetch, submit to the pipeline, commit what is answered.
+
+Life of a worker:
+
+1. create the topics it needs, load its models (a failed model stays FAILED,
+   the others serve), announce them on `<prefix>.models`;
+2. join the consumer group: on every request topic (`<prefix>.requests.*`)
+   when serving every model, so requests for unknown models get an error
+   answer too; on the listed models' topics only when given `--models a,b`;
+3. loop: fetch at most `max_inflight` unanswered records, submit each to the
+   pipeline, commit offsets whose answers the broker acknowledged;
+4. on revoke: wait for the revoked partitions' work, commit it, forget them;
+5. on SIGTERM: stop fetching, finish and deliver what is in hand, commit,
+   withdraw the announcements, leave the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import defaultdict
+from functools import partial
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumer import kafka_io
+from consumer.health import HealthServer
+from consumer.metrics import WorkerMetrics
+from consumer.offsets import OffsetTracker
+from consumer.pipeline import Pipeline, Record
+from consumer.protocol import (
+    Control,
+    ControlCommand,
+    ModelState,
+    Reply,
+    Topics,
+    announcement_key,
+)
+from consumer.registry import Entry, ModelRegistry
+from consumer.settings import ConsumerSettings
+from engines.errors import InvalidRequest, TfstreamError
+from engines.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker.hand_back(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
+
+
+class Worker:
+    def __init__(self, settings: ConsumerSettings) -> None:
+        self.settings = settings
+        self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.topics = Topics(settings.topic_prefix)
+        self.metrics = WorkerMetrics()
+        self.registry = ModelRegistry(
+            ModelRepository(settings.repository), settings.model_names(), settings.device
+        )
+        self.stopping = asyncio.Event()
+        self.offsets = OffsetTracker()
+        self._capacity = asyncio.Event()
+        self._joined = False
+        self._last_tick = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- start ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until `stopping` is set, then shut down cleanly."""
+        s = self.settings
+        served = self.registry.served_names()
+        await kafka_io.ensure_topics(
+            s,
+            [kafka_io.TopicSpec(self.topics.dlq, s.partitions),
+             kafka_io.TopicSpec(self.topics.models, 1, compacted=True),
+             kafka_io.TopicSpec(self.topics.control, 1)]
+            + [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in served]
+            + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in served],
+            s.replication_factor,
+        )
+        self.producer = kafka_io.producer(s, "worker", s.linger_ms)
+        await self.producer.start()
+        self.outbox = kafka_io.KafkaOutbox(self.producer)
+        health = self._start_health()
+        try:
+            for entry in await asyncio.to_thread(self.registry.load_all):
+                await self._announce(entry)
+            self.pipeline = Pipeline(self.registry, self.topics, self.outbox, s, self.worker_id, self.metrics)
+            self.pipeline.start()
+            self.consumer = kafka_io.consumer(
+                s, "worker",
+                group_id=s.group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=s.session_timeout_ms,
+                heartbeat_interval_ms=s.heartbeat_interval_ms,
+                max_poll_interval_ms=s.max_poll_interval_ms,
+                metadata_max_age_ms=s.metadata_max_age_ms,
+            )
+            if s.model_names() is None:  # every model: also answer requests for unknown ones
+                self.consumer.subscribe(pattern=self.topics.requests_pattern, listener=_Rebalance(self))
+            else:
+                self.consumer.subscribe([self.topics.requests(m) for m in served], listener=_Rebalance(self))
+            await self.consumer.start()
+            self._joined = True
+            log.info("worker started", extra={"worker": self.worker_id, "group": s.group,
+                                               "models": served, "device": self._device_name()})
+            self._tasks = [
+                asyncio.create_task(self._commit_loop(), name="commit"),
+                asyncio.create_task(self._announce_loop(), name="announce"),
+                asyncio.create_task(self._control_loop(), name="control"),
+                asyncio.create_task(self._lag_loop(), name="lag"),
+            ]
+            await self._fetch_loop()
+            await self._shutdown()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if health is not None:
+                health.stop()
+            await self.producer.stop()
+
+    def _device_name(self) -> str:
+        devices = {e.detector.device for e in self.registry.entries() if e.detector}
+        return ",".join(sorted(devices)) or "none"
+
+    # -- the loop -----------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        s = self.settings
+        while not self.stopping.is_set():
+            self._last_tick = time.monotonic()
+            room = s.max_inflight - self.pipeline.inflight
+            if room <= 0:
+                self._capacity.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._capacity.wait(), 0.1)
+                continue
+            batches = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            for tp, records in batches.items():
+                for rec in records:
+                    self.offsets.track(tp, rec.offset)
+                    done = self.pipeline.submit(
+                        Record(rec.topic, rec.partition, rec.offset, rec.key, rec.value, tuple(rec.headers))
+                    )
+                    done.add_done_callback(partial(self._answered, tp, rec.offset))
+
+    def _answered(self, tp: TopicPartition, offset: int, done: asyncio.Future[None]) -> None:
+        error = done.exception()
+        if error is None:
+            self.offsets.finish(tp, offset)
+        else:  # never delivered: leave it uncommitted, it will be read again
+            log.error("answer not delivered; the request stays uncommitted",
+                      extra={"partition": f"{tp.topic}:{tp.partition}", "offset": offset, "error": repr(error)})
+        self._capacity.set()
+
+    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        points = self.offsets.commit_points(partitions)
+        if not points:
+            return
+        try:
+            await self.consumer.commit(points)  # type: ignore[arg-type]
+        except KafkaError as exc:  # rebalancing or broker away: the next commit catches up
+            log.warning("commit failed", extra={"error": repr(exc)})
+            return
+        self.offsets.committed(points)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.commit_interval_ms / 1000)
+            await self._commit()
+
+    async def hand_back(self, revoked: set[TopicPartition]) -> None:
+        """Before partitions move: finish their work in hand and commit it."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        while self.offsets.pending(revoked) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self._commit(revoked)
+        self.offsets.forget(revoked)
+        log.info("partitions revoked", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in revoked)})
+
+    # -- shutdown -------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: finishing the work in hand", extra={"inflight": self.pipeline.inflight})
+        try:
+            await asyncio.wait_for(self.pipeline.close(), self.settings.shutdown_timeout_s)
+        except TimeoutError:
+            self.outbox.close()
+            log.error("shutdown timed out; unanswered requests stay uncommitted")
+        await self._commit()
+        for entry in self.registry.entries():
+            with contextlib.suppress(KafkaError):
+                await self.producer.send_and_wait(
+                    self.topics.models, None, key=announcement_key(entry.name, self.worker_id)
+                )
+        self._joined = False
+        await self.consumer.stop()  # leaves the group
+        log.info("worker stopped", extra={"worker": self.worker_id})
+
+    # -- announcements, control, lag ------------------------------------------------
+
+    async def _announce(self, entry: Entry) -> None:
+        announcement = self.registry.announcement(entry, self.worker_id, self.settings.announce_ttl_ms)
+        state = entry.state.value
+        device = entry.detector.device if entry.detector else ""
+        engine = entry.spec.engine.value if entry.spec else ""
+        self.metrics.model_info.labels(entry.name, state, device, engine).set(1)
+        try:
+            await self.producer.send_and_wait(
+                self.topics.models, announcement.to_json(), key=announcement_key(entry.name, self.worker_id)
+            )
+        except KafkaError as exc:
+            log.warning("announcement failed", extra={"model": entry.name, "error": repr(exc)})
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.announce_ttl_ms / 3000)
+            for entry in self.registry.entries():
+                await self._announce(entry)
+
+    async def _control_loop(self) -> None:
+        """Every worker reads every control command (no group), from now on."""
+        control = kafka_io.consumer(self.settings, "control", group_id=None, auto_offset_reset="latest")
+        control.subscribe([self.topics.control])
+        await control.start()
+        try:
+            async for message in control:
+                try:
+                    command = Control.from_json(message.value or b"")
+                except InvalidRequest as exc:
+                    log.warning("bad control command", extra={"error": exc.message})
+                    continue
+                await self._on_control(command)
+        finally:
+            await control.stop()
+
+    async def _on_control(self, command: Control) -> None:
+        if command.command is not ControlCommand.LOAD:
+            return
+        names = self.registry.served_names() if command.model == "*" else [command.model]
+        for name in names:
+            error: TfstreamError | None = None
+            try:
+                entry = await asyncio.to_thread(self.registry.load, name, command.force)
+                await self._announce(entry)
+                error = entry.error
+            except TfstreamError as exc:
+                error = exc
+            if command.reply_to:
+                reply = Reply(command.correlation_id, name, data=None if error else {"state": "ready"},
+                              error=error, worker=self.worker_id)
+                with contextlib.suppress(KafkaError):
+                    await self.producer.send_and_wait(command.reply_to, reply.to_json(), headers=reply.headers())
+
+    async def _lag_loop(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            lag: dict[str, int] = defaultdict(int)
+            for tp in self.consumer.assignment():
+                highwater = self.consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                with contextlib.suppress(Exception):
+                    position = await asyncio.wait_for(self.consumer.position(tp), 1.0)
+                    lag[self.topics.model_of(tp.topic)] += max(0, highwater - position)
+            for model in set(lag) | {e.name for e in self.registry.entries()}:
+                inflight = self.offsets.pending({tp for tp in self.consumer.assignment()
+                                                 if self.topics.model_of(tp.topic) == model})
+                self.metrics.lag.labels(model).set(lag[model])
+                self.metrics.set_backlog(model, lag[model] + inflight)
+            self.metrics.inflight.set(self.pipeline.inflight)
+
+    # -- health -------------------------------------------------------------------------
+
+    def _start_health(self) -> HealthServer | None:
+        if not self.settings.metrics_port:
+            return None
+        server = HealthServer(self.settings.metrics_host, self.settings.metrics_port,
+                              self.metrics.registry, self._live, self._ready)
+        server.start()
+        log.info("metrics and health", extra={"port": server.port})
+        return server
+
+    def _live(self) -> tuple[bool, dict[str, object]]:
+        stalled_s = time.monotonic() - self._last_tick
+        return stalled_s < 60 or not self._joined, {"loop_stalled_s": round(stalled_s, 1)}
+
+    def _ready(self) -> tuple[bool, dict[str, object]]:
+        models = {e.name: e.state.value for e in self.registry.entries()}
+        ready = self._joined and any(state == ModelState.READY.value for state in models.values())
+        return ready, {"joined": self._joined, "models": models}
