@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): every figure is measured in the run that reports it."""
