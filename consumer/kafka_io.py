@@ -140,3 +140,13 @@ class KafkaOutbox:
                                                               "attempt": failures})
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
+
+
+async def delete_topics(settings: KafkaClientSettings, names: list[str]) -> None:
+    """Remove topics a process created for itself (a client's reply topic)."""
+    admin = AIOKafkaAdminClient(**settings.client_kwargs(), client_id=default_client_id("admin"))
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()

@@ -81,6 +81,14 @@ class InvalidRequest(TfstreamError):
     client_error = True
 
 
+class RequestTooLarge(TfstreamError):
+    """An HTTP body over the bridge's limit, refused before it is read whole."""
+
+    code = "request_too_large"
+    http_status = 413
+    client_error = True
+
+
 class ModelNotFound(TfstreamError):
     """No model of that name or hash, or a name that could escape the repository."""
 

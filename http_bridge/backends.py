@@ -1,0 +1,53 @@
+"""What the routes need from whoever does the work: a `Backend`.
+
+Two implement it: `embedded.EmbeddedBackend` (the worker pipeline in this
+process) and `kafka_backend.KafkaBackend` (Kafka request/reply to workers).
+The routes never know which one they talk to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    hash: str
+    labels: list[str]
+    """In class id order."""
+    label_hashes: dict[str, str]
+    config: dict[str, Any]
+    """The full config.json; the routes show the public part."""
+
+
+class Backend(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def names(self) -> list[str]:
+        """Every model that can be asked for."""
+        ...
+
+    def resolve(self, name_or_hash: str) -> str:
+        """Raises ModelNotFound."""
+        ...
+
+    def info(self, name: str) -> ModelInfo:
+        """Raises ModelNotFound, ModelUnavailable, InvalidModelConfig."""
+        ...
+
+    async def load(self, name: str | None, force: bool = False) -> None:
+        """Load one model (None: all). Raises the model's load error."""
+        ...
+
+    async def detect(
+        self, name: str, image: bytes, image_name: str | None,
+        confidence: float | None, predictions: int | None,
+    ) -> dict[str, Any]:
+        """The reply's data: bounding-boxes, ImageName, width, height. Raises TfstreamError."""
+        ...
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]: ...

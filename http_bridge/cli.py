@@ -1,0 +1,36 @@
+"""`tfstream-bridge` (also `python -m http_bridge`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from engines.logs import configure_logging
+from engines.settings import parse_cli
+from http_bridge.settings import BridgeSettings
+
+log = logging.getLogger("http_bridge")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_cli(BridgeSettings, argv)
+    configure_logging(settings.log_level, settings.log_format)
+    import uvicorn
+
+    from http_bridge.app import create_app
+
+    mode = f"Kafka at {settings.bootstrap}" if not settings.embedded else f"embedded, models from {settings.repository}"
+    log.info("tfstream-bridge on http://%s:%d (%s); API docs at /docs", settings.host, settings.port, mode)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep our logging set-up
+        timeout_graceful_shutdown=max(5, int(settings.request_timeout_s)),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""One place that turns every failure into the old envelope with a real status.
+
+The old API answered every error with HTTP 200 and `success: false`. Clients
+that only read the envelope keep working (same keys, `error` is still the
+message); the status now says what happened and `code` is the stable code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engines.errors import InvalidRequest, TfstreamError
+
+log = logging.getLogger(__name__)
+
+
+def envelope(data: Any = None) -> dict[str, Any]:
+    return {"success": True, "data": data, "error": ""}
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"success": False, "data": None, "error": message, "code": code}
+
+
+def error_response(error: TfstreamError) -> JSONResponse:
+    headers = {"Retry-After": "5"} if error.retriable and error.http_status == 503 else None
+    return JSONResponse(error_body(error.code, error.message), status_code=error.http_status, headers=headers)
+
+
+async def _tfstream_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TfstreamError)
+    return error_response(exc)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'request'}: {err.get('msg')}"
+        for err in exc.errors()
+    )
+    return error_response(InvalidRequest(problems or "invalid request"))
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, TfstreamError):  # FastAPI wraps errors raised while parsing a body
+        return error_response(exc.__cause__)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=exc)
+    return JSONResponse(error_body("internal_error", f"internal error: {type(exc).__name__}: {exc}"),
+                        status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(TfstreamError, _tfstream_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,117 @@
+"""Kafka mode: every call is a request on the wire protocol, answered by workers.
+
+Model facts (names, hashes, labels, config) come from the workers'
+announcements, so the bridge needs no model folder. The broker may be away
+when the bridge starts or later: calls answer 503 meanwhile, and the clients
+reconnect by themselves when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from engines.errors import ServiceUnavailable
+from http_bridge.backends import ModelInfo
+from http_bridge.settings import BridgeSettings
+from producer_tools.client import DetectClient
+from producer_tools.directory import ModelDirectory
+
+log = logging.getLogger(__name__)
+
+
+class KafkaBackend:
+    def __init__(self, settings: BridgeSettings) -> None:
+        self.settings = settings
+        self.client = DetectClient(settings, timeout_s=settings.request_timeout_s,
+                                   send_timeout_s=settings.send_timeout_s)
+        self.directory = ModelDirectory(settings)
+        self._started = asyncio.Event()
+        self._starter: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect now if the broker is there, else keep trying in the background."""
+        self._starter = asyncio.create_task(self._connect(), name="connect")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._started.wait()), 15)
+
+    async def _connect(self) -> None:
+        delay_s = 0.5
+        while True:
+            try:
+                await self.client.start()
+                await self.directory.start()
+            except ServiceUnavailable as exc:
+                log.warning("Kafka not reachable yet; retrying", extra={"error": exc.message})
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 10)
+                continue
+            self._started.set()
+            log.info("connected to Kafka", extra={"bootstrap": self.settings.bootstrap,
+                                                   "reply_topic": self.client.reply_topic})
+            return
+
+    def _require_started(self) -> None:
+        if not self._started.is_set():
+            raise ServiceUnavailable(f"Kafka at {self.settings.bootstrap} is not reachable yet")
+
+    async def stop(self) -> None:
+        if self._starter is not None:
+            self._starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starter
+        if self._started.is_set():
+            await self.directory.stop()
+            await self.client.stop()
+
+    def names(self) -> list[str]:
+        self._require_started()
+        return self.directory.names()
+
+    def resolve(self, name_or_hash: str) -> str:
+        self._require_started()
+        return self.directory.resolve(name_or_hash)
+
+    def info(self, name: str) -> ModelInfo:
+        self._require_started()
+        view = self.directory.view(name)
+        return ModelInfo(name=name, hash=view.hash, labels=view.labels,
+                         label_hashes=view.label_hashes, config=view.config)
+
+    async def load(self, name: str | None, force: bool = False) -> None:
+        self._require_started()
+        if name is not None:
+            self.directory.view(name)  # unknown or unserved models answer at once
+        reply = await self.client.load(name or "*", force, timeout_s=self.settings.request_timeout_s)
+        if reply.error is not None:
+            raise reply.error
+
+    async def detect(
+        self, name: str, image: bytes, image_name: str | None,
+        confidence: float | None, predictions: int | None,
+    ) -> dict[str, Any]:
+        self._require_started()
+        self.directory.serving(name)  # no live worker: answer now, not after a timeout
+        reply = await self.client.detect(name, image, confidence=confidence, predictions=predictions,
+                                         image_name=image_name)
+        if reply.error is not None:
+            raise reply.error
+        return reply.data or {}
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        if not self._started.is_set():
+            return False, {"mode": "kafka", "broker": "unreachable"}
+        reachable = await self.client.reachable()
+        served = [n for n in self.directory.names() if self._is_ready(n)]
+        return reachable and bool(served), {
+            "mode": "kafka", "broker": "reachable" if reachable else "unreachable", "models": served,
+        }
+
+    def _is_ready(self, name: str) -> bool:
+        try:
+            self.directory.serving(name)
+        except Exception:
+            return False
+        return True

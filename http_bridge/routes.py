@@ -1,0 +1,165 @@
+"""The old REST API, endpoint for endpoint (see the seed README and API-FACTS).
+
+Answer shapes are the old ones: `/load`, `/detect` and `/get_labels` answer bare
+objects, the `/models/...` endpoints the `{success, data, error}` envelope.
+Wherever a model name goes, its hash works too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from engines.drawing import draw_boxes
+from engines.images import decode_image
+from http_bridge.backends import Backend
+from http_bridge.errors import envelope
+
+router = APIRouter()
+
+Confidence = Annotated[float | None, Form(ge=0, le=100, description="Minimum confidence in percent; "
+                                                                    "default: the model's config.json")]
+Predictions = Annotated[int | None, Form(ge=0, le=10_000, description="Maximum number of boxes; "
+                                                                      "default: the model's config.json")]
+
+
+def backend(request: Request) -> Backend:
+    return request.app.state.backend  # type: ignore[no-any-return]
+
+
+async def _detect(request: Request, model: str, upload: UploadFile, confidence: float | None,
+                  predictions: int | None) -> tuple[str, bytes, dict[str, Any]]:
+    b = backend(request)
+    name = b.resolve(model)
+    data = await upload.read()
+    result = await b.detect(name, data, upload.filename, confidence, predictions)
+    return name, data, result
+
+
+# -- the old custom endpoints (bare answers) ---------------------------------------
+
+
+@router.get("/load", summary="Load every model; answer {name: hash}")
+async def load_all(request: Request) -> dict[str, str]:
+    b = backend(request)
+    await b.load(None)
+    return {name: b.info(name).hash for name in b.names() if _loads(b, name)}
+
+
+def _loads(b: Backend, name: str) -> bool:
+    try:
+        b.info(name)
+    except Exception:
+        return False
+    return True
+
+
+@router.post("/detect", summary="Detect objects; answer {bounding-boxes: [...]}")
+async def detect(
+    request: Request,
+    model: Annotated[str, Form(description="Model name or hash")],
+    image: Annotated[UploadFile, File(description="The image")],
+    confidence: Confidence = None,
+    predictions: Predictions = None,
+) -> dict[str, Any]:
+    _, _, result = await _detect(request, model, image, confidence, predictions)
+    return {"bounding-boxes": result["bounding-boxes"]}
+
+
+@router.post("/get_labels", summary="A model's labels; answer {label: label hash}")
+async def get_labels(request: Request, model: Annotated[str, Form(description="Model name or hash")]) -> dict[str, str]:
+    b = backend(request)
+    return b.info(b.resolve(model)).label_hashes
+
+
+# -- /models (enveloped answers) --------------------------------------------------------
+
+
+@router.get("/models", summary="List the models")
+async def list_models(request: Request) -> dict[str, Any]:
+    return envelope({"models": backend(request).names()})
+
+
+@router.get("/models/{model_name}/load", summary="Load a model (force: reload it)")
+async def load_model(request: Request, model_name: str, force: Annotated[bool, Query()] = False) -> dict[str, Any]:
+    b = backend(request)
+    await b.load(b.resolve(model_name), force)
+    return envelope(None)
+
+
+@router.post("/models/{model_name}/predict", summary="Detect objects in one image")
+async def predict(
+    request: Request,
+    model_name: str,
+    input_data: Annotated[UploadFile, File(description="The image")],
+    confidence: Confidence = None,
+    predictions: Predictions = None,
+) -> dict[str, Any]:
+    _, _, result = await _detect(request, model_name, input_data, confidence, predictions)
+    return envelope({"bounding-boxes": result["bounding-boxes"]})
+
+
+@router.post("/models/{model_name}/predict_batch", summary="Detect objects in several images")
+async def predict_batch(
+    request: Request,
+    model_name: str,
+    input_data: Annotated[list[UploadFile], File(description="The images")],
+    confidence: Confidence = None,
+    predictions: Predictions = None,
+) -> dict[str, Any]:
+    results = await asyncio.gather(*(_detect(request, model_name, f, confidence, predictions) for f in input_data))
+    return envelope([{"bounding-boxes": r["bounding-boxes"], "ImageName": f.filename}
+                     for (_, _, r), f in zip(results, input_data, strict=True)])
+
+
+@router.post(
+    "/models/{model_name}/predict_image",
+    summary="Detect objects and answer the image with boxes drawn (JPEG)",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}, "description": "The image with boxes and labels"}},
+)
+async def predict_image(
+    request: Request,
+    model_name: str,
+    input_data: Annotated[UploadFile, File(description="The image")],
+    confidence: Confidence = None,
+    predictions: Predictions = None,
+) -> Response:
+    _, data, result = await _detect(request, model_name, input_data, confidence, predictions)
+    limits = request.app.state.settings.decode_limits()
+
+    def render() -> bytes:
+        return draw_boxes(decode_image(data, limits), result["bounding-boxes"])
+
+    return Response(await asyncio.to_thread(render), media_type="image/jpeg")
+
+
+@router.get("/models/{model_name}/labels", summary="A model's labels")
+async def labels(request: Request, model_name: str) -> dict[str, Any]:
+    b = backend(request)
+    return envelope(b.info(b.resolve(model_name)).labels)
+
+
+@router.get("/models/{model_name}/config", summary="A model's configuration")
+async def config(request: Request, model_name: str) -> dict[str, Any]:
+    b = backend(request)
+    cfg = b.info(b.resolve(model_name)).config
+    return envelope({key: cfg.get(key) for key in ("framework", "type", "network")})
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+@router.get("/health/live", summary="The process is up", tags=["operations"])
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", summary="Ready to serve: broker reachable and models announced, or "
+                                     "embedded models loaded", tags=["operations"])
+async def ready(request: Request) -> JSONResponse:
+    ok, detail = await backend(request).ready()
+    return JSONResponse({"status": "ok" if ok else "unavailable", **detail}, status_code=200 if ok else 503)

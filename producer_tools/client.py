@@ -1,0 +1,248 @@
+"""Async request/reply over Kafka: send an image, await its detections.
+
+    async with DetectClient(KafkaClientSettings(bootstrap="localhost:9092")) as client:
+        reply = await client.detect("shapes_tf2", open("cat.jpg", "rb").read())
+        print(reply.data["bounding-boxes"] if reply.success else reply.error)
+
+Each client owns a reply topic (`<prefix>.replies.<unique id>`), so any number
+of clients (bridges behind a load balancer, replay runs) can share the workers.
+One background reader resolves waiting calls by correlation id; an answer for a
+call that already timed out, or a second answer for the same id (at-least-once
+delivery after a worker crash), is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumer import kafka_io
+from consumer.protocol import Control, ControlCommand, Reply, Request, Topics
+from consumer.settings import KafkaClientSettings
+from engines.errors import InvalidRequest, RequestTimeout, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientStats:
+    sent: int = 0
+    answered: int = 0
+    timed_out: int = 0
+    duplicates: int = 0
+    """Answers for ids already answered or given up on: dropped."""
+
+
+class DetectClient:
+    def __init__(
+        self,
+        settings: KafkaClientSettings,
+        timeout_s: float = 30.0,
+        reply_topic: str | None = None,
+        send_deadline: bool = True,
+        delete_reply_topic: bool = True,
+        send_timeout_s: float = 10.0,
+    ) -> None:
+        """`timeout_s`: default time to wait for an answer. With `send_deadline`,
+        each request carries `deadline-ms` = now + its timeout, so workers do not
+        spend time on requests nobody waits for any more. `send_timeout_s`: how long
+        handing a request to the broker may take before the call fails with
+        ServiceUnavailable (the broker is away)."""
+        self.send_timeout_s = send_timeout_s
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.timeout_s = timeout_s
+        self.send_deadline = send_deadline
+        self.reply_topic = reply_topic or f"{self.topics.prefix}.replies.{uuid.uuid4().hex[:16]}"
+        self._delete_reply_topic = delete_reply_topic and reply_topic is None
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.stats = ClientStats()
+
+    async def __aenter__(self) -> DetectClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Create the reply topic and start reading it before any request is sent.
+
+        Raises:
+            ServiceUnavailable: the broker cannot be reached.
+        """
+        try:
+            await kafka_io.ensure_topics(self.settings, [kafka_io.TopicSpec(self.reply_topic, 1)])
+            self.producer = kafka_io.producer(self.settings, "client")
+            await self.producer.start()
+            self.consumer = kafka_io.consumer(self.settings, "client", group_id=None,
+                                              auto_offset_reset="earliest")
+            self.consumer.assign([TopicPartition(self.reply_topic, 0)])
+            await self.consumer.start()
+        except (KafkaError, OSError) as exc:
+            raise ServiceUnavailable(f"cannot reach Kafka at {self.settings.bootstrap}: {exc}") from exc
+        self._reader = asyncio.create_task(self._read_replies(), name="replies")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        for future in self._pending.values():
+            future.cancel()
+        with contextlib.suppress(Exception):
+            await self.consumer.stop()
+        with contextlib.suppress(Exception):
+            await self.producer.stop()
+        if self._delete_reply_topic:
+            with contextlib.suppress(Exception):
+                await kafka_io.delete_topics(self.settings, [self.reply_topic])
+
+    async def detect(
+        self,
+        model: str,
+        image: bytes,
+        *,
+        confidence: float | None = None,
+        predictions: int | None = None,
+        image_name: str | None = None,
+        key: bytes | None = None,
+        timeout_s: float | None = None,
+    ) -> Reply:
+        """Ask for one image's detections and wait for the answer.
+
+        The answer may be an error reply (`reply.success` False, `reply.error` the
+        typed error): those are the worker's verdict on the request.
+
+        Raises:
+            RequestTimeout: no answer in `timeout_s`.
+            ServiceUnavailable: the request could not be handed to the broker.
+        """
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        correlation_id = uuid.uuid4().hex
+        request = Request(
+            model=model, correlation_id=correlation_id, image=image, key=key,
+            reply_to=self.reply_topic, confidence=confidence, predictions=predictions,
+            image_name=image_name,
+            deadline_ms=int((time.time() + timeout) * 1000) if self.send_deadline else None,
+        )
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        try:
+            await self._send(self.topics.requests(model), image, key, request.headers())
+            self.stats.sent += 1
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                self.stats.timed_out += 1
+                raise RequestTimeout(f"no answer from model '{model}' within {timeout:g}s") from None
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    async def load(self, model: str = "*", force: bool = False, timeout_s: float | None = None) -> Reply:
+        """Ask every worker to load (or with `force`, reload) `model` ('*': all theirs);
+        return the first worker's answer.
+
+        Raises:
+            RequestTimeout: no worker answered.
+            ServiceUnavailable: the command could not be handed to the broker.
+        """
+        correlation_id = uuid.uuid4().hex
+        command = Control(ControlCommand.LOAD, model, force, correlation_id, self.reply_topic)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            await self._send(self.topics.control, command.to_json(), None, [])
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise RequestTimeout(f"no worker answered the load of '{model}' within {timeout:g}s") from None
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    async def detect_many(
+        self, model: str, images: Iterable[tuple[str, bytes]], concurrency: int = 16, **options: object
+    ) -> list[Reply]:
+        """Detections for many (name, image) pairs, at most `concurrency` in flight,
+        in input order. A timeout becomes an error reply instead of stopping the rest."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(name: str, data: bytes) -> Reply:
+            async with gate:
+                try:
+                    return await self.detect(model, data, image_name=name, **options)  # type: ignore[arg-type]
+                except (RequestTimeout, ServiceUnavailable) as exc:
+                    return Reply(None, model, error=exc)
+
+        return list(await asyncio.gather(*(one(n, d) for n, d in images)))
+
+    async def _send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        try:
+            await asyncio.wait_for(
+                self.producer.send_and_wait(topic, value, key=key, headers=headers), self.send_timeout_s
+            )
+        except (KafkaError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"cannot hand the request to Kafka: {exc!r}") from exc
+
+    async def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether the brokers answer a metadata request now."""
+        try:
+            await asyncio.wait_for(self.consumer.topics(), timeout_s)
+        except (KafkaError, TimeoutError, OSError):
+            return False
+        return True
+
+    async def _read_replies(self) -> None:
+        while True:
+            try:
+                batches = await self.consumer.getmany(timeout_ms=500)
+            except KafkaError as exc:  # broker away: aiokafka reconnects, we keep asking
+                log.warning("reading replies failed", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._resolve(record.value)
+
+    def _resolve(self, value: bytes | None) -> None:
+        try:
+            reply = Reply.from_json(value or b"")
+        except InvalidRequest:
+            log.warning("ignoring a record that is not a reply", extra={"topic": self.reply_topic})
+            return
+        future = self._pending.get(reply.correlation_id or "")
+        if future is None or future.done():
+            self.stats.duplicates += 1
+            return
+        self.stats.answered += 1
+        future.set_result(reply)
+
+
+@contextlib.asynccontextmanager
+async def connect(bootstrap: str, **kwargs: object) -> AsyncIterator[DetectClient]:
+    """Shortcut: `async with connect("localhost:9092") as client: ...`."""
+    client = DetectClient(KafkaClientSettings(bootstrap=bootstrap), **kwargs)  # type: ignore[arg-type]
+    async with client:
+        yield client
+
+
+def replies_summary(replies: Sequence[Reply]) -> dict[str, int]:
+    """Count of answers by error code ('ok' for successes)."""
+    counts: dict[str, int] = {}
+    for reply in replies:
+        code = "ok" if reply.error is None else reply.error.code
+        counts[code] = counts.get(code, 0) + 1
+    return counts

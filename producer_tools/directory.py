@@ -1,0 +1,166 @@
+"""The models the workers serve, as they announce them on `<prefix>.models`.
+
+The bridge answers `/models`, labels, config and hashes from here, never from a
+model folder of its own, and refuses at once a request for a model that no
+live worker serves instead of letting it time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumer import kafka_io
+from consumer.protocol import Announcement, ModelState, Topics
+from consumer.settings import KafkaClientSettings
+from engines.errors import ModelNotFound, ModelUnavailable, TfstreamError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model as the live workers see it."""
+
+    name: str
+    hash: str
+    state: ModelState
+    """READY if any live worker serves it, else the state most workers report."""
+    labels: list[str]
+    label_hashes: dict[str, str]
+    config: dict[str, object]
+    engine: str
+    workers: list[str]
+    error: dict[str, str] | None
+
+
+class ModelDirectory:
+    def __init__(self, settings: KafkaClientSettings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self._latest: dict[bytes, Announcement] = {}
+        self._caught_up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        """Read the compacted topic from the start; return once caught up (or after `timeout_s`)."""
+        self._consumer = kafka_io.consumer(self.settings, "directory", group_id=None,
+                                           auto_offset_reset="earliest")
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._follow(), name="directory")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._caught_up.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._consumer.stop()
+
+    async def _follow(self) -> None:
+        partitions: list[TopicPartition] = []
+        while not partitions:  # the topic appears when the first worker starts
+            try:
+                await self._consumer.topics()  # refreshes the cluster metadata
+                ids = self._consumer.partitions_for_topic(self.topics.models) or set()
+                partitions = [TopicPartition(self.topics.models, p) for p in sorted(ids)]
+            except KafkaError as exc:
+                log.warning("cannot read the models topic yet", extra={"error": repr(exc)})
+            if not partitions:
+                self._caught_up.set()  # nothing to catch up with
+                await asyncio.sleep(1.0)
+        self._consumer.assign(partitions)
+        ends = await self._consumer.end_offsets(partitions)
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=500)
+            except KafkaError as exc:
+                log.warning("reading announcements failed", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._apply(record.key, record.value)
+            if not self._caught_up.is_set():
+                positions = {tp: await self._consumer.position(tp) for tp in partitions}
+                if all(positions[tp] >= ends[tp] for tp in partitions):
+                    self._caught_up.set()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        if value is None:  # tombstone: a worker left cleanly
+            self._latest.pop(key, None)
+            return
+        try:
+            self._latest[key] = Announcement.from_json(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring a malformed announcement", extra={"error": repr(exc)})
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    def _live(self) -> list[Announcement]:
+        now = time.time() * 1000
+        return [a for a in self._latest.values() if a.alive(now)]
+
+    def names(self) -> list[str]:
+        """Models announced by at least one live worker, whatever their state."""
+        return sorted({a.model for a in self._live()})
+
+    def ever_announced(self, name: str) -> bool:
+        return any(a.model == name for a in self._latest.values())
+
+    def view(self, name: str) -> ModelView:
+        """The model's live view.
+
+        Raises:
+            ModelNotFound: no worker ever announced it.
+            ModelUnavailable: it was announced, but no live worker has it now.
+        """
+        live = [a for a in self._live() if a.model == name]
+        if not live:
+            if self.ever_announced(name):
+                raise ModelUnavailable(f"no worker serves model '{name}' at the moment")
+            raise ModelNotFound(f"model '{name}' does not exist (no worker announces it)")
+        ready = [a for a in live if a.state is ModelState.READY]
+        best = max(ready or live, key=lambda a: a.updated_ms)
+        return ModelView(
+            name=name, hash=best.hash, state=best.state, labels=best.labels,
+            label_hashes=best.label_hashes, config=best.config, engine=best.engine,
+            workers=sorted(a.worker for a in (ready or live)), error=None if ready else best.error,
+        )
+
+    def serving(self, name: str) -> ModelView:
+        """The view of a model that can take requests now.
+
+        Raises:
+            ModelNotFound, ModelUnavailable: see `view`.
+            TfstreamError: the workers' own error for it (e.g. model_load_failed).
+        """
+        view = self.view(name)
+        if view.state is ModelState.READY:
+            return view
+        if view.error:
+            raise TfstreamError.from_dict(view.error)
+        raise ModelUnavailable(f"model '{name}' is {view.state.value} on every worker")
+
+    def resolve(self, name_or_hash: str) -> str:
+        """A model name from a name or a model hash.
+
+        Raises:
+            ModelNotFound: neither.
+        """
+        for a in self._latest.values():
+            if name_or_hash in (a.model, a.hash):
+                return a.model
+        raise ModelNotFound(f"no model named or hashed '{name_or_hash[:200]}'")
