@@ -34,8 +34,12 @@ class Entry:
 
 
 class ModelRegistry:
-    def __init__(self, repository: ModelRepository, served: list[str] | None, device: str = "auto") -> None:
+    def __init__(
+        self, repository: ModelRepository, served: list[str] | None, device: str = "auto",
+        simulate_batch_ms: float = 0,
+    ) -> None:
         """`served`: the model names to serve, or None for every model of the repository."""
+        self._simulate_batch_ms = simulate_batch_ms
         self.repository = repository
         self._served = served
         self._device_request = device
@@ -77,7 +81,8 @@ class ModelRegistry:
         spec: ModelSpec | None = None
         try:
             spec = self.repository.spec(name)
-            detector = load_detector(spec, self.device())
+            device = "/SIMULATED:0" if self._simulate_batch_ms else self.device()
+            detector = load_detector(spec, device, simulate_batch_ms=self._simulate_batch_ms)
         except TfstreamError as exc:
             log.error("model failed to load", extra={"model": name, "code": exc.code, "error": exc.message})
             return Entry(name, ModelState.FAILED, spec=spec, error=exc)

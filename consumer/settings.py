@@ -89,6 +89,10 @@ class WorkerSettings(BaseSettings):
     max_image_pixels: int = 40_000_000
     """Largest width x height accepted, checked before decoding."""
 
+    simulate_batch_ms: float = Field(default=0, ge=0)
+    """Benchmarks only: replace every model by a simulated accelerator whose engine call
+    takes this many milliseconds whatever the batch size, and finds nothing. 0 = real models."""
+
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
 

@@ -67,7 +67,8 @@ class Worker:
         self.topics = Topics(settings.topic_prefix)
         self.metrics = WorkerMetrics()
         self.registry = ModelRegistry(
-            ModelRepository(settings.repository), settings.model_names(), settings.device
+            ModelRepository(settings.repository), settings.model_names(), settings.device,
+            settings.simulate_batch_ms,
         )
         self.stopping = asyncio.Event()
         self.offsets = OffsetTracker()
@@ -250,22 +251,27 @@ class Worker:
             await control.stop()
 
     async def _on_control(self, command: Control) -> None:
+        """Load what the command names; answer once: the model's state, or for '*'
+        every served model's state (one broken model does not fail the others)."""
         if command.command is not ControlCommand.LOAD:
             return
         names = self.registry.served_names() if command.model == "*" else [command.model]
+        states: dict[str, str] = {}
+        error: TfstreamError | None = None
         for name in names:
-            error: TfstreamError | None = None
             try:
                 entry = await asyncio.to_thread(self.registry.load, name, command.force)
-                await self._announce(entry)
-                error = entry.error
             except TfstreamError as exc:
                 error = exc
-            if command.reply_to:
-                reply = Reply(command.correlation_id, name, data=None if error else {"state": "ready"},
-                              error=error, worker=self.worker_id)
-                with contextlib.suppress(KafkaError):
-                    await self.producer.send_and_wait(command.reply_to, reply.to_json(), headers=reply.headers())
+                continue
+            await self._announce(entry)
+            states[name] = entry.state.value
+            error = error or (entry.error if command.model != "*" else None)
+        if command.reply_to:
+            reply = Reply(command.correlation_id, command.model, data=None if error else {"models": states},
+                          error=error, worker=self.worker_id)
+            with contextlib.suppress(KafkaError):
+                await self.producer.send_and_wait(command.reply_to, reply.to_json(), headers=reply.headers())
 
     async def _lag_loop(self) -> None:
         while True:

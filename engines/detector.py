@@ -80,16 +80,23 @@ class Detector:
         ]
 
 
-def load_detector(spec: ModelSpec, device: str = "/CPU:0", warm_up: bool = True) -> Detector:
+def load_detector(
+    spec: ModelSpec, device: str = "/CPU:0", warm_up: bool = True, simulate_batch_ms: float = 0
+) -> Detector:
     """Load the weights and run one warm-up image through them.
 
     The warm-up moves graph tracing and kernel selection off the first request,
     and finds a graph that loads but cannot run before any client does.
+    `simulate_batch_ms` > 0 replaces the weights by `SimulatedEngine` (benchmarks).
 
     Raises:
         ModelLoadFailed: TensorFlow could not load or run the model.
     """
     started = time.perf_counter()
+    if simulate_batch_ms > 0:
+        from engines.simulated import SimulatedEngine
+
+        return Detector(spec=spec, engine=SimulatedEngine(simulate_batch_ms))
     try:
         engine = ENGINES[spec.engine](spec, device)
         if warm_up:

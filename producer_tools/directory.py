@@ -13,7 +13,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer import kafka_io
@@ -49,9 +48,14 @@ class ModelDirectory:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout_s: float = 10.0) -> None:
-        """Read the compacted topic from the start; return once caught up (or after `timeout_s`)."""
+        """Read the compacted topic from the start; return once caught up (or after `timeout_s`).
+
+        Subscribing without a group gets every partition, and the topic too once
+        the first worker creates it.
+        """
         self._consumer = kafka_io.consumer(self.settings, "directory", group_id=None,
-                                           auto_offset_reset="earliest")
+                                           auto_offset_reset="earliest", metadata_max_age_ms=2000)
+        self._consumer.subscribe([self.topics.models])
         await self._consumer.start()
         self._task = asyncio.create_task(self._follow(), name="directory")
         with contextlib.suppress(TimeoutError):
@@ -66,19 +70,6 @@ class ModelDirectory:
             await self._consumer.stop()
 
     async def _follow(self) -> None:
-        partitions: list[TopicPartition] = []
-        while not partitions:  # the topic appears when the first worker starts
-            try:
-                await self._consumer.topics()  # refreshes the cluster metadata
-                ids = self._consumer.partitions_for_topic(self.topics.models) or set()
-                partitions = [TopicPartition(self.topics.models, p) for p in sorted(ids)]
-            except KafkaError as exc:
-                log.warning("cannot read the models topic yet", extra={"error": repr(exc)})
-            if not partitions:
-                self._caught_up.set()  # nothing to catch up with
-                await asyncio.sleep(1.0)
-        self._consumer.assign(partitions)
-        ends = await self._consumer.end_offsets(partitions)
         while True:
             try:
                 batches = await self._consumer.getmany(timeout_ms=500)
@@ -89,10 +80,16 @@ class ModelDirectory:
             for records in batches.values():
                 for record in records:
                     self._apply(record.key, record.value)
-            if not self._caught_up.is_set():
-                positions = {tp: await self._consumer.position(tp) for tp in partitions}
-                if all(positions[tp] >= ends[tp] for tp in partitions):
-                    self._caught_up.set()
+            if not self._caught_up.is_set() and await self._at_end():
+                self._caught_up.set()
+
+    async def _at_end(self) -> bool:
+        """Whether every assigned partition was read up to its end (true with none)."""
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or await self._consumer.position(tp) < highwater:
+                return False
+        return True
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:

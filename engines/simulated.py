@@ -1,0 +1,38 @@
+"""A simulated accelerator, for scaling benchmarks only.
+
+Every engine call takes `batch_ms` whatever its batch size (as a GPU does
+well below saturation) and sleeps instead of computing, so that several
+worker processes on this 2-core machine scale as they would on several GPUs.
+It finds nothing: its answers have no boxes. Never used unless asked for
+with `--simulate-batch-ms`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from engines.base import Engine
+
+
+class SimulatedEngine(Engine):
+    fixed_batch = None
+    device = "/SIMULATED:0"
+
+    def __init__(self, batch_ms: float) -> None:
+        self.batch_ms = batch_ms
+
+    def _call(self, tensor: Any) -> Any:  # pragma: no cover - _run is overridden
+        raise NotImplementedError
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(self.batch_ms / 1000)
+        size = batch.shape[0]
+        return {
+            "detection_boxes": np.zeros((size, 1, 4), np.float32),
+            "detection_scores": np.zeros((size, 1), np.float32),
+            "detection_classes": np.ones((size, 1), np.float32),
+            "num_detections": np.zeros((size,), np.float32),
+        }
