@@ -6,25 +6,26 @@ VENV ?= .venv
 # cpu: tensorflow-cpu; gpu: tensorflow with its CUDA libraries.
 TF_EXTRA ?= cpu
 MODELS ?= models
+PORT ?= 4343
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: run test setup models kafka-jars bench lint clean
 
+# The bridge, embedded (no Kafka): http://localhost:$(PORT)/docs
 run: setup models
-	@echo "models generated in $(MODELS)/ (the HTTP bridge that serves them comes in a later issue)"
-	$(BIN)/tfstream-models validate $(MODELS)
+	$(BIN)/tfstream-bridge --repository $(MODELS) --port $(PORT)
 
 test: setup models kafka-jars
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(VENV)/.installed
 
-# The install step, also used verbatim by the Dockerfiles.
-$(VENV)/.installed: pyproject.toml
+# The install step: deploy/install.sh, shared with deploy/Dockerfile and Dockerfile.gpu.
+$(VENV)/.installed: pyproject.toml deploy/install.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[$(TF_EXTRA),dev]'
+	bash deploy/install.sh $(BIN)/pip '$(TF_EXTRA),dev' --editable
 	touch $@
 
 # Generates only the models that are missing.
