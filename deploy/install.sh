@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The one install step of tfstream, shared by the Makefile and the Dockerfiles:
+#
+#   bash deploy/install.sh PIP EXTRAS [--editable]
+#
+#   PIP         the pip of the target environment (.venv/bin/pip, /opt/venv/bin/pip)
+#   EXTRAS      comma-separated extras of pyproject.toml: exactly one of cpu / gpu
+#               (which TensorFlow wheel), plus dev for the test tools
+#   --editable  install the project in development mode (pip install -e)
+#
+# Examples:
+#   bash deploy/install.sh .venv/bin/pip 'cpu,dev' --editable   # make setup
+#   bash deploy/install.sh /opt/venv/bin/pip gpu                  # deploy/Dockerfile.gpu
+#
+# It installs the project that contains this script, whatever the current directory.
+set -euo pipefail
+
+usage() {
+  echo "usage: bash deploy/install.sh PIP EXTRAS [--editable]" >&2
+  exit 2
+}
+
+[[ $# -eq 2 || $# -eq 3 ]] || usage
+pip="$1"
+extras="$2"
+editable=()
+if [[ $# -eq 3 ]]; then
+  [[ "$3" == "--editable" ]] || usage
+  editable=(-e)
+fi
+[[ -n "$pip" && -n "$extras" ]] || usage
+if [[ ! "$extras" =~ ^[A-Za-z0-9_,-]+$ ]]; then
+  echo "install.sh: extras must be comma-separated names, got '$extras'" >&2
+  exit 2
+fi
+# tensorflow-cpu and tensorflow[and-cuda] ship the same module: never both.
+if [[ ",$extras," == *",cpu,"* && ",$extras," == *",gpu,"* ]]; then
+  echo "install.sh: choose one of the cpu and gpu extras, not both" >&2
+  exit 2
+fi
+
+# A relative pip path is taken from the caller's directory, before moving to the project.
+if [[ "$pip" == */* ]]; then
+  pip="$(cd "$(dirname "$pip")" && pwd)/$(basename "$pip")"
+fi
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+"$pip" install --quiet ${editable[@]+"${editable[@]}"} ".[$extras]"

@@ -1,1 +1,0 @@
-from tests.support.fixtures import model_repository, shapes_images  # noqa: F401
