@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from engines.detector import Detector, load_detector
 from engines.images import decode_image
@@ -37,7 +36,9 @@ class RawResult:
     batches: int
 
 
-def sample_jpegs(count: int = 32, width: int = 640, height: int = 480, seed: int = 0) -> list[bytes]:
+def sample_jpegs(
+    count: int = 32, width: int = 640, height: int = 480, seed: int = 0
+) -> list[bytes]:
     """640x480 JPEGs of the shapes scenes: realistic sizes and entropy for decoding."""
     from engines.modelgen.images import draw_shapes_image
 
@@ -95,32 +96,50 @@ def run(repository: Path, models: list[str], max_batch: int, seconds: float) -> 
         for batch in sizes:
             result = measure(detector, jpegs, batch, seconds)
             results.append(result)
-            print(f"{name:28s} batch {batch:2d}: {result.images_per_s:8.1f} images/s  "
-                  f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  ({result.batches} batches)",
-                  flush=True)
+            print(
+                f"{name:28s} batch {batch:2d}: {result.images_per_s:8.1f} images/s  "
+                f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  "
+                f"({result.batches} batches)",
+                flush=True,
+            )
         best = max((r for r in results if r.model == name), key=lambda r: r.images_per_s)
         print(f"{name:28s} best batch {best.batch}: {best.images_per_s:.1f} images/s", flush=True)
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repository", type=Path, default=Path("models"))
-    parser.add_argument("--models", default="ssd_mobilenet_v2_bench,shapes_tf2,shapes_tf1",
-                        help="comma-separated model names")
+    parser.add_argument(
+        "--models",
+        default="ssd_mobilenet_v2_bench,shapes_tf2,shapes_tf1",
+        help="comma-separated model names",
+    )
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per batch size")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     import tensorflow as tf
 
-    results = run(args.repository, [m for m in args.models.split(",") if m], args.max_batch, args.seconds)
+    results = run(
+        args.repository, [m for m in args.models.split(",") if m], args.max_batch, args.seconds
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "date": time.strftime("%Y-%m-%d"),
-            "results": [asdict(r) for r in results]}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": platform.processor() or platform.machine(),
+                    "python": platform.python_version(),
+                    "tensorflow": tf.__version__,
+                    "date": time.strftime("%Y-%m-%d"),
+                    "results": [asdict(r) for r in results],
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ Check = Callable[[], tuple[bool, dict[str, object]]]
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, live: Check, ready: Check) -> None:
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, live: Check, ready: Check
+    ) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 if self.path == "/metrics":
                     self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
                 elif self.path in ("/health/live", "/health/ready", "/health"):
@@ -47,7 +49,9 @@ class HealthServer:
         self.ready = ready
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health", daemon=True
+        )
 
     @property
     def port(self) -> int:

@@ -96,7 +96,9 @@ async def ensure_topics(
             if code not in (0, _TOPIC_ALREADY_EXISTS):
                 from aiokafka.errors import for_code
 
-                raise for_code(code)(f"cannot create topic {topic}: {entry[2] if len(entry) > 2 else ''}")
+                raise for_code(code)(
+                    f"cannot create topic {topic}: {entry[2] if len(entry) > 2 else ''}"
+                )
         log.info("topics created", extra={"topics": [t.name for t in wanted]})
     finally:
         await admin.close()
@@ -116,15 +118,18 @@ class KafkaOutbox:
         self._attempts = attempts
         self._closing = False
 
-    def send(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers) -> asyncio.Future[None]:
+    def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+    ) -> asyncio.Future[None]:
         return asyncio.ensure_future(self._deliver(topic, value, key, list(headers)))
 
     def close(self) -> None:
         """Stop retrying (used at the end of a shutdown that ran out of time)."""
         self._closing = True
 
-    async def _deliver(self, topic: str, value: bytes | None, key: bytes | None,
-                       headers: list[tuple[str, bytes]]) -> None:
+    async def _deliver(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
         delay_s, failures = 0.1, 0
         while True:
             try:
@@ -136,8 +141,10 @@ class KafkaOutbox:
                 permanent = not getattr(exc, "retriable", False)
                 if self._closing or (permanent and failures >= self._attempts):
                     raise
-                log.warning("send failed, retrying", extra={"topic": topic, "error": repr(exc),
-                                                              "attempt": failures})
+                log.warning(
+                    "send failed, retrying",
+                    extra={"topic": topic, "error": repr(exc), "attempt": failures},
+                )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
 

@@ -40,32 +40,62 @@ class WorkerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter("tfstream_requests", "Requests answered", ["model"], registry=r)
-        self.errors = Counter("tfstream_errors", "Requests answered with an error", ["model", "code"], registry=r)
-        self.dlq = Counter("tfstream_dlq", "Requests copied to the dead-letter topic", ["model", "code"], registry=r)
+        self.errors = Counter(
+            "tfstream_errors", "Requests answered with an error", ["model", "code"], registry=r
+        )
+        self.dlq = Counter(
+            "tfstream_dlq",
+            "Requests copied to the dead-letter topic",
+            ["model", "code"],
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "tfstream_batch_size", "Images per engine call", ["model"], buckets=_BATCH_BUCKETS, registry=r
+            "tfstream_batch_size",
+            "Images per engine call",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.queue_seconds = Histogram(
-            "tfstream_queue_seconds", "Arrival at the worker to start of inference", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "tfstream_queue_seconds",
+            "Arrival at the worker to start of inference",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference_seconds = Histogram(
-            "tfstream_inference_seconds", "Engine call duration", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+            "tfstream_inference_seconds",
+            "Engine call duration",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.decode_seconds = Histogram(
             "tfstream_decode_seconds", "Image decode duration", buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.lag = Gauge("tfstream_lag", "Requests in the assigned partitions not yet fetched", ["model"], registry=r)
-        self.inflight = Gauge("tfstream_inflight", "Requests fetched and not yet answered", registry=r)
+        self.lag = Gauge(
+            "tfstream_lag",
+            "Requests in the assigned partitions not yet fetched",
+            ["model"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "tfstream_inflight", "Requests fetched and not yet answered", registry=r
+        )
         self.backlog_seconds = Gauge(
-            "tfstream_backlog_seconds", "Backlog (lag + in flight) / measured throughput", ["model"], registry=r
+            "tfstream_backlog_seconds",
+            "Backlog (lag + in flight) / measured throughput",
+            ["model"],
+            registry=r,
         )
         self.throughput = Gauge(
             "tfstream_throughput", "Measured answers per second (EWMA)", ["model"], registry=r
         )
         self.model_info = Gauge(
-            "tfstream_model_info", "1 per model this worker knows, with its state and device",
-            ["model", "state", "device", "engine"], registry=r,
+            "tfstream_model_info",
+            "1 per model this worker knows, with its state and device",
+            ["model", "state", "device", "engine"],
+            registry=r,
         )
         self._rates: dict[str, _Rate] = {}
 

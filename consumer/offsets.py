@@ -47,7 +47,9 @@ class OffsetTracker:
 
     def commit_points(self, partitions: Iterable[Hashable] | None = None) -> dict[Hashable, int]:
         """Offsets to commit (Kafka's "next offset to read") that moved since the last call."""
-        keys = list(self._parts) if partitions is None else [k for k in partitions if k in self._parts]
+        keys = (
+            list(self._parts) if partitions is None else [k for k in partitions if k in self._parts]
+        )
         points: dict[Hashable, int] = {}
         for key in keys:
             part = self._parts[key]

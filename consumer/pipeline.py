@@ -159,7 +159,9 @@ class Pipeline:
 
     async def _run(self) -> None:
         while True:
-            jobs = await collect(self._queue, self.settings.max_batch, self.settings.max_delay_ms / 1000)
+            jobs = await collect(
+                self._queue, self.settings.max_batch, self.settings.max_delay_ms / 1000
+            )
             if not jobs:
                 return
             try:
@@ -168,8 +170,13 @@ class Pipeline:
                 log.exception("batch failed unexpectedly")
                 for job in jobs:
                     if not job.done.done():
-                        self._answer_error(job.record, job.request.model, job.request,
-                                           InferenceFailed(f"internal error: {exc}"), job.done)
+                        self._answer_error(
+                            job.record,
+                            job.request.model,
+                            job.request,
+                            InferenceFailed(f"internal error: {exc}"),
+                            job.done,
+                        )
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         await asyncio.wait([job.decoded for job in jobs])
@@ -181,9 +188,13 @@ class Pipeline:
                     error = InferenceFailed(f"decoding failed: {error}")
                 self._answer_error(job.record, job.request.model, job.request, error, job.done)
             elif job.request.expired():
-                self._answer_error(job.record, job.request.model, job.request,
-                                   DeadlineExceeded("the request's deadline passed while it was queued"),
-                                   job.done)
+                self._answer_error(
+                    job.record,
+                    job.request.model,
+                    job.request,
+                    DeadlineExceeded("the request's deadline passed while it was queued"),
+                    job.done,
+                )
             else:
                 groups[(job.request.model, job.decoded.result()[0].shape)].append(job)
         loop = asyncio.get_running_loop()
@@ -193,7 +204,9 @@ class Pipeline:
             options = [detector.options(j.request.confidence, j.request.predictions) for j in group]
             started = time.perf_counter()
             try:
-                boxes = await loop.run_in_executor(self._infer_pool, detector.detect, images, options)
+                boxes = await loop.run_in_executor(
+                    self._infer_pool, detector.detect, images, options
+                )
             except TfstreamError as exc:
                 for job in group:
                     self._answer_error(job.record, model, job.request, exc, job.done)
@@ -210,38 +223,64 @@ class Pipeline:
                     batch_size=len(group),
                 )
                 data = detection_data(found, job.request.image_name, image.shape[1], image.shape[0])
-                reply = Reply(job.request.correlation_id, model, data=data, timing=timing,
-                              worker=self.worker_id)
+                reply = Reply(
+                    job.request.correlation_id,
+                    model,
+                    data=data,
+                    timing=timing,
+                    worker=self.worker_id,
+                )
                 topic = job.request.reply_to or self.topics.results(model)
-                self._deliver(job.done, [(topic, reply.to_json(), job.request.key, reply.headers())])
+                self._deliver(
+                    job.done, [(topic, reply.to_json(), job.request.key, reply.headers())]
+                )
             self.metrics.answered(model, len(group))
 
     def _answer_error(
-        self, record: Record, model: str, request: Request | None, error: TfstreamError,
+        self,
+        record: Record,
+        model: str,
+        request: Request | None,
+        error: TfstreamError,
         done: asyncio.Future[None],
     ) -> None:
         """Answer a request that will not run, and copy it to the DLQ unless it merely expired."""
         if request is not None:
-            topic, correlation_id = request.reply_to or self.topics.results(model), request.correlation_id
+            topic, correlation_id = (
+                request.reply_to or self.topics.results(model),
+                request.correlation_id,
+            )
         else:
             topic, correlation_id = reply_address(self.topics, model, record.headers)
         self.metrics.errors.labels(model, error.code).inc()
         self.metrics.answered(model)
-        log.info("request failed", extra={"model": model, "code": error.code, "error": error.message,
-                                            "topic": record.topic, "partition": record.partition,
-                                            "offset": record.offset, "correlation_id": correlation_id})
+        log.info(
+            "request failed",
+            extra={
+                "model": model,
+                "code": error.code,
+                "error": error.message,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "correlation_id": correlation_id,
+            },
+        )
         reply = Reply(correlation_id, model, error=error, worker=self.worker_id)
         sends = [(topic, reply.to_json(), record.key, reply.headers())]
         if not isinstance(error, DeadlineExceeded):
             self.metrics.dlq.labels(model, error.code).inc()
-            headers = dlq_headers(record.headers, error, record.topic, record.partition,
-                                  record.offset, self.worker_id)
+            headers = dlq_headers(
+                record.headers, error, record.topic, record.partition, record.offset, self.worker_id
+            )
             sends.append((self.topics.dlq, record.value, record.key, headers))
         self._deliver(done, sends)
 
     def _deliver(self, done: asyncio.Future[None], sends: Sequence[_Send]) -> None:
         """Send the records; resolve `done` once all are acknowledged, or fail it."""
-        acks = [self.outbox.send(topic, value, key, headers) for topic, value, key, headers in sends]
+        acks = [
+            self.outbox.send(topic, value, key, headers) for topic, value, key, headers in sends
+        ]
 
         async def settle() -> None:
             try:

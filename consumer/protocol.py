@@ -142,7 +142,9 @@ def header_map(headers: Headers | None) -> dict[str, str]:
     return out
 
 
-def parse_request(model: str, key: bytes | None, value: bytes | None, headers: Headers | None) -> Request:
+def parse_request(
+    model: str, key: bytes | None, value: bytes | None, headers: Headers | None
+) -> Request:
     """Check a request record's headers and build the `Request`.
 
     Raises:
@@ -163,7 +165,9 @@ def parse_request(model: str, key: bytes | None, value: bytes | None, headers: H
         raise InvalidRequest(f"header '{PREDICTIONS}' must be >= 0")
     deadline = _number(h, DEADLINE_MS, int)
     reply_to = h.get(REPLY_TO) or None
-    if reply_to is not None and not (_TOPIC_SAFE.fullmatch(reply_to) and len(reply_to) <= _MAX_TOPIC):
+    if reply_to is not None and not (
+        _TOPIC_SAFE.fullmatch(reply_to) and len(reply_to) <= _MAX_TOPIC
+    ):
         raise InvalidRequest(f"header '{REPLY_TO}' is not a valid topic name")
     return Request(
         model=model,
@@ -186,13 +190,17 @@ def _number(h: dict[str, str], name: str, kind: type[int] | type[float]) -> Any:
     try:
         number = kind(text.strip())
     except ValueError:
-        raise InvalidRequest(f"header '{name}' is not a valid {kind.__name__}: {text[:50]!r}") from None
+        raise InvalidRequest(
+            f"header '{name}' is not a valid {kind.__name__}: {text[:50]!r}"
+        ) from None
     if kind is float and number != number:  # NaN
         raise InvalidRequest(f"header '{name}' is not a number")
     return number
 
 
-def reply_address(topics: Topics, model: str, headers: Headers | None) -> tuple[str | None, str | None]:
+def reply_address(
+    topics: Topics, model: str, headers: Headers | None
+) -> tuple[str | None, str | None]:
     """Where to answer a record even when it is too broken to parse: (topic, correlation id).
 
     A record without a correlation id has nobody waiting for it by id, but it
@@ -289,13 +297,20 @@ class Reply:
             raise InvalidRequest(f"not a tfstream reply: {exc}") from None
 
 
-def detection_data(boxes: list[dict[str, Any]], image_name: str | None, width: int, height: int) -> dict[str, Any]:
+def detection_data(
+    boxes: list[dict[str, Any]], image_name: str | None, width: int, height: int
+) -> dict[str, Any]:
     """The `data` of a successful reply: the old API's box list plus image facts."""
     return {"bounding-boxes": boxes, "ImageName": image_name, "width": width, "height": height}
 
 
 def dlq_headers(
-    original: Headers | None, error: TfstreamError, topic: str, partition: int, offset: int, worker: str
+    original: Headers | None,
+    error: TfstreamError,
+    topic: str,
+    partition: int,
+    offset: int,
+    worker: str,
 ) -> list[tuple[str, bytes]]:
     return [
         *(original or ()),
@@ -379,8 +394,14 @@ class Control:
 
     def to_json(self) -> bytes:
         return json.dumps(
-            {"protocol": PROTOCOL_VERSION, "command": self.command.value, "model": self.model,
-             "force": self.force, "correlation_id": self.correlation_id, "reply_to": self.reply_to}
+            {
+                "protocol": PROTOCOL_VERSION,
+                "command": self.command.value,
+                "model": self.model,
+                "force": self.force,
+                "correlation_id": self.correlation_id,
+                "reply_to": self.reply_to,
+            }
         ).encode()
 
     @staticmethod

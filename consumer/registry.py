@@ -35,7 +35,10 @@ class Entry:
 
 class ModelRegistry:
     def __init__(
-        self, repository: ModelRepository, served: list[str] | None, device: str = "auto",
+        self,
+        repository: ModelRepository,
+        served: list[str] | None,
+        device: str = "auto",
         simulate_batch_ms: float = 0,
     ) -> None:
         """`served`: the model names to serve, or None for every model of the repository."""
@@ -84,15 +87,24 @@ class ModelRegistry:
             device = "/SIMULATED:0" if self._simulate_batch_ms else self.device()
             detector = load_detector(spec, device, simulate_batch_ms=self._simulate_batch_ms)
         except TfstreamError as exc:
-            log.error("model failed to load", extra={"model": name, "code": exc.code, "error": exc.message})
+            log.error(
+                "model failed to load",
+                extra={"model": name, "code": exc.code, "error": exc.message},
+            )
             return Entry(name, ModelState.FAILED, spec=spec, error=exc)
         except Exception as exc:  # a bad device name, an unexpected TensorFlow failure
             log.exception("model failed to load", extra={"model": name})
-            return Entry(name, ModelState.FAILED, spec=spec, error=ModelLoadFailed(f"{name}: {exc}"))
+            return Entry(
+                name, ModelState.FAILED, spec=spec, error=ModelLoadFailed(f"{name}: {exc}")
+            )
         log.info(
             "model ready",
-            extra={"model": name, "device": detector.device, "load_s": round(detector.load_s, 2),
-                   "batch": detector.engine.fixed_batch or "any"},
+            extra={
+                "model": name,
+                "device": detector.device,
+                "load_s": round(detector.load_s, 2),
+                "batch": detector.engine.fixed_batch or "any",
+            },
         )
         return Entry(name, ModelState.READY, spec=spec, detector=detector)
 
@@ -100,7 +112,9 @@ class ModelRegistry:
         if self._device is None:
             from engines import runtime
 
-            self._device = runtime.configure(None if self._device_request == "auto" else self._device_request)
+            self._device = runtime.configure(
+                None if self._device_request == "auto" else self._device_request
+            )
         return self._device
 
     def detector(self, name: str) -> Detector:
@@ -142,4 +156,3 @@ class ModelRegistry:
             error=entry.error.to_dict() if entry.error else None,
             ttl_ms=ttl_ms,
         )
-

@@ -28,7 +28,9 @@ class KafkaClientSettings(BaseSettings):
     """Kafka client id (default: tfstream-<role>-<host>-<pid>)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How to reach the brokers."""
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] = "PLAIN"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] = (
+        "PLAIN"
+    )
     """SASL mechanism, with a SASL_* security protocol."""
     sasl_username: str = ""
     """SASL user name."""

@@ -57,7 +57,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.worker.hand_back(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
+        log.info(
+            "partitions assigned",
+            extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)},
+        )
 
 
 class Worker:
@@ -67,7 +70,9 @@ class Worker:
         self.topics = Topics(settings.topic_prefix)
         self.metrics = WorkerMetrics()
         self.registry = ModelRegistry(
-            ModelRepository(settings.repository), settings.model_names(), settings.device,
+            ModelRepository(settings.repository),
+            settings.model_names(),
+            settings.device,
             settings.simulate_batch_ms,
         )
         self.stopping = asyncio.Event()
@@ -85,9 +90,11 @@ class Worker:
         served = self.registry.served_names()
         await kafka_io.ensure_topics(
             s,
-            [kafka_io.TopicSpec(self.topics.dlq, s.partitions),
-             kafka_io.TopicSpec(self.topics.models, 1, compacted=True),
-             kafka_io.TopicSpec(self.topics.control, 1)]
+            [
+                kafka_io.TopicSpec(self.topics.dlq, s.partitions),
+                kafka_io.TopicSpec(self.topics.models, 1, compacted=True),
+                kafka_io.TopicSpec(self.topics.control, 1),
+            ]
             + [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in served]
             + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in served],
             s.replication_factor,
@@ -99,10 +106,13 @@ class Worker:
         try:
             for entry in await asyncio.to_thread(self.registry.load_all):
                 await self._announce(entry)
-            self.pipeline = Pipeline(self.registry, self.topics, self.outbox, s, self.worker_id, self.metrics)
+            self.pipeline = Pipeline(
+                self.registry, self.topics, self.outbox, s, self.worker_id, self.metrics
+            )
             self.pipeline.start()
             self.consumer = kafka_io.consumer(
-                s, "worker",
+                s,
+                "worker",
                 group_id=s.group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -112,13 +122,24 @@ class Worker:
                 metadata_max_age_ms=s.metadata_max_age_ms,
             )
             if s.model_names() is None:  # every model: also answer requests for unknown ones
-                self.consumer.subscribe(pattern=self.topics.requests_pattern, listener=_Rebalance(self))
+                self.consumer.subscribe(
+                    pattern=self.topics.requests_pattern, listener=_Rebalance(self)
+                )
             else:
-                self.consumer.subscribe([self.topics.requests(m) for m in served], listener=_Rebalance(self))
+                self.consumer.subscribe(
+                    [self.topics.requests(m) for m in served], listener=_Rebalance(self)
+                )
             await self.consumer.start()
             self._joined = True
-            log.info("worker started", extra={"worker": self.worker_id, "group": s.group,
-                                               "models": served, "device": self._device_name()})
+            log.info(
+                "worker started",
+                extra={
+                    "worker": self.worker_id,
+                    "group": s.group,
+                    "models": served,
+                    "device": self._device_name(),
+                },
+            )
             self._tasks = [
                 asyncio.create_task(self._commit_loop(), name="commit"),
                 asyncio.create_task(self._announce_loop(), name="announce"),
@@ -156,7 +177,14 @@ class Worker:
                 for rec in records:
                     self.offsets.track(tp, rec.offset)
                     done = self.pipeline.submit(
-                        Record(rec.topic, rec.partition, rec.offset, rec.key, rec.value, tuple(rec.headers))
+                        Record(
+                            rec.topic,
+                            rec.partition,
+                            rec.offset,
+                            rec.key,
+                            rec.value,
+                            tuple(rec.headers),
+                        )
                     )
                     done.add_done_callback(partial(self._answered, tp, rec.offset))
 
@@ -165,8 +193,14 @@ class Worker:
         if error is None:
             self.offsets.finish(tp, offset)
         else:  # never delivered: leave it uncommitted, it will be read again
-            log.error("answer not delivered; the request stays uncommitted",
-                      extra={"partition": f"{tp.topic}:{tp.partition}", "offset": offset, "error": repr(error)})
+            log.error(
+                "answer not delivered; the request stays uncommitted",
+                extra={
+                    "partition": f"{tp.topic}:{tp.partition}",
+                    "offset": offset,
+                    "error": repr(error),
+                },
+            )
         self._capacity.set()
 
     async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
@@ -192,7 +226,10 @@ class Worker:
             await asyncio.sleep(0.02)
         await self._commit(revoked)
         self.offsets.forget(revoked)
-        log.info("partitions revoked", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in revoked)})
+        log.info(
+            "partitions revoked",
+            extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in revoked)},
+        )
 
     # -- shutdown -------------------------------------------------------------------
 
@@ -216,14 +253,18 @@ class Worker:
     # -- announcements, control, lag ------------------------------------------------
 
     async def _announce(self, entry: Entry) -> None:
-        announcement = self.registry.announcement(entry, self.worker_id, self.settings.announce_ttl_ms)
+        announcement = self.registry.announcement(
+            entry, self.worker_id, self.settings.announce_ttl_ms
+        )
         state = entry.state.value
         device = entry.detector.device if entry.detector else ""
         engine = entry.spec.engine.value if entry.spec else ""
         self.metrics.model_info.labels(entry.name, state, device, engine).set(1)
         try:
             await self.producer.send_and_wait(
-                self.topics.models, announcement.to_json(), key=announcement_key(entry.name, self.worker_id)
+                self.topics.models,
+                announcement.to_json(),
+                key=announcement_key(entry.name, self.worker_id),
             )
         except KafkaError as exc:
             log.warning("announcement failed", extra={"model": entry.name, "error": repr(exc)})
@@ -236,7 +277,9 @@ class Worker:
 
     async def _control_loop(self) -> None:
         """Every worker reads every control command (no group), from now on."""
-        control = kafka_io.consumer(self.settings, "control", group_id=None, auto_offset_reset="latest")
+        control = kafka_io.consumer(
+            self.settings, "control", group_id=None, auto_offset_reset="latest"
+        )
         control.subscribe([self.topics.control])
         await control.start()
         try:
@@ -268,10 +311,17 @@ class Worker:
             states[name] = entry.state.value
             error = error or (entry.error if command.model != "*" else None)
         if command.reply_to:
-            reply = Reply(command.correlation_id, command.model, data=None if error else {"models": states},
-                          error=error, worker=self.worker_id)
+            reply = Reply(
+                command.correlation_id,
+                command.model,
+                data=None if error else {"models": states},
+                error=error,
+                worker=self.worker_id,
+            )
             with contextlib.suppress(KafkaError):
-                await self.producer.send_and_wait(command.reply_to, reply.to_json(), headers=reply.headers())
+                await self.producer.send_and_wait(
+                    command.reply_to, reply.to_json(), headers=reply.headers()
+                )
 
     async def _lag_loop(self) -> None:
         while True:
@@ -285,8 +335,13 @@ class Worker:
                     position = await asyncio.wait_for(self.consumer.position(tp), 1.0)
                     lag[self.topics.model_of(tp.topic)] += max(0, highwater - position)
             for model in set(lag) | {e.name for e in self.registry.entries()}:
-                inflight = self.offsets.pending({tp for tp in self.consumer.assignment()
-                                                 if self.topics.model_of(tp.topic) == model})
+                inflight = self.offsets.pending(
+                    {
+                        tp
+                        for tp in self.consumer.assignment()
+                        if self.topics.model_of(tp.topic) == model
+                    }
+                )
                 self.metrics.lag.labels(model).set(lag[model])
                 self.metrics.set_backlog(model, lag[model] + inflight)
             self.metrics.inflight.set(self.pipeline.inflight)
@@ -296,8 +351,13 @@ class Worker:
     def _start_health(self) -> HealthServer | None:
         if not self.settings.metrics_port:
             return None
-        server = HealthServer(self.settings.metrics_host, self.settings.metrics_port,
-                              self.metrics.registry, self._live, self._ready)
+        server = HealthServer(
+            self.settings.metrics_host,
+            self.settings.metrics_port,
+            self.metrics.registry,
+            self._live,
+            self._ready,
+        )
         server.start()
         log.info("metrics and health", extra={"port": server.port})
         return server

@@ -64,7 +64,9 @@ class Engine(ABC):
             except TfstreamError:
                 raise
             except Exception as exc:
-                raise InferenceFailed(f"the model failed on a batch of {len(indices)}: {exc}") from exc
+                raise InferenceFailed(
+                    f"the model failed on a batch of {len(indices)}: {exc}"
+                ) from exc
             for row, index in enumerate(indices):
                 results[index] = _row(outputs, row)
         return [r for r in results if r is not None]

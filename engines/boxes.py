@@ -69,7 +69,7 @@ def to_boxes(
     out: list[Box] = []
     for i in keep:
         ymin, xmin, ymax, xmax = boxes[i]
-        class_id = int(round(float(det.classes[i])))
+        class_id = round(float(det.classes[i]))
         out.append(
             {
                 "ObjectClassName": labels.get(class_id, str(class_id)),

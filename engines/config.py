@@ -55,7 +55,9 @@ def load_config(path: Path) -> ModelConfig:
     except FileNotFoundError:
         raise InvalidModelConfig(f"{path.parent.name}: config.json is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidModelConfig(f"{path.parent.name}: config.json is not valid JSON: {exc}") from None
+        raise InvalidModelConfig(
+            f"{path.parent.name}: config.json is not valid JSON: {exc}"
+        ) from None
     if not isinstance(raw, dict):
         raise InvalidModelConfig(f"{path.parent.name}: config.json must hold a JSON object")
     try:

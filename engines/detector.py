@@ -52,7 +52,9 @@ class Detector:
         return self.engine.device
 
     def default_options(self) -> Options:
-        return Options(confidence=self.spec.config.confidence, predictions=self.spec.config.predictions)
+        return Options(
+            confidence=self.spec.config.confidence, predictions=self.spec.config.predictions
+        )
 
     def options(self, confidence: float | None = None, predictions: int | None = None) -> Options:
         """The model's defaults with a request's overrides applied."""
@@ -104,7 +106,9 @@ def load_detector(
     except ModelLoadFailed:
         raise
     except TfstreamError as exc:
-        raise ModelLoadFailed(f"{spec.name}: the model loads but does not run: {exc.message}") from exc
+        raise ModelLoadFailed(
+            f"{spec.name}: the model loads but does not run: {exc.message}"
+        ) from exc
     except Exception as exc:  # TensorFlow raises many unrelated types
         raise ModelLoadFailed(f"{spec.name}: {type(exc).__name__}: {exc}") from exc
     return Detector(spec=spec, engine=engine, load_s=time.perf_counter() - started)

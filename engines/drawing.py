@@ -14,8 +14,18 @@ from PIL import Image, ImageDraw, ImageFont
 
 from engines.boxes import Box
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40)]
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (0, 128, 128),
+    (170, 110, 40),
+]
 
 
 def draw_boxes(image: np.ndarray, boxes: Sequence[Box], quality: int = 90) -> bytes:
@@ -34,7 +44,9 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[Box], quality: int = 90) -> by
         y = c["top"] - (bottom - top) - 2 * line
         if y < 0:  # no room above the box: write inside it
             y = c["top"]
-        draw.rectangle((x, y, x + right - left + 2 * line, y + bottom - top + 2 * line), fill=colour)
+        draw.rectangle(
+            (x, y, x + right - left + 2 * line, y + bottom - top + 2 * line), fill=colour
+        )
         draw.text((x + line - left, y + line - top), text, fill=(255, 255, 255), font=font)
     out = io.BytesIO()
     canvas.save(out, format="JPEG", quality=quality)

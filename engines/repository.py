@@ -113,9 +113,7 @@ class ModelRepository:
         """
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)
-        )
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name))
 
     def folder(self, name: str) -> Path:
         """The folder of model `name`, refusing anything outside the repository.

@@ -25,7 +25,9 @@ class TF1Engine(Engine):
         try:
             graph_def.ParseFromString(spec.weights.read_bytes())
         except Exception as exc:
-            raise ModelLoadFailed(f"{spec.name}: {spec.weights.name} is not a GraphDef: {exc}") from exc
+            raise ModelLoadFailed(
+                f"{spec.name}: {spec.weights.name} is not a GraphDef: {exc}"
+            ) from exc
 
         def import_graph() -> None:
             tf.compat.v1.import_graph_def(graph_def, name="")
@@ -42,7 +44,9 @@ class TF1Engine(Engine):
                 f"{spec.name}: the frozen graph lacks {INPUT_TENSOR} or a detection output: {exc}"
             ) from exc
         except Exception as exc:
-            raise ModelLoadFailed(f"{spec.name}: the frozen graph cannot be imported: {exc}") from exc
+            raise ModelLoadFailed(
+                f"{spec.name}: the frozen graph cannot be imported: {exc}"
+            ) from exc
         if image.shape.rank not in (None, 4):
             raise ModelLoadFailed(f"{spec.name}: {INPUT_TENSOR} is not [B, H, W, 3]")
         self.input_dtype = image.dtype

@@ -33,7 +33,7 @@ class TF2Engine(Engine):
             raise ModelLoadFailed(
                 f"{spec.name}: serving_default takes {sorted(inputs)}; expected one image input"
             )
-        (self._input_name, input_spec), = inputs.items()
+        ((self._input_name, input_spec),) = inputs.items()
         if input_spec.shape.rank != 4:
             raise ModelLoadFailed(f"{spec.name}: input {self._input_name} is not [B, H, W, 3]")
         self.input_dtype = input_spec.dtype

@@ -62,6 +62,8 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
         app.add_middleware(ApiKey, key=settings.api_key)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"]
+        )
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -44,8 +44,12 @@ class Backend(Protocol):
         ...
 
     async def detect(
-        self, name: str, image: bytes, image_name: str | None,
-        confidence: float | None, predictions: int | None,
+        self,
+        name: str,
+        image: bytes,
+        image_name: str | None,
+        confidence: float | None,
+        predictions: int | None,
     ) -> dict[str, Any]:
         """The reply's data: bounding-boxes, ImageName, width, height. Raises TfstreamError."""
         ...

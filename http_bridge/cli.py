@@ -20,8 +20,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from http_bridge.app import create_app
 
-    mode = f"Kafka at {settings.bootstrap}" if not settings.embedded else f"embedded, models from {settings.repository}"
-    log.info("tfstream-bridge on http://%s:%d (%s); API docs at /docs", settings.host, settings.port, mode)
+    mode = (
+        f"Kafka at {settings.bootstrap}"
+        if not settings.embedded
+        else f"embedded, models from {settings.repository}"
+    )
+    log.info(
+        "tfstream-bridge on http://%s:%d (%s); API docs at /docs",
+        settings.host,
+        settings.port,
+        mode,
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,

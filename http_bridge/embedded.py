@@ -19,7 +19,15 @@ from typing import Any
 
 from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Pipeline, Record
-from consumer.protocol import Headers, ModelState, Reply, Request, Topics, header_map, DLQ_REASON_CODE
+from consumer.protocol import (
+    DLQ_REASON_CODE,
+    Headers,
+    ModelState,
+    Reply,
+    Request,
+    Topics,
+    header_map,
+)
 from consumer.registry import ModelRegistry
 from engines.errors import InvalidRequest, RequestTimeout
 from engines.repository import ModelRepository
@@ -37,9 +45,13 @@ class MemoryOutbox:
     def __init__(self, dlq_topic: str, keep_dead_letters: int = 100) -> None:
         self.waiting: dict[str, asyncio.Future[Reply]] = {}
         self.dlq_topic = dlq_topic
-        self.dead_letters: collections.deque[dict[str, str]] = collections.deque(maxlen=keep_dead_letters)
+        self.dead_letters: collections.deque[dict[str, str]] = collections.deque(
+            maxlen=keep_dead_letters
+        )
 
-    def send(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers) -> Awaitable[None]:
+    def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+    ) -> Awaitable[None]:
         if topic == self.dlq_topic:
             self.dead_letters.append(header_map(headers))
             log.warning("dead letter", extra={"code": header_map(headers).get(DLQ_REASON_CODE)})
@@ -60,10 +72,14 @@ class EmbeddedBackend:
     def __init__(self, settings: BridgeSettings, metrics: WorkerMetrics) -> None:
         self.settings = settings
         self.repository = ModelRepository(settings.repository)
-        self.registry = ModelRegistry(self.repository, settings.model_names(), settings.device)
+        self.registry = ModelRegistry(
+            self.repository, settings.model_names(), settings.device, settings.simulate_batch_ms
+        )
         self.topics = Topics("embedded")
         self.outbox = MemoryOutbox(self.topics.dlq)
-        self.pipeline = Pipeline(self.registry, self.topics, self.outbox, settings, "embedded", metrics)
+        self.pipeline = Pipeline(
+            self.registry, self.topics, self.outbox, settings, "embedded", metrics
+        )
         self._offsets = itertools.count()
         self._loaded = False
 
@@ -73,9 +89,18 @@ class EmbeddedBackend:
         self._loaded = True
         for entry in entries:
             if entry.error:
-                log.error("model not served", extra={"model": entry.name, "code": entry.error.code,
-                                                      "error": entry.error.message})
-        log.info("embedded models ready", extra={"models": [e.name for e in entries if e.state is ModelState.READY]})
+                log.error(
+                    "model not served",
+                    extra={
+                        "model": entry.name,
+                        "code": entry.error.code,
+                        "error": entry.error.message,
+                    },
+                )
+        log.info(
+            "embedded models ready",
+            extra={"models": [e.name for e in entries if e.state is ModelState.READY]},
+        )
 
     async def stop(self) -> None:
         await self.pipeline.close()
@@ -89,8 +114,11 @@ class EmbeddedBackend:
     def info(self, name: str) -> ModelInfo:
         spec = self.repository.spec(name)
         return ModelInfo(
-            name=name, hash=spec.hash, labels=[label for _, label in sorted(spec.labels.items())],
-            label_hashes=spec.label_hashes(), config=spec.config.model_dump(mode="json"),
+            name=name,
+            hash=spec.hash,
+            labels=[label for _, label in sorted(spec.labels.items())],
+            label_hashes=spec.label_hashes(),
+            config=spec.config.model_dump(mode="json"),
         )
 
     async def load(self, name: str | None, force: bool = False) -> None:
@@ -102,18 +130,34 @@ class EmbeddedBackend:
             raise entry.error
 
     async def detect(
-        self, name: str, image: bytes, image_name: str | None,
-        confidence: float | None, predictions: int | None,
+        self,
+        name: str,
+        image: bytes,
+        image_name: str | None,
+        confidence: float | None,
+        predictions: int | None,
     ) -> dict[str, Any]:
         timeout = self.settings.request_timeout_s
         request = Request(
-            model=name, correlation_id=uuid.uuid4().hex, image=image, reply_to=REPLY_TOPIC,
-            confidence=confidence, predictions=predictions, image_name=image_name,
+            model=name,
+            correlation_id=uuid.uuid4().hex,
+            image=image,
+            reply_to=REPLY_TOPIC,
+            confidence=confidence,
+            predictions=predictions,
+            image_name=image_name,
             deadline_ms=int((time.time() + timeout) * 1000),
         )
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self.outbox.waiting[request.correlation_id] = future
-        record = Record(self.topics.requests(name), 0, next(self._offsets), None, image, tuple(request.headers()))
+        record = Record(
+            self.topics.requests(name),
+            0,
+            next(self._offsets),
+            None,
+            image,
+            tuple(request.headers()),
+        )
         self.pipeline.submit(record)
         try:
             reply = await asyncio.wait_for(future, timeout)

@@ -30,7 +30,9 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 def error_response(error: TfstreamError) -> JSONResponse:
     headers = {"Retry-After": "5"} if error.retriable and error.http_status == 503 else None
-    return JSONResponse(error_body(error.code, error.message), status_code=error.http_status, headers=headers)
+    return JSONResponse(
+        error_body(error.code, error.message), status_code=error.http_status, headers=headers
+    )
 
 
 async def _tfstream_error(_: Request, exc: Exception) -> JSONResponse:
@@ -38,12 +40,13 @@ async def _tfstream_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+def _field(location: Any) -> str:
+    return ".".join(str(part) for part in location if part != "body") or "request"
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'request'}: {err.get('msg')}"
-        for err in exc.errors()
-    )
+    problems = "; ".join(f"{_field(err.get('loc', ()))}: {err.get('msg')}" for err in exc.errors())
     return error_response(InvalidRequest(problems or "invalid request"))
 
 
@@ -55,14 +58,19 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc.__cause__, TfstreamError):  # FastAPI wraps errors raised while parsing a body
         return error_response(exc.__cause__)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    return JSONResponse(
+        error_body(code, str(exc.detail)),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
-    return JSONResponse(error_body("internal_error", f"internal error: {type(exc).__name__}: {exc}"),
-                        status_code=500)
+    return JSONResponse(
+        error_body("internal_error", f"internal error: {type(exc).__name__}: {exc}"),
+        status_code=500,
+    )
 
 
 def install(app: FastAPI) -> None:

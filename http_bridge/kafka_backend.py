@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 class KafkaBackend:
     def __init__(self, settings: BridgeSettings) -> None:
         self.settings = settings
-        self.client = DetectClient(settings, timeout_s=settings.request_timeout_s,
-                                   send_timeout_s=settings.send_timeout_s)
+        self.client = DetectClient(
+            settings, timeout_s=settings.request_timeout_s, send_timeout_s=settings.send_timeout_s
+        )
         self.directory = ModelDirectory(settings)
         self._started = asyncio.Event()
         self._starter: asyncio.Task[None] | None = None
@@ -49,8 +50,13 @@ class KafkaBackend:
                 delay_s = min(delay_s * 2, 10)
                 continue
             self._started.set()
-            log.info("connected to Kafka", extra={"bootstrap": self.settings.bootstrap,
-                                                   "reply_topic": self.client.reply_topic})
+            log.info(
+                "connected to Kafka",
+                extra={
+                    "bootstrap": self.settings.bootstrap,
+                    "reply_topic": self.client.reply_topic,
+                },
+            )
             return
 
     def _require_started(self) -> None:
@@ -77,25 +83,37 @@ class KafkaBackend:
     def info(self, name: str) -> ModelInfo:
         self._require_started()
         view = self.directory.view(name)
-        return ModelInfo(name=name, hash=view.hash, labels=view.labels,
-                         label_hashes=view.label_hashes, config=view.config)
+        return ModelInfo(
+            name=name,
+            hash=view.hash,
+            labels=view.labels,
+            label_hashes=view.label_hashes,
+            config=view.config,
+        )
 
     async def load(self, name: str | None, force: bool = False) -> None:
         self._require_started()
         if name is not None:
             self.directory.view(name)  # unknown or unserved models answer at once
-        reply = await self.client.load(name or "*", force, timeout_s=self.settings.request_timeout_s)
+        reply = await self.client.load(
+            name or "*", force, timeout_s=self.settings.request_timeout_s
+        )
         if reply.error is not None:
             raise reply.error
 
     async def detect(
-        self, name: str, image: bytes, image_name: str | None,
-        confidence: float | None, predictions: int | None,
+        self,
+        name: str,
+        image: bytes,
+        image_name: str | None,
+        confidence: float | None,
+        predictions: int | None,
     ) -> dict[str, Any]:
         self._require_started()
         self.directory.serving(name)  # no live worker: answer now, not after a timeout
-        reply = await self.client.detect(name, image, confidence=confidence, predictions=predictions,
-                                         image_name=image_name)
+        reply = await self.client.detect(
+            name, image, confidence=confidence, predictions=predictions, image_name=image_name
+        )
         if reply.error is not None:
             raise reply.error
         return reply.data or {}
@@ -106,7 +124,9 @@ class KafkaBackend:
         reachable = await self.client.reachable()
         served = [n for n in self.directory.names() if self._is_ready(n)]
         return reachable and bool(served), {
-            "mode": "kafka", "broker": "reachable" if reachable else "unreachable", "models": served,
+            "mode": "kafka",
+            "broker": "reachable" if reachable else "unreachable",
+            "models": served,
         }
 
     def _is_ready(self, name: str) -> bool:

@@ -18,15 +18,23 @@ from engines.errors import RequestTooLarge
 from http_bridge.errors import error_body
 
 #: Paths that stay open when an API key is set: docs and probes.
-OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/health/live",
-                        "/health/ready"})
+OPEN_PATHS = frozenset(
+    {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/health/live", "/health/ready"}
+)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -41,7 +49,9 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            error = RequestTooLarge(f"the request has {int(declared)} bytes; the limit is {self.max_bytes}")
+            error = RequestTooLarge(
+                f"the request has {int(declared)} bytes; the limit is {self.max_bytes}"
+            )
             await _send_json(send, 413, error_body(error.code, error.message))
             return
         seen = 0
@@ -51,7 +61,9 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise RequestTooLarge(f"the request body exceeds the limit of {self.max_bytes} bytes")
+                raise RequestTooLarge(
+                    f"the request body exceeds the limit of {self.max_bytes} bytes"
+                )
             return message
 
         await self.app(scope, counted, send)
@@ -72,8 +84,14 @@ class ApiKey:
         if not given and auth.lower().startswith(b"bearer "):
             given = auth[7:].strip()
         if not hmac.compare_digest(given, self.key):
-            await _send_json(send, 401, error_body("unauthorized", "a valid API key is required "
-                                                   "(X-API-Key header or Authorization: Bearer)"))
+            await _send_json(
+                send,
+                401,
+                error_body(
+                    "unauthorized",
+                    "a valid API key is required (X-API-Key header or Authorization: Bearer)",
+                ),
+            )
             return
         await self.app(scope, receive, send)
 
@@ -83,9 +101,12 @@ class HttpMetrics:
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
         self.app = app
-        self.requests = Counter("tfstream_http_requests", "HTTP requests", ["route", "status"], registry=registry)
-        self.seconds = Histogram("tfstream_http_request_seconds", "HTTP request duration", ["route"],
-                                 registry=registry)
+        self.requests = Counter(
+            "tfstream_http_requests", "HTTP requests", ["route", "status"], registry=registry
+        )
+        self.seconds = Histogram(
+            "tfstream_http_request_seconds", "HTTP request duration", ["route"], registry=registry
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

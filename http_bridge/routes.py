@@ -20,18 +20,29 @@ from http_bridge.errors import envelope
 
 router = APIRouter()
 
-Confidence = Annotated[float | None, Form(ge=0, le=100, description="Minimum confidence in percent; "
-                                                                    "default: the model's config.json")]
-Predictions = Annotated[int | None, Form(ge=0, le=10_000, description="Maximum number of boxes; "
-                                                                      "default: the model's config.json")]
+Confidence = Annotated[
+    float | None,
+    Form(
+        ge=0, le=100, description="Minimum confidence in percent; default: the model's config.json"
+    ),
+]
+Predictions = Annotated[
+    int | None,
+    Form(ge=0, le=10_000, description="Maximum number of boxes; default: the model's config.json"),
+]
 
 
 def backend(request: Request) -> Backend:
     return request.app.state.backend  # type: ignore[no-any-return]
 
 
-async def _detect(request: Request, model: str, upload: UploadFile, confidence: float | None,
-                  predictions: int | None) -> tuple[str, bytes, dict[str, Any]]:
+async def _detect(
+    request: Request,
+    model: str,
+    upload: UploadFile,
+    confidence: float | None,
+    predictions: int | None,
+) -> tuple[str, bytes, dict[str, Any]]:
     b = backend(request)
     name = b.resolve(model)
     data = await upload.read()
@@ -70,7 +81,9 @@ async def detect(
 
 
 @router.post("/get_labels", summary="A model's labels; answer {label: label hash}")
-async def get_labels(request: Request, model: Annotated[str, Form(description="Model name or hash")]) -> dict[str, str]:
+async def get_labels(
+    request: Request, model: Annotated[str, Form(description="Model name or hash")]
+) -> dict[str, str]:
     b = backend(request)
     return b.info(b.resolve(model)).label_hashes
 
@@ -84,7 +97,9 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/models/{model_name}/load", summary="Load a model (force: reload it)")
-async def load_model(request: Request, model_name: str, force: Annotated[bool, Query()] = False) -> dict[str, Any]:
+async def load_model(
+    request: Request, model_name: str, force: Annotated[bool, Query()] = False
+) -> dict[str, Any]:
     b = backend(request)
     await b.load(b.resolve(model_name), force)
     return envelope(None)
@@ -110,16 +125,24 @@ async def predict_batch(
     confidence: Confidence = None,
     predictions: Predictions = None,
 ) -> dict[str, Any]:
-    results = await asyncio.gather(*(_detect(request, model_name, f, confidence, predictions) for f in input_data))
-    return envelope([{"bounding-boxes": r["bounding-boxes"], "ImageName": f.filename}
-                     for (_, _, r), f in zip(results, input_data, strict=True)])
+    results = await asyncio.gather(
+        *(_detect(request, model_name, f, confidence, predictions) for f in input_data)
+    )
+    return envelope(
+        [
+            {"bounding-boxes": r["bounding-boxes"], "ImageName": f.filename}
+            for (_, _, r), f in zip(results, input_data, strict=True)
+        ]
+    )
 
 
 @router.post(
     "/models/{model_name}/predict_image",
     summary="Detect objects and answer the image with boxes drawn (JPEG)",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}, "description": "The image with boxes and labels"}},
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "The image with boxes and labels"}
+    },
 )
 async def predict_image(
     request: Request,
@@ -158,8 +181,13 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready", summary="Ready to serve: broker reachable and models announced, or "
-                                     "embedded models loaded", tags=["operations"])
+@router.get(
+    "/health/ready",
+    summary="Ready to serve: broker reachable and models announced, or embedded models loaded",
+    tags=["operations"],
+)
 async def ready(request: Request) -> JSONResponse:
     ok, detail = await backend(request).ready()
-    return JSONResponse({"status": "ok" if ok else "unavailable", **detail}, status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", **detail}, status_code=200 if ok else 503
+    )

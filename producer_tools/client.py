@@ -73,7 +73,10 @@ class DetectClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()
 
@@ -87,12 +90,15 @@ class DetectClient:
             await kafka_io.ensure_topics(self.settings, [kafka_io.TopicSpec(self.reply_topic, 1)])
             self.producer = kafka_io.producer(self.settings, "client")
             await self.producer.start()
-            self.consumer = kafka_io.consumer(self.settings, "client", group_id=None,
-                                              auto_offset_reset="earliest")
+            self.consumer = kafka_io.consumer(
+                self.settings, "client", group_id=None, auto_offset_reset="earliest"
+            )
             self.consumer.assign([TopicPartition(self.reply_topic, 0)])
             await self.consumer.start()
         except (KafkaError, OSError) as exc:
-            raise ServiceUnavailable(f"cannot reach Kafka at {self.settings.bootstrap}: {exc}") from exc
+            raise ServiceUnavailable(
+                f"cannot reach Kafka at {self.settings.bootstrap}: {exc}"
+            ) from exc
         self._reader = asyncio.create_task(self._read_replies(), name="replies")
 
     async def stop(self) -> None:
@@ -133,8 +139,13 @@ class DetectClient:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         correlation_id = uuid.uuid4().hex
         request = Request(
-            model=model, correlation_id=correlation_id, image=image, key=key,
-            reply_to=self.reply_topic, confidence=confidence, predictions=predictions,
+            model=model,
+            correlation_id=correlation_id,
+            image=image,
+            key=key,
+            reply_to=self.reply_topic,
+            confidence=confidence,
+            predictions=predictions,
             image_name=image_name,
             deadline_ms=int((time.time() + timeout) * 1000) if self.send_deadline else None,
         )
@@ -147,11 +158,15 @@ class DetectClient:
                 return await asyncio.wait_for(future, timeout)
             except TimeoutError:
                 self.stats.timed_out += 1
-                raise RequestTimeout(f"no answer from model '{model}' within {timeout:g}s") from None
+                raise RequestTimeout(
+                    f"no answer from model '{model}' within {timeout:g}s"
+                ) from None
         finally:
             self._pending.pop(correlation_id, None)
 
-    async def load(self, model: str = "*", force: bool = False, timeout_s: float | None = None) -> Reply:
+    async def load(
+        self, model: str = "*", force: bool = False, timeout_s: float | None = None
+    ) -> Reply:
         """Ask every worker to load (or with `force`, reload) `model` ('*': all theirs);
         return the first worker's answer.
 
@@ -169,12 +184,18 @@ class DetectClient:
             try:
                 return await asyncio.wait_for(future, timeout)
             except TimeoutError:
-                raise RequestTimeout(f"no worker answered the load of '{model}' within {timeout:g}s") from None
+                raise RequestTimeout(
+                    f"no worker answered the load of '{model}' within {timeout:g}s"
+                ) from None
         finally:
             self._pending.pop(correlation_id, None)
 
     async def detect_many(
-        self, model: str, images: Iterable[tuple[str, bytes]], concurrency: int = 16, **options: object
+        self,
+        model: str,
+        images: Iterable[tuple[str, bytes]],
+        concurrency: int = 16,
+        **options: object,
     ) -> list[Reply]:
         """Detections for many (name, image) pairs, at most `concurrency` in flight,
         in input order. A timeout becomes an error reply instead of stopping the rest."""
@@ -189,10 +210,13 @@ class DetectClient:
 
         return list(await asyncio.gather(*(one(n, d) for n, d in images)))
 
-    async def _send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+    async def _send(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
         try:
             await asyncio.wait_for(
-                self.producer.send_and_wait(topic, value, key=key, headers=headers), self.send_timeout_s
+                self.producer.send_and_wait(topic, value, key=key, headers=headers),
+                self.send_timeout_s,
             )
         except (KafkaError, TimeoutError) as exc:
             raise ServiceUnavailable(f"cannot hand the request to Kafka: {exc!r}") from exc

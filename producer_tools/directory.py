@@ -53,8 +53,13 @@ class ModelDirectory:
         Subscribing without a group gets every partition, and the topic too once
         the first worker creates it.
         """
-        self._consumer = kafka_io.consumer(self.settings, "directory", group_id=None,
-                                           auto_offset_reset="earliest", metadata_max_age_ms=2000)
+        self._consumer = kafka_io.consumer(
+            self.settings,
+            "directory",
+            group_id=None,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=2000,
+        )
         self._consumer.subscribe([self.topics.models])
         await self._consumer.start()
         self._task = asyncio.create_task(self._follow(), name="directory")
@@ -132,9 +137,15 @@ class ModelDirectory:
         ready = [a for a in live if a.state is ModelState.READY]
         best = max(ready or live, key=lambda a: a.updated_ms)
         return ModelView(
-            name=name, hash=best.hash, state=best.state, labels=best.labels,
-            label_hashes=best.label_hashes, config=best.config, engine=best.engine,
-            workers=sorted(a.worker for a in (ready or live)), error=None if ready else best.error,
+            name=name,
+            hash=best.hash,
+            state=best.state,
+            labels=best.labels,
+            label_hashes=best.label_hashes,
+            config=best.config,
+            engine=best.engine,
+            workers=sorted(a.worker for a in (ready or live)),
+            error=None if ready else best.error,
         )
 
     def serving(self, name: str) -> ModelView:

@@ -27,20 +27,40 @@ def test_unsafe_model_names_map_to_distinct_valid_topics() -> None:
 
 def test_parse_request_reads_every_header() -> None:
     req = p.parse_request(
-        "m", b"cam-1", b"IMG",
-        hdrs(correlation_id="c1", reply_to="tfs.replies.x", deadline_ms="1700000000000",
-             confidence="55.5", predictions="3", image_name="a.jpg", content_type="image/jpeg"),
+        "m",
+        b"cam-1",
+        b"IMG",
+        hdrs(
+            correlation_id="c1",
+            reply_to="tfs.replies.x",
+            deadline_ms="1700000000000",
+            confidence="55.5",
+            predictions="3",
+            image_name="a.jpg",
+            content_type="image/jpeg",
+        ),
     )
-    assert (req.correlation_id, req.reply_to, req.deadline_ms) == ("c1", "tfs.replies.x", 1700000000000)
+    assert (req.correlation_id, req.reply_to, req.deadline_ms) == (
+        "c1",
+        "tfs.replies.x",
+        1700000000000,
+    )
     assert (req.confidence, req.predictions, req.image_name) == (55.5, 3, "a.jpg")
     assert req.key == b"cam-1" and req.image == b"IMG" and req.content_type == "image/jpeg"
     assert req.expired()  # 2023 is long gone
 
 
 def test_request_headers_round_trip() -> None:
-    req = p.Request(model="m", correlation_id="c", image=b"x", reply_to="r", confidence=40.0, predictions=2)
+    req = p.Request(
+        model="m", correlation_id="c", image=b"x", reply_to="r", confidence=40.0, predictions=2
+    )
     again = p.parse_request("m", None, b"x", req.headers())
-    assert (again.correlation_id, again.reply_to, again.confidence, again.predictions) == ("c", "r", 40.0, 2)
+    assert (again.correlation_id, again.reply_to, again.confidence, again.predictions) == (
+        "c",
+        "r",
+        40.0,
+        2,
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,15 +100,28 @@ def test_reply_json_has_every_protocol_field() -> None:
     ok = p.Reply("c1", "m", data=data, timing=p.Timing(1.0, 2.0, 3.0, 4), worker="w")
     body = json.loads(ok.to_json())
     assert body == {
-        "protocol": 1, "correlation_id": "c1", "model": "m", "success": True,
-        "data": {"bounding-boxes": [{"ObjectClassName": "x"}], "ImageName": "a.jpg", "width": 640, "height": 480},
-        "error": None, "timing": {"queue_ms": 1.0, "decode_ms": 2.0, "inference_ms": 3.0, "batch_size": 4},
+        "protocol": 1,
+        "correlation_id": "c1",
+        "model": "m",
+        "success": True,
+        "data": {
+            "bounding-boxes": [{"ObjectClassName": "x"}],
+            "ImageName": "a.jpg",
+            "width": 640,
+            "height": 480,
+        },
+        "error": None,
+        "timing": {"queue_ms": 1.0, "decode_ms": 2.0, "inference_ms": 3.0, "batch_size": 4},
         "worker": "w",
     }
     assert dict(ok.headers()) == {"correlation-id": b"c1", "content-type": b"application/json"}
     failed = p.Reply("c2", "m", error=ImageTooLarge("too big"))
     again = p.Reply.from_json(failed.to_json())
-    assert not again.success and isinstance(again.error, ImageTooLarge) and again.error.message == "too big"
+    assert (
+        not again.success
+        and isinstance(again.error, ImageTooLarge)
+        and again.error.message == "too big"
+    )
     assert dict(failed.headers())["error-code"] == b"image_too_large"
 
 
@@ -96,8 +129,9 @@ def test_announcement_and_control_round_trip() -> None:
     a = p.Announcement(model="m", worker="w", state=p.ModelState.READY, hash="h", labels=["a"])
     again = p.Announcement.from_json(a.to_json())
     assert again == a and again.alive()
-    assert not p.Announcement(model="m", worker="w", state=p.ModelState.READY, hash="h",
-                              updated_ms=0).alive()
+    assert not p.Announcement(
+        model="m", worker="w", state=p.ModelState.READY, hash="h", updated_ms=0
+    ).alive()
     c = p.Control(p.ControlCommand.LOAD, "m", force=True, correlation_id="x", reply_to="r")
     assert p.Control.from_json(c.to_json()) == c
     with pytest.raises(InvalidRequest):

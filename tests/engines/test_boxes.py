@@ -5,7 +5,9 @@ from engines.boxes import Options, RawDetections, to_boxes
 LABELS = {1: "cat", 2: "dog"}
 
 
-def raw(boxes: list[list[float]], scores: list[float], classes: list[float], count: int | None = None) -> RawDetections:
+def raw(
+    boxes: list[list[float]], scores: list[float], classes: list[float], count: int | None = None
+) -> RawDetections:
     return RawDetections(
         boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
         scores=np.array(scores, dtype=np.float32),

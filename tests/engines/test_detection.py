@@ -49,11 +49,16 @@ def test_shapes_detector_finds_every_drawn_object(
     assert problems == {}
 
 
-def test_tf1_and_tf2_answers_agree(detectors: dict[str, Detector], shapes_images: tuple[Path, Truth]) -> None:
+def test_tf1_and_tf2_answers_agree(
+    detectors: dict[str, Detector], shapes_images: tuple[Path, Truth]
+) -> None:
     folder, truth = shapes_images
     for name in sorted(truth)[:30]:
         image = decode_image((folder / name).read_bytes())
-        (a,), (b,) = detectors["shapes_tf2"].detect([image]), detectors["shapes_tf1"].detect([image])
+        (a,), (b,) = (
+            detectors["shapes_tf2"].detect([image]),
+            detectors["shapes_tf1"].detect([image]),
+        )
         assert [x["ObjectClassName"] for x in a] == [x["ObjectClassName"] for x in b], name
         for x, y in zip(a, b, strict=True):
             assert x["coordinates"] == y["coordinates"], name
@@ -92,9 +97,11 @@ def test_batched_answers_equal_one_by_one_answers(
     sizes = {img.shape for img in images}
     assert len(sizes) > 1  # mixed sizes: grouping matters
 
-    for detector in (load_detector(repo.spec("open_tf2")),
-                     load_detector(ModelRepository(model_repository).spec("shapes_tf1")),
-                     load_detector(ModelRepository(model_repository).spec("shapes_tf2"))):
+    for detector in (
+        load_detector(repo.spec("open_tf2")),
+        load_detector(ModelRepository(model_repository).spec("shapes_tf1")),
+        load_detector(ModelRepository(model_repository).spec("shapes_tf2")),
+    ):
         one_by_one = [detector.detect([img])[0] for img in images]
         counter = CallCounter(detector)
         batched = detector.detect(images)
@@ -105,7 +112,9 @@ def test_batched_answers_equal_one_by_one_answers(
             assert len(counter.calls) == len(sizes) and sum(counter.calls) == len(images)
 
 
-def test_overrides_change_filtering(detectors: dict[str, Detector], shapes_images: tuple[Path, Truth]) -> None:
+def test_overrides_change_filtering(
+    detectors: dict[str, Detector], shapes_images: tuple[Path, Truth]
+) -> None:
     folder, truth = shapes_images
     name = next(n for n in sorted(truth) if len(truth[n]) >= 3)
     image = decode_image((folder / name).read_bytes())
@@ -120,13 +129,17 @@ def test_overrides_change_filtering(detectors: dict[str, Detector], shapes_image
     assert len(all_) >= len(default)
 
 
-def test_fewer_detections_than_predictions(detectors: dict[str, Detector], shapes_images: tuple[Path, Truth]) -> None:
+def test_fewer_detections_than_predictions(
+    detectors: dict[str, Detector], shapes_images: tuple[Path, Truth]
+) -> None:
     folder, truth = shapes_images
     name = next(n for n in sorted(truth) if len(truth[n]) == 1)
     for detector in detectors.values():
         assert detector.spec.config.predictions > 1
-        (boxes,) = detector.detect([decode_image((folder / name).read_bytes())],
-                                   [detector.options(confidence=0, predictions=500)])
+        (boxes,) = detector.detect(
+            [decode_image((folder / name).read_bytes())],
+            [detector.options(confidence=0, predictions=500)],
+        )
         assert match_truth(boxes[:1], truth[name]) == []
 
 
@@ -147,7 +160,9 @@ def test_bench_model_runs_batch_8_in_one_call(model_repository: Path) -> None:
     assert len(detector.spec.labels) == 90
 
 
-def test_drawing_returns_a_jpeg_with_boxes(detectors: dict[str, Detector], shapes_images: tuple[Path, Truth]) -> None:
+def test_drawing_returns_a_jpeg_with_boxes(
+    detectors: dict[str, Detector], shapes_images: tuple[Path, Truth]
+) -> None:
     folder, truth = shapes_images
     name = next(n for n in sorted(truth) if n.endswith(".png") and truth[n])
     image = decode_image((folder / name).read_bytes())
@@ -171,7 +186,9 @@ def copy_model(src: Path, dest_root: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize("weights_file", ["saved_model.pb", "frozen_inference_graph.pb"])
-def test_corrupt_weights_are_model_load_failed(model_repository: Path, tmp_path: Path, weights_file: str) -> None:
+def test_corrupt_weights_are_model_load_failed(
+    model_repository: Path, tmp_path: Path, weights_file: str
+) -> None:
     source = "shapes_tf2" if weights_file == "saved_model.pb" else "shapes_tf1"
     folder = copy_model(model_repository / source, tmp_path, "broken")
     (folder / weights_file).write_bytes(b"\x08\x01garbage that is not a protobuf" * 10)
@@ -196,12 +213,16 @@ def test_frozen_graph_without_the_expected_tensors(tmp_path: Path, model_reposit
 def test_wrong_engine_name_for_the_files(tmp_path: Path, model_repository: Path) -> None:
     folder = copy_model(model_repository / "shapes_tf2", tmp_path, "mislabelled")
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "inference_engine_name": "tensorflow_detection"}))
-    with pytest.raises(InvalidModelConfig, match="frozen_inference_graph.pb"):
+    (folder / "config.json").write_text(
+        json.dumps({**config, "inference_engine_name": "tensorflow_detection"})
+    )
+    with pytest.raises(InvalidModelConfig, match=r"frozen_inference_graph\.pb"):
         ModelRepository(tmp_path).spec("mislabelled")
 
 
-def test_validate_reports_every_broken_model_and_keeps_going(tmp_path: Path, model_repository: Path) -> None:
+def test_validate_reports_every_broken_model_and_keeps_going(
+    tmp_path: Path, model_repository: Path
+) -> None:
     copy_model(model_repository / "shapes_tf1", tmp_path, "good")
     bad_labels = copy_model(model_repository / "shapes_tf1", tmp_path, "bad_labels")
     (bad_labels / "object-detection.pbtxt").write_text("item { id: 1 name: 'x' ")
@@ -211,19 +232,28 @@ def test_validate_reports_every_broken_model_and_keeps_going(tmp_path: Path, mod
     (no_field / "config.json").write_text(json.dumps(config))
     run = subprocess.run(
         [sys.executable, "-m", "engines", "validate", str(tmp_path), "--device", "cpu"],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
     )
     assert run.returncode == 1, run.stderr
     lines = sorted(run.stdout.splitlines())
     assert lines[0].startswith("FAIL bad_labels: [invalid_model_config]")
-    assert lines[1].startswith("FAIL no_field: [invalid_model_config]") and "field 'predictions'" in lines[1]
+    assert (
+        lines[1].startswith("FAIL no_field: [invalid_model_config]")
+        and "field 'predictions'" in lines[1]
+    )
     assert lines[2].startswith("ok   good: tensorflow_detection")
 
 
 def test_validate_refuses_a_path_escape(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "engines", "validate", str(tmp_path), "--models", "../etc"],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
     )
     assert run.returncode == 1
     assert "FAIL ../etc: [model_not_found]" in run.stdout

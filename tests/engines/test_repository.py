@@ -1,6 +1,6 @@
 import json
-import uuid
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,9 @@ CONFIG = {
 LABELS = "item { id: 1 name: 'a' display_name: 'Apple' }\nitem { id: 2 name: 'b' }\n"
 
 
-def make_model(root: Path, name: str, config: dict[str, object] | None = None, layout: str = "root") -> Path:
+def make_model(
+    root: Path, name: str, config: dict[str, object] | None = None, layout: str = "root"
+) -> Path:
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config or CONFIG))
@@ -42,7 +44,11 @@ def test_spec_reads_config_labels_and_weights(tmp_path: Path) -> None:
     assert spec.engine is EngineName.TF2
     assert spec.labels == {1: "Apple", 2: "b"}
     assert spec.weights == (tmp_path / "m1").resolve()
-    assert spec.config.public() == {"framework": "tensorflow", "type": "detection", "network": "inception"}
+    assert spec.config.public() == {
+        "framework": "tensorflow",
+        "type": "detection",
+        "network": "inception",
+    }
 
 
 def test_model_zoo_layout_with_saved_model_subfolder(tmp_path: Path) -> None:
@@ -51,7 +57,12 @@ def test_model_zoo_layout_with_saved_model_subfolder(tmp_path: Path) -> None:
 
 
 def test_frozen_graph_layout(tmp_path: Path) -> None:
-    make_model(tmp_path, "old", config={**CONFIG, "inference_engine_name": "tensorflow_detection"}, layout="frozen")
+    make_model(
+        tmp_path,
+        "old",
+        config={**CONFIG, "inference_engine_name": "tensorflow_detection"},
+        layout="frozen",
+    )
     spec = ModelRepository(tmp_path).spec("old")
     assert spec.weights.name == "frozen_inference_graph.pb"
 
@@ -75,7 +86,9 @@ def test_resolve_accepts_names_and_hashes(tmp_path: Path) -> None:
         repo.resolve(model_hash("nope"))
 
 
-@pytest.mark.parametrize("name", ["..", "../etc", "a/b", "/etc/passwd", ".hidden", "", "a" * 300, "x\x00y"])
+@pytest.mark.parametrize(
+    "name", ["..", "../etc", "a/b", "/etc/passwd", ".hidden", "", "a" * 300, "x\x00y"]
+)
 def test_names_that_could_escape_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ModelNotFound) as info:
         ModelRepository(tmp_path).spec(name)
@@ -103,7 +116,10 @@ def test_unknown_model(tmp_path: Path) -> None:
         (lambda c: c.pop("confidence"), "field 'confidence': Field required"),
         (lambda c: c.update(confidence=150), "field 'confidence'"),
         (lambda c: c.update(predictions=-1), "field 'predictions'"),
-        (lambda c: c.update(inference_engine_name="pytorch_detection"), "field 'inference_engine_name'"),
+        (
+            lambda c: c.update(inference_engine_name="pytorch_detection"),
+            "field 'inference_engine_name'",
+        ),
         (lambda c: c.pop("network"), "field 'network'"),
         (lambda c: c.update(number_of_classes="two"), "field 'number_of_classes'"),
     ],
@@ -135,8 +151,13 @@ def test_missing_files(tmp_path: Path, missing: str) -> None:
 
 
 def test_tf1_model_without_frozen_graph(tmp_path: Path) -> None:
-    make_model(tmp_path, "bad", config={**CONFIG, "inference_engine_name": "tensorflow_detection"}, layout="root")
-    with pytest.raises(InvalidModelConfig, match="frozen_inference_graph.pb"):
+    make_model(
+        tmp_path,
+        "bad",
+        config={**CONFIG, "inference_engine_name": "tensorflow_detection"},
+        layout="root",
+    )
+    with pytest.raises(InvalidModelConfig, match=r"frozen_inference_graph\.pb"):
         ModelRepository(tmp_path).spec("bad")
 
 

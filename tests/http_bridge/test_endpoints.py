@@ -27,8 +27,11 @@ SHAPES_LABELS = ["red rectangle", "green disc", "blue rectangle", "yellow disc"]
 
 
 @pytest.fixture(scope="module", params=["embedded", "kafka"])
-def bridge(request: pytest.FixtureRequest, serving_repository: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
+def bridge(
+    request: pytest.FixtureRequest,
+    serving_repository: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BridgeProcess]:
     logs = tmp_path_factory.mktemp("bridge-logs")
     env = {"TFSTREAM_MAX_REQUEST_BYTES": str(3 * 1024 * 1024), "TFSTREAM_REQUEST_TIMEOUT_S": "30"}
     worker = None
@@ -50,7 +53,9 @@ def bridge(request: pytest.FixtureRequest, serving_repository: Path,
             worker.stop()
 
 
-def image_with_objects(shapes_images: tuple[Path, Truth], ext: str = ".jpg", minimum: int = 2) -> tuple[str, bytes, list[dict[str, Any]]]:
+def image_with_objects(
+    shapes_images: tuple[Path, Truth], ext: str = ".jpg", minimum: int = 2
+) -> tuple[str, bytes, list[dict[str, Any]]]:
     folder, truth = shapes_images
     name = next(n for n in sorted(truth) if n.endswith(ext) and len(truth[n]) >= minimum)
     return name, (folder / name).read_bytes(), truth[name]
@@ -69,7 +74,9 @@ def test_load_answers_every_model_with_its_hash(bridge: BridgeProcess) -> None:
     assert r.status_code == 200
     body = r.json()
     assert {"shapes_tf2", "shapes_tf1"} <= set(body)
-    assert body["shapes_tf2"] == model_hash("shapes_tf2") and body["shapes_tf1"] == model_hash("shapes_tf1")
+    assert body["shapes_tf2"] == model_hash("shapes_tf2") and body["shapes_tf1"] == model_hash(
+        "shapes_tf1"
+    )
 
 
 def test_models_lists_the_models_in_the_envelope(bridge: BridgeProcess) -> None:
@@ -80,11 +87,17 @@ def test_models_lists_the_models_in_the_envelope(bridge: BridgeProcess) -> None:
 
 
 @pytest.mark.parametrize("by", ["name", "hash"])
-def test_detect_with_name_or_hash(bridge: BridgeProcess, shapes_images: tuple[Path, Truth], by: str) -> None:
+def test_detect_with_name_or_hash(
+    bridge: BridgeProcess, shapes_images: tuple[Path, Truth], by: str
+) -> None:
     name, data, truth = image_with_objects(shapes_images)
     model = "shapes_tf1" if by == "name" else model_hash("shapes_tf1")
-    r = httpx.post(f"{bridge.url}/detect", data={"model": model}, files={"image": (name, data, "image/jpeg")},
-                   timeout=60)
+    r = httpx.post(
+        f"{bridge.url}/detect",
+        data={"model": model},
+        files={"image": (name, data, "image/jpeg")},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"bounding-boxes"}  # bare, as the old /detect
@@ -107,7 +120,9 @@ def test_model_load_force_and_by_hash(bridge: BridgeProcess) -> None:
         assert r.json() == {"success": True, "data": None, "error": ""}
 
 
-def test_predict_envelope_and_overrides(bridge: BridgeProcess, shapes_images: tuple[Path, Truth]) -> None:
+def test_predict_envelope_and_overrides(
+    bridge: BridgeProcess, shapes_images: tuple[Path, Truth]
+) -> None:
     name, data, truth = image_with_objects(shapes_images, minimum=3)
     url = f"{bridge.url}/models/shapes_tf2/predict"
     body = httpx.post(url, files={"input_data": (name, data, "image/jpeg")}, timeout=60).json()
@@ -115,17 +130,25 @@ def test_predict_envelope_and_overrides(bridge: BridgeProcess, shapes_images: tu
     assert set(body["data"]) == {"bounding-boxes"}
     boxes = body["data"]["bounding-boxes"]
     assert match_truth(boxes, truth) == []
-    one = httpx.post(url, files={"input_data": (name, data)}, data={"predictions": "1"}, timeout=60).json()
+    one = httpx.post(
+        url, files={"input_data": (name, data)}, data={"predictions": "1"}, timeout=60
+    ).json()
     assert one["data"]["bounding-boxes"] == boxes[:1]
-    none = httpx.post(url, files={"input_data": (name, data)}, data={"confidence": "100"}, timeout=60).json()
+    none = httpx.post(
+        url, files={"input_data": (name, data)}, data={"confidence": "100"}, timeout=60
+    ).json()
     assert none["data"]["bounding-boxes"] == [b for b in boxes if b["confidence"] >= 100]
 
 
-def test_predict_batch_with_several_files(bridge: BridgeProcess, shapes_images: tuple[Path, Truth]) -> None:
+def test_predict_batch_with_several_files(
+    bridge: BridgeProcess, shapes_images: tuple[Path, Truth]
+) -> None:
     folder, truth = shapes_images
     names = [n for n in sorted(truth) if truth[n]][:3]
     files = [("input_data", (n, (folder / n).read_bytes())) for n in names]
-    r = httpx.post(f"{bridge.url}/models/{model_hash('shapes_tf1')}/predict_batch", files=files, timeout=60)
+    r = httpx.post(
+        f"{bridge.url}/models/{model_hash('shapes_tf1')}/predict_batch", files=files, timeout=60
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["success"] is True and len(body["data"]) == 3
@@ -134,15 +157,21 @@ def test_predict_batch_with_several_files(bridge: BridgeProcess, shapes_images: 
         assert match_truth(item["bounding-boxes"], truth[n]) == []
 
 
-def test_predict_image_returns_the_image_with_boxes(bridge: BridgeProcess, shapes_images: tuple[Path, Truth]) -> None:
+def test_predict_image_returns_the_image_with_boxes(
+    bridge: BridgeProcess, shapes_images: tuple[Path, Truth]
+) -> None:
     name, data, truth = image_with_objects(shapes_images, ext=".png")
-    r = httpx.post(f"{bridge.url}/models/shapes_tf2/predict_image", files={"input_data": (name, data)}, timeout=60)
+    r = httpx.post(
+        f"{bridge.url}/models/shapes_tf2/predict_image",
+        files={"input_data": (name, data)},
+        timeout=60,
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     drawn = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
     original = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
     assert drawn.shape == original.shape
     for obj in truth:  # each object's left edge is drawn over
-        left, top, right, bottom = obj["box"]
+        left, top, _right, bottom = obj["box"]
         y = (top + bottom) // 2
         assert np.abs(drawn[y, left] - original[y, left]).sum() > 60, obj
 
@@ -166,45 +195,87 @@ def assert_error(r: httpx.Response, status: int, code: str) -> None:
     assert isinstance(body["error"], str) and body["error"]
 
 
-def test_unknown_model_and_unknown_hash(bridge: BridgeProcess, shapes_images: tuple[Path, Truth]) -> None:
+def test_unknown_model_and_unknown_hash(
+    bridge: BridgeProcess, shapes_images: tuple[Path, Truth]
+) -> None:
     name, data, _ = image_with_objects(shapes_images)
-    assert_error(httpx.post(f"{bridge.url}/models/nope/predict", files={"input_data": (name, data)}), 404,
-                 "model_not_found")
-    assert_error(httpx.get(f"{bridge.url}/models/{model_hash('nope')}/labels"), 404, "model_not_found")
-    assert_error(httpx.post(f"{bridge.url}/detect", data={"model": model_hash("nope")},
-                            files={"image": (name, data)}), 404, "model_not_found")
-    assert_error(httpx.post(f"{bridge.url}/get_labels", data={"model": "../../etc"}), 404, "model_not_found")
+    assert_error(
+        httpx.post(f"{bridge.url}/models/nope/predict", files={"input_data": (name, data)}),
+        404,
+        "model_not_found",
+    )
+    assert_error(
+        httpx.get(f"{bridge.url}/models/{model_hash('nope')}/labels"), 404, "model_not_found"
+    )
+    assert_error(
+        httpx.post(
+            f"{bridge.url}/detect",
+            data={"model": model_hash("nope")},
+            files={"image": (name, data)},
+        ),
+        404,
+        "model_not_found",
+    )
+    assert_error(
+        httpx.post(f"{bridge.url}/get_labels", data={"model": "../../etc"}), 404, "model_not_found"
+    )
 
 
 def test_bad_uploads(bridge: BridgeProcess) -> None:
     url = f"{bridge.url}/models/shapes_tf2/predict"
-    assert_error(httpx.post(url, files={"input_data": ("x.jpg", b"\xff\xd8 not really", "image/jpeg")}, timeout=60),
-                 400, "invalid_image")
-    assert_error(httpx.post(url, files={"input_data": ("x.jpg", b"")}, timeout=60), 400, "invalid_image")
+    assert_error(
+        httpx.post(
+            url, files={"input_data": ("x.jpg", b"\xff\xd8 not really", "image/jpeg")}, timeout=60
+        ),
+        400,
+        "invalid_image",
+    )
+    assert_error(
+        httpx.post(url, files={"input_data": ("x.jpg", b"")}, timeout=60), 400, "invalid_image"
+    )
     assert_error(httpx.post(url, files={"other": ("x.jpg", b"abc")}), 422, "invalid_request")
-    assert_error(httpx.post(f"{bridge.url}/detect", files={"image": ("x.jpg", b"abc")}), 422, "invalid_request")
-    assert_error(httpx.post(url, files={"input_data": ("x.jpg", b"abc")}, data={"confidence": "lots"}), 422,
-                 "invalid_request")
+    assert_error(
+        httpx.post(f"{bridge.url}/detect", files={"image": ("x.jpg", b"abc")}),
+        422,
+        "invalid_request",
+    )
+    assert_error(
+        httpx.post(url, files={"input_data": ("x.jpg", b"abc")}, data={"confidence": "lots"}),
+        422,
+        "invalid_request",
+    )
 
 
 def test_oversize_upload_is_refused(bridge: BridgeProcess) -> None:
     big = b"\xff" * (4 * 1024 * 1024)  # over the 3 MiB limit set for this bridge
-    r = httpx.post(f"{bridge.url}/models/shapes_tf2/predict", files={"input_data": ("big.jpg", big)}, timeout=60)
+    r = httpx.post(
+        f"{bridge.url}/models/shapes_tf2/predict",
+        files={"input_data": ("big.jpg", big)},
+        timeout=60,
+    )
     assert_error(r, 413, "request_too_large")
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming
-        yield b"--b\r\nContent-Disposition: form-data; name=\"input_data\"; filename=\"x.jpg\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="input_data"; filename="x.jpg"\r\n\r\n'
         for _ in range(8):
             yield b"\xff" * (1024 * 1024)
 
-    r = httpx.post(f"{bridge.url}/models/shapes_tf2/predict", content=chunks(),
-                   headers={"content-type": "multipart/form-data; boundary=b"}, timeout=60)
+    r = httpx.post(
+        f"{bridge.url}/models/shapes_tf2/predict",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+        timeout=60,
+    )
     assert_error(r, 413, "request_too_large")
 
 
-def test_a_model_that_failed_to_load(bridge: BridgeProcess, shapes_images: tuple[Path, Truth]) -> None:
+def test_a_model_that_failed_to_load(
+    bridge: BridgeProcess, shapes_images: tuple[Path, Truth]
+) -> None:
     name, data, _ = image_with_objects(shapes_images)
-    r = httpx.post(f"{bridge.url}/models/broken/predict", files={"input_data": (name, data)}, timeout=60)
+    r = httpx.post(
+        f"{bridge.url}/models/broken/predict", files={"input_data": (name, data)}, timeout=60
+    )
     assert_error(r, 503, "model_load_failed")
 
 
@@ -213,6 +284,8 @@ def test_health_and_metrics(bridge: BridgeProcess) -> None:
     ready = httpx.get(f"{bridge.url}/health/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ok"
     metrics = httpx.get(f"{bridge.url}/metrics").text
-    assert 'tfstream_http_requests_total{route="/models/{model_name}/predict",status="200"}' in metrics
+    assert (
+        'tfstream_http_requests_total{route="/models/{model_name}/predict",status="200"}' in metrics
+    )
     docs = httpx.get(f"{bridge.url}/openapi.json").json()
     assert "/models/{model_name}/predict_batch" in docs["paths"]

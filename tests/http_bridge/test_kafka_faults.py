@@ -22,36 +22,62 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 Truth = dict[str, list[dict[str, Any]]]
 
 
-def start_pair(bootstrap: str, repository: Path, logs: Path, worker_env: dict[str, str] | None = None,
-               bridge_env: dict[str, str] | None = None) -> tuple[ConsumerProcess, BridgeProcess]:
+def start_pair(
+    bootstrap: str,
+    repository: Path,
+    logs: Path,
+    worker_env: dict[str, str] | None = None,
+    bridge_env: dict[str, str] | None = None,
+) -> tuple[ConsumerProcess, BridgeProcess]:
     prefix = unique_prefix()
-    worker = ConsumerProcess(bootstrap, repository, prefix, logs,
-                             extra={"TFSTREAM_MODELS": "shapes_tf1", **(worker_env or {})}).start()
+    worker = ConsumerProcess(
+        bootstrap,
+        repository,
+        prefix,
+        logs,
+        extra={"TFSTREAM_MODELS": "shapes_tf1", **(worker_env or {})},
+    ).start()
     worker.wait_ready()
-    bridge = BridgeProcess(logs, {"TFSTREAM_BOOTSTRAP": bootstrap, "TFSTREAM_TOPIC_PREFIX": prefix,
-                                  **(bridge_env or {})}).start()
+    bridge = BridgeProcess(
+        logs,
+        {"TFSTREAM_BOOTSTRAP": bootstrap, "TFSTREAM_TOPIC_PREFIX": prefix, **(bridge_env or {})},
+    ).start()
     bridge.wait_ready()
     return worker, bridge
 
 
 def predict(bridge: BridgeProcess, name: str, data: bytes, timeout_s: float = 60) -> httpx.Response:
-    return httpx.post(f"{bridge.url}/models/shapes_tf1/predict", files={"input_data": (name, data)},
-                      timeout=timeout_s)
+    return httpx.post(
+        f"{bridge.url}/models/shapes_tf1/predict",
+        files={"input_data": (name, data)},
+        timeout=timeout_s,
+    )
 
 
 def test_32_concurrent_calls_get_their_own_answers_in_batches(
-    kafka_bootstrap: str, serving_repository: Path, shapes_images: tuple[Path, Truth], tmp_path: Path
+    kafka_bootstrap: str,
+    serving_repository: Path,
+    shapes_images: tuple[Path, Truth],
+    tmp_path: Path,
 ) -> None:
     folder, truth = shapes_images
     names = [n for n in sorted(truth) if n.endswith(".jpg")][:32]
-    worker, bridge = start_pair(kafka_bootstrap, serving_repository, tmp_path,
-                                worker_env={"TFSTREAM_MAX_DELAY_MS": "20"})
+    worker, bridge = start_pair(
+        kafka_bootstrap, serving_repository, tmp_path, worker_env={"TFSTREAM_MAX_DELAY_MS": "20"}
+    )
     try:
+
         async def all_at_once() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=bridge.url, timeout=120) as client:
-                return await asyncio.gather(*(
-                    client.post("/models/shapes_tf1/predict", files={"input_data": (n, (folder / n).read_bytes())})
-                    for n in names))
+                return await asyncio.gather(
+                    *(
+                        client.post(
+                            "/models/shapes_tf1/predict",
+                            files={"input_data": (n, (folder / n).read_bytes())},
+                        )
+                        for n in names
+                    )
+                )
 
         responses = asyncio.run(all_at_once())
         wrong = {}
@@ -62,21 +88,36 @@ def test_32_concurrent_calls_get_their_own_answers_in_batches(
                 wrong[name] = problems
         assert wrong == {}
         metrics = worker.metrics()
-        singles = float(re.search(r'tfstream_batch_size_bucket\{le="1.0",model="shapes_tf1"\} (\S+)', metrics)[1])
-        batches = float(re.search(r'tfstream_batch_size_count\{model="shapes_tf1"\} (\S+)', metrics)[1])
-        assert batches < 32 and singles < batches, metrics  # some engine calls held several requests
+        singles = float(
+            re.search(r'tfstream_batch_size_bucket\{le="1.0",model="shapes_tf1"\} (\S+)', metrics)[
+                1
+            ]
+        )
+        batches = float(
+            re.search(r'tfstream_batch_size_count\{model="shapes_tf1"\} (\S+)', metrics)[1]
+        )
+        assert batches < 32 and singles < batches, (
+            metrics
+        )  # some engine calls held several requests
     finally:
         bridge.stop()
         worker.stop()
 
 
 def test_no_live_consumer_answers_at_once(
-    kafka_bootstrap: str, serving_repository: Path, shapes_images: tuple[Path, Truth], tmp_path: Path
+    kafka_bootstrap: str,
+    serving_repository: Path,
+    shapes_images: tuple[Path, Truth],
+    tmp_path: Path,
 ) -> None:
     folder, truth = shapes_images
     name = next(n for n in sorted(truth) if truth[n])
-    worker, bridge = start_pair(kafka_bootstrap, serving_repository, tmp_path,
-                                worker_env={"TFSTREAM_ANNOUNCE_TTL_MS": "3000"})
+    worker, bridge = start_pair(
+        kafka_bootstrap,
+        serving_repository,
+        tmp_path,
+        worker_env={"TFSTREAM_ANNOUNCE_TTL_MS": "3000"},
+    )
     try:
         assert predict(bridge, name, (folder / name).read_bytes()).status_code == 200
         worker.proc.kill()  # type: ignore[union-attr]  # no goodbye: its announcement just ages
@@ -94,22 +135,33 @@ def test_no_live_consumer_answers_at_once(
 
 
 def test_a_consumer_stopped_mid_request_gives_504_within_the_timeout(
-    kafka_bootstrap: str, serving_repository: Path, shapes_images: tuple[Path, Truth], tmp_path: Path
+    kafka_bootstrap: str,
+    serving_repository: Path,
+    shapes_images: tuple[Path, Truth],
+    tmp_path: Path,
 ) -> None:
     folder, truth = shapes_images
     name = next(n for n in sorted(truth) if truth[n])
-    worker, bridge = start_pair(kafka_bootstrap, serving_repository, tmp_path,
-                                bridge_env={"TFSTREAM_REQUEST_TIMEOUT_S": "3"})
+    worker, bridge = start_pair(
+        kafka_bootstrap,
+        serving_repository,
+        tmp_path,
+        bridge_env={"TFSTREAM_REQUEST_TIMEOUT_S": "3"},
+    )
     try:
         assert predict(bridge, name, (folder / name).read_bytes()).status_code == 200
-        worker.signal(signal.SIGSTOP)  # frozen: alive to Kafka's eyes for a while, answering nothing
+        worker.signal(
+            signal.SIGSTOP
+        )  # frozen: alive to Kafka's eyes for a while, answering nothing
         started = time.monotonic()
         r = predict(bridge, name, (folder / name).read_bytes())
         elapsed = time.monotonic() - started
         assert r.status_code == 504 and r.json()["code"] == "timeout", r.text
         assert 2.9 <= elapsed < 6.0
         worker.signal(signal.SIGCONT)
-        assert predict(bridge, name, (folder / name).read_bytes()).status_code == 200  # serving again
+        assert (
+            predict(bridge, name, (folder / name).read_bytes()).status_code == 200
+        )  # serving again
     finally:
         worker.signal(signal.SIGCONT)
         bridge.stop()
@@ -123,8 +175,12 @@ def test_broker_stopped_and_restarted(
     name = next(n for n in sorted(truth) if truth[n])
     data = (folder / name).read_bytes()
     with LocalKafkaCluster(brokers=1, workdir=tmp_path / "kafka") as cluster:
-        worker, bridge = start_pair(cluster.bootstrap, serving_repository, tmp_path,
-                                    bridge_env={"TFSTREAM_SEND_TIMEOUT_S": "2", "TFSTREAM_REQUEST_TIMEOUT_S": "10"})
+        worker, bridge = start_pair(
+            cluster.bootstrap,
+            serving_repository,
+            tmp_path,
+            bridge_env={"TFSTREAM_SEND_TIMEOUT_S": "2", "TFSTREAM_REQUEST_TIMEOUT_S": "10"},
+        )
         pid = bridge.proc.pid  # type: ignore[union-attr]
         try:
             assert predict(bridge, name, data).status_code == 200

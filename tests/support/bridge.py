@@ -27,12 +27,23 @@ class BridgeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> BridgeProcess:
-        env = {**os.environ, "TFSTREAM_HOST": "127.0.0.1", "TFSTREAM_PORT": str(self.port),
-               "TFSTREAM_LOG_FORMAT": "json", "TF_CPP_MIN_LOG_LEVEL": "2", **self.env}
+        env = {
+            **os.environ,
+            "TFSTREAM_HOST": "127.0.0.1",
+            "TFSTREAM_PORT": str(self.port),
+            "TFSTREAM_LOG_FORMAT": "json",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **self.env,
+        }
         self.log_path = self.log_dir / f"bridge-{self.port}.log"
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "http_bridge"], env=env, cwd=REPO_ROOT,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "http_bridge"],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def wait_ready(self, timeout_s: float = 120) -> None:
@@ -40,7 +51,9 @@ class BridgeProcess:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"bridge exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"bridge exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
                     return
