@@ -18,13 +18,19 @@ from tests.support.workers import free_port
 pytestmark = [pytest.mark.slow]
 
 
-def test_make_run_serves_docs_and_predicts(tmp_path: Path, shapes_images: tuple[Path, dict[str, list[dict[str, Any]]]]) -> None:
+def test_make_run_serves_docs_and_predicts(
+    tmp_path: Path, shapes_images: tuple[Path, dict[str, list[dict[str, Any]]]]
+) -> None:
     port = free_port()
     models = tmp_path / "models"
     log = (tmp_path / "make-run.log").open("wb")
     proc = subprocess.Popen(
-        ["make", "run", f"MODELS={models}", f"PORT={port}"], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "TFSTREAM_HOST": "127.0.0.1"}, start_new_session=True,
+        ["make", "run", f"MODELS={models}", f"PORT={port}"],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TFSTREAM_HOST": "127.0.0.1"},
+        start_new_session=True,
     )
     log.close()
     try:
@@ -39,11 +45,18 @@ def test_make_run_serves_docs_and_predicts(tmp_path: Path, shapes_images: tuple[
             time.sleep(0.5)
         docs = httpx.get(f"http://127.0.0.1:{port}/docs")
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
-        assert sorted(p.name for p in models.iterdir()) == ["shapes_tf1", "shapes_tf2", "ssd_mobilenet_v2_bench"]
+        assert sorted(p.name for p in models.iterdir()) == [
+            "shapes_tf1",
+            "shapes_tf2",
+            "ssd_mobilenet_v2_bench",
+        ]
         folder, truth = shapes_images
         name = next(n for n in sorted(truth) if len(truth[n]) >= 2)
-        r = httpx.post(f"http://127.0.0.1:{port}/models/shapes_tf2/predict",
-                       files={"input_data": (name, (folder / name).read_bytes())}, timeout=60)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/models/shapes_tf2/predict",
+            files={"input_data": (name, (folder / name).read_bytes())},
+            timeout=60,
+        )
         assert r.status_code == 200
         assert match_truth(r.json()["data"]["bounding-boxes"], truth[name]) == []
     finally:

@@ -18,7 +18,9 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shapes_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
+def shapes_images(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
     """60 generated images, each as .jpg and .png, with their ground truth."""
     folder = tmp_path_factory.mktemp("shapes_images")
     return folder, build_images(folder, count=60)

@@ -40,7 +40,9 @@ def iou(a: list[float], b: list[float]) -> float:
     return box_iou(a, b)
 
 
-def match_truth(boxes: list[dict[str, Any]], truth: list[dict[str, Any]], min_iou: float = 0.9) -> list[str]:
+def match_truth(
+    boxes: list[dict[str, Any]], truth: list[dict[str, Any]], min_iou: float = 0.9
+) -> list[str]:
     """Problems between detected boxes (wire format) and ground truth; [] when they match.
 
     Every true object needs a box of its label with IoU >= `min_iou`, and no box

@@ -76,8 +76,11 @@ class ConsumerProcess:
         self.log_path = self.log_dir / f"consumer-{self.name}.log"
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "consumer"], env=env, cwd=REPO_ROOT,
-                stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "consumer"],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return self
 
@@ -97,7 +100,9 @@ class ConsumerProcess:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"consumer exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"consumer exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             with contextlib.suppress(OSError, ValueError):
                 if self.health()[0] == 200:
                     return
@@ -137,8 +142,9 @@ async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     await admin.start()
     try:
         if name not in await admin.list_topics():
-            await admin.create_topics([NewTopic(name, partitions, 1,
-                                                topic_configs={"max.message.bytes": str(MAX_BYTES)})])
+            await admin.create_topics(
+                [NewTopic(name, partitions, 1, topic_configs={"max.message.bytes": str(MAX_BYTES)})]
+            )
     finally:
         await admin.close()
 
@@ -159,15 +165,22 @@ def headers(**values: object) -> list[tuple[str, bytes]]:
 
 
 async def read_topic(
-    bootstrap: str, topic: str, expect: int, timeout_s: float = 120,
+    bootstrap: str,
+    topic: str,
+    expect: int,
+    timeout_s: float = 120,
     until: Callable[[list[Any]], bool] | None = None,
 ) -> list[Any]:
     """Read `topic` from the beginning until `expect` records arrived (or `until(records)`
     holds, when given) or the time is up."""
     done = until or (lambda records: len(records) >= expect)
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
-        max_partition_fetch_bytes=MAX_BYTES, fetch_max_bytes=4 * MAX_BYTES,
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        max_partition_fetch_bytes=MAX_BYTES,
+        fetch_max_bytes=4 * MAX_BYTES,
     )
     await consumer.start()
     records: list[Any] = []
