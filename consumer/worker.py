@@ -3,7 +3,7 @@
 Life of a worker:
 
 1. create the topics it needs, load its models (a failed model stays FAILED,
-   the others serve), announce them on `<prefix>.models`;
+   the others serve; if none loads, exit 1), announce them on `<prefix>.models`;
 2. join the consumer group: on every request topic (`<prefix>.requests.*`)
    when serving every model, so requests for unknown models get an error
    answer too; on the listed models' topics only when given `--models a,b`;
@@ -43,7 +43,7 @@ from consumer.protocol import (
 )
 from consumer.registry import Entry, ModelRegistry
 from consumer.settings import ConsumerSettings
-from engines.errors import InvalidRequest, TfstreamError
+from engines.errors import InvalidRequest, ModelLoadFailed, TfstreamError
 from engines.repository import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,17 @@ class Worker:
         self.outbox = kafka_io.KafkaOutbox(self.producer)
         health = self._start_health()
         try:
-            for entry in await asyncio.to_thread(self.registry.load_all):
+            entries = await asyncio.to_thread(self.registry.load_all)
+            for entry in entries:
                 await self._announce(entry)
+            if not any(entry.state is ModelState.READY for entry in entries):
+                # Joining the group would take partitions and answer nothing but errors.
+                problems = "; ".join(
+                    f"{e.name}: {e.error.message if e.error else e.state}" for e in entries
+                )
+                raise ModelLoadFailed(
+                    f"no model could be loaded ({problems or 'no models in the repository'})"
+                )
             self.pipeline = Pipeline(
                 self.registry, self.topics, self.outbox, s, self.worker_id, self.metrics
             )

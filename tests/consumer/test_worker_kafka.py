@@ -482,3 +482,19 @@ async def test_sigterm_mid_stream_loses_nothing(
         }
     finally:
         second.stop()
+
+
+def test_a_worker_that_can_load_no_model_exits_with_an_error(
+    kafka_bootstrap: str, serving_repository: Path, tmp_path: Path
+) -> None:
+    worker = ConsumerProcess(
+        kafka_bootstrap,
+        serving_repository,
+        unique_prefix(),
+        tmp_path,
+        extra={"TFSTREAM_MODELS": "broken"},
+    ).start()
+    assert worker.wait(120) == 1, worker.log_tail()
+    failures = [r for r in worker.log_records() if r.get("msg") == "worker failed"]
+    assert failures and "no model could be loaded" in failures[0]["error"]
+    assert "broken" in failures[0]["error"]
