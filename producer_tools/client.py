@@ -149,20 +149,15 @@ class DetectClient:
             image_name=image_name,
             deadline_ms=int((time.time() + timeout) * 1000) if self.send_deadline else None,
         )
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[correlation_id] = future
-        try:
-            await self._send(self.topics.requests(model), image, key, request.headers())
-            self.stats.sent += 1
-            try:
-                return await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                self.stats.timed_out += 1
-                raise RequestTimeout(
-                    f"no answer from model '{model}' within {timeout:g}s"
-                ) from None
-        finally:
-            self._pending.pop(correlation_id, None)
+        return await self._ask(
+            correlation_id,
+            self.topics.requests(model),
+            image,
+            key,
+            request.headers(),
+            timeout,
+            f"no answer from model '{model}' within {timeout:g}s",
+        )
 
     async def load(
         self, model: str = "*", force: bool = False, timeout_s: float | None = None
@@ -176,17 +171,42 @@ class DetectClient:
         """
         correlation_id = uuid.uuid4().hex
         command = Control(ControlCommand.LOAD, model, force, correlation_id, self.reply_topic)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        return await self._ask(
+            correlation_id,
+            self.topics.control,
+            command.to_json(),
+            None,
+            [],
+            timeout,
+            f"no worker answered the load of '{model}' within {timeout:g}s",
+        )
+
+    async def _ask(
+        self,
+        correlation_id: str,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        timeout_s: float,
+        timeout_message: str,
+    ) -> Reply:
+        """Send a record and wait for the reply that carries `correlation_id`.
+
+        The future is registered before sending, so an answer faster than the
+        send's own acknowledgement still finds its caller.
+        """
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
-        timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
-            await self._send(self.topics.control, command.to_json(), None, [])
+            await self._send(topic, value, key, headers)
+            self.stats.sent += 1
             try:
-                return await asyncio.wait_for(future, timeout)
+                return await asyncio.wait_for(future, timeout_s)
             except TimeoutError:
-                raise RequestTimeout(
-                    f"no worker answered the load of '{model}' within {timeout:g}s"
-                ) from None
+                self.stats.timed_out += 1
+                raise RequestTimeout(timeout_message) from None
         finally:
             self._pending.pop(correlation_id, None)
 
