@@ -498,3 +498,52 @@ def test_a_worker_that_can_load_no_model_exits_with_an_error(
     failures = [r for r in worker.log_records() if r.get("msg") == "worker failed"]
     assert failures and "no model could be loaded" in failures[0]["error"]
     assert "broken" in failures[0]["error"]
+
+
+@pytest.mark.asyncio
+async def test_a_10_mb_image_is_served_and_a_larger_one_is_refused(
+    worker: ConsumerProcess, tmp_path: Path
+) -> None:
+    import io
+
+    import numpy as np
+
+    noise = np.random.default_rng(0).integers(0, 255, (1800, 1800, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    big = buffer.getvalue()
+    assert 9_000_000 < len(big) <= 10 * 1024 * 1024  # noise does not compress
+    too_big = big + b"\0" * (11 * 1024 * 1024 - len(big))
+    _, replies, _ = await ask(
+        worker.bootstrap,
+        worker.prefix,
+        "shapes_tf2",
+        [("big", big, {}), ("too-big", too_big, {})],
+    )
+    assert replies["big"][0]["success"] is True
+    assert (replies["big"][0]["data"]["width"], replies["big"][0]["data"]["height"]) == (1800, 1800)
+    assert replies["too-big"][0]["error"]["code"] == "image_too_large"
+
+
+@pytest.mark.asyncio
+async def test_a_broker_crash_in_a_three_node_cluster_loses_nothing(
+    kafka_cluster3: Any, serving_repository: Path, shapes_images: tuple[Path, Truth], tmp_path: Path
+) -> None:
+    folder, truth = shapes_images
+    images = [(folder / n).read_bytes() for n in sorted(truth) if n.endswith(".jpg")]
+    bootstrap = kafka_cluster3.bootstrap
+    prefix = unique_prefix()
+    worker = ConsumerProcess(
+        bootstrap, serving_repository, prefix, tmp_path, extra={"TFSTREAM_MODELS": "shapes_tf1"}
+    ).start()
+    try:
+        worker.wait_ready()
+        reply_to = f"{prefix}.replies.crash"
+        await create_topic(bootstrap, reply_to, replication=3)
+        await send_many(bootstrap, f"{prefix}.requests.shapes_tf1", reply_to, images, 150, "c")
+        kafka_cluster3.kill_broker(1)  # SIGKILL, mid-stream
+        done = await answered_ids(bootstrap, reply_to, 150, timeout_s=180)
+        assert done == {f"c-{i}" for i in range(150)}
+        assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.stop()

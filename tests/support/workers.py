@@ -137,13 +137,22 @@ class ConsumerProcess:
                 self.proc.wait(10)
 
 
-async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+async def create_topic(
+    bootstrap: str, name: str, partitions: int = 1, replication: int = 1
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         if name not in await admin.list_topics():
             await admin.create_topics(
-                [NewTopic(name, partitions, 1, topic_configs={"max.message.bytes": str(MAX_BYTES)})]
+                [
+                    NewTopic(
+                        name,
+                        partitions,
+                        replication,
+                        topic_configs={"max.message.bytes": str(MAX_BYTES)},
+                    )
+                ]
             )
     finally:
         await admin.close()
