@@ -15,14 +15,29 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 
 from consumer.protocol import Headers
 from consumer.settings import KafkaClientSettings
+from engines.errors import ReplyUndeliverable
 
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
+
+#: Failures that retrying cannot cure: the destination is missing or refuses the record.
+_UNDELIVERABLE = (
+    UnknownTopicOrPartitionError,
+    TopicAuthorizationFailedError,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+)
 
 
 def default_client_id(role: str) -> str:
@@ -36,7 +51,7 @@ def producer(settings: KafkaClientSettings, role: str, linger_ms: int = 0) -> AI
         acks="all",
         linger_ms=linger_ms,
         max_request_size=settings.max_message_bytes,
-        request_timeout_ms=15_000,
+        request_timeout_ms=settings.request_timeout_ms,
         metadata_max_age_ms=5_000,
     )
 
@@ -107,15 +122,16 @@ async def ensure_topics(
 class KafkaOutbox:
     """The pipeline's outbox on a real producer.
 
-    A send that fails for a retriable reason (broker down, leader moving) is
-    retried with backoff until it succeeds: an accepted request's answer is
-    never dropped. Other failures (record too large, topic refused) raise after
-    `attempts`, so the pipeline can report it instead of blocking a partition.
+    A destination that does not exist or refuses the record (unknown topic, no
+    authorisation, record too large) raises `ReplyUndeliverable` at once, so
+    the pipeline can answer elsewhere instead of blocking the partition. Any
+    other failure (broker down, leader moving, timeouts) is retried with
+    backoff until it succeeds: an accepted request's answer is never dropped
+    because the broker was away.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, attempts: int = 3) -> None:
+    def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
-        self._attempts = attempts
         self._closing = False
 
     def send(
@@ -136,10 +152,11 @@ class KafkaOutbox:
                 ack = await self._producer.send(topic, value=value, key=key, headers=headers)
                 await ack
                 return
+            except _UNDELIVERABLE as exc:
+                raise ReplyUndeliverable(f"cannot deliver to topic '{topic}': {exc!r}") from exc
             except KafkaError as exc:
                 failures += 1
-                permanent = not getattr(exc, "retriable", False)
-                if self._closing or (permanent and failures >= self._attempts):
+                if self._closing:
                     raise
                 log.warning(
                     "send failed, retrying",

@@ -41,7 +41,7 @@ from consumer.protocol import (
 from consumer.registry import ModelRegistry
 from consumer.settings import WorkerSettings
 from engines.detector import Detector
-from engines.errors import DeadlineExceeded, InferenceFailed, TfstreamError
+from engines.errors import DeadlineExceeded, InferenceFailed, ReplyUndeliverable, TfstreamError
 from engines.images import decode_image
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,12 @@ class Outbox(Protocol):
     ) -> Awaitable[None]:
         """Queue a record; awaiting the result waits until it is acknowledged.
 
-        Retriable failures are retried inside; the awaitable raises only when
-        the record can never be delivered (then the caller must not commit).
+        Transient failures are retried inside. The awaitable raises
+        `ReplyUndeliverable` when the destination cannot take the record (missing
+        topic, refused, too large), and other errors only when the outbox is
+        closing; then the request is not committed.
         """
         ...
-
-
-_Send = tuple[str, bytes | None, bytes | None, Headers]
-"""(topic, value, key, headers) of one record to send."""
 
 
 @dataclass
@@ -231,9 +229,7 @@ class Pipeline:
                     worker=self.worker_id,
                 )
                 topic = job.request.reply_to or self.topics.results(model)
-                self._deliver(
-                    job.done, [(topic, reply.to_json(), job.request.key, reply.headers())]
-                )
+                self._deliver(job.done, [self._send_reply(job.record, model, topic, reply)])
             self.metrics.answered(model, len(group))
 
     def _answer_error(
@@ -267,20 +263,40 @@ class Pipeline:
             },
         )
         reply = Reply(correlation_id, model, error=error, worker=self.worker_id)
-        sends = [(topic, reply.to_json(), record.key, reply.headers())]
+        sends = [self._send_reply(record, model, topic, reply)]
         if not isinstance(error, DeadlineExceeded):
-            self.metrics.dlq.labels(model, error.code).inc()
-            headers = dlq_headers(
-                record.headers, error, record.topic, record.partition, record.offset, self.worker_id
-            )
-            sends.append((self.topics.dlq, record.value, record.key, headers))
+            sends.append(self._dead_letter(record, model, error))
         self._deliver(done, sends)
 
-    def _deliver(self, done: asyncio.Future[None], sends: Sequence[_Send]) -> None:
-        """Send the records; resolve `done` once all are acknowledged, or fail it."""
-        acks = [
-            self.outbox.send(topic, value, key, headers) for topic, value, key, headers in sends
-        ]
+    async def _send_reply(self, record: Record, model: str, topic: str, reply: Reply) -> None:
+        """The reply to `topic`; if that topic cannot take it (a client's reply topic
+        deleted while its request waited), to the model's results topic; if that
+        fails too, the request goes to the DLQ with the reason, so it is never
+        lost and never blocks its partition."""
+        problem: ReplyUndeliverable | None = None
+        for destination in dict.fromkeys([topic, self.topics.results(model)]):
+            try:
+                await self.outbox.send(destination, reply.to_json(), record.key, reply.headers())
+            except ReplyUndeliverable as exc:
+                problem = exc
+                log.warning(
+                    "reply undeliverable", extra={"topic": destination, "error": exc.message}
+                )
+                continue
+            return
+        assert problem is not None
+        await self._dead_letter(record, model, problem)
+
+    def _dead_letter(self, record: Record, model: str, error: TfstreamError) -> Awaitable[None]:
+        self.metrics.dlq.labels(model, error.code).inc()
+        headers = dlq_headers(
+            record.headers, error, record.topic, record.partition, record.offset, self.worker_id
+        )
+        return self.outbox.send(self.topics.dlq, record.value, record.key, headers)
+
+    def _deliver(self, done: asyncio.Future[None], acks: Sequence[Awaitable[None]]) -> None:
+        """Resolve `done` once every send is acknowledged, or fail it (then the
+        request stays uncommitted and is read again)."""
 
         async def settle() -> None:
             try:

@@ -42,6 +42,8 @@ class KafkaClientSettings(BaseSettings):
     """Client certificate, for mutual TLS."""
     ssl_keyfile: Path | None = None
     """Client private key, for mutual TLS."""
+    request_timeout_ms: int = 15_000
+    """How long a request to the brokers may take, including waiting for a topic to exist."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest record produced or fetched, and the max.message.bytes of the topics we create."""
 

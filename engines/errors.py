@@ -155,6 +155,14 @@ class RequestTimeout(TfstreamError):
     retriable = True
 
 
+class ReplyUndeliverable(TfstreamError):
+    """A reply's destination topic does not exist or refuses it (e.g. a client's
+    reply topic deleted while its requests were queued)."""
+
+    code = "reply_undeliverable"
+    http_status = 502
+
+
 class Unauthorized(TfstreamError):
     code = "unauthorized"
     http_status = 401

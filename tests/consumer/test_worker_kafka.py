@@ -547,3 +547,39 @@ async def test_a_broker_crash_in_a_three_node_cluster_loses_nothing(
         assert worker.proc is not None and worker.proc.poll() is None
     finally:
         worker.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_reply_topic_that_is_gone_does_not_block_the_partition(
+    worker: ConsumerProcess, shapes_images: tuple[Path, Truth]
+) -> None:
+    """A client deleted its reply topic while its request waited: the answer goes to the
+    results topic instead, and the requests behind it are answered and committed."""
+    folder, truth = shapes_images
+    name = next(n for n in sorted(truth) if truth[n])
+    data = (folder / name).read_bytes()
+    results = f"{worker.prefix}.results.shapes_tf2"
+    reply_to = f"{worker.prefix}.replies.alive"
+    await create_topic(worker.bootstrap, reply_to)
+    async with raw_producer(worker.bootstrap) as producer:
+        topic = f"{worker.prefix}.requests.shapes_tf2"
+        for i in range(4):  # one partition: the lost reply is in front of the others
+            await producer.send_and_wait(
+                topic,
+                data,
+                key=b"same-partition",
+                headers=headers(
+                    correlation_id="orphan" if i == 0 else f"after-{i}",
+                    reply_to=f"{worker.prefix}.replies.deleted" if i == 0 else reply_to,
+                ),
+            )
+    after = await read_topic(worker.bootstrap, reply_to, expect=3, timeout_s=90)
+    assert set(replies_by_id(after)) == {"after-1", "after-2", "after-3"}
+    redirected = await read_topic(
+        worker.bootstrap,
+        results,
+        expect=10**6,
+        timeout_s=60,
+        until=lambda recs: "orphan" in replies_by_id(recs),
+    )
+    assert replies_by_id(redirected)["orphan"][0]["success"] is True
