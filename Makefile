@@ -35,8 +35,9 @@ models: setup
 kafka-jars:
 	bash deploy/kafka-local/fetch-jars.sh
 
-bench: setup models
-	$(BIN)/python -m bench.raw_engine --repository $(MODELS)
+# Writes docs/benchmarks.md (starts its own Kafka broker and workers).
+bench: setup models kafka-jars
+	$(BIN)/python -m bench.run_all --repository $(MODELS)
 
 lint: setup
 	$(BIN)/ruff check engines consumer producer_tools http_bridge tests bench

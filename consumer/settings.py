@@ -84,8 +84,10 @@ class WorkerSettings(BaseSettings):
     """TensorFlow device for every model of this process: auto, cpu, GPU:0..."""
     max_batch: int = Field(default=8, ge=1)
     """Largest number of requests in one engine call."""
-    max_delay_ms: float = Field(default=2.0, ge=0)
-    """How long a batch waits for more requests once one is there. 0 never waits."""
+    max_delay_ms: float = Field(default=0.0, ge=0)
+    """How long a batch waits for more requests once one is there. 0 never waits: under
+    load, batches still fill from what queues up while the engine runs; raise it (a few
+    ms) where a bigger batch costs little more than a small one, as on GPUs."""
     decode_threads: int = Field(default=2, ge=1)
     """Threads decoding images beside the inference thread."""
     max_image_bytes: int = 10 * 1024 * 1024
