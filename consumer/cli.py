@@ -27,11 +27,8 @@ async def serve(settings: ConsumerSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_cli(ConsumerSettings, argv)
+    settings = parse_cli(ConsumerSettings, argv, required=["bootstrap"])
     configure_logging(settings.log_level, settings.log_format)
-    if not settings.bootstrap:
-        print("error: --bootstrap (or TFSTREAM_BOOTSTRAP) is required", file=sys.stderr)
-        return 2
     try:
         asyncio.run(serve(settings))
     except Exception as exc:

@@ -32,13 +32,25 @@ def cli_config(prog: str) -> SettingsConfigDict:
 S = TypeVar("S", bound=BaseSettings)
 
 
-def parse_cli(settings_cls: type[S], argv: Sequence[str] | None = None) -> S:
-    """Parse the command line and environment, or exit 2 with a readable message."""
+def parse_cli(
+    settings_cls: type[S], argv: Sequence[str] | None = None, required: Sequence[str] = ()
+) -> S:
+    """Parse the command line and environment, or exit 2 with a readable message.
+
+    `required` names options that have an empty default for other commands (the
+    bridge runs without --bootstrap) but that this command cannot do without.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        return CliApp.run(settings_cls, cli_args=args)
+        settings = CliApp.run(settings_cls, cli_args=args)
     except ValidationError as exc:
         for err in exc.errors():
             field = "-".join(str(p) for p in err["loc"]).replace("_", "-") or "options"
             print(f"error: {field}: {err['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
+    for name in required:
+        if not getattr(settings, name):
+            option = name.replace("_", "-")
+            print(f"error: --{option} (or {ENV_PREFIX}{name.upper()}) is required", file=sys.stderr)
+            raise SystemExit(2)
+    return settings

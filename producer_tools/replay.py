@@ -338,10 +338,7 @@ def _describe(settings: ReplaySettings) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = parse_cli(ReplaySettings, argv)
-    if not settings.bootstrap:
-        print("error: --bootstrap (or TFSTREAM_BOOTSTRAP) is required", file=sys.stderr)
-        return 2
+    settings = parse_cli(ReplaySettings, argv, required=["bootstrap"])
     try:
         report = asyncio.run(run_replay(settings))
     except TfstreamError as exc:

@@ -201,10 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka.cluster").setLevel(
         logging.CRITICAL
     )  # "topic not found" while we wait
-    settings = parse_cli(ResultsSettings, argv)
-    if not settings.bootstrap:
-        print("error: --bootstrap (or TFSTREAM_BOOTSTRAP) is required", file=sys.stderr)
-        return 2
+    settings = parse_cli(ResultsSettings, argv, required=["bootstrap"])
     try:
         asyncio.run(follow(settings))
     except TfstreamError as exc:

@@ -206,10 +206,7 @@ def _settled(
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = parse_cli(StreamSettings, argv)
-    if not settings.bootstrap:
-        print("error: --bootstrap (or TFSTREAM_BOOTSTRAP) is required", file=sys.stderr)
-        return 2
+    settings = parse_cli(StreamSettings, argv, required=["bootstrap"])
     try:
         summary = asyncio.run(run_stream(settings))
     except TfstreamError as exc:
