@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +32,6 @@ from tests.support.workers import (
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 Truth = dict[str, list[dict[str, Any]]]
-
-
-@pytest.fixture(scope="module")
-def worker(
-    kafka_bootstrap: str, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ConsumerProcess]:
-    proc = ConsumerProcess(
-        kafka_bootstrap,
-        model_repository,
-        unique_prefix(),
-        tmp_path_factory.mktemp("logs"),
-        extra={"TFSTREAM_MODELS": "shapes_tf2", "TFSTREAM_MAX_DELAY_MS": "5"},
-    ).start()
-    proc.wait_ready()
-    yield proc
-    proc.stop()
 
 
 def settings(bootstrap: str, prefix: str) -> KafkaClientSettings:

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +25,12 @@ from producer_tools.replay import main as replay_main
 from producer_tools.results import ResultsSettings, follow
 from producer_tools.stream import StreamSettings, parse_correlation_id, run_stream
 from tests.support.models import REPO_ROOT
-from tests.support.workers import ConsumerProcess, read_topic, unique_prefix
+from tests.support.workers import ConsumerProcess, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 Truth = dict[str, list[dict[str, Any]]]
 MODEL = "shapes_tf2"
-
-
-@pytest.fixture(scope="module")
-def worker(
-    kafka_bootstrap: str, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ConsumerProcess]:
-    proc = ConsumerProcess(
-        kafka_bootstrap,
-        model_repository,
-        unique_prefix(),
-        tmp_path_factory.mktemp("logs"),
-        extra={"TFSTREAM_MODELS": MODEL, "TFSTREAM_MAX_DELAY_MS": "5", "TFSTREAM_MAX_BATCH": "8"},
-    ).start()
-    proc.wait_ready()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
