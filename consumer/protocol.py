@@ -111,7 +111,8 @@ class Request:
     received_ms: float = field(default_factory=lambda: time.time() * 1000)
 
     def expired(self, now_ms: float | None = None) -> bool:
-        return self.deadline_ms is not None and (now_ms or time.time() * 1000) > self.deadline_ms
+        now = time.time() * 1000 if now_ms is None else now_ms
+        return self.deadline_ms is not None and now > self.deadline_ms
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The headers a client sends for this request."""
@@ -361,7 +362,8 @@ class Announcement:
     ttl_ms: int = 30_000
 
     def alive(self, now_ms: float | None = None) -> bool:
-        return (now_ms or time.time() * 1000) - self.updated_ms <= self.ttl_ms
+        now = time.time() * 1000 if now_ms is None else now_ms
+        return now - self.updated_ms <= self.ttl_ms
 
     def to_json(self) -> bytes:
         body = {k: getattr(self, k) for k in self.__dataclass_fields__}

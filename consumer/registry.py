@@ -137,6 +137,31 @@ class ModelRegistry:
             raise ModelUnavailable(f"model '{name}' is not served by this worker group")
         raise ModelUnavailable(f"model '{name}' is not loaded yet")
 
+    def resolve(self, name_or_hash: str) -> str:
+        """A model name from a name or hash. Loaded models answer from memory; only
+        a name this worker has not loaded costs a look at the repository folder.
+
+        Raises:
+            ModelNotFound: neither a model name nor the hash of one.
+        """
+        for entry in self._entries.values():
+            if name_or_hash == entry.name or (entry.spec and entry.spec.hash == name_or_hash):
+                return entry.name
+        return self.repository.resolve(name_or_hash)
+
+    def spec(self, name: str) -> ModelSpec:
+        """The model's spec as loaded, or read from its folder if it was not.
+
+        Raises:
+            ModelNotFound, InvalidModelConfig: see `ModelRepository.spec`.
+        """
+        entry = self._entries.get(name)
+        return (
+            entry.spec
+            if entry is not None and entry.spec is not None
+            else self.repository.spec(name)
+        )
+
     def entries(self) -> list[Entry]:
         return list(self._entries.values())
 

@@ -109,10 +109,10 @@ class EmbeddedBackend:
         return self.registry.served_names()
 
     def resolve(self, name_or_hash: str) -> str:
-        return self.repository.resolve(name_or_hash)
+        return self.registry.resolve(name_or_hash)
 
     def info(self, name: str) -> ModelInfo:
-        spec = self.repository.spec(name)
+        spec = self.registry.spec(name)
         return ModelInfo(
             name=name,
             hash=spec.hash,

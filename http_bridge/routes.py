@@ -14,6 +14,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from engines.drawing import draw_boxes
+from engines.errors import TfstreamError
 from engines.images import decode_image
 from http_bridge.backends import Backend
 from http_bridge.errors import envelope
@@ -57,15 +58,13 @@ async def _detect(
 async def load_all(request: Request) -> dict[str, str]:
     b = backend(request)
     await b.load(None)
-    return {name: b.info(name).hash for name in b.names() if _loads(b, name)}
-
-
-def _loads(b: Backend, name: str) -> bool:
-    try:
-        b.info(name)
-    except Exception:
-        return False
-    return True
+    hashes: dict[str, str] = {}
+    for name in b.names():
+        try:
+            hashes[name] = b.info(name).hash
+        except TfstreamError:  # a folder too broken to describe (no config): not a model
+            continue
+    return hashes
 
 
 @router.post("/detect", summary="Detect objects; answer {bounding-boxes: [...]}")

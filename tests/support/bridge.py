@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from tests.support.models import REPO_ROOT
-from tests.support.workers import free_port
+from tests.support.workers import free_port, wait_until_ready
 
 
 @dataclass
@@ -47,20 +46,15 @@ class BridgeProcess:
         return self
 
     def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"bridge exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
+        assert self.proc is not None
+
+        def ready() -> bool:
             try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return
+                return httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"bridge not ready after {timeout_s}s:\n{self.log_tail()}")
+                return False
+
+        wait_until_ready(self.proc, ready, self.log_tail, timeout_s)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

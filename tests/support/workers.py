@@ -97,18 +97,8 @@ class ConsumerProcess:
             return str(r.read().decode())
 
     def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"consumer exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            with contextlib.suppress(OSError, ValueError):
-                if self.health()[0] == 200:
-                    return
-            time.sleep(0.3)
-        raise AssertionError(f"consumer not ready after {timeout_s}s:\n{self.log_tail()}")
+        assert self.proc is not None
+        wait_until_ready(self.proc, lambda: self.health()[0] == 200, self.log_tail, timeout_s)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -136,6 +126,24 @@ class ConsumerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def wait_until_ready(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    log_tail: Callable[[], str],
+    timeout_s: float,
+) -> None:
+    """Poll `ready` until it holds; fail with the log if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited with {proc.returncode}:\n{log_tail()}")
+        with contextlib.suppress(OSError, ValueError):
+            if ready():
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"{proc.args} not ready after {timeout_s}s:\n{log_tail()}")
 
 
 async def create_topic(
