@@ -40,7 +40,7 @@ bench: setup models kafka-jars
 	$(BIN)/python -m bench.run_all --repository $(MODELS)
 
 lint: setup
-	$(BIN)/ruff check engines consumer producer_tools http_bridge tests bench
+	$(BIN)/ruff check engines consumer producer_tools http_bridge tests bench deploy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -20,7 +20,7 @@ the mean of the two:
 The raw engine is decode + inference in this process (bench/raw_engine.py),
 batch 1 and batch 8. Everything runs on ssd_mobilenet_v2_bench with 640x480
 JPEGs of the shapes scenes. The broker is a local Kafka started from the cached
-jars (tests/support/kafka_local.py), with the full JIT for the run.
+jars (deploy/local/kafka.py), with the full JIT for the run.
 
 Each row also says how many CPU milliseconds each of our processes spent per
 answered image, and how much of the machine other tenants took meanwhile; a
@@ -183,7 +183,7 @@ class Bench:
 
 
 def free_port() -> int:
-    from tests.support.workers import free_port as pick
+    from deploy.local.processes import free_port as pick
 
     return pick()
 
@@ -260,7 +260,7 @@ def consumers(
     bootstrap: str, repository: Path, prefix: str, log_dir: Path, count: int, extra: dict[str, str]
 ) -> Iterator[list[Any]]:
     """`count` consumer processes of one group, started together, stopped on exit."""
-    from tests.support.workers import ConsumerProcess
+    from deploy.local.processes import ConsumerProcess
 
     procs = [
         ConsumerProcess(bootstrap, repository, prefix, log_dir, extra=extra).start()
@@ -444,7 +444,7 @@ async def scaling(
     batch_ms: float,
     broker: list[int],
 ) -> None:
-    from tests.support.workers import ConsumerProcess
+    from deploy.local.processes import ConsumerProcess
 
     print(title, flush=True)
     # INFO: the assignment log lines tell when the group has settled.
@@ -541,9 +541,9 @@ def _memory() -> str:
 
 
 async def run(args: argparse.Namespace, work: Path) -> tuple[Bench, dict[str, str]]:
+    from deploy.local.kafka import LocalKafkaCluster, kafka_version
     from engines.detector import load_detector
     from engines.repository import ModelRepository
-    from tests.support.kafka_local import LocalKafkaCluster, kafka_version
 
     bench = Bench(
         seconds=args.seconds,

@@ -1,6 +1,6 @@
 """Fixtures shared by the whole suite.
 
-The Kafka fixtures run a real Apache Kafka broker (tests/support/kafka_local.py):
+The Kafka fixtures run a real Apache Kafka broker (deploy/local/kafka.py):
 a broker that cannot start makes the tests that need it error out, never skip,
 because a silently skipped Kafka test hides exactly what it is there to catch.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.kafka_local import LocalKafkaCluster
+from deploy.local.kafka import LocalKafkaCluster
 
 # Generated models and images, shared by every package's tests.
 pytest_plugins = ["tests.support.fixtures"]

@@ -47,7 +47,9 @@ COMPOSE = DEPLOY / "compose.yaml"
 STACK = DEPLOY / "swarm" / "stack.yaml"
 K8S = DEPLOY / "k8s"
 DOCS = [
-    ROOT / "docs" / "deploy.md", ROOT / "docs" / "architecture.md", DEPLOY / "swarm" / "README.md"
+    ROOT / "docs" / "deploy.md",
+    ROOT / "docs" / "architecture.md",
+    DEPLOY / "swarm" / "README.md",
 ]
 
 SETTINGS: dict[str, type[BaseSettings]] = {
@@ -230,8 +232,11 @@ def test_kustomization_lists_existing_files_and_one_scaledobject() -> None:
     resources = kustomization["resources"]
     for name in resources:
         assert (K8S / name).is_file(), f"kustomization.yaml lists missing {name}"
-    scaled = [name for name in resources
-              if any(d["kind"] == "ScaledObject" for d in _yaml_docs(K8S / name))]
+    scaled = [
+        name
+        for name in resources
+        if any(d["kind"] == "ScaledObject" for d in _yaml_docs(K8S / name))
+    ]
     assert len(scaled) == 1, "only one ScaledObject may drive the consumer Deployment"
 
 
@@ -429,8 +434,11 @@ def consumer_health() -> Iterator[tuple[int, _Checks]]:
     """The consumer's real health server, on a free port, with switchable answers."""
     checks = _Checks()
     server = HealthServer(
-        "127.0.0.1", 0, CollectorRegistry(),
-        live=lambda: (checks.live, {}), ready=lambda: (checks.ready, {}),
+        "127.0.0.1",
+        0,
+        CollectorRegistry(),
+        live=lambda: (checks.live, {}),
+        ready=lambda: (checks.ready, {}),
     )
     server.start()
     try:
@@ -475,19 +483,33 @@ def test_bridge_serves_the_probe_paths() -> None:
 @pytest.mark.parametrize(
     ("argv", "env", "url"),
     [
-        (["/opt/venv/bin/python", "/opt/venv/bin/tfstream-consumer"], {},
-         "http://127.0.0.1:9400/health/live"),
-        (["python", "/opt/venv/bin/tfstream-consumer", "--metrics-port", "9500"], {},
-         "http://127.0.0.1:9500/health/live"),
-        (["python", "-m", "consumer", "--metrics-port=9501"], {"TFSTREAM_METRICS_PORT": "1"},
-         "http://127.0.0.1:9501/health/live"),
-        (["tfstream-consumer"],
-         {"TFSTREAM_METRICS_PORT": "9600", "TFSTREAM_METRICS_HOST": "10.0.0.5"},
-         "http://10.0.0.5:9600/health/live"),
+        (
+            ["/opt/venv/bin/python", "/opt/venv/bin/tfstream-consumer"],
+            {},
+            "http://127.0.0.1:9400/health/live",
+        ),
+        (
+            ["python", "/opt/venv/bin/tfstream-consumer", "--metrics-port", "9500"],
+            {},
+            "http://127.0.0.1:9500/health/live",
+        ),
+        (
+            ["python", "-m", "consumer", "--metrics-port=9501"],
+            {"TFSTREAM_METRICS_PORT": "1"},
+            "http://127.0.0.1:9501/health/live",
+        ),
+        (
+            ["tfstream-consumer"],
+            {"TFSTREAM_METRICS_PORT": "9600", "TFSTREAM_METRICS_HOST": "10.0.0.5"},
+            "http://10.0.0.5:9600/health/live",
+        ),
         (["tfstream-consumer"], {"TFSTREAM_METRICS_PORT": "0"}, None),
         (["python", "/opt/venv/bin/tfstream-bridge"], {}, "http://127.0.0.1:4343/health/live"),
-        (["python", "-m", "http_bridge", "--port", "8080", "--host", "::"], {},
-         "http://127.0.0.1:8080/health/live"),
+        (
+            ["python", "-m", "http_bridge", "--port", "8080", "--host", "::"],
+            {},
+            "http://127.0.0.1:8080/health/live",
+        ),
         (["tfstream-bridge"], {"TFSTREAM_PORT": "5000"}, "http://127.0.0.1:5000/health/live"),
         (["python", "/opt/venv/bin/tfstream-models", "generate", "/models"], {}, None),
         (["/bin/sh", "-c", "sleep 1"], {}, None),
@@ -513,10 +535,13 @@ def test_healthcheck_probes_the_running_command(
     port, checks = consumer_health
     env = {"TFSTREAM_METRICS_PORT": str(port)}
     # docker run --init: pid 1 is docker-init with the command as its arguments.
-    proc = _fake_proc(tmp_path / "proc", {
-        1: (["/sbin/docker-init", "--", "tfstream-consumer", "--log-level", "INFO"], env),
-        7: (["python", "/opt/venv/bin/tfstream-consumer", "--log-level", "INFO"], env),
-    })
+    proc = _fake_proc(
+        tmp_path / "proc",
+        {
+            1: (["/sbin/docker-init", "--", "tfstream-consumer", "--log-level", "INFO"], env),
+            7: (["python", "/opt/venv/bin/tfstream-consumer", "--log-level", "INFO"], env),
+        },
+    )
     assert hc.find_url({}, proc) == f"http://127.0.0.1:{port}/health/live"
     assert hc.main({}, proc) == 0
     checks.live = False
@@ -566,8 +591,9 @@ def test_makefile_installs_through_install_sh() -> None:
     recipe = re.search(r"^\$\(VENV\)/\.installed:.*\n((?:\t.*\n)+)", makefile, re.M)
     assert recipe, "Makefile: no $(VENV)/.installed target"
     lines = recipe.group(1)
-    assert re.search(r"^\tbash deploy/install\.sh \$\(BIN\)/pip '\$\(TF_EXTRA\),dev' --editable$",
-                     lines, re.M), lines
+    assert re.search(
+        r"^\tbash deploy/install\.sh \$\(BIN\)/pip '\$\(TF_EXTRA\),dev' --editable$", lines, re.M
+    ), lines
     # The project is installed by install.sh only.
     assert not re.search(r"pip install[^\n]*\.\[", makefile)
     assert {"cpu", "gpu", "dev"} <= _extras()
@@ -612,8 +638,9 @@ def test_install_sh_runs_pip(
 ) -> None:
     # A relative pip path, from another directory: install.sh still installs this project.
     relative = os.path.relpath(fake_pip, tmp_path)
-    subprocess.run(["bash", str(DEPLOY / "install.sh"), relative, *args], cwd=tmp_path,
-                   check=True, timeout=30)
+    subprocess.run(
+        ["bash", str(DEPLOY / "install.sh"), relative, *args], cwd=tmp_path, check=True, timeout=30
+    )
     cwd, *argv = (fake_pip.parent / "called").read_text().splitlines()
     assert Path(cwd) == ROOT
     assert argv == expected
@@ -621,13 +648,20 @@ def test_install_sh_runs_pip(
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["PIP"], ["PIP", "cpu,gpu"], ["PIP", "cpu", "--edit"], ["PIP", "cpu]; rm x"],
-     ["PIP", "cpu", "--editable", "more"]],
+    [
+        [],
+        ["PIP"],
+        ["PIP", "cpu,gpu"],
+        ["PIP", "cpu", "--edit"],
+        ["PIP", "cpu]; rm x"],
+        ["PIP", "cpu", "--editable", "more"],
+    ],
 )
 def test_install_sh_refuses_bad_arguments(fake_pip: Path, args: list[str]) -> None:
     argv = [str(fake_pip) if a == "PIP" else a for a in args]
-    result = subprocess.run(["bash", str(DEPLOY / "install.sh"), *argv], capture_output=True,
-                            timeout=30)
+    result = subprocess.run(
+        ["bash", str(DEPLOY / "install.sh"), *argv], capture_output=True, timeout=30
+    )
     assert result.returncode == 2
     assert not (fake_pip.parent / "called").exists()
 
@@ -651,12 +685,20 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_what_the_images_copy() -> None:
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for required in (".venv", ".git", "models/*"):
         assert required in patterns, f".dockerignore should exclude {required}"
-    for path in (".venv/bin/python", ".git/HEAD", "models/shapes_tf2/saved_model.pb",
-                 "consumer/__pycache__/cli.cpython-311.pyc", "tfstream.egg-info/PKG-INFO"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "models/shapes_tf2/saved_model.pb",
+        "consumer/__pycache__/cli.cpython-311.pyc",
+        "tfstream.egg-info/PKG-INFO",
+    ):
         assert _ignored(path, patterns), f".dockerignore lets {path} into the build context"
     for dockerfile in DOCKERFILES.values():
         for word, args in _dockerfile_instructions(dockerfile):
@@ -732,8 +774,11 @@ def test_swarm_stack() -> None:
     assert gpu["discrete_resource_spec"] == {"kind": "NVIDIA-GPU", "value": 1}
     assert deploy["update_config"]["order"] == "stop-first"
     assert deploy["update_config"]["parallelism"] == 1
-    partitions = int(_env_dict(consumer["environment"]).get(
-        "TFSTREAM_PARTITIONS", _default(ConsumerSettings, "partitions")))
+    partitions = int(
+        _env_dict(consumer["environment"]).get(
+            "TFSTREAM_PARTITIONS", _default(ConsumerSettings, "partitions")
+        )
+    )
     assert deploy["replicas"] <= partitions
     assert bridge["deploy"]["update_config"]["order"] == "start-first"
     readme = (DEPLOY / "swarm" / "README.md").read_text()
@@ -765,8 +810,11 @@ def test_keda_kafka_trigger_matches_the_workers() -> None:
     settings = {**_configmaps()["tfstream-common"], **_configmaps()["tfstream-consumer"]}
     group = settings.get("TFSTREAM_GROUP", _default(ConsumerSettings, "group"))
     prefix = settings.get("TFSTREAM_TOPIC_PREFIX", _default(ConsumerSettings, "topic_prefix"))
-    assert (group, prefix) == ("tfstream-workers", "tfstream") == (
-        _default(ConsumerSettings, "group"), _default(ConsumerSettings, "topic_prefix"))
+    assert (
+        (group, prefix)
+        == ("tfstream-workers", "tfstream")
+        == (_default(ConsumerSettings, "group"), _default(ConsumerSettings, "topic_prefix"))
+    )
     kafka = [t for t in so["spec"]["triggers"] if t["type"] == "kafka"]
     assert kafka, "a kafka trigger"
     for trigger in kafka:

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
-from tests.support.kafka_local import MAX_MESSAGE_BYTES, LocalKafkaCluster
+from deploy.local.kafka import MAX_MESSAGE_BYTES, LocalKafkaCluster
 
 pytestmark = pytest.mark.kafka
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.local.processes import free_port
 from tests.support.models import REPO_ROOT, match_truth
-from tests.support.workers import free_port
 
 pytestmark = [pytest.mark.slow]
 

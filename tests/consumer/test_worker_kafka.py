@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from deploy.local.processes import ConsumerProcess
 from engines.repository import label_hash, model_hash
 from tests.support.models import match_truth
 from tests.support.workers import (
-    ConsumerProcess,
     create_topic,
     header_dict,
     headers,

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deploy.local.processes import ConsumerProcess
 from engines.repository import label_hash, model_hash
 from tests.support.bridge import BridgeProcess
 from tests.support.models import match_truth
-from tests.support.workers import ConsumerProcess, unique_prefix
+from tests.support.workers import unique_prefix
 
 pytestmark = [pytest.mark.slow]
 

@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.local.kafka import LocalKafkaCluster
+from deploy.local.processes import ConsumerProcess
 from tests.support.bridge import BridgeProcess
-from tests.support.kafka_local import LocalKafkaCluster
 from tests.support.models import match_truth
-from tests.support.workers import ConsumerProcess, unique_prefix
+from tests.support.workers import unique_prefix
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

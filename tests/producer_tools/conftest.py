@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.workers import ConsumerProcess, unique_prefix
+from deploy.local.processes import ConsumerProcess
+from tests.support.workers import unique_prefix
 
 
 @pytest.fixture(scope="package")

@@ -16,11 +16,11 @@ import pytest
 
 from consumer.protocol import Reply, Timing, detection_data
 from consumer.settings import KafkaClientSettings
+from deploy.local.processes import ConsumerProcess
 from engines.errors import RequestTimeout
 from producer_tools.client import DetectClient
 from tests.support.models import match_truth
 from tests.support.workers import (
-    ConsumerProcess,
     create_topic,
     header_dict,
     raw_producer,

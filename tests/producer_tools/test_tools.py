@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deploy.local.processes import ConsumerProcess
 from producer_tools.replay import ReplaySettings, run_replay
 from producer_tools.replay import main as replay_main
 from producer_tools.results import ResultsSettings, follow
 from producer_tools.stream import StreamSettings, parse_correlation_id, run_stream
 from tests.support.models import REPO_ROOT
-from tests.support.workers import ConsumerProcess, read_topic
+from tests.support.workers import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -10,140 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.support.models import REPO_ROOT
-
 MAX_BYTES = 16 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
-
-
-@dataclass
-class ConsumerProcess:
-    """A `python -m consumer` child process with its own metrics port and log file."""
-
-    bootstrap: str
-    repository: Path
-    prefix: str
-    log_dir: Path
-    group: str = "workers"
-    extra: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    name: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-
-    def start(self) -> ConsumerProcess:
-        env = {
-            **os.environ,
-            "TFSTREAM_BOOTSTRAP": self.bootstrap,
-            "TFSTREAM_REPOSITORY": str(self.repository),
-            "TFSTREAM_TOPIC_PREFIX": self.prefix,
-            "TFSTREAM_GROUP": self.group,
-            "TFSTREAM_METRICS_HOST": "127.0.0.1",
-            "TFSTREAM_METRICS_PORT": str(self.port),
-            "TFSTREAM_WORKER_ID": f"w-{self.name}",
-            "TFSTREAM_SESSION_TIMEOUT_MS": "6000",
-            "TFSTREAM_HEARTBEAT_INTERVAL_MS": "1000",
-            "TFSTREAM_METADATA_MAX_AGE_MS": "2000",
-            "TFSTREAM_REQUEST_TIMEOUT_MS": "5000",
-            "TFSTREAM_PARTITIONS": "4",
-            "TFSTREAM_LOG_FORMAT": "json",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            **self.extra,
-        }
-        self.log_path = self.log_dir / f"consumer-{self.name}.log"
-        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "consumer"],
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def health(self, path: str = "/health/ready") -> tuple[int, dict[str, Any]]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-            return str(r.read().decode())
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        assert self.proc is not None
-        wait_until_ready(self.proc, lambda: self.health()[0] == 200, self.log_tail, timeout_s)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def log_records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float = 60) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout_s)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def wait_until_ready(
-    proc: subprocess.Popen[bytes],
-    ready: Callable[[], bool],
-    log_tail: Callable[[], str],
-    timeout_s: float,
-) -> None:
-    """Poll `ready` until it holds; fail with the log if the process exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited with {proc.returncode}:\n{log_tail()}")
-        with contextlib.suppress(OSError, ValueError):
-            if ready():
-                return
-        time.sleep(0.3)
-    raise AssertionError(f"{proc.args} not ready after {timeout_s}s:\n{log_tail()}")
 
 
 async def create_topic(

@@ -11,7 +11,7 @@ run) without any Kafka client installed.
 
 CLI::
 
-    python -m tests.support.kafka_local --brokers 1
+    python -m deploy.local.kafka --brokers 1
 
 prints the bootstrap string on stdout and runs until Ctrl-C.
 """
@@ -805,7 +805,7 @@ class LocalKafkaCluster:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.support.kafka_local",
+        prog="python -m deploy.local.kafka",
         description="Run a local Kafka cluster until Ctrl-C; prints the bootstrap string.",
     )
     parser.add_argument("--brokers", type=int, default=1, help="number of nodes (default 1)")
