@@ -100,6 +100,11 @@ class Output:
             time.sleep(0.2)
         raise AssertionError(f"no {pattern!r} in the demo's output:\n" + self.text())
 
+    def close(self, proc: subprocess.Popen[str]) -> None:
+        self._thread.join(10)  # the pipe ends when the last process holding it exits
+        if proc.stdout is not None:
+            proc.stdout.close()
+
     def text(self) -> str:
         return "\n".join(self.lines[-80:])
 
@@ -132,6 +137,7 @@ def demo(model_repository: Path) -> Iterator[tuple[subprocess.Popen[str], Output
                     os.kill(pid, signal.SIGKILL)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
+        output.close(proc)
 
 
 def test_make_demo_shows_both_cameras_and_ctrl_c_stops_everything(
