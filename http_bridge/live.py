@@ -37,10 +37,14 @@ def _sse(event: str, data: object) -> str:
 
 async def _live(app: FastAPI) -> LiveStreams:
     """The app's reader, started by the first viewer."""
-    lock: asyncio.Lock = app.state.__dict__.setdefault("live_lock", asyncio.Lock())
+    lock: asyncio.Lock | None = getattr(app.state, "live_lock", None)
+    if lock is None:  # no await since the check: one lock per app
+        lock = app.state.live_lock = asyncio.Lock()
     async with lock:
         live: LiveStreams | None = getattr(app.state, "live", None)
         if live is None or not live.running:
+            if live is not None:
+                await live.stop()  # its reader died: release its consumer first
             live = LiveStreams(app.state.settings)
             await live.start()
             app.state.live = live
