@@ -10,11 +10,16 @@ PORT ?= 4343
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test setup models kafka-jars bench lint clean
+.PHONY: run demo test setup models kafka-jars bench lint clean
 
 # The bridge, embedded (no Kafka): http://localhost:$(PORT)/docs
 run: setup models
 	$(BIN)/tfstream-bridge --repository $(MODELS) --port $(PORT)
+
+# Kafka, two workers, the bridge in Kafka mode and two generated cameras; Ctrl-C stops all.
+# The live page: http://localhost:$(PORT)/streams
+demo: setup models kafka-jars
+	$(BIN)/python -m deploy.local.demo --repository $(MODELS) --port $(PORT)
 
 test: setup models kafka-jars
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

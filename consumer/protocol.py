@@ -154,7 +154,7 @@ def parse_request(
             names the header.
     """
     h = header_map(headers)
-    correlation_id = h.get(CORRELATION_ID, "").strip()
+    correlation_id = h.get(CORRELATION_ID, "").strip(HEADER_WHITESPACE)
     if not correlation_id:
         raise InvalidRequest(f"the '{CORRELATION_ID}' header is required")
     if len(correlation_id) > 256:
@@ -185,19 +185,26 @@ def parse_request(
     )
 
 
+#: Around a correlation id or a number, these are ignored; nothing else is trimmed.
+HEADER_WHITESPACE = " \t\r\n"
+#: Number syntax, the same in every language: ASCII digits, an optional '-', and for
+#: decimals a fraction and an exponent. No '+', '_', hex, 'inf' or 'nan'.
+_INTEGER = re.compile(r"-?[0-9]+")
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
 def _number(h: dict[str, str], name: str, kind: type[int] | type[float]) -> Any:
     text = h.get(name)
-    if text is None or text.strip() == "":
-        return None
-    try:
-        number = kind(text.strip())
-    except ValueError:
+    if text is None or text.strip(HEADER_WHITESPACE) == "":
+        return None  # an empty value is an absent header
+    value = text.strip(HEADER_WHITESPACE)
+    syntax = _INTEGER if kind is int else _DECIMAL
+    if not syntax.fullmatch(value):
         raise InvalidRequest(
-            f"header '{name}' is not a valid {kind.__name__}: {text[:50]!r}"
-        ) from None
-    if kind is float and number != number:  # NaN
-        raise InvalidRequest(f"header '{name}' is not a number")
-    return number
+            f"header '{name}' is not a valid {'integer' if kind is int else 'number'}: "
+            f"{text[:50]!r}"
+        )
+    return kind(value)
 
 
 def reply_address(
@@ -216,7 +223,8 @@ def reply_address(
     reply_to = h.get(REPLY_TO) or None
     if reply_to is not None and not _TOPIC_SAFE.fullmatch(reply_to):
         reply_to = None
-    return reply_to or topics.results(model), (h.get(CORRELATION_ID) or "").strip() or None
+    correlation_id = (h.get(CORRELATION_ID) or "").strip(HEADER_WHITESPACE) or None
+    return reply_to or topics.results(model), correlation_id
 
 
 # -- replies ------------------------------------------------------------------
@@ -311,6 +319,16 @@ def detection_data(
     }
 
 
+#: Longest `dlq-reason` value, in bytes of UTF-8.
+DLQ_REASON_MAX_BYTES = 4000
+
+
+def truncate_utf8(text: str, max_bytes: int) -> bytes:
+    """At most `max_bytes` of UTF-8, cut before a character, never inside one: a
+    reader in any language must be able to decode the header."""
+    return text.encode()[:max_bytes].decode("utf-8", "ignore").encode()
+
+
 def dlq_headers(
     original: Headers | None,
     error: TfstreamError,
@@ -322,7 +340,7 @@ def dlq_headers(
     return [
         *(original or ()),
         (DLQ_REASON_CODE, error.code.encode()),
-        (DLQ_REASON, error.message.encode()[:4000]),
+        (DLQ_REASON, truncate_utf8(error.message, DLQ_REASON_MAX_BYTES)),
         (DLQ_TOPIC, topic.encode()),
         (DLQ_PARTITION, str(partition).encode()),
         (DLQ_OFFSET, str(offset).encode()),

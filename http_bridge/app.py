@@ -13,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from consumer.metrics import WorkerMetrics
 from http_bridge import errors
 from http_bridge.backends import Backend
+from http_bridge.live import router as live_router
+from http_bridge.live import stop_live
 from http_bridge.middleware import ApiKey, BodyLimit, HttpMetrics
 from http_bridge.routes import router
 from http_bridge.settings import BridgeSettings
@@ -38,6 +40,7 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
         try:
             yield
         finally:
+            await stop_live(app)
             await chosen.stop()
 
     app = FastAPI(
@@ -50,6 +53,7 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
     app.state.settings = settings
     app.state.backend = chosen
     app.include_router(router)
+    app.include_router(live_router)
     errors.install(app)
 
     @app.get("/metrics", include_in_schema=False)

@@ -186,16 +186,7 @@ def draw_shapes_image(
         if box is None:
             continue
         taken.append(box)
-        left, top, right, bottom = box
-        corners = (left, top, right - 1, bottom - 1)  # PIL boxes are inclusive
-        colour = _object_colour(rng, cls)
-        if cls.shape == "disc":
-            draw.ellipse(corners, fill=colour)
-            paint.ellipse(corners, fill=255)
-        else:
-            draw.rectangle(corners, fill=colour)
-            paint.rectangle(corners, fill=255)
-        truth.append({"class_id": cls.id, "name": cls.name, "label": cls.display_name, "box": box})
+        truth.append(_paint_object(draw, paint, cls, box, _object_colour(rng, cls)))
     if distractors:
         for _ in range(int(rng.integers(0, 3))):
             length = int(rng.integers(30, max(31, min(width, height) // 2)))
@@ -210,12 +201,54 @@ def draw_shapes_image(
             corners = (box[0], box[1], box[2] - 1, box[3] - 1)
             draw.rectangle(corners, fill=(grey, grey, grey))
             paint.rectangle(corners, fill=255)
+    return _compose(rng, canvas, painted), truth
+
+
+def draw_scene(
+    rng: np.random.Generator, width: int, height: int, objects: Sequence[tuple[ShapeClass, Box]]
+) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """Draw the given objects at the given boxes, in the style of `draw_shapes_image`.
+
+    For frames of a scene that moves (the demo's cameras): the caller chooses
+    where each object is; colours, background and noise are drawn as for the
+    test images, so the shapes detector finds the boxes. Returns the image and
+    its ground truth (same format as `draw_shapes_image`).
+    """
+    canvas = Image.fromarray(np.zeros((height, width, 3), np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    painted = Image.new("L", (width, height), 0)
+    paint = ImageDraw.Draw(painted)
+    truth = [_paint_object(draw, paint, cls, box, _object_colour(rng, cls)) for cls, box in objects]
+    return _compose(rng, canvas, painted), truth
+
+
+def _paint_object(
+    draw: ImageDraw.ImageDraw,
+    paint: ImageDraw.ImageDraw,
+    cls: ShapeClass,
+    box: Box,
+    colour: tuple[int, int, int],
+) -> dict[str, Any]:
+    """Paint one object on the canvas and its mask; return its ground truth."""
+    left, top, right, bottom = box
+    corners = (left, top, right - 1, bottom - 1)  # PIL boxes are inclusive
+    if cls.shape == "disc":
+        draw.ellipse(corners, fill=colour)
+        paint.ellipse(corners, fill=255)
+    else:
+        draw.rectangle(corners, fill=colour)
+        paint.rectangle(corners, fill=255)
+    return {"class_id": cls.id, "name": cls.name, "label": cls.display_name, "box": box}
+
+
+def _compose(rng: np.random.Generator, canvas: Image.Image, painted: Image.Image) -> Image.Image:
+    """Painted pixels over the background, plus sensor noise."""
+    width, height = canvas.size
     drawn = np.asarray(canvas).astype(np.float32)
     mask = np.asarray(painted)[:, :, np.newaxis] > 0
     pixels = np.where(mask, drawn, _background(rng, width, height))
     pixels += rng.normal(0.0, rng.uniform(2.0, 5.0), size=pixels.shape)
-    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
-    return image, truth
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
 def write_test_images(

@@ -68,11 +68,18 @@ def test_request_headers_round_trip() -> None:
     [
         ({}, "'correlation-id' header is required"),
         ({"correlation_id": "  "}, "'correlation-id' header is required"),
-        ({"correlation_id": "c", "confidence": "high"}, "'confidence' is not a valid float"),
+        ({"correlation_id": "c", "confidence": "high"}, "'confidence' is not a valid number"),
         ({"correlation_id": "c", "confidence": "150"}, "percentage"),
-        ({"correlation_id": "c", "confidence": "nan"}, "not a number"),
+        ({"correlation_id": "c", "confidence": "nan"}, "not a valid number"),
+        ({"correlation_id": "c", "confidence": "inf"}, "not a valid number"),
+        ({"correlation_id": "c", "confidence": "+5"}, "not a valid number"),
+        ({"correlation_id": "c", "confidence": "1_0"}, "not a valid number"),
+        ({"correlation_id": "c", "confidence": "0x10"}, "not a valid number"),
+        ({"correlation_id": "c", "predictions": "\u0663"}, "not a valid integer"),  # Arabic 3
+        ({"correlation_id": "c", "predictions": "1_000"}, "not a valid integer"),
+        ({"correlation_id": "c", "predictions": "5e1"}, "not a valid integer"),
         ({"correlation_id": "c", "predictions": "-1"}, ">= 0"),
-        ({"correlation_id": "c", "predictions": "2.5"}, "not a valid int"),
+        ({"correlation_id": "c", "predictions": "2.5"}, "not a valid integer"),
         ({"correlation_id": "c", "deadline_ms": "soon"}, "'deadline-ms' is not a valid int"),
         ({"correlation_id": "c", "reply_to": "bad topic!"}, "not a valid topic"),
     ],
@@ -136,3 +143,38 @@ def test_announcement_and_control_round_trip() -> None:
     assert p.Control.from_json(c.to_json()) == c
     with pytest.raises(InvalidRequest):
         p.Control.from_json(b'{"command": "explode"}')
+
+
+@pytest.mark.parametrize(
+    ("headers", "confidence", "predictions"),
+    [
+        ({"confidence": " 50\t", "predictions": "\r\n3 "}, 50.0, 3),  # whitespace around
+        ({"confidence": "5e1", "predictions": "007"}, 50.0, 7),
+        ({"confidence": "1.5E+1", "predictions": "0"}, 15.0, 0),
+        ({"confidence": "", "predictions": "  "}, None, None),  # empty: as if absent
+    ],
+)
+def test_number_syntax(
+    headers: dict[str, str], confidence: float | None, predictions: int | None
+) -> None:
+    request = p.parse_request("m", None, b"x", hdrs(correlation_id=" c\t", **headers))
+    assert (request.correlation_id, request.confidence, request.predictions) == (
+        "c",
+        confidence,
+        predictions,
+    )
+
+
+def test_a_repeated_header_counts_once_with_its_last_value() -> None:
+    headers = [("correlation-id", b"a"), ("confidence", b"99"), ("confidence", b"10")]
+    assert p.parse_request("m", None, b"x", headers).confidence == 10.0
+
+
+def test_dlq_reason_is_cut_at_a_character_boundary() -> None:
+    from engines.errors import InvalidImage
+
+    message = "é" * 2500  # 5000 bytes of 2-byte characters; the limit falls inside one
+    reason = dict(p.dlq_headers([], InvalidImage(message), "t", 0, 1, "w"))[p.DLQ_REASON]
+    assert len(reason) == p.DLQ_REASON_MAX_BYTES  # 4000 is even: 2000 whole characters
+    assert p.truncate_utf8("a" + message, 4000) == ("a" + "é" * 1999).encode()  # 3999 bytes
+    assert p.truncate_utf8("€€", 5) == "€".encode()  # 3-byte characters, never half of one

@@ -1,0 +1,120 @@
+"""The HTML of /streams: plain HTML, CSS and a little JavaScript, no build step.
+
+Kept in a Python string (not a package data file) so every install of the
+bridge, editable or not, serves it.
+"""
+
+from __future__ import annotations
+
+EMBEDDED_MESSAGE = (
+    "The live page needs Kafka mode: this bridge runs embedded (no --bootstrap), so no "
+    "camera streams through it. Start the bridge with --bootstrap host:port, or run "
+    "`make demo`, which starts Kafka, two workers, this bridge and two cameras."
+)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1rem; background: #f4f4f4; color: #222; }
+h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
+#status { color: #555; margin-bottom: 1rem; }
+#notice { background: #fff3cd; border: 1px solid #e0c060; padding: .8rem; max-width: 48rem; }
+#cameras { display: flex; flex-wrap: wrap; gap: 1rem; }
+.camera { background: #fff; border: 1px solid #ccc; padding: .5rem; margin: 0; width: 420px; }
+.frame { position: relative; line-height: 0; }
+.frame img { display: block; width: 100%; }
+.box { position: absolute; border: 2px solid; box-sizing: border-box; }
+.box span { position: absolute; left: -2px; top: -1.2rem; font-size: .75rem; line-height: 1.2rem;
+            color: #fff; padding: 0 .25rem; white-space: nowrap; }
+figcaption { font-size: .85rem; margin-top: .4rem; }
+.errors { color: #b00; }
+"""
+
+_SCRIPT = """
+const cameras = document.getElementById('cameras');
+const status = document.getElementById('status');
+const palette = ['#d62728', '#2ca02c', '#1f77b4', '#c9a800', '#9467bd', '#8c564b', '#e377c2'];
+
+function figureFor(v) {
+  const id = v.model + '|' + v.camera;
+  let fig = [...cameras.children].find(f => f.dataset.id === id);
+  if (!fig) {
+    fig = document.createElement('figure');
+    fig.className = 'camera';
+    fig.dataset.id = id;
+    fig.dataset.camera = v.camera;
+    fig.dataset.model = v.model;
+    fig.innerHTML = '<div class="frame"><img alt=""><div class="boxes"></div></div>' +
+                    '<figcaption></figcaption>';
+    cameras.appendChild(fig);
+    [...cameras.children].sort((a, b) => a.dataset.id.localeCompare(b.dataset.id))
+      .forEach(f => cameras.appendChild(f));
+  }
+  return fig;
+}
+
+function show(v) {
+  const fig = figureFor(v);
+  if (v.image) {
+    fig.querySelector('img').src = v.image;
+    fig.querySelector('img').alt = 'camera ' + v.camera + ', ' + v.correlation_id;
+    const layer = fig.querySelector('.boxes');
+    layer.replaceChildren(...v.boxes.map(b => {
+      const c = b.coordinates, box = document.createElement('div');
+      const colour = palette[((b.ObjectClassId || 1) - 1) % palette.length];
+      box.className = 'box';
+      box.dataset.label = b.ObjectClassName;
+      box.style.left = (100 * c.left / v.width) + '%';
+      box.style.top = (100 * c.top / v.height) + '%';
+      box.style.width = (100 * (c.right - c.left) / v.width) + '%';
+      box.style.height = (100 * (c.bottom - c.top) / v.height) + '%';
+      box.style.borderColor = colour;
+      const label = document.createElement('span');
+      label.style.background = colour;
+      label.textContent = b.ObjectClassName + ' ' + Math.round(b.confidence) + '%';
+      box.appendChild(label);
+      return box;
+    }));
+    fig.dataset.frame = v.correlation_id;
+  }
+  fig.dataset.answers = v.answers;
+  const latency = v.latency_ms === null ? '-' : v.latency_ms.toFixed(0) + ' ms';
+  const errors = v.errors ? ' <span class="errors">' + v.errors + ' errors (last: ' +
+                 v.last_error + ')</span>' : ' 0 errors';
+  fig.querySelector('figcaption').innerHTML =
+    '<b></b> · ' + v.model + ' · ' + v.fps.toFixed(1) + ' frames/s · latency ' + latency +
+    ' · ' + v.boxes.length + ' boxes ·' + errors + ' · <small></small>';
+  fig.querySelector('figcaption b').textContent = v.camera;
+  fig.querySelector('figcaption small').textContent = v.worker;
+}
+
+const events = new EventSource('streams/events');
+events.addEventListener('mode', e => {
+  const m = JSON.parse(e.data);
+  if (m.mode === 'embedded') {
+    document.getElementById('notice').textContent = m.message;
+    document.getElementById('notice').hidden = false;
+    status.textContent = 'embedded mode';
+    events.close();
+  } else {
+    status.textContent = 'Kafka mode, topic prefix ' + m.prefix +
+      ': each camera key seen on the request and results topics.';
+  }
+});
+events.addEventListener('camera', e => show(JSON.parse(e.data)));
+events.addEventListener('problem', e => { status.textContent = JSON.parse(e.data).message; });
+"""
+
+
+def page(kafka: bool) -> str:
+    notice = "" if kafka else EMBEDDED_MESSAGE
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>tfstream: live camera streams</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>tfstream: live camera streams</h1>
+<div id="status">connecting…</div>
+<div id="notice"{"" if notice else " hidden"}>{notice}</div>
+<div id="cameras"></div>
+<script>{_SCRIPT}</script>
+</body></html>
+"""

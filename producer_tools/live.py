@@ -1,0 +1,276 @@
+"""Live view of camera streams: each camera's latest frame joined with its answer.
+
+Answers carry no pixels, so the frames come from the request topics: one
+reader, outside any consumer group (it takes nothing away from the workers or
+from `tfstream-results`), follows every `<prefix>.requests.*` and
+`<prefix>.results.*` topic from their end. A request without `reply-to` (a
+camera frame; request/reply calls answer elsewhere) is kept, per camera key,
+until its answer arrives with the same `correlation-id`; the answer then
+becomes the camera's view. Joining by correlation id, not by key and order,
+stays right when answers come out of order (errors go ahead of queued frames)
+or twice (a redelivery after a rebalance: the second is ignored).
+
+Frames/s counts the camera's answers over the last few seconds; latency is
+the answer record's timestamp minus the request record's (`tfstream-stream`
+stamps each frame with its send time), so it spans queueing, batching,
+inference and the reply's trip to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from consumer import kafka_io
+from consumer.protocol import CORRELATION_ID, REPLY_TO, Reply, Topics, header_map
+from consumer.settings import KafkaClientSettings
+from engines.errors import InvalidRequest, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+#: Frames kept per camera while their answers are on the way.
+PENDING_PER_CAMERA = 64
+#: Answers kept (per camera) whose frame has not been read yet.
+EARLY_PER_CAMERA = 64
+FPS_WINDOW_S = 5.0
+NO_KEY = "(no key)"
+
+
+@dataclass
+class _Frame:
+    image: bytes
+    timestamp_ms: int
+
+
+@dataclass
+class CameraView:
+    """What the live page shows for one camera key of one model."""
+
+    camera: str
+    model: str
+    version: int = 0
+    image: bytes = b""
+    boxes: list[dict[str, Any]] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    correlation_id: str = ""
+    latency_ms: float | None = None
+    answers: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    """The code of the latest failed frame."""
+    worker: str = ""
+    answered_at: deque[float] = field(default_factory=deque)
+    pending: OrderedDict[str, _Frame] = field(default_factory=OrderedDict)
+    early: OrderedDict[str, tuple[Reply, int]] = field(default_factory=OrderedDict)
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def fps(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self.answered_at and now - self.answered_at[0] > FPS_WINDOW_S:
+            self.answered_at.popleft()
+        if len(self.answered_at) < 2:
+            return 0.0
+        return (len(self.answered_at) - 1) / max(now - self.answered_at[0], 1e-3)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON the page receives; the frame as a data URL so one event is one picture."""
+        return {
+            "camera": self.camera,
+            "model": self.model,
+            "version": self.version,
+            "image": "data:image/jpeg;base64," + base64.b64encode(self.image).decode()
+            if self.image
+            else None,
+            "width": self.width,
+            "height": self.height,
+            "boxes": self.boxes,
+            "correlation_id": self.correlation_id,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
+            "fps": round(self.fps(), 2),
+            "answers": self.answers,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "worker": self.worker,
+        }
+
+
+def _bounded_put(table: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    table[key] = value
+    while len(table) > limit:
+        table.popitem(last=False)
+
+
+class LiveStreams:
+    """Joins frames and answers per camera; `observe` is transport-free for tests."""
+
+    def __init__(self, settings: KafkaClientSettings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.cameras: dict[tuple[str, str], CameraView] = {}
+        self.version = 0
+        self._changed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._consumer: Any = None
+        prefix = re.escape(settings.topic_prefix)
+        self._requests = re.compile(rf"^{prefix}\.requests\.(.+)$")
+        self._results = re.compile(rf"^{prefix}\.results\.(.+)$")
+
+    # -- joining -----------------------------------------------------------------------
+
+    def observe(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        timestamp_ms: int,
+    ) -> bool:
+        """Take one record of a request or results topic; True when a camera's view changed."""
+        camera = key.decode("utf-8", "replace") if key is not None else NO_KEY
+        if match := self._requests.match(topic):
+            return self._observe_frame(match.group(1), camera, value, headers, timestamp_ms)
+        if match := self._results.match(topic):
+            return self._observe_answer(match.group(1), camera, value, timestamp_ms)
+        return False
+
+    def _view(self, model: str, camera: str) -> CameraView:
+        view = self.cameras.get((model, camera))
+        if view is None:
+            view = self.cameras[(model, camera)] = CameraView(camera=camera, model=model)
+        return view
+
+    def _observe_frame(
+        self, model: str, camera: str, value: bytes | None, headers: Any, timestamp_ms: int
+    ) -> bool:
+        try:
+            h = header_map(headers)
+        except InvalidRequest:
+            return False
+        correlation_id = h.get(CORRELATION_ID, "").strip()
+        if not correlation_id or h.get(REPLY_TO) or not value:
+            return False  # request/reply calls are answered elsewhere; nothing to join
+        view = self._view(model, camera)
+        frame = _Frame(value, timestamp_ms)
+        early = view.early.pop(correlation_id, None)
+        if early is not None:
+            return self._show(view, early[0], frame, early[1])
+        _bounded_put(view.pending, correlation_id, frame, PENDING_PER_CAMERA)
+        return False
+
+    def _observe_answer(
+        self, model: str, camera: str, value: bytes | None, timestamp_ms: int
+    ) -> bool:
+        try:
+            reply = Reply.from_json(value or b"")
+        except InvalidRequest:
+            return False
+        view = self._view(model, camera)
+        correlation_id = reply.correlation_id or ""
+        if correlation_id in view.seen:
+            return False  # a redelivered request answered twice
+        frame = view.pending.pop(correlation_id, None)
+        if frame is None and reply.success:
+            _bounded_put(view.early, correlation_id, (reply, timestamp_ms), EARLY_PER_CAMERA)
+            return False
+        return self._show(view, reply, frame, timestamp_ms)
+
+    def _show(self, view: CameraView, reply: Reply, frame: _Frame | None, answered_ms: int) -> bool:
+        _bounded_put(view.seen, reply.correlation_id or "", None, 4 * PENDING_PER_CAMERA)
+        view.answers += 1
+        view.answered_at.append(time.monotonic())
+        view.worker = reply.worker
+        if frame is not None:
+            view.latency_ms = float(answered_ms - frame.timestamp_ms)
+        if reply.error is not None:
+            view.errors += 1
+            view.last_error = reply.error.code
+        elif frame is not None:
+            data = reply.data or {}
+            view.image = frame.image
+            view.boxes = list(data.get("bounding-boxes") or [])
+            view.width = int(data.get("width") or 0)
+            view.height = int(data.get("height") or 0)
+            view.correlation_id = reply.correlation_id or ""
+        self.version += 1
+        view.version = self.version
+        self._changed.set()
+        return True
+
+    def changed_since(self, version: int) -> list[CameraView]:
+        return sorted(
+            (v for v in self.cameras.values() if v.version > version),
+            key=lambda v: (v.model, v.camera),
+        )
+
+    async def wait_change(self, version: int, timeout_s: float) -> None:
+        """Return once something is newer than `version`, or after `timeout_s`."""
+        if self.version > version:
+            return
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+
+    # -- reading Kafka -------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._reader is not None and not self._reader.done()
+
+    async def start(self) -> None:
+        """Start following the topics from their end.
+
+        Raises:
+            ServiceUnavailable: the broker cannot be reached.
+        """
+        prefix = re.escape(self.settings.topic_prefix)
+        consumer = kafka_io.consumer(
+            self.settings,
+            "live",
+            group_id=None,
+            auto_offset_reset="latest",
+            metadata_max_age_ms=2_000,  # see a new camera's model within seconds
+        )
+        try:
+            await consumer.start()
+        except (KafkaError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            raise ServiceUnavailable(
+                f"cannot reach Kafka at {self.settings.bootstrap}: {exc}"
+            ) from exc
+        consumer.subscribe(pattern=rf"^{prefix}\.(requests|results)\..+")
+        self._consumer = consumer
+        self._reader = asyncio.create_task(self._read(), name="live-streams")
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=500)
+            except KafkaError as exc:
+                log.warning("live view: fetch failed", extra={"error": repr(exc)})
+                await asyncio.sleep(1)
+                continue
+            for records in batches.values():
+                for r in records:
+                    self.observe(r.topic, r.key, r.value, r.headers, r.timestamp)
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None

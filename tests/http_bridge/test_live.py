@@ -1,0 +1,106 @@
+"""The live page's join of frames and answers (no broker), and the page in embedded mode.
+
+The page in Kafka mode, in a real browser with real cameras, is tested by
+tests/demo/test_demo.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from consumer.protocol import Reply, detection_data
+from engines.errors import DeadlineExceeded
+from http_bridge.app import create_app
+from http_bridge.settings import BridgeSettings
+from producer_tools.live import PENDING_PER_CAMERA, LiveStreams
+from tests.http_bridge.test_middleware import FakeBackend
+
+BOX = {
+    "ObjectClassName": "red rectangle",
+    "ObjectClassId": 1,
+    "confidence": 99.0,
+    "coordinates": {"left": 1, "top": 2, "right": 30, "bottom": 40},
+}
+
+
+def frame(live: LiveStreams, camera: str, cid: str, image: bytes, at: int, **extra: str) -> bool:
+    headers = [("correlation-id", cid.encode()), *((k, v.encode()) for k, v in extra.items())]
+    return live.observe("tfstream.requests.m", camera.encode(), image, headers, at)
+
+
+def answer(live: LiveStreams, camera: str, cid: str, at: int, error: bool = False) -> bool:
+    reply = (
+        Reply(cid, "m", error=DeadlineExceeded("late"), worker="w1")
+        if error
+        else Reply(cid, "m", data=detection_data([BOX], None, 64, 48), worker="w1")
+    )
+    return live.observe("tfstream.results.m", camera.encode(), reply.to_json(), [], at)
+
+
+def test_an_answer_is_shown_with_its_own_frame_whatever_the_order() -> None:
+    live = LiveStreams(BridgeSettings(bootstrap="unused:9092"))
+    assert not frame(live, "cam-1", "a", b"jpeg-a", 1000)
+    assert not frame(live, "cam-1", "b", b"jpeg-b", 1100)
+    assert answer(live, "cam-1", "b", 1180)  # b answered before a
+    view = live.cameras[("m", "cam-1")]
+    assert (view.image, view.correlation_id, view.latency_ms) == (b"jpeg-b", "b", 80.0)
+    assert view.boxes == [BOX] and (view.width, view.height) == (64, 48)
+    assert answer(live, "cam-1", "a", 1300)
+    assert (view.image, view.latency_ms, view.answers) == (b"jpeg-a", 300.0, 2)
+    # The answer read before its frame waits for it.
+    assert not answer(live, "cam-1", "c", 1500)
+    assert frame(live, "cam-1", "c", b"jpeg-c", 1450)
+    assert (view.image, view.latency_ms) == (b"jpeg-c", 50.0)
+
+
+def test_duplicates_errors_and_request_reply_calls() -> None:
+    live = LiveStreams(BridgeSettings(bootstrap="unused:9092"))
+    frame(live, "cam-1", "a", b"jpeg-a", 1000)
+    assert answer(live, "cam-1", "a", 1010)
+    assert not answer(live, "cam-1", "a", 1020)  # a redelivery answered twice: shown once
+    frame(live, "cam-1", "b", b"jpeg-b", 1100)
+    assert answer(live, "cam-1", "b", 1110, error=True)
+    view = live.cameras[("m", "cam-1")]
+    assert (view.errors, view.last_error, view.image, view.answers) == (
+        1,
+        "deadline_exceeded",
+        b"jpeg-a",
+        2,
+    )
+    # A request/reply call (reply-to) is answered on its reply topic: not kept, not shown.
+    assert not frame(live, "cam-2", "x", b"jpeg-x", 1000, **{"reply-to": "my.replies"})
+    assert ("m", "cam-2") not in live.cameras
+    # Other cameras and models stay apart; unrelated topics are ignored.
+    assert not live.observe("tfstream.dlq", b"cam-1", b"x", [], 1)
+    assert [v.camera for v in live.changed_since(0)] == ["cam-1"]
+    assert live.changed_since(live.version) == []
+
+
+def test_frames_waiting_for_answers_are_bounded() -> None:
+    live = LiveStreams(BridgeSettings(bootstrap="unused:9092"))
+    for i in range(PENDING_PER_CAMERA + 10):
+        frame(live, "cam-1", str(i), b"j", i)
+    view = live.cameras[("m", "cam-1")]
+    assert len(view.pending) == PENDING_PER_CAMERA
+    assert "0" not in view.pending and str(PENDING_PER_CAMERA + 9) in view.pending
+
+
+@pytest.mark.asyncio
+async def test_embedded_mode_says_the_page_needs_kafka(tmp_path: object) -> None:
+    app = create_app(BridgeSettings(repository=str(tmp_path)), FakeBackend())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
+        page = await client.get("/streams")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "The live page needs Kafka mode" in page.text
+        events = await client.get("/streams/events")
+    assert events.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in events.text.split("\n\n") if b.startswith("event: mode")]
+    assert len(blocks) == 1
+    data = json.loads(blocks[0].split("data: ", 1)[1])
+    assert data["mode"] == "embedded" and "needs Kafka mode" in data["message"]
+    schema = await httpx.AsyncClient(transport=transport, base_url="http://b").get("/openapi.json")
+    assert "/streams" not in schema.json()["paths"]  # no endless stream for API fuzzers
