@@ -10,6 +10,11 @@ as they arrive, so decoding overlaps inference; one inference thread takes
 batches from the queue (see `batching.collect`), groups them by model and image
 size, and makes one engine call per group. A failed engine call fails every
 request of its group, each with its own error reply.
+
+Requests that conflate (see `conflation`) wait for decoding until the loop
+turns, so the older frames of a burst fetched together are answered
+`superseded` without ever being decoded; one that is superseded while already
+decoding just has its pixels dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from consumer.batching import CLOSED, collect
+from consumer.conflation import Key, LatestWins, conflation_key
 from consumer.metrics import WorkerMetrics
 from consumer.protocol import (
     Headers,
@@ -40,8 +46,15 @@ from consumer.protocol import (
 )
 from consumer.registry import ModelRegistry
 from consumer.settings import WorkerSettings
+from consumer.spans import RequestSpans
 from engines.detector import Detector
-from engines.errors import DeadlineExceeded, InferenceFailed, ReplyUndeliverable, TfstreamError
+from engines.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    ReplyUndeliverable,
+    Superseded,
+    TfstreamError,
+)
 from engines.images import decode_image
 
 log = logging.getLogger(__name__)
@@ -78,9 +91,17 @@ class _Job:
     record: Record
     request: Request
     detector: Detector
-    decoded: asyncio.Future[tuple[np.ndarray, float]]
+    decoded: asyncio.Future[tuple[np.ndarray, float, float]]
+    """Pixels, and the decode's start and end (`perf_counter`)."""
     done: asyncio.Future[None]
+    spans: RequestSpans
+    group: Key | None = None
+    """Its conflation group, None when it does not conflate."""
     arrived: float = field(default_factory=time.perf_counter)
+
+    @property
+    def superseded(self) -> bool:
+        return self.decoded.cancelled()
 
 
 class Pipeline:
@@ -104,6 +125,7 @@ class Pipeline:
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._waiting: LatestWins[_Job] = LatestWins()
         self._inflight = 0
         self._runner: asyncio.Task[None] | None = None
 
@@ -122,6 +144,7 @@ class Pipeline:
         self._inflight += 1
         done.add_done_callback(self._one_less)
         model = self.topics.model_of(record.topic)
+        spans = RequestSpans(record.topic, record.partition, record.offset, record.headers)
         request: Request | None = None
         try:
             request = parse_request(model, record.key, record.value, record.headers)
@@ -129,21 +152,54 @@ class Pipeline:
             if request.expired():
                 raise DeadlineExceeded("the request's deadline passed before it was fetched")
         except TfstreamError as exc:
-            self._answer_error(record, model, request, exc, done)
+            self._answer_error(record, model, request, exc, done, spans)
             return done
-        decoded = loop.run_in_executor(self._decode_pool, self._decode, request.image)
-        self._queue.put_nowait(_Job(record, request, detector, decoded, done))
+        group = conflation_key(
+            record.topic, record.key, request.conflate, self.settings.conflates(model)
+        )
+        job = _Job(record, request, detector, loop.create_future(), done, spans, group)
+        older = self._waiting.arrive(group, job)
+        if older is not None:
+            older.decoded.cancel()
+            self._answer_error(
+                older.record,
+                model,
+                older.request,
+                Superseded("a newer frame with the same key was waiting; it was run instead"),
+                older.done,
+                older.spans,
+            )
+        loop.call_soon(self._start_decode, job)
+        self._queue.put_nowait(job)
         return done
+
+    def _start_decode(self, job: _Job) -> None:
+        if job.decoded.done():  # superseded before its turn
+            return
+        work = asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, self._decode, job.request.image
+        )
+
+        def settle(finished: asyncio.Future[tuple[np.ndarray, float, float]]) -> None:
+            if job.decoded.done():  # superseded while decoding: drop the pixels
+                return
+            error = finished.exception()
+            if error is not None:
+                job.decoded.set_exception(error)
+            else:
+                job.decoded.set_result(finished.result())
+
+        work.add_done_callback(settle)
 
     def _one_less(self, _: asyncio.Future[None]) -> None:
         self._inflight -= 1
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, float]:
+    def _decode(self, data: bytes) -> tuple[np.ndarray, float, float]:
         started = time.perf_counter()
         pixels = decode_image(data, self._limits)
-        seconds = time.perf_counter() - started
-        self.metrics.decode_seconds.observe(seconds)
-        return pixels, seconds * 1000
+        finished = time.perf_counter()
+        self.metrics.decode_seconds.observe(finished - started)
+        return pixels, started, finished
 
     async def close(self) -> None:
         """Finish everything submitted so far, deliver its answers, then stop."""
@@ -158,10 +214,19 @@ class Pipeline:
     async def _run(self) -> None:
         while True:
             jobs = await collect(
-                self._queue, self.settings.max_batch, self.settings.max_delay_ms / 1000
+                self._queue,
+                self.settings.max_batch,
+                self.settings.max_delay_ms / 1000,
+                skip=lambda job: job.superseded,
             )
             if not jobs:
                 return
+            # One superseded while `collect` waited for more is answered already.
+            jobs = [job for job in jobs if not job.superseded]
+            for job in jobs:
+                self._waiting.start(job.group, job)
+            if not jobs:
+                continue
             try:
                 await self._run_batch(jobs)
             except Exception as exc:  # never let one batch stop the worker
@@ -174,6 +239,7 @@ class Pipeline:
                             job.request,
                             InferenceFailed(f"internal error: {exc}"),
                             job.done,
+                            job.spans,
                         )
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
@@ -184,7 +250,9 @@ class Pipeline:
             if error is not None:
                 if not isinstance(error, TfstreamError):
                     error = InferenceFailed(f"decoding failed: {error}")
-                self._answer_error(job.record, job.request.model, job.request, error, job.done)
+                self._answer_error(
+                    job.record, job.request.model, job.request, error, job.done, job.spans
+                )
             elif job.request.expired():
                 self._answer_error(
                     job.record,
@@ -192,6 +260,7 @@ class Pipeline:
                     job.request,
                     DeadlineExceeded("the request's deadline passed while it was queued"),
                     job.done,
+                    job.spans,
                 )
             else:
                 groups[(job.request.model, job.decoded.result()[0].shape)].append(job)
@@ -207,16 +276,20 @@ class Pipeline:
                 )
             except TfstreamError as exc:
                 for job in group:
-                    self._answer_error(job.record, model, job.request, exc, job.done)
+                    self._answer_error(job.record, model, job.request, exc, job.done, job.spans)
                 continue
             finished = time.perf_counter()
             self.metrics.batch_size.labels(model).observe(len(group))
             self.metrics.inference_seconds.labels(model).observe(finished - started)
             for job, image, found in zip(group, images, boxes, strict=True):
                 self.metrics.queue_seconds.labels(model).observe(started - job.arrived)
+                _, decode_started, decode_finished = job.decoded.result()
+                job.spans.child("queue", job.arrived, started)
+                job.spans.child("decode", decode_started, decode_finished)
+                job.spans.child("inference", started, finished, batch_size=len(group))
                 timing = Timing(
                     queue_ms=(started - job.arrived) * 1000,
-                    decode_ms=job.decoded.result()[1],
+                    decode_ms=(decode_finished - decode_started) * 1000,
                     inference_ms=(finished - started) * 1000,
                     batch_size=len(group),
                 )
@@ -229,7 +302,10 @@ class Pipeline:
                     worker=self.worker_id,
                 )
                 topic = job.request.reply_to or self.topics.results(model)
-                self._deliver(job.done, [self._send_reply(job.record, model, topic, reply)])
+                self._deliver(
+                    job.done, [self._send_reply(job.record, model, topic, reply, job.spans)]
+                )
+                job.done.add_done_callback(lambda _, spans=job.spans: spans.end())
             self.metrics.answered(model, len(group))
 
     def _answer_error(
@@ -239,8 +315,10 @@ class Pipeline:
         request: Request | None,
         error: TfstreamError,
         done: asyncio.Future[None],
+        spans: RequestSpans,
     ) -> None:
-        """Answer a request that will not run, and copy it to the DLQ unless it merely expired."""
+        """Answer a request that will not run, and copy it to the DLQ unless its error is an
+        expected outcome (expired, superseded)."""
         if request is not None:
             topic, correlation_id = (
                 request.reply_to or self.topics.results(model),
@@ -263,26 +341,32 @@ class Pipeline:
             },
         )
         reply = Reply(correlation_id, model, error=error, worker=self.worker_id)
-        sends = [self._send_reply(record, model, topic, reply)]
-        if not isinstance(error, DeadlineExceeded):
+        sends = [self._send_reply(record, model, topic, reply, spans)]
+        if error.dead_letter:
             sends.append(self._dead_letter(record, model, error))
         self._deliver(done, sends)
+        done.add_done_callback(lambda _: spans.end(error))
 
-    async def _send_reply(self, record: Record, model: str, topic: str, reply: Reply) -> None:
+    async def _send_reply(
+        self, record: Record, model: str, topic: str, reply: Reply, spans: RequestSpans
+    ) -> None:
         """The reply to `topic`; if that topic cannot take it (a client's reply topic
         deleted while its request waited), to the model's results topic; if that
         fails too, the request goes to the DLQ with the reason, so it is never
         lost and never blocks its partition."""
         problem: ReplyUndeliverable | None = None
         for destination in dict.fromkeys([topic, self.topics.results(model)]):
+            span, headers = spans.reply(destination, reply.headers())
             try:
-                await self.outbox.send(destination, reply.to_json(), record.key, reply.headers())
+                await self.outbox.send(destination, reply.to_json(), record.key, headers)
             except ReplyUndeliverable as exc:
                 problem = exc
                 log.warning(
                     "reply undeliverable", extra={"topic": destination, "error": exc.message}
                 )
                 continue
+            finally:
+                span.end()
             return
         assert problem is not None
         await self._dead_letter(record, model, problem)

@@ -21,6 +21,9 @@ class TfstreamError(Exception):
     retriable: ClassVar[bool] = False
     #: The request itself is at fault: answering it again gives the same error.
     client_error: ClassVar[bool] = False
+    #: A request answered with this error is also copied to the dead-letter queue.
+    #: False where the error is an expected outcome, not something to inspect.
+    dead_letter: ClassVar[bool] = True
 
     _by_code: ClassVar[dict[str, type[TfstreamError]]] = {}
 
@@ -103,6 +106,21 @@ class DeadlineExceeded(TfstreamError):
     code = "deadline_exceeded"
     http_status = 504
     client_error = True
+    dead_letter = False
+
+
+class Superseded(TfstreamError):
+    """A newer frame of the same key (camera) was waiting beside this one and was
+    run instead (`conflate: latest`); this frame was neither decoded nor run.
+
+    Not a fault of anyone: never copied to the dead-letter queue, and asking
+    again makes no sense, since the newer frame already has its answer.
+    """
+
+    code = "superseded"
+    http_status = 409
+    client_error = True
+    dead_letter = False
 
 
 # -- the model or the service is at fault ------------------------------------

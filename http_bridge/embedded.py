@@ -27,6 +27,7 @@ from consumer.protocol import (
     Request,
     Topics,
     header_map,
+    with_trace,
 )
 from consumer.registry import ModelRegistry
 from engines.errors import InvalidRequest, RequestTimeout
@@ -156,7 +157,7 @@ class EmbeddedBackend:
             next(self._offsets),
             None,
             image,
-            tuple(request.headers()),
+            tuple(with_trace(request.headers())),
         )
         self.pipeline.submit(record)
         try:
