@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from consumer.metrics import WorkerMetrics
 from http_bridge import errors
 from http_bridge.backends import Backend
-from http_bridge.middleware import ApiKey, BodyLimit, HttpMetrics, Tracing
+from http_bridge.middleware import ApiKey, BodyLimit, HttpMetrics
 from http_bridge.routes import router
 from http_bridge.settings import BridgeSettings
 
@@ -58,7 +58,6 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
 
     # Outermost last: the size limit sees the body first, then the key check.
     app.add_middleware(HttpMetrics, registry=registry)
-    app.add_middleware(Tracing)
     if settings.api_key:
         app.add_middleware(ApiKey, key=settings.api_key)
     if settings.cors_origins:

@@ -1,4 +1,4 @@
-"""ASGI middleware: request-size limit, API key, request metrics and trace spans.
+"""ASGI middleware: request-size limit, API key, and request metrics.
 
 The size limit is enforced while the body streams in, so an oversize upload
 is refused after `max_bytes`, never read whole into memory (or spooled to disk).
@@ -11,13 +11,10 @@ import json
 import time
 from typing import Any
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from consumer.protocol import trace_context
 from engines.errors import RequestTooLarge
-from engines.tracing import tracer
 from http_bridge.errors import error_body
 
 #: Paths that stay open when an API key is set: docs and probes.
@@ -97,44 +94,6 @@ class ApiKey:
             )
             return
         await self.app(scope, receive, send)
-
-
-class Tracing:
-    """One server span per request, continuing the caller's `traceparent` if it sent
-    one; it is the current span while the route runs, so the Kafka request it makes
-    carries the trace on to the worker."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method = scope["method"]
-        headers = [(k.decode("latin-1"), v) for k, v in scope["headers"]]
-        with tracer().start_as_current_span(
-            method,
-            context=trace_context(headers),
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope["path"]},
-        ) as span:
-
-            async def watch(message: Message) -> None:
-                if message["type"] == "http.response.start" and span.is_recording():
-                    status = int(message["status"])
-                    span.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        span.set_status(Status(StatusCode.ERROR))
-                await send(message)
-
-            try:
-                await self.app(scope, receive, watch)
-            finally:
-                route = getattr(scope.get("route"), "path", None)
-                if route and span.is_recording():
-                    span.update_name(f"{method} {route}")
-                    span.set_attribute("http.route", route)
 
 
 class HttpMetrics:
