@@ -3,7 +3,7 @@
 A camera stream under backlog makes a worker hold several frames of one
 camera that have not started yet; for most readers only the newest matters.
 Requests that ask for it (`conflate: latest`) or whose model the worker
-conflates as a whole take part, grouped by (request topic, record key): when
+conflates as a whole take part, grouped by (model, record key): when
 one arrives, the waiting one of its group is superseded. A request without a
 key, or not taking part, is never superseded and never supersedes another.
 
@@ -21,11 +21,11 @@ J = TypeVar("J")
 Key = tuple[str, bytes]
 
 
-def conflation_key(topic: str, key: bytes | None, requested: bool, whole_topic: bool) -> Key | None:
+def conflation_key(model: str, key: bytes | None, requested: bool, whole_model: bool) -> Key | None:
     """The group a request conflates in, or None when it does not take part."""
-    if key is None or not (requested or whole_topic):
+    if key is None or not (requested or whole_model):
         return None
-    return topic, key
+    return model, key
 
 
 class LatestWins(Generic[J]):

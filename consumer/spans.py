@@ -1,7 +1,9 @@
 """The OpenTelemetry spans of one request inside a worker.
 
-A request's span continues the trace its record carries (`traceparent`), or
-starts one. Its children are written after the fact, with the times the
+A request's span continues the trace its record carries (`traceparent`) or,
+in the embedded bridge, the HTTP request's; without either it starts one. The
+transport that submits the request owns that span and ends it once the answer
+is delivered. Its children are written after the fact, with the times the
 pipeline measured anyway: `queue` (arrival to its batch's start), `decode`
 (in a decode thread), `inference` (the whole engine call of its batch, shared
 by every request in it) and `reply` (sending the answer until the broker
@@ -16,9 +18,11 @@ from __future__ import annotations
 import time
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import Attributes
 
-from consumer.protocol import Headers, trace_context, with_trace
+from consumer.protocol import Headers, with_trace
 from engines.errors import TfstreamError
 from engines.tracing import tracer
 
@@ -31,24 +35,16 @@ def wall_ns(perf_counter_s: float) -> int:
 
 
 class RequestSpans:
-    def __init__(self, topic: str, partition: int, offset: int, headers: Headers) -> None:
-        self.span = tracer().start_span(
-            f"{topic} process",
-            context=trace_context(headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": topic,
-                "messaging.destination.partition.id": str(partition),
-                "messaging.kafka.offset": offset,
-            },
-        )
+    def __init__(
+        self,
+        name: str,
+        parent: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+    ) -> None:
+        """`parent` None: the current context."""
+        self.span = tracer().start_span(name, context=parent, kind=kind, attributes=attributes)
         self.context = trace.set_span_in_context(self.span)
-
-    @property
-    def recording(self) -> bool:
-        return self.span.is_recording()
 
     def child(self, name: str, start_s: float, end_s: float, **attributes: str | int) -> None:
         """A finished step, from two `perf_counter` readings."""

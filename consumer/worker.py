@@ -7,8 +7,9 @@ Life of a worker:
 2. join the consumer group: on every request topic (`<prefix>.requests.*`)
    when serving every model, so requests for unknown models get an error
    answer too; on the listed models' topics only when given `--models a,b`;
-3. loop: fetch at most `max_inflight` unanswered records, submit each to the
-   pipeline, commit offsets whose answers the broker acknowledged;
+3. loop: fetch at most `max_inflight` unanswered records, hand each to the
+   pipeline through `records.RecordAdapter` (record -> request, answer ->
+   reply and DLQ records), commit offsets whose answers the broker acknowledged;
 4. on revoke: wait for the revoked partitions' work, commit it, forget them;
 5. on SIGTERM: stop fetching, finish and deliver what is in hand, commit,
    withdraw the announcements, leave the group.
@@ -32,7 +33,7 @@ from consumer import kafka_io
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
-from consumer.pipeline import Pipeline, Record
+from consumer.pipeline import Pipeline
 from consumer.protocol import (
     Control,
     ControlCommand,
@@ -41,10 +42,10 @@ from consumer.protocol import (
     Topics,
     announcement_key,
 )
+from consumer.records import Record, RecordAdapter
 from consumer.registry import Entry, ModelRegistry
 from consumer.settings import ConsumerSettings
 from engines.errors import InvalidRequest, ModelLoadFailed, TfstreamError
-from engines.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,7 @@ class Worker:
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = Topics(settings.topic_prefix)
         self.metrics = WorkerMetrics()
-        self.registry = ModelRegistry(
-            ModelRepository(settings.repository),
-            settings.model_names(),
-            settings.device,
-            settings.simulate_batch_ms,
-        )
+        self.registry = ModelRegistry.from_settings(settings)
         self.stopping = asyncio.Event()
         self.offsets = OffsetTracker()
         self._capacity = asyncio.Event()
@@ -115,10 +111,9 @@ class Worker:
                 raise ModelLoadFailed(
                     f"no model could be loaded ({problems or 'no models in the repository'})"
                 )
-            self.pipeline = Pipeline(
-                self.registry, self.topics, self.outbox, s, self.worker_id, self.metrics
-            )
+            self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics)
             self.pipeline.start()
+            self.adapter = RecordAdapter(self.pipeline, self.topics, self.outbox, self.worker_id)
             self.consumer = kafka_io.consumer(
                 s,
                 "worker",
@@ -175,7 +170,7 @@ class Worker:
         s = self.settings
         while not self.stopping.is_set():
             self._last_tick = time.monotonic()
-            room = s.max_inflight - self.pipeline.inflight
+            room = s.max_inflight - self.adapter.inflight
             if room <= 0:
                 self._capacity.clear()
                 with contextlib.suppress(TimeoutError):
@@ -185,7 +180,7 @@ class Worker:
             for tp, records in batches.items():
                 for rec in records:
                     self.offsets.track(tp, rec.offset)
-                    done = self.pipeline.submit(
+                    done = self.adapter.submit(
                         Record(
                             rec.topic,
                             rec.partition,
@@ -198,7 +193,7 @@ class Worker:
                     done.add_done_callback(partial(self._answered, tp, rec.offset))
 
     def _answered(self, tp: TopicPartition, offset: int, done: asyncio.Future[None]) -> None:
-        error = done.exception()
+        error = asyncio.CancelledError() if done.cancelled() else done.exception()
         if error is None:
             self.offsets.finish(tp, offset)
         else:  # never delivered: leave it uncommitted, it will be read again
@@ -243,9 +238,9 @@ class Worker:
     # -- shutdown -------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        log.info("stopping: finishing the work in hand", extra={"inflight": self.pipeline.inflight})
+        log.info("stopping: finishing the work in hand", extra={"inflight": self.adapter.inflight})
         try:
-            await asyncio.wait_for(self.pipeline.close(), self.settings.shutdown_timeout_s)
+            await asyncio.wait_for(self._finish_in_hand(), self.settings.shutdown_timeout_s)
         except TimeoutError:
             self.outbox.close()
             log.error("shutdown timed out; unanswered requests stay uncommitted")
@@ -258,6 +253,10 @@ class Worker:
         self._joined = False
         await self.consumer.stop()  # leaves the group
         log.info("worker stopped", extra={"worker": self.worker_id})
+
+    async def _finish_in_hand(self) -> None:
+        await self.pipeline.close()
+        await self.adapter.drain()
 
     # -- announcements, control, lag ------------------------------------------------
 
@@ -353,7 +352,7 @@ class Worker:
                 )
                 self.metrics.lag.labels(model).set(lag[model])
                 self.metrics.set_backlog(model, lag[model] + inflight)
-            self.metrics.inflight.set(self.pipeline.inflight)
+            self.metrics.inflight.set(self.adapter.inflight)
 
     # -- health -------------------------------------------------------------------------
 

@@ -203,6 +203,8 @@ def test_without_an_exporter_spans_cost_next_to_nothing_and_trace_context_passes
     out = run_python(
         """
 import time
+from opentelemetry.trace import SpanKind
+from consumer.protocol import trace_context
 from consumer.spans import RequestSpans
 from consumer.settings import ConsumerSettings
 from engines.tracing import configure_tracing
@@ -212,7 +214,7 @@ headers = (("correlation-id", b"c"), ("traceparent", tp))
 n = 20000
 started = time.perf_counter()
 for _ in range(n):
-    s = RequestSpans("t.requests.m", 0, 1, headers)
+    s = RequestSpans("t.requests.m process", trace_context(headers), SpanKind.CONSUMER)
     s.child("queue", 0.0, 1.0); s.child("decode", 0.0, 1.0); s.child("inference", 0.0, 1.0)
     span, out = s.reply("t.results.m", [])
     span.end(); s.end()
