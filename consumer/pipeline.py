@@ -109,12 +109,10 @@ class Job:
     spans: RequestSpans | None = None
     group: Key | None = None
     """Its conflation group; None when it does not conflate."""
+    superseded: bool = False
+    """Answered `superseded` while it waited: it is not run."""
     arrived_s: float = field(default_factory=time.perf_counter)
     """`time.perf_counter()` at `submit`: the start of its queue time."""
-
-    @property
-    def superseded(self) -> bool:
-        return self.decoded.cancelled()
 
 
 class Pipeline:
@@ -168,7 +166,8 @@ class Pipeline:
         job = Job(request, detector, loop.create_future(), answer, spans, group)
         older = self._waiting.arrive(group, job)
         if older is not None:
-            older.decoded.cancel()
+            older.superseded = True
+            older.decoded.cancel()  # no decoding if it has not started
             self._fail(
                 older, Superseded("a newer frame with the same key was waiting; it ran instead")
             )

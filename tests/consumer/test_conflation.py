@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
+import numpy as np
 import pytest
 
 from consumer.conflation import LatestWins, conflation_key
@@ -123,3 +125,27 @@ async def test_a_frame_already_running_is_not_superseded_and_a_whole_model_confl
         "superseded",
         "boxes",
     ]
+
+
+class SlowEngine(CountingEngine):
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(0.04)
+        return super()._run(batch)
+
+
+@pytest.mark.asyncio
+async def test_a_camera_twice_as_fast_as_the_engine_gets_every_other_frame_run() -> None:
+    """Frames decoded already when a newer one arrives are superseded too."""
+    pipeline = Pipeline(Detectors({"m": SlowEngine()}), WorkerSettings(max_batch=1), "w")
+    pipeline.start()
+    try:
+        futures = []
+        for i in range(40):
+            futures.append(pipeline.submit(request("m", f"f{i}", IMAGE, key=b"c", conflate=True)))
+            await asyncio.sleep(0.02)
+        done = await asyncio.wait_for(asyncio.gather(*futures), 20)
+    finally:
+        await asyncio.wait_for(pipeline.close(), 10)
+    ran = sum(1 for answer in done if answer.error is None)
+    assert done[-1].error is None
+    assert 8 <= ran <= 32, ran  # about 20: one run per engine call, not 2 in all
