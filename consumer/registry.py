@@ -21,11 +21,7 @@ from engines.detector import (
     engine_factory,
     load_detector,
 )
-from engines.errors import (
-    ModelLoadFailed,
-    ModelUnavailable,
-    TfstreamError,
-)
+from engines.errors import ModelUnavailable, TfstreamError
 from engines.repository import ModelRepository, ModelSpec, model_hash
 
 log = logging.getLogger(__name__)
@@ -107,11 +103,6 @@ class ModelRegistry:
                 extra={"model": name, "code": exc.code, "error": exc.message},
             )
             return Entry(name, ModelState.FAILED, spec=spec, error=exc)
-        except Exception as exc:  # a bad device name, an unexpected TensorFlow failure
-            log.exception("model failed to load", extra={"model": name})
-            return Entry(
-                name, ModelState.FAILED, spec=spec, error=ModelLoadFailed(f"{name}: {exc}")
-            )
         log.info(
             "model ready",
             extra={

@@ -49,6 +49,16 @@ from engines.errors import InvalidRequest, ModelLoadFailed, TfstreamError
 
 log = logging.getLogger(__name__)
 
+#: Longest a fetch (or a wait for room to fetch) blocks the loop.
+FETCH_WAIT_MS = 100
+#: How often a revoke checks whether the revoked partitions' work is done.
+REVOKE_POLL_S = 0.02
+#: How often lag and backlog metrics are refreshed.
+LAG_INTERVAL_S = 2.0
+POSITION_TIMEOUT_S = 1.0
+#: A fetch loop that has not turned for this long makes /health/live fail.
+LIVE_STALL_S = 60.0
+
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: Worker) -> None:
@@ -75,7 +85,7 @@ class Worker:
         self.offsets = OffsetTracker()
         self._capacity = asyncio.Event()
         self._joined = False
-        self._last_tick = time.monotonic()
+        self._last_tick_s = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- start ------------------------------------------------------------------
@@ -169,14 +179,14 @@ class Worker:
     async def _fetch_loop(self) -> None:
         s = self.settings
         while not self.stopping.is_set():
-            self._last_tick = time.monotonic()
+            self._last_tick_s = time.monotonic()
             room = s.max_inflight - self.adapter.inflight
             if room <= 0:
                 self._capacity.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._capacity.wait(), 0.1)
+                    await asyncio.wait_for(self._capacity.wait(), FETCH_WAIT_MS / 1000)
                 continue
-            batches = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            batches = await self.consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=room)
             for tp, records in batches.items():
                 for rec in records:
                     self.offsets.track(tp, rec.offset)
@@ -227,7 +237,7 @@ class Worker:
         """Before partitions move: finish their work in hand and commit it."""
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         while self.offsets.pending(revoked) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(REVOKE_POLL_S)
         await self._commit(revoked)
         self.offsets.forget(revoked)
         log.info(
@@ -333,14 +343,16 @@ class Worker:
 
     async def _lag_loop(self) -> None:
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(LAG_INTERVAL_S)
             lag: dict[str, int] = defaultdict(int)
             for tp in self.consumer.assignment():
                 highwater = self.consumer.highwater(tp)
                 if highwater is None:
                     continue
-                with contextlib.suppress(Exception):
-                    position = await asyncio.wait_for(self.consumer.position(tp), 1.0)
+                with contextlib.suppress(KafkaError, TimeoutError):  # a partition moving away
+                    position = await asyncio.wait_for(
+                        self.consumer.position(tp), POSITION_TIMEOUT_S
+                    )
                     lag[self.topics.model_of(tp.topic)] += max(0, highwater - position)
             for model in set(lag) | {e.name for e in self.registry.entries()}:
                 inflight = self.offsets.pending(
@@ -371,8 +383,8 @@ class Worker:
         return server
 
     def _live(self) -> tuple[bool, dict[str, object]]:
-        stalled_s = time.monotonic() - self._last_tick
-        return stalled_s < 60 or not self._joined, {"loop_stalled_s": round(stalled_s, 1)}
+        stalled_s = time.monotonic() - self._last_tick_s
+        return stalled_s < LIVE_STALL_S or not self._joined, {"loop_stalled_s": round(stalled_s, 1)}
 
     def _ready(self) -> tuple[bool, dict[str, object]]:
         models = {e.name: e.state.value for e in self.registry.entries()}

@@ -505,6 +505,12 @@ class LocalKafkaCluster:
     def is_running(self, index: int) -> bool:
         return self._node(index).running
 
+    def broker_pid(self, index: int) -> int | None:
+        """The JVM's process id of broker `index`, None while it is not running
+        (for measuring the broker's CPU use)."""
+        node = self._node(index)
+        return node.process.pid if node.process is not None and node.running else None
+
     def start(self, timeout_s: float = 60) -> LocalKafkaCluster:
         """Format fresh storage, launch every node and wait until all serve metadata.
 

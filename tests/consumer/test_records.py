@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from consumer.offsets import OffsetTracker
 from consumer.pipeline import Pipeline
-from consumer.protocol import Reply, Topics
+from consumer.protocol import Reply, Topics, header_map
 from consumer.records import Record, RecordAdapter
 from consumer.settings import WorkerSettings
 from tests.consumer.fakes import CountingEngine, Detectors, MemoryOutbox, jpeg, until
@@ -87,40 +87,37 @@ async def test_when_no_topic_takes_the_reply_the_request_is_dead_lettered(
     assert dead.headers["dlq-source-offset"] == "7" and dead.headers["dlq-worker"] == "w1"
 
 
+@pytest.mark.parametrize(
+    ("sent", "code", "dead_letter"),
+    [
+        (record(0, b"not an image", correlation_id="c", reply_to="t.r"), "invalid_image", True),
+        (record(0, b"", correlation_id="c", reply_to="t.r"), "invalid_image", True),
+        (record(0, correlation_id="c", reply_to="t.r", confidence="lots"), "invalid_request", True),
+        (record(0, correlation_id="c", reply_to="t.r", predictions="-1"), "invalid_request", True),
+        (record(0, reply_to="t.r"), "invalid_request", True),  # no correlation id
+        (
+            record(0, correlation_id="c", reply_to="t.r", deadline_ms="1"),
+            "deadline_exceeded",
+            False,
+        ),
+        (record(0, model="ghost", correlation_id="c", reply_to="t.r"), "model_not_found", True),
+    ],
+)
 @pytest.mark.asyncio
-async def test_failed_requests_are_answered_and_copied_to_the_dlq_unless_expired(
-    pipeline: Pipeline,
+async def test_a_failed_request_is_answered_and_copied_to_the_dlq_unless_expired(
+    pipeline: Pipeline, sent: Record, code: str, dead_letter: bool
 ) -> None:
     outbox = MemoryOutbox()
-    adapter = RecordAdapter(pipeline, TOPICS, outbox, "w1")
-    await handled(
-        adapter,
-        record(0, b"not an image", correlation_id="corrupt", reply_to="t.r"),
-        record(1, correlation_id="bad-header", reply_to="t.r", confidence="lots"),
-        record(2, reply_to="t.r"),  # no correlation id
-        record(3, correlation_id="expired", reply_to="t.r", deadline_ms="1"),
-        record(4, model="ghost", correlation_id="unknown", reply_to="t.r"),
-    )
-    replies = {s.headers.get("correlation-id"): s.headers["error-code"] for s in outbox.to("t.r")}
-    assert replies == {
-        "corrupt": "invalid_image",
-        "bad-header": "invalid_request",
-        None: "invalid_request",
-        "expired": "deadline_exceeded",
-        "unknown": "model_not_found",
-    }
-    dead = {
-        s.headers.get("correlation-id"): s.headers["dlq-reason-code"] for s in outbox.to("t.dlq")
-    }
-    assert dead == {
-        "corrupt": "invalid_image",
-        "bad-header": "invalid_request",
-        None: "invalid_request",
-        "unknown": "model_not_found",
-    }
-    corrupt = next(s for s in outbox.to("t.dlq") if s.headers.get("correlation-id") == "corrupt")
-    assert corrupt.value == b"not an image" and corrupt.headers["reply-to"] == "t.r"
-    assert corrupt.headers["dlq-source-topic"] == "t.requests.a"
+    await handled(RecordAdapter(pipeline, TOPICS, outbox, "w1"), sent)
+    (reply,) = outbox.to("t.r")
+    assert reply.headers["error-code"] == code and reply.key == b"camera-1"
+    assert reply.headers.get("correlation-id") == header_map(sent.headers).get("correlation-id")
+    dead = outbox.to("t.dlq")
+    assert len(dead) == int(dead_letter)
+    if dead_letter:
+        h = dead[0].headers
+        assert dead[0].value == sent.value and h["reply-to"] == "t.r"
+        assert (h["dlq-reason-code"], h["dlq-source-topic"]) == (code, sent.topic)
 
 
 @pytest.mark.asyncio

@@ -1,0 +1,123 @@
+"""Sections 1-3: what serving over Kafka, over HTTP+Kafka and over embedded HTTP
+keeps of the raw engine, on the real bench model."""
+
+from __future__ import annotations
+
+from bench.context import Context
+from bench.measure import Planned, compared, http, replay
+from bench.processes import MODEL, bridge, consumers, pids, worker_env
+from bench.results import Row, Target
+
+KAFKA_16 = "kafka-16"
+KAFKA_1 = "kafka-1"
+HTTP_KAFKA_16 = "http-kafka-16"
+HTTP_KAFKA_1 = "http-kafka-1"
+EMBEDDED_16 = "embedded-16"
+EMBEDDED_1 = "embedded-1"
+
+TARGETS = [
+    Target("Kafka replay (16 in flight): throughput / raw batch 8", KAFKA_16, "vs_raw", 0.95, True),
+    Target(
+        "HTTP embedded, 16 clients: throughput / raw batch 8", EMBEDDED_16, "vs_raw", 0.95, True
+    ),
+    Target(
+        "HTTP over Kafka, 16 clients: throughput / raw batch 8", HTTP_KAFKA_16, "vs_raw", 0.90, True
+    ),
+    Target(
+        "HTTP embedded, single request: p50 overhead over raw batch 1",
+        EMBEDDED_1,
+        "overhead_ms",
+        3.0,
+        False,
+        " ms",
+    ),
+    Target(
+        "HTTP over Kafka, single request: p50 overhead over raw batch 1",
+        HTTP_KAFKA_1,
+        "overhead_ms",
+        8.0,
+        False,
+        " ms",
+    ),
+]
+
+
+async def kafka_path(ctx: Context) -> list[Row]:
+    """1. tfstream-replay into one consumer; 2. the HTTP bridge in front of the same consumer."""
+    bench, folder = ctx.bench, ctx.folder
+    with consumers(ctx.bootstrap, ctx.repository, "bench", ctx.logs, 1, worker_env()) as workers:
+        ctx.measure_cpu_of(consumer=pids(workers))
+        rows = await compared(
+            bench,
+            "1. Kafka path: tfstream-replay --max into one consumer process",
+            ctx.detector,
+            ctx.jpegs,
+            [
+                Planned(
+                    KAFKA_16,
+                    "Kafka replay, 16 in flight",
+                    False,
+                    lambda: replay(bench, ctx.bootstrap, "bench", folder, 16, 16),
+                ),
+                Planned(
+                    KAFKA_1,
+                    "Kafka replay, 1 in flight (single request)",
+                    True,
+                    lambda: replay(bench, ctx.bootstrap, "bench", folder, 1, 4),
+                ),
+            ],
+            raw_prefix="kafka",
+        )
+        with bridge(ctx.logs, bootstrap=ctx.bootstrap, topic_prefix="bench") as over_kafka:
+            assert over_kafka.proc is not None
+            ctx.measure_cpu_of(consumer=pids(workers), bridge=[over_kafka.proc.pid])
+            rows += await compared(
+                bench,
+                "2. HTTP bridge over Kafka: tfstream-bridge --bootstrap, the same consumer",
+                ctx.detector,
+                ctx.jpegs,
+                [
+                    Planned(
+                        HTTP_KAFKA_16,
+                        "HTTP over Kafka, 16 clients",
+                        False,
+                        lambda: http(bench, over_kafka.url, ctx.images, 16),
+                    ),
+                    Planned(
+                        HTTP_KAFKA_1,
+                        "HTTP over Kafka, 1 client (single request)",
+                        True,
+                        lambda: http(bench, over_kafka.url, ctx.images, 1),
+                    ),
+                ],
+                raw_prefix="http-kafka",
+            )
+    return rows
+
+
+async def embedded(ctx: Context) -> list[Row]:
+    """3. The HTTP bridge with the pipeline in its own process, no Kafka."""
+    with bridge(ctx.logs, repository=ctx.repository, models=MODEL) as local:
+        assert local.proc is not None
+        ctx.measure_cpu_of(with_broker=False, bridge=[local.proc.pid])
+        return await compared(
+            ctx.bench,
+            "3. HTTP bridge embedded: tfstream-bridge without Kafka",
+            ctx.detector,
+            ctx.jpegs,
+            [
+                Planned(
+                    EMBEDDED_16,
+                    "HTTP embedded, 16 clients",
+                    False,
+                    lambda: http(ctx.bench, local.url, ctx.images, 16),
+                ),
+                Planned(
+                    EMBEDDED_1,
+                    "HTTP embedded, 1 client (single request)",
+                    True,
+                    lambda: http(ctx.bench, local.url, ctx.images, 1),
+                ),
+            ],
+            raw_prefix="embedded",
+        )
