@@ -56,7 +56,7 @@ def configure_tracing(settings: TracingSettings, service: str) -> bool:
 
     Returns False (and installs nothing) for `none`. Called once per process,
     at its entry point; a second call is ignored, like OpenTelemetry's own
-    global provider. The OTLP exporter is an extra (`pip install tfstream[otlp]`).
+    global provider.
     """
     global _configured
     if settings.trace_exporter == "none":
@@ -76,14 +76,8 @@ def configure_tracing(settings: TracingSettings, service: str) -> bool:
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
         exporter: SpanExporter
         if settings.trace_exporter == "otlp":
-            try:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                    OTLPSpanExporter,
-                )
-            except ImportError as exc:
-                raise SystemExit(
-                    "--trace-exporter otlp needs the otlp extra: pip install 'tfstream[otlp]'"
-                ) from exc
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
             exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint or None)
             provider.add_span_processor(BatchSpanProcessor(exporter))
         else:
