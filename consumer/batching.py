@@ -2,12 +2,14 @@
 
 Take what is already queued, up to `max_items`; if that is fewer, wait at most
 `max_delay_s` for more. A lone request therefore waits `max_delay_s` at most,
-and under load batches fill from the queue without waiting at all.
+and under load batches fill from the queue without waiting at all. Items that
+`skip` rejects (answered while queued) are dropped and take no place.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -16,9 +18,16 @@ T = TypeVar("T")
 CLOSED: object = object()
 
 
-async def collect(queue: asyncio.Queue[T], max_items: int, max_delay_s: float) -> list[T]:
+async def collect(
+    queue: asyncio.Queue[T],
+    max_items: int,
+    max_delay_s: float,
+    skip: Callable[[T], bool] | None = None,
+) -> list[T]:
     """The next batch from `queue`: waits for a first item, then fills. [] means closed."""
     first = await queue.get()
+    while first is not CLOSED and skip is not None and skip(first):
+        first = await queue.get()
     if first is CLOSED:
         queue.put_nowait(first)  # let every other collector see it too
         return []
@@ -39,5 +48,6 @@ async def collect(queue: asyncio.Queue[T], max_items: int, max_delay_s: float) -
         if item is CLOSED:
             queue.put_nowait(item)
             break
-        items.append(item)
+        if skip is None or not skip(item):
+            items.append(item)
     return items

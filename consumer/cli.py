@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from consumer.settings import ConsumerSettings
 from engines.logs import configure_logging
 from engines.settings import parse_cli
+from engines.tracing import configure_tracing
 
 log = logging.getLogger("consumer")
 
@@ -29,6 +30,7 @@ async def serve(settings: ConsumerSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_cli(ConsumerSettings, argv, required=["bootstrap"])
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing(settings, "tfstream-consumer")
     try:
         asyncio.run(serve(settings))
     except Exception as exc:

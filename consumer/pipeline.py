@@ -12,6 +12,11 @@ queue (`batching.collect`), groups them by model and image size, and makes one
 engine call per group. A failed engine call is tried again when its error says
 it may succeed later (`verdict`), then fails every request of its group, each
 with its own error reply.
+
+Requests that conflate (`consumer.conflation`) wait for decoding until the
+loop turns, so the older frames of a burst fetched together are answered
+`superseded` without ever being decoded; one superseded while it is already
+decoding just has its pixels dropped.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from consumer.batching import CLOSED, collect
+from consumer.conflation import Key, LatestWins, conflation_key
 from consumer.metrics import WorkerMetrics
 from consumer.protocol import Reply, Request, Timing, detection_data
 from consumer.settings import WorkerSettings
+from consumer.spans import RequestSpans
 from engines.boxes import Box, Options
 from engines.detector import Detector
-from engines.errors import DeadlineExceeded, InferenceFailed, TfstreamError
+from engines.errors import DeadlineExceeded, InferenceFailed, Superseded, TfstreamError
 from engines.images import decode_image
 
 log = logging.getLogger(__name__)
@@ -87,6 +94,8 @@ class Detectors(Protocol):
 class Decoded(NamedTuple):
     pixels: np.ndarray
     decode_ms: float
+    started_s: float = 0.0
+    """`time.perf_counter()` when decoding began."""
 
 
 @dataclass
@@ -97,6 +106,11 @@ class Job:
     detector: Detector
     decoded: asyncio.Future[Decoded]
     answer: asyncio.Future[Answer]
+    spans: RequestSpans | None = None
+    group: Key | None = None
+    """Its conflation group; None when it does not conflate."""
+    superseded: bool = False
+    """Answered `superseded` while it waited: it is not run."""
     arrived_s: float = field(default_factory=time.perf_counter)
     """`time.perf_counter()` at `submit`: the start of its queue time."""
 
@@ -117,6 +131,7 @@ class Pipeline:
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._waiting: LatestWins[Job] = LatestWins()
         self._inflight = 0
         self._runner: asyncio.Task[None] | None = None
 
@@ -129,8 +144,11 @@ class Pipeline:
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name="pipeline")
 
-    def submit(self, request: Request) -> asyncio.Future[Answer]:
-        """Accept a request; the future resolves with its answer and never raises."""
+    def submit(self, request: Request, spans: RequestSpans | None = None) -> asyncio.Future[Answer]:
+        """Accept a request; the future resolves with its answer and never raises.
+
+        `spans`, owned (and ended) by the caller, gets the queue, decode and
+        inference steps as child spans."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Answer] = loop.create_future()
         self._inflight += 1
@@ -142,9 +160,38 @@ class Pipeline:
         except TfstreamError as exc:
             answer.set_result(self.failed(request.model, request.correlation_id, exc))
             return answer
-        decoded = loop.run_in_executor(self._decode_pool, self.decode, request, detector)
-        self._queue.put_nowait(Job(request, detector, decoded, answer))
+        group = conflation_key(
+            request.model, request.key, request.conflate, self.settings.conflates(request.model)
+        )
+        job = Job(request, detector, loop.create_future(), answer, spans, group)
+        older = self._waiting.arrive(group, job)
+        if older is not None:
+            older.superseded = True
+            older.decoded.cancel()  # no decoding if it has not started
+            self._fail(
+                older, Superseded("a newer frame with the same key was waiting; it ran instead")
+            )
+        loop.call_soon(self._start_decode, job)
+        self._queue.put_nowait(job)
         return answer
+
+    def _start_decode(self, job: Job) -> None:
+        if job.decoded.done():  # superseded before its turn
+            return
+        work = asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, self.decode, job.request, job.detector
+        )
+
+        def settle(finished: asyncio.Future[Decoded]) -> None:
+            if job.decoded.done():  # superseded while decoding: the pixels are dropped
+                return
+            error = finished.exception()
+            if error is not None:
+                job.decoded.set_exception(error)
+            else:
+                job.decoded.set_result(finished.result())
+
+        work.add_done_callback(settle)
 
     def _one_less(self, _: asyncio.Future[Answer]) -> None:
         self._inflight -= 1
@@ -169,13 +216,27 @@ class Pipeline:
         pixels = decode_image(request.image, self._limits)
         seconds = time.perf_counter() - started
         self.metrics.decode_seconds.observe(seconds)
-        return Decoded(pixels, seconds * 1000)
+        return Decoded(pixels, seconds * 1000, started)
 
     async def next_batch(self) -> list[Job]:
-        """The jobs of the next engine round; [] once the pipeline is closed."""
-        return await collect(
-            self._queue, self.settings.max_batch, self.settings.max_delay_ms / 1000
-        )
+        """The jobs of the next engine round; [] once the pipeline is closed.
+
+        Superseded jobs (already answered) are passed over; the others leave the
+        conflation waiting room: from now on they run whatever arrives."""
+        while True:
+            jobs = await collect(
+                self._queue,
+                self.settings.max_batch,
+                self.settings.max_delay_ms / 1000,
+                skip=lambda job: job.superseded,
+            )
+            if not jobs:
+                return []
+            jobs = [job for job in jobs if not job.superseded]  # while collect waited
+            for job in jobs:
+                self._waiting.start(job.group, job)
+            if jobs:
+                return jobs
 
     def failed(self, model: str, correlation_id: str | None, error: TfstreamError) -> Answer:
         """The answer to a request that will not run (or ran and failed). Transports
@@ -256,6 +317,13 @@ class Pipeline:
         self.metrics.inference_seconds.labels(model).observe(finished_s - started_s)
         for job, image, boxes in zip(group, images, found, strict=True):
             self.metrics.queue_seconds.labels(model).observe(started_s - job.arrived_s)
+            if job.spans is not None:
+                decoded = job.decoded.result()
+                job.spans.child("queue", job.arrived_s, started_s)
+                job.spans.child(
+                    "decode", decoded.started_s, decoded.started_s + decoded.decode_ms / 1000
+                )
+                job.spans.child("inference", started_s, finished_s, batch_size=len(group))
             timing = Timing(
                 queue_ms=(started_s - job.arrived_s) * 1000,
                 decode_ms=job.decoded.result().decode_ms,

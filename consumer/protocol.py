@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
 from engines.boxes import Box
 from engines.errors import InvalidRequest, TfstreamError
 
@@ -32,6 +35,15 @@ PREDICTIONS = "predictions"
 IMAGE_NAME = "image-name"
 CONTENT_TYPE = "content-type"
 ERROR_CODE = "error-code"
+CONFLATE = "conflate"
+#: The one value of `conflate` that asks for anything: only the newest waiting frame
+#: of the record's key runs, older ones are answered `superseded`.
+CONFLATE_LATEST = "latest"
+# W3C Trace Context (https://www.w3.org/TR/trace-context/): optional on requests,
+# put on answers by a worker that continued the trace.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+TRACE_HEADERS = (TRACEPARENT, TRACESTATE)
 # DLQ copies carry these beside the original headers.
 DLQ_REASON_CODE = "dlq-reason-code"
 DLQ_REASON = "dlq-reason"
@@ -109,6 +121,8 @@ class Request:
     predictions: int | None = None
     image_name: str | None = None
     content_type: str | None = None
+    conflate: bool = False
+    """Only the newest waiting frame of this key runs (`conflate: latest`)."""
     received_ms: float = field(default_factory=lambda: time.time() * 1000)
 
     def expired(self, now_ms: float | None = None) -> bool:
@@ -125,6 +139,7 @@ class Request:
             PREDICTIONS: self.predictions,
             IMAGE_NAME: self.image_name,
             CONTENT_TYPE: self.content_type,
+            CONFLATE: CONFLATE_LATEST if self.conflate else None,
         }
         return [(k, str(v).encode()) for k, v in values.items() if v is not None]
 
@@ -171,6 +186,9 @@ def parse_request(
         _TOPIC_SAFE.fullmatch(reply_to) and len(reply_to) <= _MAX_TOPIC
     ):
         raise InvalidRequest(f"header '{REPLY_TO}' is not a valid topic name")
+    conflate = h.get(CONFLATE, "").strip()
+    if conflate not in ("", CONFLATE_LATEST):
+        raise InvalidRequest(f"header '{CONFLATE}' must be '{CONFLATE_LATEST}' or absent")
     return Request(
         model=model,
         correlation_id=correlation_id,
@@ -182,7 +200,34 @@ def parse_request(
         predictions=predictions,
         image_name=h.get(IMAGE_NAME) or None,
         content_type=h.get(CONTENT_TYPE) or None,
+        conflate=bool(conflate),
     )
+
+
+_W3C = TraceContextTextMapPropagator()
+
+
+def trace_context(headers: Headers | None) -> Context:
+    """The trace context a record's `traceparent`/`tracestate` carry (empty when
+    absent or malformed: a bad trace header never fails a request)."""
+    carrier: dict[str, str] = {}
+    for name, raw in headers or ():
+        if name in TRACE_HEADERS:
+            carrier[name] = (raw or b"").decode("latin-1")
+    return _W3C.extract(carrier) if carrier else Context()
+
+
+def with_trace(
+    headers: Sequence[tuple[str, bytes]], context: Context | None = None
+) -> list[tuple[str, bytes]]:
+    """`headers` with the trace headers of `context` (default: the current span),
+    replacing any already there; unchanged when there is no valid span."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier, context)
+    if not carrier:
+        return list(headers)
+    kept = [(name, value) for name, value in headers if name not in TRACE_HEADERS]
+    return kept + [(name, carrier[name].encode()) for name in TRACE_HEADERS if name in carrier]
 
 
 #: Around a correlation id or a number, these are ignored; nothing else is trimmed.

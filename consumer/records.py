@@ -19,6 +19,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
+from opentelemetry.trace import SpanKind
+
 from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Answer, Pipeline
 from consumer.protocol import (
@@ -28,7 +30,9 @@ from consumer.protocol import (
     dlq_headers,
     parse_request,
     reply_address,
+    trace_context,
 )
+from consumer.spans import RequestSpans
 from engines.errors import ReplyUndeliverable, TfstreamError
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,18 @@ class RecordAdapter:
         """Resolves once the record's answer is acknowledged; fails when it could
         not be delivered (then the record must stay uncommitted)."""
         model = self.topics.model_of(record.topic)
+        spans = RequestSpans(
+            f"{record.topic} process",
+            trace_context(record.headers),
+            SpanKind.CONSUMER,
+            {
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": record.topic,
+                "messaging.destination.partition.id": str(record.partition),
+                "messaging.kafka.offset": record.offset,
+            },
+        )
         try:
             request = parse_request(model, record.key, record.value, record.headers)
         except TfstreamError as exc:
@@ -93,9 +109,9 @@ class RecordAdapter:
             answered.set_result(self.pipeline.failed(model, correlation_id, exc))
         else:
             reply_to = request.reply_to or self.topics.results(model)
-            answered = self.pipeline.submit(request)
+            answered = self.pipeline.submit(request, spans)
         task = asyncio.get_running_loop().create_task(
-            self._deliver(record, model, reply_to or self.topics.results(model), answered)
+            self._deliver(record, model, reply_to or self.topics.results(model), answered, spans)
         )
         self._handling.add(task)
         task.add_done_callback(self._handling.discard)
@@ -107,29 +123,42 @@ class RecordAdapter:
             await asyncio.gather(*list(self._handling), return_exceptions=True)
 
     async def _deliver(
-        self, record: Record, model: str, reply_to: str, answered: Awaitable[Answer]
+        self,
+        record: Record,
+        model: str,
+        reply_to: str,
+        answered: Awaitable[Answer],
+        spans: RequestSpans,
     ) -> None:
         answer = await answered
-        sends = [self._send_reply(record, model, reply_to, answer.reply)]
+        sends = [self._send_reply(record, model, reply_to, answer.reply, spans)]
         if answer.dead_letter and answer.error is not None:
             sends.append(self._dead_letter(record, model, answer.error))
-        await asyncio.gather(*sends)
+        try:
+            await asyncio.gather(*sends)
+        finally:
+            spans.end(answer.error)
 
-    async def _send_reply(self, record: Record, model: str, topic: str, reply: Reply) -> None:
+    async def _send_reply(
+        self, record: Record, model: str, topic: str, reply: Reply, spans: RequestSpans
+    ) -> None:
         """The reply to `topic`; if that topic cannot take it (a client's reply topic
         deleted while its request waited), to the model's results topic; if that
         fails too, the request goes to the DLQ with the reason, so it is never
         lost and never blocks its partition."""
         problem: ReplyUndeliverable | None = None
         for destination in dict.fromkeys([topic, self.topics.results(model)]):
+            span, headers = spans.reply(destination, reply.headers())
             try:
-                await self.outbox.send(destination, reply.to_json(), record.key, reply.headers())
+                await self.outbox.send(destination, reply.to_json(), record.key, headers)
             except ReplyUndeliverable as exc:
                 problem = exc
                 log.warning(
                     "reply undeliverable", extra={"topic": destination, "error": exc.message}
                 )
                 continue
+            finally:
+                span.end()
             return
         assert problem is not None
         await self._dead_letter(record, model, problem)

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 
 from engines.images import DecodeLimits
 from engines.settings import cli_config
+from engines.tracing import TracingSettings
 
 
 class KafkaClientSettings(BaseSettings):
@@ -98,6 +99,12 @@ class WorkerSettings(BaseSettings):
     max_image_pixels: int = 40_000_000
     """Largest width x height accepted, checked before decoding."""
 
+    conflate_models: str = ""
+    """Models whose requests all conflate as if they carried `conflate: latest`: of the
+    frames of one key waiting at this worker, only the newest runs and the older ones
+    are answered `superseded`. A comma-separated list of names, or 'all'; empty: only
+    requests with the header conflate."""
+
     simulate_batch_ms: float = Field(default=0, ge=0)
     """Benchmarks only: replace every model by a simulated accelerator whose engine call
     takes this many milliseconds whatever the batch size, and finds nothing. 0 = real models."""
@@ -105,13 +112,18 @@ class WorkerSettings(BaseSettings):
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
 
+    def conflates(self, model: str) -> bool:
+        """Whether every request for `model` conflates, header or not."""
+        names = {n.strip() for n in self.conflate_models.split(",") if n.strip()}
+        return "all" in names or model in names
+
     def model_names(self) -> list[str] | None:
         """The listed models, or None for every model of the repository."""
         names = [n.strip() for n in self.models.split(",") if n.strip()]
         return None if not names or names == ["all"] else names
 
 
-class ConsumerSettings(WorkerSettings, KafkaClientSettings):
+class ConsumerSettings(WorkerSettings, KafkaClientSettings, TracingSettings):
     """tfstream-consumer: serve detection models from Kafka request topics, in a
     consumer group. Every option is also an environment variable TFSTREAM_<OPTION>."""
 

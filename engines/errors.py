@@ -110,6 +110,20 @@ class DeadlineExceeded(TfstreamError):
     dead_letter = False  # an expired camera frame is expected, not a fault
 
 
+class Superseded(TfstreamError):
+    """A newer frame of the same key (camera) was waiting beside this one and was
+    run instead (`conflate: latest`); this frame was neither decoded nor run.
+
+    Not a fault of anyone: never copied to the dead-letter queue, and asking
+    again makes no sense, since the newer frame already has its answer.
+    """
+
+    code = "superseded"
+    http_status = 409
+    client_error = True
+    dead_letter = False
+
+
 # -- the model or the service is at fault ------------------------------------
 
 

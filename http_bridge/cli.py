@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from engines.logs import configure_logging
 from engines.settings import parse_cli
+from engines.tracing import configure_tracing
 from http_bridge.settings import BridgeSettings
 
 log = logging.getLogger("http_bridge")
@@ -16,6 +17,7 @@ log = logging.getLogger("http_bridge")
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_cli(BridgeSettings, argv)
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing(settings, "tfstream-bridge")
     import uvicorn
 
     from http_bridge.app import create_app

@@ -19,6 +19,7 @@ from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Answer, Pipeline
 from consumer.protocol import ModelState, Request
 from consumer.registry import ModelRegistry
+from consumer.spans import RequestSpans
 from engines.errors import RequestTimeout
 from http_bridge.backends import ModelInfo
 from http_bridge.settings import BridgeSettings
@@ -102,10 +103,15 @@ class EmbeddedBackend:
             image_name=image_name,
             deadline_ms=int((time.time() + timeout) * 1000),
         )
+        spans = RequestSpans(f"{name} detect")  # a child of the HTTP request's span
         try:
-            answer = await asyncio.wait_for(asyncio.shield(self.pipeline.submit(request)), timeout)
+            answer = await asyncio.wait_for(
+                asyncio.shield(self.pipeline.submit(request, spans)), timeout
+            )
         except TimeoutError:
+            spans.end(RequestTimeout("no answer in time"))
             raise RequestTimeout(f"model '{name}' did not answer within {timeout:g}s") from None
+        spans.end(answer.error)
         if answer.error is not None:
             if answer.dead_letter:
                 self._dead_letter(name, answer)

@@ -8,9 +8,10 @@ from pydantic import Field
 
 from consumer.settings import KafkaClientSettings, WorkerSettings
 from engines.settings import cli_config
+from engines.tracing import TracingSettings
 
 
-class BridgeSettings(WorkerSettings, KafkaClientSettings):
+class BridgeSettings(WorkerSettings, KafkaClientSettings, TracingSettings):
     """tfstream-bridge: the REST API of the old inference server. With --bootstrap
     every call becomes a Kafka request answered by tfstream-consumer workers; without
     it the bridge runs the worker in-process over the models of --repository (embedded).

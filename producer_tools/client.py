@@ -24,11 +24,13 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from opentelemetry.trace import SpanKind
 
 from consumer import kafka_io
-from consumer.protocol import Control, ControlCommand, Reply, Request, Topics
+from consumer.protocol import Control, ControlCommand, Reply, Request, Topics, with_trace
 from consumer.settings import KafkaClientSettings
 from engines.errors import InvalidRequest, RequestTimeout, ServiceUnavailable
+from engines.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +154,19 @@ class DetectClient:
             image_name=image_name,
             deadline_ms=int((time.time() + timeout) * 1000) if self.send_deadline else None,
         )
-        return await self._ask(
-            correlation_id,
-            self.topics.requests(model),
-            image,
-            key,
-            request.headers(),
-            timeout,
-            f"no answer from model '{model}' within {timeout:g}s",
-        )
+        topic = self.topics.requests(model)
+        # The request carries this span's trace context: the caller's trace (say, the
+        # bridge's HTTP request) goes on to the worker, or one starts here.
+        with tracer().start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER):
+            return await self._ask(
+                correlation_id,
+                topic,
+                image,
+                key,
+                with_trace(request.headers()),
+                timeout,
+                f"no answer from model '{model}' within {timeout:g}s",
+            )
 
     async def load(
         self, model: str = "*", force: bool = False, timeout_s: float | None = None

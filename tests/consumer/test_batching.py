@@ -42,3 +42,13 @@ async def test_closed_ends_the_batch_and_stays_visible() -> None:
     assert await collect(q, 8, max_delay_s=1.0) == [1]
     assert await collect(q, 8, max_delay_s=1.0) == []
     assert await collect(q, 8, max_delay_s=1.0) == []
+
+
+@pytest.mark.asyncio
+async def test_skipped_items_are_dropped_and_take_no_place() -> None:
+    q: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(10):
+        q.put_nowait(i)
+    odd = lambda i: i % 2 == 1  # noqa: E731
+    assert await collect(q, 3, max_delay_s=0, skip=lambda i: i < 3 or odd(i)) == [4, 6, 8]
+    assert q.qsize() == 1  # 9 was never reached

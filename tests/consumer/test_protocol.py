@@ -178,3 +178,35 @@ def test_dlq_reason_is_cut_at_a_character_boundary() -> None:
     assert len(reason) == p.DLQ_REASON_MAX_BYTES  # 4000 is even: 2000 whole characters
     assert p.truncate_utf8("a" + message, 4000) == ("a" + "é" * 1999).encode()  # 3999 bytes
     assert p.truncate_utf8("€€", 5) == "€".encode()  # 3-byte characters, never half of one
+
+
+def test_conflate_header() -> None:
+    req = p.Request(model="m", correlation_id="c", image=b"x", conflate=True)
+    assert ("conflate", b"latest") in req.headers()
+    assert p.parse_request("m", b"cam", b"x", req.headers()).conflate
+    assert not p.parse_request("m", b"cam", b"x", hdrs(correlation_id="c")).conflate
+    with pytest.raises(InvalidRequest, match="'conflate' must be 'latest'"):
+        p.parse_request("m", b"cam", b"x", hdrs(correlation_id="c", conflate="oldest"))
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_trace_context_round_trips_through_headers() -> None:
+    from opentelemetry import trace
+
+    context = p.trace_context([("correlation-id", b"c"), ("traceparent", TRACEPARENT.encode())])
+    span_context = trace.get_current_span(context).get_span_context()
+    assert span_context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert span_context.is_remote
+    out = p.with_trace([("correlation-id", b"c"), ("traceparent", b"stale")], context)
+    assert out == [("correlation-id", b"c"), ("traceparent", TRACEPARENT.encode())]
+
+
+def test_bad_or_missing_trace_headers_change_nothing() -> None:
+    from opentelemetry import trace
+
+    for headers in ([], [("traceparent", b"garbage")], [("traceparent", b"\xff")]):
+        context = p.trace_context(headers)
+        assert not trace.get_current_span(context).get_span_context().is_valid
+        assert p.with_trace([("a", b"1")], context) == [("a", b"1")]

@@ -1,0 +1,204 @@
+"""Latest frame wins, against a real broker and worker processes.
+
+The backlog is made for real: the worker is frozen (SIGSTOP) while the cameras
+send, so on SIGCONT it fetches every frame at once. It is frozen a little
+longer than a fetch's long poll (500 ms) before anything is sent, so that no
+fetch already waiting at the broker returns the first frames alone.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.local.processes import ConsumerProcess
+from tests.support.models import match_truth
+from tests.support.workers import (
+    create_topic,
+    headers,
+    raw_producer,
+    read_topic,
+    replies_by_id,
+    unique_prefix,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+Truth = dict[str, list[dict[str, Any]]]
+MODEL = "shapes_tf2"
+CAMERAS = ("cam-a", "cam-b", "cam-c")
+PLAIN = "cam-plain"
+FRAMES = 10
+
+
+def start_worker(
+    bootstrap: str, repository: Path, prefix: str, logs: Path, **extra: str
+) -> ConsumerProcess:
+    proc = ConsumerProcess(
+        bootstrap,
+        repository,
+        prefix,
+        logs,
+        extra={"TFSTREAM_MODELS": MODEL, "TFSTREAM_MAX_BATCH": "8", **extra},
+    ).start()
+    proc.wait_ready()
+    return proc
+
+
+async def send_backlog(
+    worker: ConsumerProcess, images: list[tuple[str, bytes]]
+) -> tuple[str, dict[str, str]]:
+    """Freeze the worker, send FRAMES frames of each camera (interleaved), thaw it.
+
+    Returns the reply topic and, per correlation id, the image name sent.
+    """
+    reply_to = f"{worker.prefix}.replies.{uuid.uuid4().hex[:8]}"
+    await create_topic(worker.bootstrap, reply_to)
+    sent: dict[str, str] = {}
+    worker.signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.5)
+        async with raw_producer(worker.bootstrap) as producer:
+            for frame in range(FRAMES):
+                for camera in (*CAMERAS, PLAIN):
+                    name, data = images[frame]
+                    cid = f"{camera}/{frame}"
+                    sent[cid] = name
+                    await producer.send(
+                        f"{worker.prefix}.requests.{MODEL}",
+                        data,
+                        key=camera.encode(),
+                        headers=headers(
+                            correlation_id=cid,
+                            reply_to=reply_to,
+                            conflate=None if camera == PLAIN else "latest",
+                        ),
+                    )
+            await producer.flush()
+    finally:
+        worker.signal(signal.SIGCONT)
+    return reply_to, sent
+
+
+def kind(body: dict[str, Any]) -> str:
+    return "boxes" if body["success"] else body["error"]["code"]
+
+
+def check_kinds(replies: dict[str, list[dict[str, Any]]], sent: dict[str, str], truth: Truth):  # type: ignore[no-untyped-def]
+    """Every id answered, all its answers of one kind, and the kind the one expected."""
+    assert set(replies) == set(sent)
+    kinds = {cid: {kind(body) for body in bodies} for cid, bodies in replies.items()}
+    assert {cid: k for cid, k in kinds.items() if len(k) != 1} == {}
+    expected = {
+        cid: "boxes" if cid.startswith(PLAIN) or cid.endswith(f"/{FRAMES - 1}") else "superseded"
+        for cid in sent
+    }
+    assert {cid: next(iter(k)) for cid, k in kinds.items()} == expected
+    for cid, bodies in replies.items():
+        if expected[cid] == "boxes":
+            for body in bodies:
+                assert match_truth(body["data"]["bounding-boxes"], truth[sent[cid]]) == []
+
+
+def frames(shapes_images: tuple[Path, Truth]) -> list[tuple[str, bytes]]:
+    folder, truth = shapes_images
+    names = [n for n in sorted(truth) if n.endswith(".jpg") and truth[n]][:FRAMES]
+    return [(n, (folder / n).read_bytes()) for n in names]
+
+
+@pytest.mark.asyncio
+async def test_a_backlog_answers_each_cameras_newest_frame_and_supersedes_the_rest(
+    kafka_bootstrap: str,
+    serving_repository: Path,
+    shapes_images: tuple[Path, Truth],
+    tmp_path: Path,
+) -> None:
+    worker = start_worker(kafka_bootstrap, serving_repository, unique_prefix(), tmp_path)
+    try:
+        reply_to, sent = await send_backlog(worker, frames(shapes_images))
+        records = await read_topic(
+            kafka_bootstrap,
+            reply_to,
+            expect=len(sent),
+            until=lambda recs: set(replies_by_id(recs)) == set(sent),
+        )
+        replies = replies_by_id(records)
+        check_kinds(replies, sent, shapes_images[1])
+        for record in records:
+            body = replies_by_id([record])
+            (cid,) = body
+            if kind(body[cid][0]) == "superseded":
+                assert dict(record.headers)["error-code"] == b"superseded"
+        # The superseded frames were never decoded or run: no decode or batch counted
+        # for them. The plain camera's 10 frames and the 3 newest are all that ran.
+        metrics = worker.metrics()
+        decoded = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("tfstream_decode_seconds_count")
+        )
+        assert decoded == FRAMES + len(CAMERAS), metrics
+        # ...and none of them is a dead letter.
+        dlq = await read_topic(kafka_bootstrap, f"{worker.prefix}.dlq", expect=1, timeout_s=3)
+        assert dlq == []
+    finally:
+        worker.stop()
+    assert worker.proc is not None and worker.proc.returncode == 0, worker.log_tail()
+
+
+@pytest.mark.asyncio
+async def test_a_worker_killed_mid_way_and_replaced_loses_nothing_and_never_changes_a_verdict(
+    kafka_bootstrap: str,
+    serving_repository: Path,
+    shapes_images: tuple[Path, Truth],
+    tmp_path: Path,
+) -> None:
+    """The first worker never commits (a huge commit interval), so its replacement
+    reads every frame again: the harshest case for duplicates. Each id may be
+    answered twice, but never once with boxes and once `superseded`."""
+    prefix, group = unique_prefix(), f"g-{uuid.uuid4().hex[:6]}"
+    first = start_worker(
+        kafka_bootstrap,
+        serving_repository,
+        prefix,
+        tmp_path,
+        TFSTREAM_GROUP=group,
+        TFSTREAM_COMMIT_INTERVAL_MS="3600000",
+    )
+    second: ConsumerProcess | None = None
+    try:
+        reply_to, sent = await send_backlog(first, frames(shapes_images))
+        before = await read_topic(kafka_bootstrap, reply_to, expect=1, timeout_s=60)
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+        assert before, first.log_tail()
+        second = start_worker(
+            kafka_bootstrap, serving_repository, prefix, tmp_path, TFSTREAM_GROUP=group
+        )
+        second_id = f"w-{second.name}"
+        records = await read_topic(
+            kafka_bootstrap,
+            reply_to,
+            expect=len(sent),
+            timeout_s=180,
+            until=lambda recs: (
+                {
+                    cid
+                    for cid, bodies in replies_by_id(recs).items()
+                    if any(b["worker"] == second_id for b in bodies)
+                }
+                == set(sent)
+            ),
+        )
+        replies = replies_by_id(records)
+        check_kinds(replies, sent, shapes_images[1])
+        assert any(b["worker"] == f"w-{first.name}" for bs in replies.values() for b in bs)
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
