@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
-
-import numpy as np
 
 from consumer.batching import CLOSED, collect
 from consumer.metrics import WorkerMetrics
@@ -40,9 +39,11 @@ from consumer.protocol import (
 )
 from consumer.registry import ModelRegistry
 from consumer.settings import WorkerSettings
+from engines.decoders import ImageDecoder, select_decoder
 from engines.detector import Detector
 from engines.errors import DeadlineExceeded, InferenceFailed, ReplyUndeliverable, TfstreamError
-from engines.images import decode_image
+from engines.images import Decoded
+from engines.resizer import Resizer
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class _Job:
     record: Record
     request: Request
     detector: Detector
-    decoded: asyncio.Future[tuple[np.ndarray, float]]
+    decoded: asyncio.Future[tuple[Decoded, float]]
     done: asyncio.Future[None]
     arrived: float = field(default_factory=time.perf_counter)
 
@@ -106,6 +107,8 @@ class Pipeline:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._inflight = 0
         self._runner: asyncio.Task[None] | None = None
+        self._decoder: ImageDecoder | None = None
+        self._decoder_lock = threading.Lock()
 
     @property
     def inflight(self) -> int:
@@ -131,19 +134,30 @@ class Pipeline:
         except TfstreamError as exc:
             self._answer_error(record, model, request, exc, done)
             return done
-        decoded = loop.run_in_executor(self._decode_pool, self._decode, request.image)
+        decoded = loop.run_in_executor(
+            self._decode_pool, self._decode, request.image, detector.resizer
+        )
         self._queue.put_nowait(_Job(record, request, detector, decoded, done))
         return done
 
     def _one_less(self, _: asyncio.Future[None]) -> None:
         self._inflight -= 1
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, float]:
+    def _decode(self, data: bytes, resizer: Resizer | None) -> tuple[Decoded, float]:
         started = time.perf_counter()
-        pixels = decode_image(data, self._limits)
+        pixels = self._image_decoder().decode(data, self._limits, resizer)
         seconds = time.perf_counter() - started
         self.metrics.decode_seconds.observe(seconds)
         return pixels, seconds * 1000
+
+    def _image_decoder(self) -> ImageDecoder:
+        """Chosen on first use, once the device models run on is known."""
+        with self._decoder_lock:
+            if self._decoder is None:
+                self._decoder = select_decoder(
+                    self.settings.decode_device, self.registry.placement()
+                )
+            return self._decoder
 
     async def close(self) -> None:
         """Finish everything submitted so far, deliver its answers, then stop."""
@@ -156,10 +170,9 @@ class Pipeline:
         self._infer_pool.shutdown(wait=False)
 
     async def _run(self) -> None:
+        max_batch = self.settings.batch_limit(await asyncio.to_thread(self.registry.placement))
         while True:
-            jobs = await collect(
-                self._queue, self.settings.max_batch, self.settings.max_delay_ms / 1000
-            )
+            jobs = await collect(self._queue, max_batch, self.settings.max_delay_ms / 1000)
             if not jobs:
                 return
             try:
@@ -194,16 +207,18 @@ class Pipeline:
                     job.done,
                 )
             else:
-                groups[(job.request.model, job.decoded.result()[0].shape)].append(job)
+                groups[(job.request.model, tuple(job.decoded.result()[0].pixels.shape))].append(job)
         loop = asyncio.get_running_loop()
         for (model, _), group in groups.items():
-            images = [job.decoded.result()[0] for job in group]
+            decoded = [job.decoded.result()[0] for job in group]
+            images = [d.pixels for d in decoded]
+            sizes = [(d.width, d.height) for d in decoded]
             detector = group[0].detector
             options = [detector.options(j.request.confidence, j.request.predictions) for j in group]
             started = time.perf_counter()
             try:
                 boxes = await loop.run_in_executor(
-                    self._infer_pool, detector.detect, images, options
+                    self._infer_pool, detector.detect, images, options, sizes
                 )
             except TfstreamError as exc:
                 for job in group:
@@ -212,7 +227,7 @@ class Pipeline:
             finished = time.perf_counter()
             self.metrics.batch_size.labels(model).observe(len(group))
             self.metrics.inference_seconds.labels(model).observe(finished - started)
-            for job, image, found in zip(group, images, boxes, strict=True):
+            for job, image, found in zip(group, decoded, boxes, strict=True):
                 self.metrics.queue_seconds.labels(model).observe(started - job.arrived)
                 timing = Timing(
                     queue_ms=(started - job.arrived) * 1000,
@@ -220,7 +235,7 @@ class Pipeline:
                     inference_ms=(finished - started) * 1000,
                     batch_size=len(group),
                 )
-                data = detection_data(found, job.request.image_name, image.shape[1], image.shape[0])
+                data = detection_data(found, job.request.image_name, image.width, image.height)
                 reply = Reply(
                     job.request.correlation_id,
                     model,

@@ -84,7 +84,7 @@ class ModelRegistry:
         spec: ModelSpec | None = None
         try:
             spec = self.repository.spec(name)
-            device = "/SIMULATED:0" if self._simulate_batch_ms else self.device()
+            device = self.placement()
             detector = load_detector(spec, device, simulate_batch_ms=self._simulate_batch_ms)
         except TfstreamError as exc:
             log.error(
@@ -107,6 +107,10 @@ class ModelRegistry:
             },
         )
         return Entry(name, ModelState.READY, spec=spec, detector=detector)
+
+    def placement(self) -> str:
+        """Where models run: the TensorFlow device, or the simulated accelerator."""
+        return "/SIMULATED:0" if self._simulate_batch_ms else self.device()
 
     def device(self) -> str:
         if self._device is None:
