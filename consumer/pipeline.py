@@ -145,10 +145,10 @@ class Pipeline:
 
     def _decode(self, data: bytes, resizer: Resizer | None) -> tuple[Decoded, float]:
         started = time.perf_counter()
-        pixels = self._image_decoder().decode(data, self._limits, resizer)
+        decoded = self._image_decoder().decode(data, self._limits, resizer)
         seconds = time.perf_counter() - started
         self.metrics.decode_seconds.observe(seconds)
-        return pixels, seconds * 1000
+        return decoded, seconds * 1000
 
     def _image_decoder(self) -> ImageDecoder:
         """Chosen on first use, once the device models run on is known."""

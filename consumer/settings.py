@@ -109,7 +109,7 @@ class WorkerSettings(BaseSettings):
     """How long a batch waits for more requests once one is there. 0 never waits: under
     load, batches still fill from what queues up while the engine runs; raise it (a few
     ms) where a bigger batch costs little more than a small one, as on GPUs."""
-    decode_threads: int = Field(default_factory=lambda: usable_cores(), ge=1)
+    decode_threads: int = Field(default_factory=usable_cores, ge=1)
     """Threads decoding images beside the inference thread (default: the CPU cores this
     process may run on)."""
     decode_device: Literal["auto", "cpu", "gpu"] = "auto"

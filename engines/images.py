@@ -103,7 +103,8 @@ def decode_for_model(
                 image.draft(image.mode, (need_h, need_w) if turned else (need_w, need_h))
             image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            # In place: without an orientation to apply, the default returns a full copy.
+            ImageOps.exif_transpose(image, in_place=True)
             if not scaled:
                 shown = image.size
             rgb = _to_rgb(image)
