@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import ceiling
 from bench.cpu import CpuUse, snapshot, usage
 from bench.http_load import drive
 from bench.raw_engine import measure, sample_jpegs
@@ -128,6 +129,8 @@ class Bench:
     targets: list[Target] = field(default_factory=list)
     pids: dict[str, list[int]] = field(default_factory=dict)
     """The processes whose CPU use each row reports, by role."""
+    ceiling_md: str = ""
+    """Section 5, bench/ceiling.py's own markdown (rows and targets)."""
 
     def show(self, row: Row) -> Row:
         self.rows.append(row)
@@ -648,6 +651,10 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[Bench, dict[str, st
             args.simulate_batch_ms,
             broker,
         )
+        bench.ceiling_md = ceiling.markdown(
+            *await ceiling.run_ceiling(bootstrap, broker[0], repository, work, args.seconds),
+            heading="## 5.",
+        )
     finally:
         cluster.stop()
     env["load average at end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -788,7 +795,7 @@ def markdown(bench: Bench, env: dict[str, str], argv: list[str], elapsed_s: floa
         result = "met" if t.met else "**missed**"
         lines.append(f"| {t.name} | {_num(t.measured, 2)}{t.unit} | {required} | {result} |")
     lines.append("")
-    return "\n".join(lines)
+    return "\n".join([*lines, bench.ceiling_md])
 
 
 def main(argv: list[str] | None = None) -> int:
