@@ -1,15 +1,17 @@
-"""From request records to acknowledged replies, whatever the transport.
+"""From a detection request to its answer, whatever carries the request.
 
-`submit` takes a record and returns a future that resolves once the record's
-answer (and, for a failed request, its dead-letter copy) has been acknowledged
-by the outbox. The Kafka worker commits an offset only when that future is
-done; the embedded bridge uses the same pipeline over an in-memory outbox.
+`Pipeline.submit` takes a `Request` and returns a future of its `Answer`: the
+reply, and whether a copy of the request belongs in the dead-letter queue.
+The pipeline knows nothing of topics, offsets or JSON: the Kafka worker maps
+records to requests and answers back to records (`consumer.delivery`), the
+embedded bridge awaits the answer of an HTTP call directly.
 
-Inside: records are checked and their images decoded in a thread pool as soon
-as they arrive, so decoding overlaps inference; one inference thread takes
-batches from the queue (see `batching.collect`), groups them by model and image
-size, and makes one engine call per group. A failed engine call fails every
-request of its group, each with its own error reply.
+Inside: images are decoded in a thread pool as soon as their request arrives,
+so decoding overlaps inference; one inference thread takes batches from the
+queue (`batching.collect`), groups them by model and image size, and makes one
+engine call per group. A failed engine call is tried again when its error says
+it may succeed later (`verdict`), then fails every request of its group, each
+with its own error reply.
 """
 
 from __future__ import annotations
@@ -19,310 +21,281 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from enum import StrEnum
+from typing import Any, NamedTuple, Protocol
 
 from consumer.batching import CLOSED, collect
 from consumer.metrics import WorkerMetrics
-from consumer.protocol import (
-    Headers,
-    Reply,
-    Request,
-    Timing,
-    Topics,
-    detection_data,
-    dlq_headers,
-    parse_request,
-    reply_address,
-)
-from consumer.registry import ModelRegistry
+from consumer.protocol import Reply, Request, Timing, detection_data
 from consumer.settings import WorkerSettings
+from engines.boxes import Box, Options
 from engines.decoders import ImageDecoder, select_decoder
 from engines.detector import Detector
-from engines.errors import DeadlineExceeded, InferenceFailed, ReplyUndeliverable, TfstreamError
-from engines.images import Decoded
-from engines.resizer import Resizer
+from engines.errors import DeadlineExceeded, InferenceFailed, TfstreamError
 
 log = logging.getLogger(__name__)
 
 
+class Verdict(StrEnum):
+    ANSWER = "answer"
+    """Reply and be done: a success, or an expected failure such as an expired deadline."""
+    DEAD_LETTER = "dead_letter"
+    """Reply with the error and keep a copy of the request for an operator."""
+    RETRY = "retry"
+    """Run it again: the error says the same request may succeed."""
+
+
+def verdict(error: TfstreamError | None, retries_left: int = 0) -> Verdict:
+    """What becomes of a request that ended with `error` (None: it succeeded).
+
+    The one place that decides, from the error's own attributes: `retriable`
+    errors that are not the request's fault are tried again while retries are
+    left; then every error with `dead_letter` set is copied to the DLQ.
+    """
+    if error is None:
+        return Verdict.ANSWER
+    if error.retriable and not error.client_error and retries_left > 0:
+        return Verdict.RETRY
+    return Verdict.DEAD_LETTER if error.dead_letter else Verdict.ANSWER
+
+
 @dataclass(frozen=True)
-class Record:
-    """A request record, detached from any Kafka client type."""
+class Answer:
+    """What the transport delivers for one request."""
 
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers = ()
+    reply: Reply
+    dead_letter: bool = False
+    """A copy of the request goes to the dead-letter queue beside the reply."""
+
+    @property
+    def error(self) -> TfstreamError | None:
+        return self.reply.error
 
 
-class Outbox(Protocol):
-    def send(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
-    ) -> Awaitable[None]:
-        """Queue a record; awaiting the result waits until it is acknowledged.
+class Detectors(Protocol):
+    """Where the pipeline finds a model's detector (`consumer.registry.ModelRegistry`)."""
 
-        Transient failures are retried inside. The awaitable raises
-        `ReplyUndeliverable` when the destination cannot take the record (missing
-        topic, refused, too large), and other errors only when the outbox is
-        closing; then the request is not committed.
-        """
+    def detector(self, name: str) -> Detector:
+        """The ready detector; raises the `TfstreamError` that answers the request."""
         ...
 
 
+class Decoded(NamedTuple):
+    pixels: Any
+    """uint8 [h, w, 3]: a numpy array, or a tf.Tensor where decoded on the GPU."""
+    decode_ms: float
+    width: int
+    """The image as sent; `pixels` may be smaller (a JPEG decoded at the model's size)."""
+    height: int
+
+
 @dataclass
-class _Job:
-    record: Record
+class Job:
+    """A request accepted by the pipeline, from its arrival to its answer."""
+
     request: Request
     detector: Detector
-    decoded: asyncio.Future[tuple[Decoded, float]]
-    done: asyncio.Future[None]
-    arrived: float = field(default_factory=time.perf_counter)
+    decoded: asyncio.Future[Decoded]
+    answer: asyncio.Future[Answer]
+    arrived_s: float = field(default_factory=time.perf_counter)
+    """`time.perf_counter()` at `submit`: the start of its queue time."""
 
 
 class Pipeline:
     def __init__(
         self,
-        registry: ModelRegistry,
-        topics: Topics,
-        outbox: Outbox,
+        registry: Detectors,
         settings: WorkerSettings,
         worker_id: str,
         metrics: WorkerMetrics | None = None,
     ) -> None:
         self.registry = registry
-        self.topics = topics
-        self.outbox = outbox
         self.settings = settings
         self.worker_id = worker_id
         self.metrics = metrics or WorkerMetrics()
         self._limits = settings.decode_limits()
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
-        self._deliveries: set[asyncio.Task[None]] = set()
         self._inflight = 0
         self._runner: asyncio.Task[None] | None = None
-        self._decoder: ImageDecoder | None = None
-        self._decoder_lock = threading.Lock()
+        self._decoders: dict[str, ImageDecoder] = {}
+        self._decoders_lock = threading.Lock()
+        self._max_batch = settings.batch_limit("/CPU:0")
 
     @property
     def inflight(self) -> int:
-        """Records submitted whose answer is not yet acknowledged."""
+        """Requests submitted and not yet answered."""
         return self._inflight
 
     def start(self) -> None:
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name="pipeline")
 
-    def submit(self, record: Record) -> asyncio.Future[None]:
+    def submit(self, request: Request) -> asyncio.Future[Answer]:
+        """Accept a request; the future resolves with its answer and never raises."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        answer: asyncio.Future[Answer] = loop.create_future()
         self._inflight += 1
-        done.add_done_callback(self._one_less)
-        model = self.topics.model_of(record.topic)
-        request: Request | None = None
+        answer.add_done_callback(self._one_less)
         try:
-            request = parse_request(model, record.key, record.value, record.headers)
-            detector = self.registry.detector(model)
+            detector = self.registry.detector(request.model)
             if request.expired():
                 raise DeadlineExceeded("the request's deadline passed before it was fetched")
         except TfstreamError as exc:
-            self._answer_error(record, model, request, exc, done)
-            return done
-        decoded = loop.run_in_executor(
-            self._decode_pool, self._decode, request.image, detector.resizer
-        )
-        self._queue.put_nowait(_Job(record, request, detector, decoded, done))
-        return done
+            answer.set_result(self.failed(request.model, request.correlation_id, exc))
+            return answer
+        self._max_batch = self.settings.batch_limit(detector.device)  # one device per process
+        decoded = loop.run_in_executor(self._decode_pool, self.decode, request, detector)
+        self._queue.put_nowait(Job(request, detector, decoded, answer))
+        return answer
 
-    def _one_less(self, _: asyncio.Future[None]) -> None:
+    def _one_less(self, _: asyncio.Future[Answer]) -> None:
         self._inflight -= 1
 
-    def _decode(self, data: bytes, resizer: Resizer | None) -> tuple[Decoded, float]:
-        started = time.perf_counter()
-        decoded = self._image_decoder().decode(data, self._limits, resizer)
-        seconds = time.perf_counter() - started
-        self.metrics.decode_seconds.observe(seconds)
-        return decoded, seconds * 1000
-
-    def _image_decoder(self) -> ImageDecoder:
-        """Chosen on first use, once the device models run on is known."""
-        with self._decoder_lock:
-            if self._decoder is None:
-                self._decoder = select_decoder(
-                    self.settings.decode_device, self.registry.placement()
-                )
-            return self._decoder
-
     async def close(self) -> None:
-        """Finish everything submitted so far, deliver its answers, then stop."""
+        """Answer everything submitted so far, then stop."""
         self._queue.put_nowait(CLOSED)  # type: ignore[arg-type]
         if self._runner is not None:
             await self._runner
-        while self._deliveries:
-            await asyncio.gather(*list(self._deliveries), return_exceptions=True)
         self._decode_pool.shutdown(wait=False)
         self._infer_pool.shutdown(wait=False)
 
+    # -- the steps; each is one method so that a step can be changed alone -------------
+
+    def decode(self, request: Request, detector: Detector) -> Decoded:
+        """Pixels for the request's image; runs in a decode thread.
+
+        Raises:
+            InvalidImage, ImageTooLarge: see `engines.images.decode_for_model`.
+        """
+        started = time.perf_counter()
+        image = self._decoder(detector.device).decode(request.image, self._limits, detector.resizer)
+        seconds = time.perf_counter() - started
+        self.metrics.decode_seconds.observe(seconds)
+        return Decoded(image.pixels, seconds * 1000, image.width, image.height)
+
+    def _decoder(self, device: str) -> ImageDecoder:
+        """CPU, or GPU where models run on one (`--decode-device`); chosen once per device."""
+        with self._decoders_lock:
+            if device not in self._decoders:
+                self._decoders[device] = select_decoder(self.settings.decode_device, device)
+            return self._decoders[device]
+
+    async def next_batch(self) -> list[Job]:
+        """The jobs of the next engine round; [] once the pipeline is closed."""
+        return await collect(self._queue, self._max_batch, self.settings.max_delay_ms / 1000)
+
+    def failed(self, model: str, correlation_id: str | None, error: TfstreamError) -> Answer:
+        """The answer to a request that will not run (or ran and failed). Transports
+        call it too, for what fails before it is a `Request` (a malformed header)."""
+        self.metrics.errors.labels(model, error.code).inc()
+        self.metrics.answered(model)
+        log.log(
+            logging.INFO if error.client_error else logging.WARNING,
+            "request failed",
+            extra={
+                "model": model,
+                "code": error.code,
+                "error": error.message,
+                "correlation_id": correlation_id,
+            },
+        )
+        reply = Reply(correlation_id, model, error=error, worker=self.worker_id)
+        return Answer(reply, dead_letter=verdict(error) is Verdict.DEAD_LETTER)
+
+    # -- the inference loop ---------------------------------------------------------------
+
     async def _run(self) -> None:
-        max_batch = self.settings.batch_limit(await asyncio.to_thread(self.registry.placement))
         while True:
-            jobs = await collect(self._queue, max_batch, self.settings.max_delay_ms / 1000)
+            jobs = await self.next_batch()
             if not jobs:
                 return
             try:
                 await self._run_batch(jobs)
             except Exception as exc:  # never let one batch stop the worker
                 log.exception("batch failed unexpectedly")
+                error = InferenceFailed(f"internal error: {type(exc).__name__}")
                 for job in jobs:
-                    if not job.done.done():
-                        self._answer_error(
-                            job.record,
-                            job.request.model,
-                            job.request,
-                            InferenceFailed(f"internal error: {exc}"),
-                            job.done,
-                        )
+                    self._fail(job, error)
 
-    async def _run_batch(self, jobs: list[_Job]) -> None:
+    async def _run_batch(self, jobs: list[Job]) -> None:
         await asyncio.wait([job.decoded for job in jobs])
-        groups: dict[tuple[str, tuple[int, ...]], list[_Job]] = defaultdict(list)
+        groups: dict[tuple[str, tuple[int, ...]], list[Job]] = defaultdict(list)
         for job in jobs:
             error = job.decoded.exception()
             if error is not None:
                 if not isinstance(error, TfstreamError):
-                    error = InferenceFailed(f"decoding failed: {error}")
-                self._answer_error(job.record, job.request.model, job.request, error, job.done)
+                    error = InferenceFailed(f"decoding failed: {type(error).__name__}: {error}")
+                self._fail(job, error)
             elif job.request.expired():
-                self._answer_error(
-                    job.record,
-                    job.request.model,
-                    job.request,
-                    DeadlineExceeded("the request's deadline passed while it was queued"),
-                    job.done,
-                )
+                late = DeadlineExceeded("the request's deadline passed while it was queued")
+                self._fail(job, late)
             else:
-                groups[(job.request.model, tuple(job.decoded.result()[0].pixels.shape))].append(job)
-        loop = asyncio.get_running_loop()
-        for (model, _), group in groups.items():
-            decoded = [job.decoded.result()[0] for job in group]
-            images = [d.pixels for d in decoded]
-            sizes = [(d.width, d.height) for d in decoded]
-            detector = group[0].detector
-            options = [detector.options(j.request.confidence, j.request.predictions) for j in group]
-            started = time.perf_counter()
+                groups[(job.request.model, tuple(job.decoded.result().pixels.shape))].append(job)
+        for group in groups.values():
+            await self._run_group(group)
+
+    async def _run_group(self, group: list[Job]) -> None:
+        """One engine call for jobs of one model and image size, tried again while
+        its error says so."""
+        model = group[0].request.model
+        detector = group[0].detector
+        images = [job.decoded.result().pixels for job in group]
+        sizes = [(job.decoded.result().width, job.decoded.result().height) for job in group]
+        options = [detector.options(j.request.confidence, j.request.predictions) for j in group]
+        retries_left = self.settings.inference_retries
+        while True:
+            started_s = time.perf_counter()
             try:
-                boxes = await loop.run_in_executor(
-                    self._infer_pool, detector.detect, images, options, sizes
-                )
+                found = await self._infer(detector, images, options, sizes)
+                break
             except TfstreamError as exc:
+                if verdict(exc, retries_left) is Verdict.RETRY:
+                    retries_left -= 1
+                    log.warning(
+                        "engine call failed, trying again",
+                        extra={"model": model, "code": exc.code, "error": exc.message},
+                    )
+                    continue
                 for job in group:
-                    self._answer_error(job.record, model, job.request, exc, job.done)
-                continue
-            finished = time.perf_counter()
-            self.metrics.batch_size.labels(model).observe(len(group))
-            self.metrics.inference_seconds.labels(model).observe(finished - started)
-            for job, image, found in zip(group, decoded, boxes, strict=True):
-                self.metrics.queue_seconds.labels(model).observe(started - job.arrived)
-                timing = Timing(
-                    queue_ms=(started - job.arrived) * 1000,
-                    decode_ms=job.decoded.result()[1],
-                    inference_ms=(finished - started) * 1000,
-                    batch_size=len(group),
-                )
-                data = detection_data(found, job.request.image_name, image.width, image.height)
-                reply = Reply(
-                    job.request.correlation_id,
-                    model,
-                    data=data,
-                    timing=timing,
-                    worker=self.worker_id,
-                )
-                topic = job.request.reply_to or self.topics.results(model)
-                self._deliver(job.done, [self._send_reply(job.record, model, topic, reply)])
-            self.metrics.answered(model, len(group))
-
-    def _answer_error(
-        self,
-        record: Record,
-        model: str,
-        request: Request | None,
-        error: TfstreamError,
-        done: asyncio.Future[None],
-    ) -> None:
-        """Answer a request that will not run, and copy it to the DLQ unless it merely expired."""
-        if request is not None:
-            topic, correlation_id = (
-                request.reply_to or self.topics.results(model),
-                request.correlation_id,
-            )
-        else:
-            topic, correlation_id = reply_address(self.topics, model, record.headers)
-        self.metrics.errors.labels(model, error.code).inc()
-        self.metrics.answered(model)
-        log.info(
-            "request failed",
-            extra={
-                "model": model,
-                "code": error.code,
-                "error": error.message,
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "correlation_id": correlation_id,
-            },
-        )
-        reply = Reply(correlation_id, model, error=error, worker=self.worker_id)
-        sends = [self._send_reply(record, model, topic, reply)]
-        if not isinstance(error, DeadlineExceeded):
-            sends.append(self._dead_letter(record, model, error))
-        self._deliver(done, sends)
-
-    async def _send_reply(self, record: Record, model: str, topic: str, reply: Reply) -> None:
-        """The reply to `topic`; if that topic cannot take it (a client's reply topic
-        deleted while its request waited), to the model's results topic; if that
-        fails too, the request goes to the DLQ with the reason, so it is never
-        lost and never blocks its partition."""
-        problem: ReplyUndeliverable | None = None
-        for destination in dict.fromkeys([topic, self.topics.results(model)]):
-            try:
-                await self.outbox.send(destination, reply.to_json(), record.key, reply.headers())
-            except ReplyUndeliverable as exc:
-                problem = exc
-                log.warning(
-                    "reply undeliverable", extra={"topic": destination, "error": exc.message}
-                )
-                continue
-            return
-        assert problem is not None
-        await self._dead_letter(record, model, problem)
-
-    def _dead_letter(self, record: Record, model: str, error: TfstreamError) -> Awaitable[None]:
-        self.metrics.dlq.labels(model, error.code).inc()
-        headers = dlq_headers(
-            record.headers, error, record.topic, record.partition, record.offset, self.worker_id
-        )
-        return self.outbox.send(self.topics.dlq, record.value, record.key, headers)
-
-    def _deliver(self, done: asyncio.Future[None], acks: Sequence[Awaitable[None]]) -> None:
-        """Resolve `done` once every send is acknowledged, or fail it (then the
-        request stays uncommitted and is read again)."""
-
-        async def settle() -> None:
-            try:
-                await asyncio.gather(*acks)
-            except Exception as exc:
-                if not done.done():
-                    done.set_exception(exc)
+                    self._fail(job, exc)
                 return
-            if not done.done():
-                done.set_result(None)
+        finished_s = time.perf_counter()
+        self.metrics.batch_size.labels(model).observe(len(group))
+        self.metrics.inference_seconds.labels(model).observe(finished_s - started_s)
+        for job, (width, height), boxes in zip(group, sizes, found, strict=True):
+            self.metrics.queue_seconds.labels(model).observe(started_s - job.arrived_s)
+            timing = Timing(
+                queue_ms=(started_s - job.arrived_s) * 1000,
+                decode_ms=job.decoded.result().decode_ms,
+                inference_ms=(finished_s - started_s) * 1000,
+                batch_size=len(group),
+            )
+            data = detection_data(boxes, job.request.image_name, width, height)
+            reply = Reply(
+                job.request.correlation_id, model, data=data, timing=timing, worker=self.worker_id
+            )
+            self._settle(job, Answer(reply))
+        self.metrics.answered(model, len(group))
 
-        task = asyncio.get_running_loop().create_task(settle())
-        self._deliveries.add(task)
-        task.add_done_callback(self._deliveries.discard)
+    async def _infer(
+        self,
+        detector: Detector,
+        images: list[Any],
+        options: Sequence[Options],
+        sizes: Sequence[tuple[int, int]],
+    ) -> list[list[Box]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._infer_pool, detector.detect, images, options, sizes)
+
+    def _fail(self, job: Job, error: TfstreamError) -> None:
+        self._settle(job, self.failed(job.request.model, job.request.correlation_id, error))
+
+    @staticmethod
+    def _settle(job: Job, answer: Answer) -> None:
+        if not job.answer.done():
+            job.answer.set_result(answer)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from engines.boxes import Box
 from engines.errors import InvalidRequest, TfstreamError
 
 PROTOCOL_VERSION = 1
@@ -299,10 +300,15 @@ class Reply:
 
 
 def detection_data(
-    boxes: list[dict[str, Any]], image_name: str | None, width: int, height: int
+    boxes: Sequence[Box], image_name: str | None, width: int, height: int
 ) -> dict[str, Any]:
     """The `data` of a successful reply: the old API's box list plus image facts."""
-    return {"bounding-boxes": boxes, "ImageName": image_name, "width": width, "height": height}
+    return {
+        "bounding-boxes": list(boxes),
+        "ImageName": image_name,
+        "width": width,
+        "height": height,
+    }
 
 
 def dlq_headers(

@@ -13,12 +13,15 @@ import threading
 from dataclasses import dataclass
 
 from consumer.protocol import Announcement, ModelState
-from engines.detector import Detector, load_detector
-from engines.errors import (
-    ModelLoadFailed,
-    ModelUnavailable,
-    TfstreamError,
+from consumer.settings import WorkerSettings
+from engines.detector import (
+    Detector,
+    EngineFactory,
+    configured_engine,
+    engine_factory,
+    load_detector,
 )
+from engines.errors import ModelUnavailable, TfstreamError
 from engines.repository import ModelRepository, ModelSpec, model_hash
 
 log = logging.getLogger(__name__)
@@ -39,16 +42,25 @@ class ModelRegistry:
         repository: ModelRepository,
         served: list[str] | None,
         device: str = "auto",
-        simulate_batch_ms: float = 0,
+        factory: EngineFactory = configured_engine,
     ) -> None:
-        """`served`: the model names to serve, or None for every model of the repository."""
-        self._simulate_batch_ms = simulate_batch_ms
+        """`served`: the model names to serve, or None for every model of the repository;
+        `device` is passed to `factory` as requested ("auto", "cpu", "GPU:1")."""
         self.repository = repository
         self._served = served
-        self._device_request = device
-        self._device: str | None = None
+        self._device = device
+        self._factory = factory
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> ModelRegistry:
+        return cls(
+            ModelRepository(settings.repository),
+            settings.model_names(),
+            settings.device,
+            engine_factory(settings.simulate_batch_ms),
+        )
 
     def served_names(self) -> list[str]:
         return list(self._served) if self._served is not None else self.repository.names()
@@ -84,19 +96,13 @@ class ModelRegistry:
         spec: ModelSpec | None = None
         try:
             spec = self.repository.spec(name)
-            device = self.placement()
-            detector = load_detector(spec, device, simulate_batch_ms=self._simulate_batch_ms)
+            detector = load_detector(spec, self._device, factory=self._factory)
         except TfstreamError as exc:
             log.error(
                 "model failed to load",
                 extra={"model": name, "code": exc.code, "error": exc.message},
             )
             return Entry(name, ModelState.FAILED, spec=spec, error=exc)
-        except Exception as exc:  # a bad device name, an unexpected TensorFlow failure
-            log.exception("model failed to load", extra={"model": name})
-            return Entry(
-                name, ModelState.FAILED, spec=spec, error=ModelLoadFailed(f"{name}: {exc}")
-            )
         log.info(
             "model ready",
             extra={
@@ -107,19 +113,6 @@ class ModelRegistry:
             },
         )
         return Entry(name, ModelState.READY, spec=spec, detector=detector)
-
-    def placement(self) -> str:
-        """Where models run: the TensorFlow device, or the simulated accelerator."""
-        return "/SIMULATED:0" if self._simulate_batch_ms else self.device()
-
-    def device(self) -> str:
-        if self._device is None:
-            from engines import runtime
-
-            self._device = runtime.configure(
-                None if self._device_request == "auto" else self._device_request
-            )
-        return self._device
 
     def detector(self, name: str) -> Detector:
         """The ready detector for `name`.

@@ -109,6 +109,9 @@ class WorkerSettings(BaseSettings):
     """How long a batch waits for more requests once one is there. 0 never waits: under
     load, batches still fill from what queues up while the engine runs; raise it (a few
     ms) where a bigger batch costs little more than a small one, as on GPUs."""
+    inference_retries: int = Field(default=1, ge=0)
+    """How many more times a failed engine call is run when its error is retriable
+    (inference_failed) before its requests are answered with the error."""
     decode_threads: int = Field(default_factory=usable_cores, ge=1)
     """Threads decoding images beside the inference thread (default: the CPU cores this
     process may run on)."""

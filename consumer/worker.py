@@ -7,8 +7,9 @@ Life of a worker:
 2. join the consumer group: on every request topic (`<prefix>.requests.*`)
    when serving every model, so requests for unknown models get an error
    answer too; on the listed models' topics only when given `--models a,b`;
-3. loop: fetch at most `max_inflight` unanswered records, submit each to the
-   pipeline, commit offsets whose answers the broker acknowledged;
+3. loop: fetch at most `max_inflight` unanswered records, hand each to the
+   pipeline through `records.RecordAdapter` (record -> request, answer ->
+   reply and DLQ records), commit offsets whose answers the broker acknowledged;
 4. on revoke: wait for the revoked partitions' work, commit it, forget them;
 5. on SIGTERM: stop fetching, finish and deliver what is in hand, commit,
    withdraw the announcements, leave the group.
@@ -32,7 +33,7 @@ from consumer import kafka_io
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
-from consumer.pipeline import Pipeline, Record
+from consumer.pipeline import Pipeline
 from consumer.protocol import (
     Control,
     ControlCommand,
@@ -41,12 +42,22 @@ from consumer.protocol import (
     Topics,
     announcement_key,
 )
+from consumer.records import Record, RecordAdapter
 from consumer.registry import Entry, ModelRegistry
 from consumer.settings import ConsumerSettings
 from engines.errors import InvalidRequest, ModelLoadFailed, TfstreamError
-from engines.repository import ModelRepository
 
 log = logging.getLogger(__name__)
+
+#: Longest a fetch (or a wait for room to fetch) blocks the loop.
+FETCH_WAIT_MS = 100
+#: How often a revoke checks whether the revoked partitions' work is done.
+REVOKE_POLL_S = 0.02
+#: How often lag and backlog metrics are refreshed.
+LAG_INTERVAL_S = 2.0
+POSITION_TIMEOUT_S = 1.0
+#: A fetch loop that has not turned for this long makes /health/live fail.
+LIVE_STALL_S = 60.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -69,17 +80,12 @@ class Worker:
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = Topics(settings.topic_prefix)
         self.metrics = WorkerMetrics()
-        self.registry = ModelRegistry(
-            ModelRepository(settings.repository),
-            settings.model_names(),
-            settings.device,
-            settings.simulate_batch_ms,
-        )
+        self.registry = ModelRegistry.from_settings(settings)
         self.stopping = asyncio.Event()
         self.offsets = OffsetTracker()
         self._capacity = asyncio.Event()
         self._joined = False
-        self._last_tick = time.monotonic()
+        self._last_tick_s = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- start ------------------------------------------------------------------
@@ -115,10 +121,9 @@ class Worker:
                 raise ModelLoadFailed(
                     f"no model could be loaded ({problems or 'no models in the repository'})"
                 )
-            self.pipeline = Pipeline(
-                self.registry, self.topics, self.outbox, s, self.worker_id, self.metrics
-            )
+            self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics)
             self.pipeline.start()
+            self.adapter = RecordAdapter(self.pipeline, self.topics, self.outbox, self.worker_id)
             self.consumer = kafka_io.consumer(
                 s,
                 "worker",
@@ -174,18 +179,18 @@ class Worker:
     async def _fetch_loop(self) -> None:
         s = self.settings
         while not self.stopping.is_set():
-            self._last_tick = time.monotonic()
-            room = s.max_inflight - self.pipeline.inflight
+            self._last_tick_s = time.monotonic()
+            room = s.max_inflight - self.adapter.inflight
             if room <= 0:
                 self._capacity.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._capacity.wait(), 0.1)
+                    await asyncio.wait_for(self._capacity.wait(), FETCH_WAIT_MS / 1000)
                 continue
-            batches = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            batches = await self.consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=room)
             for tp, records in batches.items():
                 for rec in records:
                     self.offsets.track(tp, rec.offset)
-                    done = self.pipeline.submit(
+                    done = self.adapter.submit(
                         Record(
                             rec.topic,
                             rec.partition,
@@ -198,7 +203,7 @@ class Worker:
                     done.add_done_callback(partial(self._answered, tp, rec.offset))
 
     def _answered(self, tp: TopicPartition, offset: int, done: asyncio.Future[None]) -> None:
-        error = done.exception()
+        error = asyncio.CancelledError() if done.cancelled() else done.exception()
         if error is None:
             self.offsets.finish(tp, offset)
         else:  # never delivered: leave it uncommitted, it will be read again
@@ -232,7 +237,7 @@ class Worker:
         """Before partitions move: finish their work in hand and commit it."""
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         while self.offsets.pending(revoked) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(REVOKE_POLL_S)
         await self._commit(revoked)
         self.offsets.forget(revoked)
         log.info(
@@ -243,9 +248,9 @@ class Worker:
     # -- shutdown -------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        log.info("stopping: finishing the work in hand", extra={"inflight": self.pipeline.inflight})
+        log.info("stopping: finishing the work in hand", extra={"inflight": self.adapter.inflight})
         try:
-            await asyncio.wait_for(self.pipeline.close(), self.settings.shutdown_timeout_s)
+            await asyncio.wait_for(self._finish_in_hand(), self.settings.shutdown_timeout_s)
         except TimeoutError:
             self.outbox.close()
             log.error("shutdown timed out; unanswered requests stay uncommitted")
@@ -258,6 +263,10 @@ class Worker:
         self._joined = False
         await self.consumer.stop()  # leaves the group
         log.info("worker stopped", extra={"worker": self.worker_id})
+
+    async def _finish_in_hand(self) -> None:
+        await self.pipeline.close()
+        await self.adapter.drain()
 
     # -- announcements, control, lag ------------------------------------------------
 
@@ -334,14 +343,16 @@ class Worker:
 
     async def _lag_loop(self) -> None:
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(LAG_INTERVAL_S)
             lag: dict[str, int] = defaultdict(int)
             for tp in self.consumer.assignment():
                 highwater = self.consumer.highwater(tp)
                 if highwater is None:
                     continue
-                with contextlib.suppress(Exception):
-                    position = await asyncio.wait_for(self.consumer.position(tp), 1.0)
+                with contextlib.suppress(KafkaError, TimeoutError):  # a partition moving away
+                    position = await asyncio.wait_for(
+                        self.consumer.position(tp), POSITION_TIMEOUT_S
+                    )
                     lag[self.topics.model_of(tp.topic)] += max(0, highwater - position)
             for model in set(lag) | {e.name for e in self.registry.entries()}:
                 inflight = self.offsets.pending(
@@ -353,7 +364,7 @@ class Worker:
                 )
                 self.metrics.lag.labels(model).set(lag[model])
                 self.metrics.set_backlog(model, lag[model] + inflight)
-            self.metrics.inflight.set(self.pipeline.inflight)
+            self.metrics.inflight.set(self.adapter.inflight)
 
     # -- health -------------------------------------------------------------------------
 
@@ -372,8 +383,8 @@ class Worker:
         return server
 
     def _live(self) -> tuple[bool, dict[str, object]]:
-        stalled_s = time.monotonic() - self._last_tick
-        return stalled_s < 60 or not self._joined, {"loop_stalled_s": round(stalled_s, 1)}
+        stalled_s = time.monotonic() - self._last_tick_s
+        return stalled_s < LIVE_STALL_S or not self._joined, {"loop_stalled_s": round(stalled_s, 1)}
 
     def _ready(self) -> tuple[bool, dict[str, object]]:
         models = {e.name: e.state.value for e in self.registry.entries()}

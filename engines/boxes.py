@@ -9,7 +9,7 @@ width and y against the height (the old code clamped x against the height).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
@@ -44,7 +44,23 @@ class Options:
     """Maximum number of boxes, best first."""
 
 
-Box = dict[str, Any]
+class Coordinates(TypedDict):
+    """Integer pixels of the image as the client sent it."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+class Box(TypedDict):
+    """One detection as the old API's `bounding-boxes` list holds it (the JSON keys are its)."""
+
+    ObjectClassName: str
+    ObjectClassId: int
+    confidence: float
+    """Score in percent, two decimals."""
+    coordinates: Coordinates
 
 
 def to_boxes(

@@ -1,7 +1,8 @@
 """A served model: its spec, its loaded engine, and the old API's answer format.
 
-This is the one entry point the consumer uses: `load_detector` picks the
-engine from `inference_engine_name` and `Detector.detect` turns decoded images
+This is the one entry point the consumer uses: `load_detector` builds the
+engine with an `EngineFactory` (by default the one `inference_engine_name`
+names; `engine_factory` is where a process chooses) and `Detector.detect` turns decoded images
 into box lists. TensorFlow is imported only when a model is actually loaded.
 """
 
@@ -24,22 +25,47 @@ from engines.resizer import Resizer
 _WARMUP_SHAPE = (64, 64, 3)
 
 
+#: Builds a model's engine from its spec and the requested device ("auto", "cpu", "GPU:1").
+EngineFactory = Callable[[ModelSpec, str], Engine]
+
+
+def _tensorflow_device(requested: str) -> str:
+    from engines import runtime
+
+    return runtime.configure(None if requested == "auto" else requested)
+
+
 def _tf2(spec: ModelSpec, device: str) -> Engine:
     from engines.tf2 import TF2Engine
 
-    return TF2Engine(spec, device)
+    return TF2Engine(spec, _tensorflow_device(device))
 
 
 def _tf1(spec: ModelSpec, device: str) -> Engine:
     from engines.tf1 import TF1Engine
 
-    return TF1Engine(spec, device)
+    return TF1Engine(spec, _tensorflow_device(device))
 
 
-ENGINES: dict[EngineName, Callable[[ModelSpec, str], Engine]] = {
+ENGINES: dict[EngineName, EngineFactory] = {
     EngineName.TF2: _tf2,
     EngineName.TF1: _tf1,
 }
+
+
+def configured_engine(spec: ModelSpec, device: str) -> Engine:
+    """The engine the model's config.json names (`inference_engine_name`)."""
+    return ENGINES[spec.engine](spec, device)
+
+
+def engine_factory(simulate_batch_ms: float = 0) -> EngineFactory:
+    """How a process builds its engines: the ones the models name, or, for the
+    scaling benchmarks, the simulated accelerator in place of every model."""
+    if simulate_batch_ms > 0:
+        from engines.simulated import simulated_engines
+
+        return simulated_engines(simulate_batch_ms)
+    return configured_engine
 
 
 @dataclass
@@ -96,24 +122,22 @@ class Detector:
 
 
 def load_detector(
-    spec: ModelSpec, device: str = "/CPU:0", warm_up: bool = True, simulate_batch_ms: float = 0
+    spec: ModelSpec,
+    device: str = "auto",
+    warm_up: bool = True,
+    factory: EngineFactory = configured_engine,
 ) -> Detector:
     """Load the weights and run one warm-up image through them.
 
     The warm-up moves graph tracing and kernel selection off the first request,
     and finds a graph that loads but cannot run before any client does.
-    `simulate_batch_ms` > 0 replaces the weights by `SimulatedEngine` (benchmarks).
 
     Raises:
-        ModelLoadFailed: TensorFlow could not load or run the model.
+        ModelLoadFailed: the engine could not load or run the model.
     """
     started = time.perf_counter()
-    if simulate_batch_ms > 0:
-        from engines.simulated import SimulatedEngine
-
-        return Detector(spec=spec, engine=SimulatedEngine(simulate_batch_ms))
     try:
-        engine = ENGINES[spec.engine](spec, device)
+        engine = factory(spec, device)
         if warm_up:
             engine.infer([np.zeros(_WARMUP_SHAPE, dtype=np.uint8)])
     except ModelLoadFailed:

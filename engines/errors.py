@@ -3,8 +3,9 @@
 Every failure a caller can see is a `TfstreamError` with a stable `code`. The
 code, not the class or the message, is the contract: it crosses Kafka as data
 (`to_dict`/`from_dict`), the bridge turns `http_status` into the HTTP status,
-and the consumer reads `client_error` to decide that a request goes to the
-dead-letter queue instead of being retried.
+and the consumer's `pipeline.verdict` reads `retriable`, `client_error` and
+`dead_letter` to decide whether a failed request is tried again, copied to the
+dead-letter queue, or only answered.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class TfstreamError(Exception):
     retriable: ClassVar[bool] = False
     #: The request itself is at fault: answering it again gives the same error.
     client_error: ClassVar[bool] = False
+    #: A request that ends with this error is copied to the dead-letter queue for an
+    #: operator; off for outcomes that are expected in normal operation.
+    dead_letter: ClassVar[bool] = True
 
     _by_code: ClassVar[dict[str, type[TfstreamError]]] = {}
 
@@ -103,6 +107,7 @@ class DeadlineExceeded(TfstreamError):
     code = "deadline_exceeded"
     http_status = 504
     client_error = True
+    dead_letter = False  # an expired camera frame is expected, not a fault
 
 
 # -- the model or the service is at fault ------------------------------------

@@ -4,25 +4,27 @@ Every engine call takes `batch_ms` whatever its batch size (as a GPU does
 well below saturation) and sleeps instead of computing, so that several
 worker processes on this 2-core machine scale as they would on several GPUs.
 It finds nothing: its answers have no boxes. Never used unless asked for
-with `--simulate-batch-ms`.
+with `--simulate-batch-ms` (see `engines.detector.engine_factory`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from engines.base import Engine
+from engines.repository import ModelSpec
 
 
 class SimulatedEngine(Engine):
     fixed_batch = None
-    device = "/SIMULATED:0"
 
     def __init__(self, batch_ms: float) -> None:
         self.batch_ms = batch_ms
+        self.device = "/SIMULATED:0"
 
     def _call(self, tensor: Any) -> Any:  # pragma: no cover - _run is overridden
         raise NotImplementedError
@@ -36,3 +38,13 @@ class SimulatedEngine(Engine):
             "detection_classes": np.ones((size, 1), np.float32),
             "num_detections": np.zeros((size,), np.float32),
         }
+
+
+def simulated_engines(batch_ms: float) -> Callable[[ModelSpec, str], Engine]:
+    """An `EngineFactory` that gives every model a simulated accelerator; the
+    requested device is ignored (nothing runs on it)."""
+
+    def build(spec: ModelSpec, device: str) -> Engine:
+        return SimulatedEngine(batch_ms)
+
+    return build

@@ -1,86 +1,41 @@
-"""Embedded mode: the worker's pipeline inside the bridge, over an in-memory bus.
+"""Embedded mode: the worker's pipeline inside the bridge, called directly.
 
-Requests go through exactly the code a Kafka worker runs (protocol headers,
-decoding threads, batching, engines, reply encoding); only the outbox differs:
-instead of a producer, replies resolve the waiting HTTP calls directly. This is
-what `make run` serves on a machine with no Kafka.
+An HTTP call becomes a `Request` and awaits the pipeline's `Answer`: exactly
+the decoding threads, batching, engines and error decisions a Kafka worker
+runs, with no topics, offsets or JSON in between. This is what `make run`
+serves on a machine with no Kafka.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
 from typing import Any
 
 from consumer.metrics import WorkerMetrics
-from consumer.pipeline import Pipeline, Record
-from consumer.protocol import (
-    DLQ_REASON_CODE,
-    Headers,
-    ModelState,
-    Reply,
-    Request,
-    Topics,
-    header_map,
-)
+from consumer.pipeline import Answer, Pipeline
+from consumer.protocol import ModelState, Request
 from consumer.registry import ModelRegistry
-from engines.errors import InvalidRequest, RequestTimeout
-from engines.repository import ModelRepository
+from engines.errors import RequestTimeout
 from http_bridge.backends import ModelInfo
 from http_bridge.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
 
-REPLY_TOPIC = "embedded.replies"
-
-
-class MemoryOutbox:
-    """Delivers replies to waiting futures; keeps the last dead letters for inspection."""
-
-    def __init__(self, dlq_topic: str, keep_dead_letters: int = 100) -> None:
-        self.waiting: dict[str, asyncio.Future[Reply]] = {}
-        self.dlq_topic = dlq_topic
-        self.dead_letters: collections.deque[dict[str, str]] = collections.deque(
-            maxlen=keep_dead_letters
-        )
-
-    def send(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
-    ) -> Awaitable[None]:
-        if topic == self.dlq_topic:
-            self.dead_letters.append(header_map(headers))
-            log.warning("dead letter", extra={"code": header_map(headers).get(DLQ_REASON_CODE)})
-        else:
-            try:
-                reply = Reply.from_json(value or b"")
-            except InvalidRequest:
-                reply = None
-            future = self.waiting.pop(reply.correlation_id or "", None) if reply else None
-            if future is not None and not future.done():
-                future.set_result(reply)  # type: ignore[arg-type]
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+#: Dead letters kept for inspection; with no DLQ topic, the log is their record.
+KEEP_DEAD_LETTERS = 100
 
 
 class EmbeddedBackend:
     def __init__(self, settings: BridgeSettings, metrics: WorkerMetrics) -> None:
         self.settings = settings
-        self.repository = ModelRepository(settings.repository)
-        self.registry = ModelRegistry(
-            self.repository, settings.model_names(), settings.device, settings.simulate_batch_ms
-        )
-        self.topics = Topics("embedded")
-        self.outbox = MemoryOutbox(self.topics.dlq)
-        self.pipeline = Pipeline(
-            self.registry, self.topics, self.outbox, settings, "embedded", metrics
-        )
-        self._offsets = itertools.count()
+        self.registry = ModelRegistry.from_settings(settings)
+        self.metrics = metrics
+        self.pipeline = Pipeline(self.registry, settings, "embedded", metrics)
+        self.dead_letters: collections.deque[Answer] = collections.deque(maxlen=KEEP_DEAD_LETTERS)
         self._loaded = False
 
     async def start(self) -> None:
@@ -142,32 +97,29 @@ class EmbeddedBackend:
             model=name,
             correlation_id=uuid.uuid4().hex,
             image=image,
-            reply_to=REPLY_TOPIC,
             confidence=confidence,
             predictions=predictions,
             image_name=image_name,
             deadline_ms=int((time.time() + timeout) * 1000),
         )
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self.outbox.waiting[request.correlation_id] = future
-        record = Record(
-            self.topics.requests(name),
-            0,
-            next(self._offsets),
-            None,
-            image,
-            tuple(request.headers()),
-        )
-        self.pipeline.submit(record)
         try:
-            reply = await asyncio.wait_for(future, timeout)
+            answer = await asyncio.wait_for(asyncio.shield(self.pipeline.submit(request)), timeout)
         except TimeoutError:
             raise RequestTimeout(f"model '{name}' did not answer within {timeout:g}s") from None
-        finally:
-            self.outbox.waiting.pop(request.correlation_id, None)
-        if reply.error is not None:
-            raise reply.error
-        return reply.data or {}
+        if answer.error is not None:
+            if answer.dead_letter:
+                self._dead_letter(name, answer)
+            raise answer.error
+        return answer.reply.data or {}
+
+    def _dead_letter(self, model: str, answer: Answer) -> None:
+        assert answer.error is not None
+        self.dead_letters.append(answer)
+        self.metrics.dlq.labels(model, answer.error.code).inc()
+        log.warning(
+            "dead letter",
+            extra={"model": model, "code": answer.error.code, "error": answer.error.message},
+        )
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         models = {e.name: e.state.value for e in self.registry.entries()}

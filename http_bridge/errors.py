@@ -66,9 +66,10 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    """The details go to the log only: an exception's text can hold paths, hosts or data."""
     log.exception("unexpected error", exc_info=exc)
     return JSONResponse(
-        error_body("internal_error", f"internal error: {type(exc).__name__}: {exc}"),
+        error_body("internal_error", "internal error; the server log has the details"),
         status_code=500,
     )
 

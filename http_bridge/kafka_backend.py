@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import Any
 
-from engines.errors import ServiceUnavailable
+from engines.errors import ServiceUnavailable, TfstreamError
 from http_bridge.backends import ModelInfo
 from http_bridge.settings import BridgeSettings
 from producer_tools.client import DetectClient
@@ -132,6 +132,6 @@ class KafkaBackend:
     def _is_ready(self, name: str) -> bool:
         try:
             self.directory.serving(name)
-        except Exception:
+        except TfstreamError:  # not found, not ready, or failed on every worker
             return False
         return True

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer import kafka_io
@@ -66,6 +66,8 @@ class DetectClient:
         self._delete_reply_topic = delete_reply_topic and reply_topic is None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._started: list[AIOKafkaProducer | AIOKafkaConsumer] = []
+        """The clients `start` got running, for `stop`, which may follow a failed start."""
         self.stats = ClientStats()
 
     async def __aenter__(self) -> DetectClient:
@@ -90,11 +92,13 @@ class DetectClient:
             await kafka_io.ensure_topics(self.settings, [kafka_io.TopicSpec(self.reply_topic, 1)])
             self.producer = kafka_io.producer(self.settings, "client")
             await self.producer.start()
+            self._started.append(self.producer)
             self.consumer = kafka_io.consumer(
                 self.settings, "client", group_id=None, auto_offset_reset="earliest"
             )
             self.consumer.assign([TopicPartition(self.reply_topic, 0)])
             await self.consumer.start()
+            self._started.append(self.consumer)
         except (KafkaError, OSError) as exc:
             raise ServiceUnavailable(
                 f"cannot reach Kafka at {self.settings.bootstrap}: {exc}"
@@ -108,12 +112,11 @@ class DetectClient:
                 await self._reader
         for future in self._pending.values():
             future.cancel()
-        with contextlib.suppress(Exception):
-            await self.consumer.stop()
-        with contextlib.suppress(Exception):
-            await self.producer.stop()
+        while self._started:
+            with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
+                await self._started.pop().stop()
         if self._delete_reply_topic:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(KafkaError, OSError):
                 await kafka_io.delete_topics(self.settings, [self.reply_topic])
 
     async def detect(

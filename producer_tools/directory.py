@@ -71,7 +71,7 @@ class ModelDirectory:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
             await self._consumer.stop()
 
     async def _follow(self) -> None:

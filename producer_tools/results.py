@@ -134,7 +134,7 @@ async def follow(
     try:
         await consumer.start()
     except (KafkaError, OSError) as exc:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
             await consumer.stop()
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
     printed = 0
@@ -172,7 +172,7 @@ async def follow(
                     if settings.count and printed >= settings.count:
                         return printed
     finally:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
             await consumer.stop()
 
 

@@ -127,7 +127,7 @@ async def run_stream(
         metadata = await producer.client.fetch_all_metadata()
     except (KafkaError, OSError) as exc:
         source.close()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
             await producer.stop()
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
     summary = StreamSummary()
@@ -140,13 +140,13 @@ async def run_stream(
             )
         loop = asyncio.get_running_loop()
         frames = frame_stream(source, settings.count, loop=settings.loop or source.live)
-        interval = 1.0 / settings.fps
+        interval_s = 1.0 / settings.fps
         key = settings.camera.encode()
         started = loop.time()
         last_report = started
         index = 0
         while True:
-            due = started + index * interval
+            due = started + index * interval_s
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())
             frame: Frame | None = (
@@ -157,7 +157,7 @@ async def run_stream(
             if frame is None:
                 break
             now = loop.time()
-            if now - due > interval:
+            if now - due > interval_s:
                 summary.late += 1
             sent_ms = int(clock() * 1000)
             request = Request(

@@ -43,6 +43,11 @@ def test_make_run_serves_docs_and_predicts(
                 pass
             assert proc.poll() is None, (tmp_path / "make-run.log").read_text()[-3000:]
             time.sleep(0.5)
+        else:
+            pytest.fail(
+                "make run was not ready within 240 s:\n"
+                + (tmp_path / "make-run.log").read_text()[-3000:]
+            )
         docs = httpx.get(f"http://127.0.0.1:{port}/docs")
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
         assert sorted(p.name for p in models.iterdir()) == [

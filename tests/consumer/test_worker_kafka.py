@@ -11,6 +11,7 @@ import json
 import signal
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.support.workers import (
     read_topic,
     replies_by_id,
     unique_prefix,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -156,7 +158,6 @@ async def test_no_reply_to_answers_on_the_results_topic_with_the_key(
     folder, truth = shapes_images
     name = next(n for n in sorted(truth) if n.endswith(".png") and truth[n])
     results = f"{worker.prefix}.results.shapes_tf1"
-    before = len(await read_topic(worker.bootstrap, results, expect=10**9, timeout_s=2))
     async with raw_producer(worker.bootstrap) as producer:
         await producer.send_and_wait(
             f"{worker.prefix}.requests.shapes_tf1",
@@ -169,12 +170,44 @@ async def test_no_reply_to_answers_on_the_results_topic_with_the_key(
                 ("predictions", b"10"),
             ],
         )
-    records = await read_topic(worker.bootstrap, results, expect=before + 1, timeout_s=60)
-    mine = [r for r in records if header_dict(r).get("correlation-id") == "frame-0001"]
-    assert len(mine) == 1
-    assert mine[0].key == b"camera-7"
-    body = json.loads(mine[0].value)
+
+    def mine(records: list[Any]) -> list[Any]:
+        return [r for r in records if header_dict(r).get("correlation-id") == "frame-0001"]
+
+    records = mine(
+        await read_topic(
+            worker.bootstrap, results, expect=1, timeout_s=60, until=lambda rs: bool(mine(rs))
+        )
+    )
+    assert len(records) == 1
+    assert records[0].key == b"camera-7"
+    body = json.loads(records[0].value)
     assert body["success"] and match_truth(body["data"]["bounding-boxes"], truth[name]) == []
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """One row of the error table: what is sent, and what must come back."""
+
+    correlation_id: str | None
+    model: str
+    """The request topic's model part."""
+    payload: str
+    """'garbage', 'good' (a real image) or 'empty'."""
+    code: str
+    dead_letter: bool
+    headers: dict[str, object] = field(default_factory=dict)
+
+
+BAD_REQUESTS = [
+    BadRequest("corrupt", "shapes_tf2", "garbage", "invalid_image", True),
+    BadRequest("unknown-model", "ghost", "good", "model_not_found", True),
+    BadRequest(None, "shapes_tf2", "good", "invalid_request", True),
+    BadRequest("expired", "shapes_tf2", "good", "deadline_exceeded", False, {"deadline_ms": 1}),
+    BadRequest("bad-header", "shapes_tf2", "good", "invalid_request", True, {"confidence": "lots"}),
+    BadRequest("broken-model", "broken", "good", "model_load_failed", True),
+    BadRequest("empty", "shapes_tf2", "empty", "invalid_image", True),
+]
 
 
 @pytest.mark.asyncio
@@ -182,88 +215,40 @@ async def test_bad_requests_get_their_error_code_and_the_worker_keeps_serving(
     worker: ConsumerProcess, shapes_images: tuple[Path, Truth]
 ) -> None:
     folder, truth = shapes_images
-    good = next(n for n in sorted(truth) if n.endswith(".jpg") and truth[n])
+    good = (folder / next(n for n in sorted(truth) if n.endswith(".jpg") and truth[n])).read_bytes()
+    payloads = {"garbage": b"\xff\xd8\xff garbage, not a jpeg", "good": good, "empty": b""}
     prefix, bootstrap = worker.prefix, worker.bootstrap
     reply_to = f"{prefix}.replies.errors"
     await create_topic(bootstrap, reply_to)
     await create_topic(bootstrap, f"{prefix}.requests.ghost", 1)
-    past = int(time.time() * 1000) - 1000
     async with raw_producer(bootstrap) as producer:
-        sends = [
-            (
-                f"{prefix}.requests.shapes_tf2",
-                b"\xff\xd8\xff garbage, not a jpeg",
-                headers(correlation_id="corrupt", reply_to=reply_to),
-            ),
-            (
-                f"{prefix}.requests.ghost",
-                (folder / good).read_bytes(),
-                headers(correlation_id="unknown-model", reply_to=reply_to),
-            ),
-            (
-                f"{prefix}.requests.shapes_tf2",
-                (folder / good).read_bytes(),
-                headers(reply_to=reply_to),
-            ),
-            (
-                f"{prefix}.requests.shapes_tf2",
-                (folder / good).read_bytes(),
-                headers(correlation_id="expired", reply_to=reply_to, deadline_ms=past),
-            ),
-            (
-                f"{prefix}.requests.shapes_tf2",
-                (folder / good).read_bytes(),
-                headers(correlation_id="bad-header", reply_to=reply_to, confidence="lots"),
-            ),
-            (
-                f"{prefix}.requests.broken",
-                (folder / good).read_bytes(),
-                headers(correlation_id="broken-model", reply_to=reply_to),
-            ),
-            (
-                f"{prefix}.requests.shapes_tf2",
-                b"",
-                headers(correlation_id="empty", reply_to=reply_to),
-            ),
-        ]
-        for topic, value, hdrs in sends:
-            await producer.send_and_wait(topic, value, headers=hdrs)
+        for case in BAD_REQUESTS:
+            await producer.send_and_wait(
+                f"{prefix}.requests.{case.model}",
+                payloads[case.payload],
+                headers=headers(
+                    correlation_id=case.correlation_id, reply_to=reply_to, **case.headers
+                ),
+            )
         # and after all that, a good request is still served
         await producer.send_and_wait(
             f"{prefix}.requests.shapes_tf2",
-            (folder / good).read_bytes(),
+            good,
             headers=headers(correlation_id="still-alive", reply_to=reply_to),
         )
-    expected_ids = {
-        "corrupt",
-        "unknown-model",
-        "None",
-        "expired",
-        "bad-header",
-        "broken-model",
-        "empty",
-        "still-alive",
-    }
+    expected = {str(case.correlation_id): case.code for case in BAD_REQUESTS}
     # At-least-once: a rebalance (the new 'ghost' topic causes one) may repeat an answer,
     # so wait for every id rather than for a number of records.
     records = await read_topic(
         bootstrap,
         reply_to,
-        expect=len(sends) + 1,
+        expect=len(BAD_REQUESTS) + 1,
         timeout_s=90,
-        until=lambda recs: set(replies_by_id(recs)) >= expected_ids,
+        until=lambda recs: set(replies_by_id(recs)) >= {*expected, "still-alive"},
     )
     by_id = replies_by_id(records)
     codes = {cid: bodies[0]["error"]["code"] for cid, bodies in by_id.items() if bodies[0]["error"]}
-    assert codes == {
-        "corrupt": "invalid_image",
-        "unknown-model": "model_not_found",
-        "None": "invalid_request",  # the reply to the request without a correlation id
-        "expired": "deadline_exceeded",
-        "bad-header": "invalid_request",
-        "broken-model": "model_load_failed",
-        "empty": "invalid_image",
-    }
+    assert codes == expected  # None's reply is the one to the request without a correlation id
     assert by_id["still-alive"][0]["success"] is True
     for bodies in by_id.values():
         if bodies[0]["error"]:
@@ -273,14 +258,7 @@ async def test_bad_requests_get_their_error_code_and_the_worker_keeps_serving(
     }
     assert error_headers["corrupt"] == "invalid_image"
 
-    dead = {
-        "corrupt": "invalid_image",
-        "unknown-model": "model_not_found",
-        None: "invalid_request",
-        "bad-header": "invalid_request",
-        "broken-model": "model_load_failed",
-        "empty": "invalid_image",
-    }
+    dead = {case.correlation_id: case.code for case in BAD_REQUESTS if case.dead_letter}
 
     def dlq_reasons(recs: list[Any]) -> dict[str | None, str]:
         return {
@@ -290,14 +268,14 @@ async def test_bad_requests_get_their_error_code_and_the_worker_keeps_serving(
     dlq = await read_topic(
         bootstrap,
         f"{prefix}.dlq",
-        expect=6,
+        expect=len(dead),
         timeout_s=60,
         until=lambda recs: set(dlq_reasons(recs)) >= set(dead),
     )
     assert dlq_reasons(dlq) == dead  # the expired request is not a dead letter
     corrupt = next(r for r in dlq if header_dict(r).get("correlation-id") == "corrupt")
     h = header_dict(corrupt)
-    assert corrupt.value == b"\xff\xd8\xff garbage, not a jpeg"  # the original payload, unchanged
+    assert corrupt.value == payloads["garbage"]  # the original payload, unchanged
     assert (
         h["dlq-source-topic"] == f"{prefix}.requests.shapes_tf2"
         and int(h["dlq-source-offset"]) >= 0
@@ -355,7 +333,7 @@ async def test_metrics_and_health(worker: ConsumerProcess) -> None:
         and body["models"]["broken"] == "failed"
     )
     assert worker.health("/health/live")[0] == 200
-    await asyncio.sleep(2.5)  # one lag update
+    await wait_for(lambda: "tfstream_lag{" in worker.metrics(), timeout_s=30)  # one lag update
     text = worker.metrics()
     for metric in (
         "tfstream_requests_total",

@@ -70,10 +70,17 @@ def test_frozen_graph_layout(tmp_path: Path) -> None:
 def test_hashes_are_deterministic_name_based_uuids(tmp_path: Path) -> None:
     make_model(tmp_path, "m1")
     spec = ModelRepository(tmp_path).spec("m1")
-    assert spec.hash == model_hash("m1")
-    assert str(uuid.UUID(spec.hash)) == spec.hash and uuid.UUID(spec.hash).version == 5
-    assert model_hash("m1") != model_hash("m2")
-    assert spec.label_hashes() == {"Apple": label_hash("m1", "Apple"), "b": label_hash("m1", "b")}
+    # Literal values: clients store these hashes, so a change of namespace or
+    # scheme must break this test, not pass silently.
+    assert spec.hash == model_hash("m1") == "69c76a11-8295-5c47-810d-978894aa8973"
+    assert uuid.UUID(spec.hash).version == 5
+    assert model_hash("m2") == "c1470d1e-df33-5ee5-b9c2-363aee6fc5a9"
+    assert model_hash("shapes_tf2") == "75e33272-c623-58c9-b091-6c4377241b1c"
+    assert spec.label_hashes() == {
+        "Apple": "4e63909a-940f-5394-86bd-32b85d1dc9ee",
+        "b": "b20a04b7-2a1d-52df-9dc4-aece5f692b67",
+    }
+    assert label_hash("shapes_tf2", "green disc") == "30dcb8d7-95ac-58bb-bf91-3079e9c120e4"
     assert len(set(spec.label_hashes().values())) == 2
 
 

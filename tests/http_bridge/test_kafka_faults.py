@@ -123,7 +123,11 @@ def test_no_live_consumer_answers_at_once(
         assert predict(bridge, name, (folder / name).read_bytes()).status_code == 200
         worker.proc.kill()  # type: ignore[union-attr]  # no goodbye: its announcement just ages
         worker.proc.wait()  # type: ignore[union-attr]
-        time.sleep(3.5)
+        # The bridge drops the dead worker's announcement once its 3 s TTL has passed.
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{bridge.url}/health/ready").status_code != 503:
+            assert time.monotonic() < deadline, "the dead worker's announcement never expired"
+            time.sleep(0.2)
         started = time.monotonic()
         r = predict(bridge, name, (folder / name).read_bytes())
         assert time.monotonic() - started < 2.0

@@ -1,0 +1,134 @@
+"""Test doubles for the pipeline's edges: engines that count their calls, a
+detector table, and an outbox whose acknowledgements the test controls.
+No TensorFlow and no broker: these run the real pipeline code in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from consumer.protocol import Headers, Request, header_map
+from engines.base import Engine
+from engines.config import ModelConfig
+from engines.detector import Detector
+from engines.errors import ModelNotFound, ReplyUndeliverable
+from engines.repository import ModelSpec
+
+
+class CountingEngine(Engine):
+    """Finds one 'thing' in the middle of every image; records each call's batch shape.
+
+    `failures` engine calls fail first; `gate`, when given, holds every call until set.
+    """
+
+    fixed_batch = None
+    device = "/FAKE:0"
+
+    def __init__(self, failures: int = 0, gate: threading.Event | None = None) -> None:
+        self.calls: list[tuple[int, ...]] = []
+        self.failures = failures
+        self.gate = gate
+        self.entered = threading.Event()
+
+    def _call(self, tensor: object) -> object:  # pragma: no cover - _run is replaced
+        raise NotImplementedError
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10), "the test never opened the engine's gate"
+        self.calls.append(batch.shape)
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("out of device memory")
+        size = batch.shape[0]
+        return {
+            "detection_boxes": np.tile(np.float32([[[0.25, 0.25, 0.75, 0.75]]]), (size, 1, 1)),
+            "detection_scores": np.full((size, 1), 0.9, np.float32),
+            "detection_classes": np.ones((size, 1), np.float32),
+            "num_detections": np.ones((size,), np.float32),
+        }
+
+
+def fake_spec(name: str) -> ModelSpec:
+    config = ModelConfig(
+        inference_engine_name="tensorflow2_detection",
+        confidence=50,
+        predictions=10,
+        number_of_classes=1,
+        framework="tensorflow",
+        type="detection",
+        network="fake",
+    )
+    return ModelSpec(name, Path(name), config, {1: "thing"}, Path(name))
+
+
+@dataclass
+class Detectors:
+    """The pipeline's view of a registry: name -> detector, unknown names refused."""
+
+    engines: dict[str, CountingEngine]
+
+    def detector(self, name: str) -> Detector:
+        if name not in self.engines:
+            raise ModelNotFound(f"no model '{name}'")
+        return Detector(fake_spec(name), self.engines[name])
+
+
+def jpeg(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def request(model: str, cid: str, image: bytes, **kwargs: object) -> Request:
+    return Request(model=model, correlation_id=cid, image=image, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Sent:
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: dict[str, str]
+    ack: asyncio.Future[None]
+
+
+@dataclass
+class MemoryOutbox:
+    """Keeps every record sent. Topics in `refuse` raise `ReplyUndeliverable`;
+    with `auto_ack` off, the test acknowledges each send itself (`ack`)."""
+
+    refuse: set[str] = field(default_factory=set)
+    auto_ack: bool = True
+    sent: list[Sent] = field(default_factory=list)
+
+    def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+    ) -> Awaitable[None]:
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if topic in self.refuse:
+            ack.set_exception(ReplyUndeliverable(f"topic '{topic}' refused the record"))
+        elif self.auto_ack:
+            ack.set_result(None)
+        self.sent.append(Sent(topic, value, key, header_map(headers), ack))
+        return ack
+
+    def to(self, topic: str) -> list[Sent]:
+        return [s for s in self.sent if s.topic == topic and s.ack.done() and not s.ack.exception()]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for `condition`, checking every few milliseconds; fail at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {timeout_s}s"
+        await asyncio.sleep(0.005)

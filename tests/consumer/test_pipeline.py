@@ -1,0 +1,185 @@
+"""The pipeline on its own: fake engines, no TensorFlow, no broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from consumer.pipeline import Answer, Pipeline, Verdict, verdict
+from consumer.settings import WorkerSettings
+from engines import errors
+from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request
+
+SMALL, LARGE = jpeg(32, 24), jpeg(48, 40)
+
+
+def settings(**overrides: object) -> WorkerSettings:
+    return WorkerSettings(**{"max_batch": 8, "max_delay_ms": 0, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def engines() -> dict[str, CountingEngine]:
+    return {"a": CountingEngine(), "b": CountingEngine()}
+
+
+@contextlib.asynccontextmanager
+async def running(pipeline: Pipeline) -> AsyncIterator[Pipeline]:
+    pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        await asyncio.wait_for(pipeline.close(), 10)
+
+
+async def answers(futures: list[asyncio.Future[Answer]]) -> list[Answer]:
+    return list(await asyncio.wait_for(asyncio.gather(*futures), 10))
+
+
+@pytest.mark.parametrize(
+    ("error", "retries_left", "expected"),
+    [
+        (None, 1, Verdict.ANSWER),
+        (errors.InferenceFailed("x"), 1, Verdict.RETRY),
+        (errors.InferenceFailed("x"), 0, Verdict.DEAD_LETTER),
+        (errors.ModelLoadFailed("x"), 0, Verdict.DEAD_LETTER),
+        (errors.InvalidImage("x"), 1, Verdict.DEAD_LETTER),  # the request's fault: never retried
+        (errors.InvalidRequest("x"), 1, Verdict.DEAD_LETTER),
+        (errors.ModelNotFound("x"), 0, Verdict.DEAD_LETTER),
+        (errors.DeadlineExceeded("x"), 1, Verdict.ANSWER),  # expected, not a fault
+        (errors.ReplyUndeliverable("x"), 1, Verdict.DEAD_LETTER),
+    ],
+)
+def test_the_verdict_comes_from_the_error_s_attributes(
+    error: errors.TfstreamError | None, retries_left: int, expected: Verdict
+) -> None:
+    assert verdict(error, retries_left) is expected
+
+
+@pytest.mark.asyncio
+async def test_queued_requests_share_engine_calls_up_to_max_batch(
+    engines: dict[str, CountingEngine],
+) -> None:
+    async with running(Pipeline(Detectors(engines), settings(max_batch=4), "w")) as pipeline:
+        done = await answers([pipeline.submit(request("a", f"r{i}", SMALL)) for i in range(6)])
+    assert [shape[0] for shape in engines["a"].calls] == [4, 2]
+    assert [a.reply.timing.batch_size for a in done] == [4, 4, 4, 4, 2, 2]
+    assert all(a.reply.success and not a.dead_letter for a in done)
+    box = done[0].reply.data["bounding-boxes"][0]  # type: ignore[index]
+    assert (box["ObjectClassName"], box["coordinates"]) == (
+        "thing",
+        {"left": 8, "top": 6, "right": 24, "bottom": 18},
+    )
+    assert pipeline.inflight == 0
+
+
+@pytest.mark.asyncio
+async def test_a_batch_is_split_by_model_and_image_size(
+    engines: dict[str, CountingEngine],
+) -> None:
+    mixed = [("a", SMALL), ("b", SMALL), ("a", LARGE), ("a", SMALL), ("b", LARGE), ("b", SMALL)]
+    async with running(Pipeline(Detectors(engines), settings(), "w")) as pipeline:
+        done = await answers(
+            [pipeline.submit(request(m, f"r{i}", image)) for i, (m, image) in enumerate(mixed)]
+        )
+    assert sorted(engines["a"].calls) == [(1, 40, 48, 3), (2, 24, 32, 3)]
+    assert sorted(engines["b"].calls) == [(1, 40, 48, 3), (2, 24, 32, 3)]
+    sizes = [(a.reply.model, a.reply.data["width"], a.reply.data["height"]) for a in done]  # type: ignore[index]
+    assert sizes == [
+        ("a", 32, 24),
+        ("b", 32, 24),
+        ("a", 48, 40),
+        ("a", 32, 24),
+        ("b", 48, 40),
+        ("b", 32, 24),
+    ]
+    assert [a.reply.correlation_id for a in done] == [f"r{i}" for i in range(6)]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_engine_call_fails_only_its_group_after_one_retry() -> None:
+    engines = {"a": CountingEngine(failures=99), "b": CountingEngine()}
+    async with running(Pipeline(Detectors(engines), settings(), "w")) as pipeline:
+        done = await answers(
+            [pipeline.submit(request(m, f"{m}{i}", SMALL)) for i in range(2) for m in "ab"]
+        )
+    by_id = {a.reply.correlation_id: a for a in done}
+    assert len(engines["a"].calls) == 2  # the call and its one retry
+    for cid in ("a0", "a1"):
+        assert by_id[cid].error is not None and by_id[cid].error.code == "inference_failed"
+        assert by_id[cid].dead_letter
+    assert by_id["b0"].reply.success and by_id["b1"].reply.success
+
+
+@pytest.mark.asyncio
+async def test_a_retried_engine_call_that_succeeds_answers_normally() -> None:
+    engines = {"a": CountingEngine(failures=1)}
+    async with running(Pipeline(Detectors(engines), settings(), "w")) as pipeline:
+        (done,) = await answers([pipeline.submit(request("a", "r", SMALL))])
+    assert done.reply.success and len(engines["a"].calls) == 2
+
+
+@pytest.mark.asyncio
+async def test_without_retries_the_first_failure_answers() -> None:
+    engines = {"a": CountingEngine(failures=1)}
+    only_once = Pipeline(Detectors(engines), settings(inference_retries=0), "w")
+    async with running(only_once) as pipeline:
+        (done,) = await answers([pipeline.submit(request("a", "r", SMALL))])
+    assert done.error is not None and done.error.code == "inference_failed"
+    assert len(engines["a"].calls) == 1
+
+
+@pytest.mark.asyncio
+async def test_requests_that_cannot_run_are_answered_without_an_engine_call(
+    engines: dict[str, CountingEngine],
+) -> None:
+    past_ms = int(time.time() * 1000) - 1000
+    async with running(Pipeline(Detectors(engines), settings(), "w")) as pipeline:
+        done = await answers(
+            [
+                pipeline.submit(request("ghost", "unknown", SMALL)),
+                pipeline.submit(request("a", "expired", SMALL, deadline_ms=past_ms)),
+                pipeline.submit(request("a", "corrupt", b"\xff\xd8\xff not a jpeg")),
+                pipeline.submit(request("a", "empty", b"")),
+            ]
+        )
+    codes = {a.reply.correlation_id: (a.error.code, a.dead_letter) for a in done if a.error}
+    assert codes == {
+        "unknown": ("model_not_found", True),
+        "expired": ("deadline_exceeded", False),
+        "corrupt": ("invalid_image", True),
+        "empty": ("invalid_image", True),
+    }
+    assert engines["a"].calls == []
+
+
+@pytest.mark.asyncio
+async def test_a_deadline_that_passes_in_the_queue_is_answered_without_running() -> None:
+    gate = threading.Event()
+    engines = {"a": CountingEngine(gate=gate)}
+    async with running(Pipeline(Detectors(engines), settings(max_batch=1), "w")) as pipeline:
+        first = pipeline.submit(request("a", "first", SMALL))
+        assert await asyncio.to_thread(engines["a"].entered.wait, 10)  # the engine is busy
+        deadline_ms = int(time.time() * 1000) + 30
+        late = pipeline.submit(request("a", "late", SMALL, deadline_ms=deadline_ms))
+        while time.time() * 1000 <= deadline_ms:  # let the clock pass the deadline
+            await asyncio.sleep(0.01)
+        gate.set()
+        done = await answers([first, late])
+    assert done[0].reply.success
+    assert done[1].error is not None and done[1].error.code == "deadline_exceeded"
+    assert len(engines["a"].calls) == 1
+
+
+@pytest.mark.asyncio
+async def test_close_answers_everything_submitted(engines: dict[str, CountingEngine]) -> None:
+    pipeline = Pipeline(Detectors(engines), settings(max_batch=2), "w")
+    pipeline.start()
+    futures = [pipeline.submit(request("a", f"r{i}", SMALL)) for i in range(5)]
+    await asyncio.wait_for(pipeline.close(), 10)
+    assert all(f.done() and f.result().reply.success for f in futures)
+    assert [shape[0] for shape in engines["a"].calls] == [2, 2, 1]
