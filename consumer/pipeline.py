@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple, Protocol
-
-import numpy as np
+from typing import Any, NamedTuple, Protocol
 
 from consumer.batching import CLOSED, collect
 from consumer.conflation import Key, LatestWins, conflation_key
@@ -40,9 +39,9 @@ from consumer.protocol import Reply, Request, Timing, detection_data
 from consumer.settings import WorkerSettings
 from consumer.spans import RequestSpans
 from engines.boxes import Box, Options
+from engines.decoders import ImageDecoder, select_decoder
 from engines.detector import Detector
 from engines.errors import DeadlineExceeded, InferenceFailed, Superseded, TfstreamError
-from engines.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +91,12 @@ class Detectors(Protocol):
 
 
 class Decoded(NamedTuple):
-    pixels: np.ndarray
+    pixels: Any
+    """uint8 [h, w, 3]: a numpy array, or a tf.Tensor where decoded on the GPU."""
     decode_ms: float
+    width: int
+    """The image as sent; `pixels` may be smaller (a JPEG decoded at the model's size)."""
+    height: int
     started_s: float = 0.0
     """`time.perf_counter()` when decoding began."""
 
@@ -134,6 +137,9 @@ class Pipeline:
         self._waiting: LatestWins[Job] = LatestWins()
         self._inflight = 0
         self._runner: asyncio.Task[None] | None = None
+        self._decoders: dict[str, ImageDecoder] = {}
+        self._decoders_lock = threading.Lock()
+        self._max_batch = settings.batch_limit("/CPU:0")
 
     @property
     def inflight(self) -> int:
@@ -160,6 +166,7 @@ class Pipeline:
         except TfstreamError as exc:
             answer.set_result(self.failed(request.model, request.correlation_id, exc))
             return answer
+        self._max_batch = self.settings.batch_limit(detector.device)  # one device per process
         group = conflation_key(
             request.model, request.key, request.conflate, self.settings.conflates(request.model)
         )
@@ -210,13 +217,20 @@ class Pipeline:
         """Pixels for the request's image; runs in a decode thread.
 
         Raises:
-            InvalidImage, ImageTooLarge: see `engines.images.decode_image`.
+            InvalidImage, ImageTooLarge: see `engines.images.decode_for_model`.
         """
         started = time.perf_counter()
-        pixels = decode_image(request.image, self._limits)
+        image = self._decoder(detector.device).decode(request.image, self._limits, detector.resizer)
         seconds = time.perf_counter() - started
         self.metrics.decode_seconds.observe(seconds)
-        return Decoded(pixels, seconds * 1000, started)
+        return Decoded(image.pixels, seconds * 1000, image.width, image.height, started)
+
+    def _decoder(self, device: str) -> ImageDecoder:
+        """CPU, or GPU where models run on one (`--decode-device`); chosen once per device."""
+        with self._decoders_lock:
+            if device not in self._decoders:
+                self._decoders[device] = select_decoder(self.settings.decode_device, device)
+            return self._decoders[device]
 
     async def next_batch(self) -> list[Job]:
         """The jobs of the next engine round; [] once the pipeline is closed.
@@ -226,7 +240,7 @@ class Pipeline:
         while True:
             jobs = await collect(
                 self._queue,
-                self.settings.max_batch,
+                self._max_batch,
                 self.settings.max_delay_ms / 1000,
                 skip=lambda job: job.superseded,
             )
@@ -284,7 +298,7 @@ class Pipeline:
                 late = DeadlineExceeded("the request's deadline passed while it was queued")
                 self._fail(job, late)
             else:
-                groups[(job.request.model, job.decoded.result().pixels.shape)].append(job)
+                groups[(job.request.model, tuple(job.decoded.result().pixels.shape))].append(job)
         for group in groups.values():
             await self._run_group(group)
 
@@ -294,12 +308,13 @@ class Pipeline:
         model = group[0].request.model
         detector = group[0].detector
         images = [job.decoded.result().pixels for job in group]
+        sizes = [(job.decoded.result().width, job.decoded.result().height) for job in group]
         options = [detector.options(j.request.confidence, j.request.predictions) for j in group]
         retries_left = self.settings.inference_retries
         while True:
             started_s = time.perf_counter()
             try:
-                found = await self._infer(detector, images, options)
+                found = await self._infer(detector, images, options, sizes)
                 break
             except TfstreamError as exc:
                 if verdict(exc, retries_left) is Verdict.RETRY:
@@ -315,7 +330,7 @@ class Pipeline:
         finished_s = time.perf_counter()
         self.metrics.batch_size.labels(model).observe(len(group))
         self.metrics.inference_seconds.labels(model).observe(finished_s - started_s)
-        for job, image, boxes in zip(group, images, found, strict=True):
+        for job, (width, height), boxes in zip(group, sizes, found, strict=True):
             self.metrics.queue_seconds.labels(model).observe(started_s - job.arrived_s)
             if job.spans is not None:
                 decoded = job.decoded.result()
@@ -330,7 +345,7 @@ class Pipeline:
                 inference_ms=(finished_s - started_s) * 1000,
                 batch_size=len(group),
             )
-            data = detection_data(boxes, job.request.image_name, image.shape[1], image.shape[0])
+            data = detection_data(boxes, job.request.image_name, width, height)
             reply = Reply(
                 job.request.correlation_id, model, data=data, timing=timing, worker=self.worker_id
             )
@@ -338,10 +353,14 @@ class Pipeline:
         self.metrics.answered(model, len(group))
 
     async def _infer(
-        self, detector: Detector, images: list[np.ndarray], options: Sequence[Options]
+        self,
+        detector: Detector,
+        images: list[Any],
+        options: Sequence[Options],
+        sizes: Sequence[tuple[int, int]],
     ) -> list[list[Box]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._infer_pool, detector.detect, images, options)
+        return await loop.run_in_executor(self._infer_pool, detector.detect, images, options, sizes)
 
     def _fail(self, job: Job, error: TfstreamError) -> None:
         self._settle(job, self.failed(job.request.model, job.request.correlation_id, error))

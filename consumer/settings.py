@@ -5,6 +5,7 @@ Command line first, then `TFSTREAM_<OPTION>`, then these defaults.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,25 @@ from pydantic_settings import BaseSettings
 from engines.images import DecodeLimits
 from engines.settings import cli_config
 from engines.tracing import TracingSettings
+
+#: Default batch limit on the CPU: an engine call there costs about its batch size
+#: times one image, so bigger batches only add waiting.
+CPU_MAX_BATCH = 8
+#: Default batch limit on a GPU. A GPU call costs far less than its batch size times
+#: one image (launch and transfer overheads amortise), so batches must be large to
+#: feed it; 32 rather than more so that, with the default `max_inflight` of 64, one
+#: batch can fill while the previous one runs, and the latency a request waits behind
+#: a full batch stays a few milliseconds for a 300x300 detector.
+GPU_MAX_BATCH = 32
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (a container's cpuset,
+    `taskset`), not the machine's count, where the platform has one."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 class KafkaClientSettings(BaseSettings):
@@ -83,8 +103,9 @@ class WorkerSettings(BaseSettings):
     """Models to serve: 'all' or a comma-separated list of names."""
     device: str = "auto"
     """TensorFlow device for every model of this process: auto, cpu, GPU:0..."""
-    max_batch: int = Field(default=8, ge=1)
-    """Largest number of requests in one engine call."""
+    max_batch: int = Field(default=0, ge=0)
+    """Largest number of requests in one engine call; 0 = by device: 8 on the CPU,
+    32 on a GPU."""
     max_delay_ms: float = Field(default=0.0, ge=0)
     """How long a batch waits for more requests once one is there. 0 never waits: under
     load, batches still fill from what queues up while the engine runs; raise it (a few
@@ -92,8 +113,12 @@ class WorkerSettings(BaseSettings):
     inference_retries: int = Field(default=1, ge=0)
     """How many more times a failed engine call is run when its error is retriable
     (inference_failed) before its requests are answered with the error."""
-    decode_threads: int = Field(default=2, ge=1)
-    """Threads decoding images beside the inference thread."""
+    decode_threads: int = Field(default_factory=usable_cores, ge=1)
+    """Threads decoding images beside the inference thread (default: the CPU cores this
+    process may run on)."""
+    decode_device: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where JPEGs decode. auto: on the GPU (nvImageCodec, the `gpu` extra) when models
+    run on a GPU and it can be used there, else on the CPU; cpu; gpu: fail without it."""
     max_image_bytes: int = 10 * 1024 * 1024
     """Largest encoded image accepted (bytes)."""
     max_image_pixels: int = 40_000_000
@@ -108,6 +133,12 @@ class WorkerSettings(BaseSettings):
     simulate_batch_ms: float = Field(default=0, ge=0)
     """Benchmarks only: replace every model by a simulated accelerator whose engine call
     takes this many milliseconds whatever the batch size, and finds nothing. 0 = real models."""
+
+    def batch_limit(self, device: str) -> int:
+        """`max_batch`, or the default for the device models run on."""
+        if self.max_batch:
+            return self.max_batch
+        return GPU_MAX_BATCH if device.upper().startswith("/GPU") else CPU_MAX_BATCH
 
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)

@@ -75,6 +75,11 @@ class Engine(ABC):
         """Stack equal-sized images; pad a fixed batch > 1 with copies (their rows are dropped)."""
         if self.fixed_batch is not None and len(images) < self.fixed_batch:
             images = images + [images[-1]] * (self.fixed_batch - len(images))
+        if not all(isinstance(image, np.ndarray) for image in images):
+            import tensorflow as tf
+
+            # Decoded on the GPU (engines.decoders): stack there, no trip to the host.
+            return tf.stack(images)  # type: ignore[no-any-return]
         if len(images) == 1:
             return images[0][np.newaxis]
         return np.stack(images)
@@ -85,7 +90,7 @@ class Engine(ABC):
             return [[i] for i in range(len(images))]
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, image in enumerate(images):
-            by_shape[image.shape].append(i)
+            by_shape[tuple(image.shape)].append(i)
         size = self.fixed_batch
         calls: list[list[int]] = []
         for indices in by_shape.values():

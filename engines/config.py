@@ -11,7 +11,7 @@ import json
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engines.errors import InvalidModelConfig
 
@@ -37,6 +37,20 @@ class ModelConfig(BaseModel):
     framework: str
     type: str
     network: str
+
+    # --- Decode resolution (issue 12). Kept apart from the output-convention fields. ---
+    input_size: tuple[int, int] | None = None
+    """Optional [height, width] the model's graph resizes every image to (an SSD's
+    300x300). JPEGs are then decoded at the smallest DCT scale still covering it;
+    boxes stay in the original image's pixels. Absent: read from a TF Object
+    Detection API `pipeline.config` beside the export, else full resolution."""
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError("input_size must be [height, width] of positive integers")
+        return value
 
     def public(self) -> dict[str, object]:
         """What `/models/{m}/config` shows: the descriptive fields of the old API."""

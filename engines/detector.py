@@ -19,6 +19,7 @@ from engines.boxes import Box, Options, to_boxes
 from engines.config import EngineName
 from engines.errors import ModelLoadFailed, TfstreamError
 from engines.repository import ModelSpec
+from engines.resizer import Resizer
 
 #: The warm-up image: big enough for any export's resize op, small enough to be instant.
 _WARMUP_SHAPE = (64, 64, 3)
@@ -90,10 +91,21 @@ class Detector:
             predictions=default.predictions if predictions is None else predictions,
         )
 
+    @property
+    def resizer(self) -> Resizer | None:
+        """What the graph resizes images to: decode no larger (see `decode_for_model`)."""
+        return self.spec.resizer
+
     def detect(
-        self, images: Sequence[np.ndarray], options: Sequence[Options] | None = None
+        self,
+        images: Sequence[np.ndarray],
+        options: Sequence[Options] | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[list[Box]]:
         """Boxes for each uint8 [H, W, 3] image, in input order.
+
+        `sizes` are the (width, height) of the images the clients sent, where
+        `images` were decoded smaller (`Decoded`); boxes are in those pixels.
 
         Raises:
             InferenceFailed: the model raised on the batch.
@@ -101,10 +113,11 @@ class Detector:
         if not images:
             return []
         per_image = options or [self.default_options()] * len(images)
+        shown = sizes or [(image.shape[1], image.shape[0]) for image in images]
         raws = self.engine.infer(images)
         return [
-            to_boxes(raw, image.shape[1], image.shape[0], self.spec.labels, opts)
-            for raw, image, opts in zip(raws, images, per_image, strict=True)
+            to_boxes(raw, width, height, self.spec.labels, opts)
+            for raw, (width, height), opts in zip(raws, shown, per_image, strict=True)
         ]
 
 

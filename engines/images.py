@@ -10,14 +10,20 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engines.errors import ImageTooLarge, InvalidImage
+from engines.resizer import Resizer
 
 #: Formats we decode. Others (TIFF, PSD, EPS...) are refused: more attack surface, no user.
 FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF")
+
+_ORIENTATION = 0x0112
+#: EXIF orientations that swap width and height (a 90 or 270 degree turn).
+_TURNED = (5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,25 @@ class DecodeLimits:
     """Largest width x height accepted, checked from the header before decoding."""
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """Pixels to run the model on, and the size the client's image has.
+
+    `pixels` may be smaller than `width` x `height` (a JPEG decoded at a DCT
+    scale); boxes are normalised by the model, so they are mapped back to the
+    original size, never to the decoded one.
+    """
+
+    pixels: Any
+    """uint8 [h, w, 3] RGB, EXIF orientation applied: a numpy array, or a TensorFlow
+    tensor already on the GPU where `engines.decoders` decoded it there."""
+    width: int
+    """Width of the image as displayed (EXIF orientation applied), in pixels."""
+    height: int
+
+
 def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """Decode one image to uint8 [H, W, 3] RGB, EXIF orientation applied.
+    """Decode one image at full resolution to uint8 [H, W, 3] RGB, EXIF orientation applied.
 
     Grey, palette and CMYK images become RGB; transparency is flattened onto
     white, which is what a person sees in a viewer. Animated GIF/WebP give
@@ -38,6 +61,22 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
     Raises:
         InvalidImage: empty, truncated, corrupt or unsupported payload.
         ImageTooLarge: more than `limits.max_bytes` bytes or `limits.max_pixels` pixels.
+    """
+    return decode_for_model(data, limits).pixels
+
+
+def decode_for_model(
+    data: bytes, limits: DecodeLimits = DecodeLimits(), resizer: Resizer | None = None
+) -> Decoded:
+    """Decode one image no larger than the model needs.
+
+    With a `resizer`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4,
+    1/8: libjpeg scales while decoding, which costs a fraction of a full
+    decode) whose size still covers what the graph resizes it to on both
+    sides; other formats, and JPEGs too small to scale, decode at full size.
+
+    Raises:
+        InvalidImage, ImageTooLarge: as `decode_image`.
     """
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
@@ -55,9 +94,19 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
                 raise ImageTooLarge(
                     f"the image has {width}x{height} pixels; the limit is {limits.max_pixels}"
                 )
+            scaled = resizer is not None and image.format == "JPEG"
+            if resizer is not None and scaled:
+                # A JPEG's EXIF precedes its pixels; draft() takes the stored size.
+                turned = image.getexif().get(_ORIENTATION, 1) in _TURNED
+                shown = (height, width) if turned else (width, height)
+                need_w, need_h = resizer.target(*shown)
+                image.draft(image.mode, (need_h, need_w) if turned else (need_w, need_h))
             image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            # In place: without an orientation to apply, the default returns a full copy.
+            ImageOps.exif_transpose(image, in_place=True)
+            if not scaled:
+                shown = image.size
             rgb = _to_rgb(image)
     except (InvalidImage, ImageTooLarge):
         raise
@@ -69,7 +118,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(f"the image is corrupt or truncated: {exc}") from None
-    return np.asarray(rgb, dtype=np.uint8)
+    return Decoded(np.asarray(rgb, dtype=np.uint8), *shown)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -22,6 +22,7 @@ from pathlib import Path
 from engines.config import EngineName, ModelConfig, load_config
 from engines.errors import InvalidModelConfig, ModelNotFound
 from engines.labels import load_label_map
+from engines.resizer import FixedShape, Resizer, read_pipeline_config
 
 #: Fixed namespace of all tfstream hashes. Changing it changes every hash clients hold.
 HASH_NAMESPACE = uuid.UUID("6f0c5a4e-2b1d-5c8e-9a57-3f4be1d0c7a2")
@@ -64,6 +65,8 @@ class ModelSpec:
     labels: dict[int, str]
     weights: Path
     """The SavedModel folder, or the frozen graph file."""
+    resizer: Resizer | None = None
+    """What the graph resizes images to, if known: JPEGs decode no larger than that."""
     hash: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +101,15 @@ def find_weights(folder: Path, engine: EngineName) -> Path:
         f"{folder.name}: weights missing: {engine.value} needs {SAVED_MODEL_FILE} "
         "and variables/ in the model folder or in its saved_model/ sub-folder"
     )
+
+
+def model_resizer(folder: Path, config: ModelConfig) -> Resizer | None:
+    """`input_size` of config.json first, else the export's `pipeline.config`
+    (in the model folder, or in its `saved_model/` parent layout of the Model Zoo)."""
+    if config.input_size is not None:
+        height, width = config.input_size
+        return FixedShape(height=height, width=width)
+    return read_pipeline_config([folder, folder / "saved_model"])
 
 
 class ModelRepository:
@@ -139,7 +151,14 @@ class ModelRepository:
         config = load_config(folder / CONFIG_FILE)
         labels = load_label_map(folder / LABEL_MAP_FILE)
         weights = find_weights(folder, config.inference_engine_name)
-        return ModelSpec(name=name, path=folder, config=config, labels=labels, weights=weights)
+        return ModelSpec(
+            name=name,
+            path=folder,
+            config=config,
+            labels=labels,
+            weights=weights,
+            resizer=model_resizer(folder, config),
+        )
 
     def resolve(self, name_or_hash: str) -> str:
         """Accept a model name or its hash, as the old `/detect` did.

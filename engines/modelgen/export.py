@@ -30,7 +30,7 @@ from tensorflow.python.framework.convert_to_constants import (
 )
 
 from engines.modelgen.shapes import SHAPE_CLASSES, ShapesDetector
-from engines.modelgen.ssd_bench import COCO_LABELS, SsdMobileNetV2Bench
+from engines.modelgen.ssd_bench import COCO_LABELS, INPUT_SIZE, SsdMobileNetV2Bench
 
 ENGINE_TF2 = "tensorflow2_detection"
 ENGINE_TF1 = "tensorflow_detection"
@@ -38,6 +38,11 @@ CONFIG_FILE = "config.json"
 LABEL_MAP_FILE = "object-detection.pbtxt"
 FROZEN_GRAPH_FILE = "frozen_inference_graph.pb"
 SAVED_MODEL_FILE = "saved_model.pb"
+PIPELINE_CONFIG_FILE = "pipeline.config"
+#: [height, width] the shapes models declare. Their graph has no resize (it works at
+#: any size), but its objects stay detectable down to this size, so larger JPEGs
+#: decode at a DCT scale: a 1080p or 4K frame becomes 960x540.
+SHAPES_INPUT_SIZE = (480, 640)
 TF2_INPUT = "input_tensor"
 TF1_INPUT = "image_tensor"
 #: The outputs every export has; detectors may add more (raw_detection_boxes, ...).
@@ -97,8 +102,12 @@ def write_config(
     network: str,
     confidence: int = 60,
     predictions: int = 15,
+    input_size: tuple[int, int] | None = None,
 ) -> Path:
-    """``config.json`` as the old API reads it; confidence is a percentage (0-100)."""
+    """``config.json`` as the old API reads it; confidence is a percentage (0-100).
+
+    `input_size` ([height, width], our addition) lets JPEGs decode at a DCT scale.
+    """
     config = {
         "inference_engine_name": engine,
         "confidence": confidence,
@@ -108,6 +117,8 @@ def write_config(
         "type": "detection",
         "network": network,
     }
+    if input_size is not None:
+        config["input_size"] = list(input_size)
     path = Path(model_dir) / CONFIG_FILE
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return path
@@ -176,18 +187,34 @@ def save_frozen_graph(model_dir: Path, detector: Detector, batch_size: int | Non
     return path
 
 
+def pipeline_config_text(num_classes: int, height: int, width: int) -> str:
+    """The part of an OD API ``pipeline.config`` that says how images are resized,
+    as the Model Zoo ships beside every export (the rest is training settings)."""
+    return (
+        "model {\n  ssd {\n"
+        f"    num_classes: {num_classes}\n"
+        "    image_resizer {\n      fixed_shape_resizer {\n"
+        f"        height: {height}\n        width: {width}\n"
+        "      }\n    }\n  }\n}\n"
+    )
+
+
 def _export(
     model_dir: Path,
     write_weights: Callable[[Path], object],
     engine: str,
     labels: list[LabelMapItem],
     network: str,
+    input_size: tuple[int, int] | None = None,
+    pipeline_config: str | None = None,
 ) -> Path:
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     write_weights(model_dir)
     write_label_map(model_dir, labels)
-    write_config(model_dir, engine, len(labels), network)
+    write_config(model_dir, engine, len(labels), network, input_size=input_size)
+    if pipeline_config is not None:
+        (model_dir / PIPELINE_CONFIG_FILE).write_text(pipeline_config, encoding="utf-8")
     return model_dir
 
 
@@ -199,6 +226,7 @@ def export_shapes_tf2(model_dir: Path, open_batch: bool = False) -> Path:
         ENGINE_TF2,
         shapes_label_map(),
         "shapes",
+        input_size=SHAPES_INPUT_SIZE,
     )
 
 
@@ -210,6 +238,7 @@ def export_shapes_tf1(model_dir: Path) -> Path:
         ENGINE_TF1,
         shapes_label_map(),
         "shapes",
+        input_size=SHAPES_INPUT_SIZE,
     )
 
 
@@ -221,4 +250,5 @@ def export_ssd_mobilenet_v2_bench(model_dir: Path, seed: int = 0) -> Path:
         ENGINE_TF2,
         coco_label_map(),
         "ssd_mobilenet_v2",
+        pipeline_config=pipeline_config_text(len(COCO_LABELS), INPUT_SIZE, INPUT_SIZE),
     )

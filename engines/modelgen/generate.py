@@ -7,6 +7,7 @@ into place only when complete, so an interrupted run never leaves half a model.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -38,7 +39,20 @@ def is_complete(model_dir: Path) -> bool:
         (model_dir / export.CONFIG_FILE).is_file()
         and (model_dir / export.LABEL_MAP_FILE).is_file()
         and has_weights
+        and _declares_input_size(model_dir)
     )
+
+
+def _declares_input_size(model_dir: Path) -> bool:
+    """Every generated model declares its input size; a folder from before they
+    did is regenerated rather than silently decoded at full resolution."""
+    if (model_dir / export.PIPELINE_CONFIG_FILE).is_file():
+        return True
+    try:
+        config = json.loads((model_dir / export.CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "input_size" in config
 
 
 def _remove_stale_temps(out_dir: Path, name: str) -> None:

@@ -104,6 +104,26 @@ async def test_request_in_answer_out_with_every_protocol_field(
 
 
 @pytest.mark.asyncio
+async def test_camera_frames_decode_scaled_and_answer_in_their_own_pixels(
+    worker: ConsumerProcess, tmp_path: Path
+) -> None:
+    from engines.modelgen.images import write_test_images
+
+    truth = write_test_images(
+        tmp_path, count=4, seed=5, formats=("jpg",), sizes=((1920, 1080), (3840, 2160))
+    )
+    items = [(name, (tmp_path / name).read_bytes(), {"image_name": name}) for name in truth]
+    _, replies, _ = await ask(worker.bootstrap, worker.prefix, "shapes_tf1", items)
+    for name in truth:
+        (body,) = replies[name]
+        data = body["data"]
+        with Image.open(tmp_path / name) as original:
+            assert (data["width"], data["height"]) == original.size
+        assert match_truth(data["bounding-boxes"], truth[name]) == [], name
+    assert sum(len(objects) for objects in truth.values()) >= 4
+
+
+@pytest.mark.asyncio
 async def test_burst_of_200_is_batched_and_every_answer_is_for_its_own_image(
     worker: ConsumerProcess, shapes_images: tuple[Path, Truth]
 ) -> None:

@@ -18,9 +18,9 @@ from engines.boxes import Options
 from engines.detector import Detector, load_detector
 from engines.drawing import draw_boxes
 from engines.errors import InvalidModelConfig, ModelLoadFailed, ModelNotFound
-from engines.images import decode_image
+from engines.images import decode_for_model, decode_image
 from engines.repository import ModelRepository
-from tests.support.models import REPO_ROOT, match_truth
+from tests.support.models import REPO_ROOT, iou, match_truth
 
 Truth = dict[str, list[dict[str, Any]]]
 
@@ -262,3 +262,46 @@ def test_validate_refuses_a_path_escape(tmp_path: Path) -> None:
 def test_unknown_model_name(model_repository: Path) -> None:
     with pytest.raises(ModelNotFound):
         ModelRepository(model_repository).spec("no_such_model")
+
+
+@pytest.fixture(scope="module")
+def camera_frames(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Truth]:
+    """Shapes images at camera resolutions: 1080p and 4K JPEGs."""
+    from engines.modelgen.images import write_test_images
+
+    folder = tmp_path_factory.mktemp("camera_frames")
+    truth = write_test_images(
+        folder, count=8, seed=21, formats=("jpg",), sizes=((1920, 1080), (3840, 2160))
+    )
+    return folder, truth
+
+
+@pytest.mark.parametrize("model", ["shapes_tf2", "shapes_tf1"])
+def test_scaled_decoding_gives_the_full_resolution_boxes(
+    detectors: dict[str, Detector], camera_frames: tuple[Path, Truth], model: str
+) -> None:
+    folder, truth = camera_frames
+    detector = detectors[model]
+    assert detector.resizer is not None  # the generated model declares its input size
+    compared = 0
+    for name in sorted(truth):
+        data = (folder / name).read_bytes()
+        full = decode_for_model(data)
+        scaled = decode_for_model(data, resizer=detector.resizer)
+        assert scaled.pixels.shape == (540, 960, 3), name  # 1/2 of 1080p, 1/4 of 4K
+        assert (
+            (scaled.width, scaled.height) == (full.width, full.height) == full.pixels.shape[1::-1]
+        )
+        (reference,) = detector.detect([full.pixels])
+        (boxes,) = detector.detect([scaled.pixels], sizes=[(scaled.width, scaled.height)])
+        assert [b["ObjectClassName"] for b in boxes] == [b["ObjectClassName"] for b in reference], (
+            name
+        )
+        for got, want in zip(boxes, reference, strict=True):
+            a, b = got["coordinates"], want["coordinates"]
+            box_a = [a["left"], a["top"], a["right"], a["bottom"]]
+            box_b = [b["left"], b["top"], b["right"], b["bottom"]]
+            assert iou(box_a, box_b) >= 0.95, (name, got, want)
+        assert match_truth(boxes, truth[name], min_iou=0.9) == [], name
+        compared += len(reference)
+    assert compared >= 8  # enough boxes for the comparison to mean something

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from engines.errors import ImageTooLarge, InvalidImage
-from engines.images import DecodeLimits, decode_image
+from engines.images import DecodeLimits, decode_for_model, decode_image
+from engines.resizer import FixedShape, KeepAspectRatio, Resizer
 
 
 def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -102,3 +103,76 @@ def test_pixel_limit_is_configurable() -> None:
     data = encode(sample(), "PNG")
     with pytest.raises(ImageTooLarge):
         decode_image(data, DecodeLimits(max_pixels=40 * 30 - 1))
+
+
+# --- Decoding at the model's resolution -------------------------------------------------
+
+
+def frame(size: tuple[int, int]) -> Image.Image:
+    """A camera-sized frame: left half blue, right half red, a green square at the top left."""
+    image = sample(size=size)
+    image.paste((10, 200, 10), (0, 0, size[0] // 8, size[1] // 8))
+    return image
+
+
+@pytest.mark.parametrize(
+    ("size", "resizer", "decoded"),
+    [
+        ((1920, 1080), FixedShape(300, 300), (960, 540)),  # 1/2: 1/4 would be 480x270 < 300
+        ((3840, 2160), FixedShape(300, 300), (960, 540)),  # 1/4
+        ((3840, 2160), FixedShape(240, 320), (480, 270)),  # 1/8
+        ((640, 480), FixedShape(300, 300), (640, 480)),  # 1/2 would be 320x240 < 300
+        ((1920, 1080), KeepAspectRatio(600, 1024), (1920, 1080)),  # needs 1024x576
+        ((3840, 2160), KeepAspectRatio(600, 1024), (1920, 1080)),
+    ],
+)
+def test_jpeg_decodes_at_the_smallest_dct_scale_covering_the_model_input(
+    size: tuple[int, int], resizer: Resizer, decoded: tuple[int, int]
+) -> None:
+    data = encode(frame(size), "JPEG", quality=90)
+    result = decode_for_model(data, resizer=resizer)
+    assert (result.width, result.height) == size  # the client's size, for the boxes
+    assert result.pixels.shape == (decoded[1], decoded[0], 3)
+    need_w, need_h = resizer.target(*size)
+    assert decoded[0] >= need_w and decoded[1] >= need_h
+    # The same picture: the green corner and the two halves are where they were.
+    full = decode_image(data)
+    shrunk = np.asarray(Image.fromarray(full).resize(decoded, Image.Resampling.BOX), np.int16)
+    assert np.abs(result.pixels.astype(np.int16) - shrunk).mean() < 6
+
+
+def test_png_and_models_without_a_resizer_decode_at_full_resolution() -> None:
+    png = encode(frame((1920, 1080)), "PNG")
+    assert decode_for_model(png, resizer=FixedShape(300, 300)).pixels.shape == (1080, 1920, 3)
+    jpeg = encode(frame((1920, 1080)), "JPEG")
+    assert decode_for_model(jpeg, resizer=None).pixels.shape == (1080, 1920, 3)
+    assert decode_image(jpeg).shape == (1080, 1920, 3)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_rotation_is_applied_to_scaled_decodes(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(frame((1920, 1080)), "JPEG", exif=exif.tobytes())
+    full = decode_image(data)
+    scaled = decode_for_model(data, resizer=FixedShape(300, 300))
+    turned = orientation in (6, 8)
+    assert (scaled.width, scaled.height) == ((1080, 1920) if turned else (1920, 1080))
+    assert full.shape[:2] == (scaled.height, scaled.width)
+    assert scaled.pixels.shape == ((960, 540, 3) if turned else (540, 960, 3))
+    # Green (the stored top-left corner) is where the full-resolution decode has it.
+    green = full[:, :, 1].astype(int) - full[:, :, 0] > 100
+    rows, cols = np.nonzero(green)
+    centre = (rows.mean() / full.shape[0], cols.mean() / full.shape[1])
+    green_small = scaled.pixels[:, :, 1].astype(int) - scaled.pixels[:, :, 0] > 100
+    rows, cols = np.nonzero(green_small)
+    assert abs(rows.mean() / scaled.pixels.shape[0] - centre[0]) < 0.02
+    assert abs(cols.mean() / scaled.pixels.shape[1] - centre[1]) < 0.02
+
+
+def test_scaled_decode_keeps_the_limits() -> None:
+    data = encode(frame((1920, 1080)), "JPEG")
+    with pytest.raises(ImageTooLarge):
+        decode_for_model(data, DecodeLimits(max_pixels=1920 * 1080 - 1), FixedShape(300, 300))
+    with pytest.raises(InvalidImage):
+        decode_for_model(data[:300], resizer=FixedShape(300, 300))

@@ -116,7 +116,10 @@ def test_model_folder_layout(
         "framework": "tensorflow",
         "type": "detection",
         "network": config["network"],
+        # The input size: the shapes models in config.json, the SSD in its pipeline.config.
+        **({"input_size": [480, 640]} if name.startswith("shapes") else {}),
     }
+    assert (folder / "pipeline.config").is_file() == (name == "ssd_mobilenet_v2_bench")
     labels = _label_map(folder / "object-detection.pbtxt")
     assert [i for i, _, _ in labels] == list(range(1, classes + 1))
     assert (folder / weights).is_file()
