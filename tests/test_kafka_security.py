@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from consumer.settings import KafkaClientSettings
+from deploy import healthcheck
 from deploy.local.kafka import LocalKafkaCluster
 from deploy.local.processes import BridgeProcess, ConsumerProcess
 from deploy.local.security import AclBinding, BrokerSecurity, client_env, parse_acl_commands
@@ -314,6 +315,7 @@ def check_https(bridge: BridgeProcess, image: Path) -> None:
         f"{bridge.url}/metrics", headers={"X-API-Key": API_KEY}, verify=bridge.verify, timeout=10
     )
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
+    assert healthcheck.probe(f"{bridge.url}/health/live")[0]  # the image's HEALTHCHECK
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{bridge.port}/health/live", timeout=10)
     with pytest.raises(httpx.ConnectError):  # a client that does not trust the certificate
