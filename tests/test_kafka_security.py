@@ -31,7 +31,13 @@ from consumer.settings import KafkaClientSettings
 from deploy import healthcheck
 from deploy.local.kafka import LocalKafkaCluster
 from deploy.local.processes import BridgeProcess, ConsumerProcess
-from deploy.local.security import AclBinding, BrokerSecurity, client_env, parse_acl_commands
+from deploy.local.security import (
+    AclBinding,
+    AclError,
+    BrokerSecurity,
+    client_env,
+    parse_acl_commands,
+)
 from engines.errors import NotAuthorized, ServiceUnavailable
 from engines.settings import parse_cli
 from producer_tools.client import DetectClient
@@ -235,6 +241,45 @@ def predict(bridge: BridgeProcess, image: Path, **headers: str) -> httpx.Respons
         timeout=90,
         verify=bridge.verify,
     )
+
+
+# ------------------------------------------------------- without a broker
+
+
+def test_the_password_comes_from_its_file_and_stays_out_of_reprs(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cr3t-from-file\n")
+    settings = KafkaClientSettings(
+        bootstrap="127.0.0.1:1",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="u",
+        sasl_password=SecretStr("s3cr3t-from-env"),
+        sasl_password_file=secret,
+    )
+    assert settings.client_kwargs()["sasl_plain_password"] == "s3cr3t-from-file"
+    shown = repr(settings) + str(settings.model_dump())
+    assert "s3cr3t" not in shown
+
+
+def test_the_documented_acls_parse_and_anything_else_is_refused() -> None:
+    bindings = documented_acls("p", "g")
+    worker = {
+        (b.resource_type, b.resource_name, b.pattern_type, b.operation)
+        for b in bindings
+        if b.principal == "User:tfstream-worker"
+    }
+    assert ("group", "g", "literal", "Read") in worker
+    assert ("topic", "p.requests.", "prefixed", "Read") in worker
+    assert ("topic", "p.requests.", "prefixed", "Write") not in worker  # least privilege
+    camera = [b for b in bindings if b.principal == "User:tfstream-camera"]
+    assert [(b.resource_name, b.operation) for b in camera] == [("p.requests.", "Write")]
+    with pytest.raises(AclError, match="--deny-principal"):
+        parse_acl_commands(
+            "kafka-acls.sh --add --deny-principal User:x --operation Read --topic t", {}
+        )
+    with pytest.raises(AclError, match="unknown operation"):
+        parse_acl_commands("kafka-acls.sh --add --operation Fly --topic t --allow-principal U", {})
 
 
 # ---------------------------------------------------------------------- it works
