@@ -7,7 +7,10 @@ runs, so the broker is launched straight from the jars that
 ``deploy/kafka-local/fetch-jars.sh`` caches outside the repository.
 
 The module only uses the standard library, so it can be imported (and the CLI
-run) without any Kafka client installed.
+run) without any Kafka client installed. ``security=BrokerSecurity(users)``
+starts it the way production clusters run: SASL_SSL (SCRAM-SHA-512) and mTLS
+listeners and the StandardAuthorizer (deploy/local/security.py, which needs
+the ``cryptography`` package for the certificates).
 
 CLI::
 
