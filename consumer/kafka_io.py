@@ -25,7 +25,7 @@ from aiokafka.errors import (
 
 from consumer.protocol import Headers
 from consumer.settings import KafkaClientSettings
-from engines.errors import ReplyUndeliverable
+from engines.errors import NotAuthorized, ReplyUndeliverable
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ async def ensure_topics(
     `replication_factor` 0 means min(3, number of brokers).
 
     Raises:
+        NotAuthorized: the ACLs do not allow creating a missing topic.
         KafkaError: the broker refused for another reason than "already exists".
     """
     admin = AIOKafkaAdminClient(**settings.client_kwargs(), client_id=default_client_id("admin"))
@@ -108,6 +109,8 @@ async def ensure_topics(
         response = await admin.create_topics(wanted)
         for entry in response.topic_errors:
             topic, code = entry[0], entry[1]
+            if code == TopicAuthorizationFailedError.errno:
+                raise NotAuthorized(f"not authorized: Create on topic '{topic}'")
             if code not in (0, _TOPIC_ALREADY_EXISTS):
                 from aiokafka.errors import for_code
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
 from engines.images import DecodeLimits
@@ -55,8 +55,11 @@ class KafkaClientSettings(BaseSettings):
     """SASL mechanism, with a SASL_* security protocol."""
     sasl_username: str = ""
     """SASL user name."""
-    sasl_password: str = ""
-    """SASL password."""
+    sasl_password: SecretStr = SecretStr("")
+    """SASL password (prefer --sasl-password-file or the environment: a command line is
+    visible to every user of the machine). Never logged."""
+    sasl_password_file: Path | None = None
+    """File holding the SASL password (a mounted secret); wins over --sasl-password."""
     ssl_cafile: Path | None = None
     """CA bundle that signed the brokers' certificates."""
     ssl_certfile: Path | None = None
@@ -78,7 +81,7 @@ class KafkaClientSettings(BaseSettings):
             kwargs.update(
                 sasl_mechanism=self.sasl_mechanism,
                 sasl_plain_username=self.sasl_username or None,
-                sasl_plain_password=self.sasl_password or None,
+                sasl_plain_password=self.password() or None,
             )
         if self.security_protocol.endswith("SSL"):
             from aiokafka.helpers import create_ssl_context
@@ -89,6 +92,13 @@ class KafkaClientSettings(BaseSettings):
                 keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
             )
         return kwargs
+
+    def password(self) -> str:
+        """The SASL password, read from its file at each connection set-up, so a
+        rotated secret is picked up by the next process start without a new image."""
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().strip()
+        return self.sasl_password.get_secret_value()
 
 
 class WorkerSettings(BaseSettings):

@@ -30,6 +30,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer import kafka_io
+from consumer.access import check_access, explain
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
@@ -94,17 +95,21 @@ class Worker:
         """Serve until `stopping` is set, then shut down cleanly."""
         s = self.settings
         served = self.registry.served_names()
-        await kafka_io.ensure_topics(
-            s,
-            [
-                kafka_io.TopicSpec(self.topics.dlq, s.partitions),
-                kafka_io.TopicSpec(self.topics.models, 1, compacted=True),
-                kafka_io.TopicSpec(self.topics.control, 1),
-            ]
-            + [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in served]
-            + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in served],
-            s.replication_factor,
-        )
+        try:
+            await kafka_io.ensure_topics(
+                s,
+                [
+                    kafka_io.TopicSpec(self.topics.dlq, s.partitions),
+                    kafka_io.TopicSpec(self.topics.models, 1, compacted=True),
+                    kafka_io.TopicSpec(self.topics.control, 1),
+                ]
+                + [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in served]
+                + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in served],
+                s.replication_factor,
+            )
+        except KafkaError as exc:  # wrong password, untrusted broker...: say which
+            raise await explain(exc, s) from exc
+        await self._check_access(served)
         self.producer = kafka_io.producer(s, "worker", s.linger_ms)
         await self.producer.start()
         self.outbox = kafka_io.KafkaOutbox(self.producer)
@@ -169,6 +174,22 @@ class Worker:
             if health is not None:
                 health.stop()
             await self.producer.stop()
+
+    async def _check_access(self, served: list[str]) -> None:
+        """Refuse to start, naming every missing ACL, rather than fail record by record.
+
+        Replies go to clients' `<prefix>.replies.*` topics, which come and go: Write
+        there cannot be checked ahead; a refused reply goes to the results topic.
+        """
+        needs: dict[str, list[str]] = {
+            self.topics.dlq: ["Write"],
+            self.topics.models: ["Write"],
+            self.topics.control: ["Read"],
+        }
+        for model in served:
+            needs[self.topics.requests(model)] = ["Read"]
+            needs[self.topics.results(model)] = ["Write"]
+        await check_access(self.settings, needs, self.settings.group)
 
     def _device_name(self) -> str:
         devices = {e.detector.device for e in self.registry.entries() if e.detector}

@@ -12,7 +12,7 @@ What is probed:
      `--metrics-port` / `TFSTREAM_METRICS_PORT` (default 9400); port 0 turns
      the endpoint off, so there is nothing to probe;
    - `tfstream-bridge` (or `python -m http_bridge`): /health/live on `--port` /
-     `TFSTREAM_PORT` (default 4343);
+     `TFSTREAM_PORT` (default 4343), over HTTPS with `--https-certfile`;
 3. any other command (`tfstream-models generate`, a shell...) has no endpoint:
    healthy.
 
@@ -23,6 +23,7 @@ is still loading its models, or waiting for its partitions, must not be killed.
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -43,11 +44,13 @@ class Server:
     port_option: str
     host_option: str
     default_port: int
+    tls_option: str = ""
+    """Set, it makes the server speak HTTPS (the bridge's --https-certfile)."""
 
 
 SERVERS = (
     Server("tfstream-consumer", "consumer", "metrics-port", "metrics-host", 9400),
-    Server("tfstream-bridge", "http_bridge", "port", "host", 4343),
+    Server("tfstream-bridge", "http_bridge", "port", "host", 4343, "https-certfile"),
 )
 
 
@@ -101,7 +104,8 @@ def target_url(cmdline: Sequence[str], environ: Mapping[str, str]) -> str | None
         host = "127.0.0.1"
     elif ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}{HEALTH_PATH}"
+    scheme = "https" if server.tls_option and _setting(args, environ, server.tls_option) else "http"
+    return f"{scheme}://{host}:{port}{HEALTH_PATH}"
 
 
 def _processes(proc: Path) -> list[tuple[list[str], dict[str, str]]]:
@@ -143,7 +147,10 @@ def find_url(environ: Mapping[str, str], proc: Path = Path("/proc")) -> str | No
 
 def probe(url: str, timeout_s: float = TIMEOUT_S) -> tuple[bool, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        # Liveness of our own process on 127.0.0.1: its certificate names the public
+        # host, so it is not verified here.
+        context = ssl._create_unverified_context() if url.startswith("https:") else None
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             return 200 <= response.status < 300, f"{url}: {response.status}"
     except urllib.error.HTTPError as exc:
         exc.close()

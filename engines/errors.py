@@ -182,6 +182,16 @@ class ReplyUndeliverable(TfstreamError):
     http_status = 502
 
 
+class NotAuthorized(TfstreamError):
+    """Kafka refused this process's credentials, or an operation on a resource its
+    ACLs do not allow (e.g. Write on `<prefix>.requests.<model>`). The message names
+    the operation and the resource; retrying with the same credentials cannot help."""
+
+    code = "not_authorized"
+    http_status = 403
+    client_error = True
+
+
 class Unauthorized(TfstreamError):
     code = "unauthorized"
     http_status = 401

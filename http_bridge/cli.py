@@ -16,6 +16,9 @@ log = logging.getLogger("http_bridge")
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_cli(BridgeSettings, argv)
+    if bool(settings.https_certfile) != bool(settings.https_keyfile):
+        print("error: --https-certfile and --https-keyfile go together", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     configure_tracing(settings, "tfstream-bridge")
     import uvicorn
@@ -28,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else f"embedded, models from {settings.repository}"
     )
     log.info(
-        "tfstream-bridge on http://%s:%d (%s); API docs at /docs",
+        "tfstream-bridge on %s://%s:%d (%s); API docs at /docs",
+        settings.scheme,
         settings.host,
         settings.port,
         mode,
@@ -39,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=settings.port,
         log_config=None,  # keep our logging set-up
         timeout_graceful_shutdown=max(5, int(settings.request_timeout_s)),
+        ssl_certfile=settings.https_certfile,
+        ssl_keyfile=settings.https_keyfile,
     )
     return 0
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import Any
 
-from engines.errors import ServiceUnavailable, TfstreamError
+from engines.errors import NotAuthorized, ServiceUnavailable, TfstreamError
 from http_bridge.backends import ModelInfo
 from http_bridge.settings import BridgeSettings
 from producer_tools.client import DetectClient
@@ -31,6 +31,7 @@ class KafkaBackend:
         self.directory = ModelDirectory(settings)
         self._started = asyncio.Event()
         self._starter: asyncio.Task[None] | None = None
+        self._refused: NotAuthorized | None = None
 
     async def start(self) -> None:
         """Connect now if the broker is there, else keep trying in the background."""
@@ -44,23 +45,31 @@ class KafkaBackend:
             try:
                 await self.client.start()
                 await self.directory.start()
+            except NotAuthorized as exc:
+                # The bridge's own credentials: 503 for every call (not 403, which says
+                # "this model is closed to the bridge"); retried, as ACLs can be granted live.
+                self._refused = exc
+                log.error("Kafka refused the bridge; retrying", extra={"error": exc.message})
             except ServiceUnavailable as exc:
                 log.warning("Kafka not reachable yet; retrying", extra={"error": exc.message})
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 10)
-                continue
-            self._started.set()
-            log.info(
-                "connected to Kafka",
-                extra={
-                    "bootstrap": self.settings.bootstrap,
-                    "reply_topic": self.client.reply_topic,
-                },
-            )
-            return
+            else:
+                self._refused = None
+                self._started.set()
+                log.info(
+                    "connected to Kafka",
+                    extra={
+                        "bootstrap": self.settings.bootstrap,
+                        "reply_topic": self.client.reply_topic,
+                    },
+                )
+                return
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 10)
 
     def _require_started(self) -> None:
         if not self._started.is_set():
+            if self._refused is not None:
+                raise ServiceUnavailable(f"Kafka refused the bridge: {self._refused.message}")
             raise ServiceUnavailable(f"Kafka at {self.settings.bootstrap} is not reachable yet")
 
     async def stop(self) -> None:
@@ -120,7 +129,8 @@ class KafkaBackend:
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         if not self._started.is_set():
-            return False, {"mode": "kafka", "broker": "unreachable"}
+            broker = "not_authorized" if self._refused is not None else "unreachable"
+            return False, {"mode": "kafka", "broker": broker}
         reachable = await self.client.reachable()
         served = [n for n in self.directory.names() if self._is_ready(n)]
         return reachable and bool(served), {

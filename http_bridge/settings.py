@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -32,12 +33,21 @@ class BridgeSettings(WorkerSettings, KafkaClientSettings, TracingSettings):
     api_key: str = ""
     """If set, every call except /docs, /openapi.json and /health/* needs this key in
     the X-API-Key header (or Authorization: Bearer)."""
+    https_certfile: Path | None = None
+    """Serve HTTPS with this PEM certificate (chain); needs --https-keyfile. (--ssl-certfile
+    is the client certificate for Kafka's mutual TLS.)"""
+    https_keyfile: Path | None = None
+    """Private key of --https-certfile."""
     cors_origins: str = ""
     """Comma-separated origins allowed by CORS ('*' for any); empty turns CORS off."""
     log_level: str = "INFO"
     """DEBUG, INFO, WARNING or ERROR."""
     log_format: Literal["json", "text"] = "text"
     """Structured JSON lines, or plain text for a terminal."""
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.https_certfile else "http"
 
     @property
     def embedded(self) -> bool:

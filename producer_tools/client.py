@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from opentelemetry.trace import SpanKind
 
 from consumer import kafka_io
+from consumer.access import as_not_authorized, explain
 from consumer.protocol import Control, ControlCommand, Reply, Request, Topics, with_trace
 from consumer.settings import KafkaClientSettings
 from engines.errors import InvalidRequest, RequestTimeout, ServiceUnavailable
@@ -88,6 +89,7 @@ class DetectClient:
         """Create the reply topic and start reading it before any request is sent.
 
         Raises:
+            NotAuthorized: Kafka refused the credentials, or Create/Read on the reply topic.
             ServiceUnavailable: the broker cannot be reached.
         """
         try:
@@ -102,9 +104,7 @@ class DetectClient:
             await self.consumer.start()
             self._started.append(self.consumer)
         except (KafkaError, OSError) as exc:
-            raise ServiceUnavailable(
-                f"cannot reach Kafka at {self.settings.bootstrap}: {exc}"
-            ) from exc
+            raise await explain(exc, self.settings) from exc
         self._reader = asyncio.create_task(self._read_replies(), name="replies")
 
     async def stop(self) -> None:
@@ -139,6 +139,7 @@ class DetectClient:
 
         Raises:
             RequestTimeout: no answer in `timeout_s`.
+            NotAuthorized: this client may not write to the model's request topic.
             ServiceUnavailable: the request could not be handed to the broker.
         """
         timeout = self.timeout_s if timeout_s is None else timeout_s
@@ -248,7 +249,10 @@ class DetectClient:
                 self.send_timeout_s,
             )
         except (KafkaError, TimeoutError) as exc:
-            raise ServiceUnavailable(f"cannot hand the request to Kafka: {exc!r}") from exc
+            attempted = f"Write on topic '{topic}'"
+            raise as_not_authorized(exc, self.settings, attempted) or ServiceUnavailable(
+                f"cannot hand the request to Kafka: {exc!r}"
+            ) from exc
 
     async def reachable(self, timeout_s: float = 2.0) -> bool:
         """Whether the brokers answer a metadata request now."""

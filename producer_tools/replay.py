@@ -31,6 +31,7 @@ from typing import Literal, TextIO
 
 from pydantic import Field, model_validator
 
+from consumer.access import check_access
 from consumer.protocol import Timing
 from consumer.settings import KafkaClientSettings
 from engines.errors import ModelNotFound, RequestTimeout, TfstreamError
@@ -180,6 +181,7 @@ async def run_replay(
     Raises:
         SourceError: the source cannot be read.
         ModelNotFound: no worker ever created the model's request topic.
+        NotAuthorized: Kafka refused the credentials, or Write on the request topic.
         ServiceUnavailable: the broker cannot be reached.
     """
     source = open_source(settings.source)
@@ -188,6 +190,7 @@ async def run_replay(
     if own:
         await client.start()
     try:
+        await check_access(settings, {client.topics.requests(settings.model): ["Write"]})
         await check_topic(client, settings.model)
         if settings.warmup:
             warm = [(f.name, f.data) for f in frame_stream(source, settings.warmup)]

@@ -28,9 +28,10 @@ from aiokafka.errors import KafkaError
 from pydantic import Field
 
 from consumer import kafka_io
+from consumer.access import explain
 from consumer.protocol import Reply, Topics
 from consumer.settings import KafkaClientSettings
-from engines.errors import InvalidRequest, ServiceUnavailable, TfstreamError
+from engines.errors import InvalidRequest, TfstreamError
 from engines.settings import cli_config, parse_cli
 from producer_tools.stream import parse_correlation_id
 
@@ -122,6 +123,7 @@ async def follow(
     missed even without --from-beginning). Returns the number of lines printed.
 
     Raises:
+        NotAuthorized: Kafka refused the credentials.
         ServiceUnavailable: the broker cannot be reached.
     """
     topic = Topics(settings.topic_prefix).results(settings.model)
@@ -136,7 +138,7 @@ async def follow(
     except (KafkaError, OSError) as exc:
         with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
             await consumer.stop()
-        raise ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+        raise await explain(exc, settings) from exc
     printed = 0
     try:
         # Without a group, aiokafka assigns every partition of a subscribed topic to us,

@@ -30,9 +30,10 @@ from aiokafka.errors import KafkaError
 from pydantic import Field
 
 from consumer import kafka_io
+from consumer.access import check_access, explain
 from consumer.protocol import Request, Topics
 from consumer.settings import KafkaClientSettings
-from engines.errors import ModelNotFound, ServiceUnavailable, TfstreamError
+from engines.errors import ModelNotFound, TfstreamError
 from engines.settings import cli_config, parse_cli
 from producer_tools.sources import Frame, frame_stream, open_source
 
@@ -117,19 +118,23 @@ async def run_stream(
     Raises:
         SourceError: the source cannot be read.
         ModelNotFound: no worker ever created the model's request topic.
+        NotAuthorized: Kafka refused the credentials, or Write on the request topic.
         ServiceUnavailable: the broker cannot be reached.
     """
     source = open_source(settings.source, settings.jpeg_quality)
     topic = Topics(settings.topic_prefix).requests(settings.model)
     producer = kafka_io.producer(settings, "stream")
     try:
+        await check_access(settings, {topic: ["Write"]})
         await producer.start()
         metadata = await producer.client.fetch_all_metadata()
-    except (KafkaError, OSError) as exc:
+    except (KafkaError, OSError, TfstreamError) as exc:
         source.close()
         with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
             await producer.stop()
-        raise ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+        if isinstance(exc, TfstreamError):
+            raise
+        raise await explain(exc, settings) from exc
     summary = StreamSummary()
     acks: set[asyncio.Future[object]] = set()
     try:

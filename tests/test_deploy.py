@@ -511,6 +511,16 @@ def test_bridge_serves_the_probe_paths() -> None:
             "http://127.0.0.1:8080/health/live",
         ),
         (["tfstream-bridge"], {"TFSTREAM_PORT": "5000"}, "http://127.0.0.1:5000/health/live"),
+        (
+            ["tfstream-bridge", "--https-certfile", "/tls/tls.crt", "--https-keyfile", "/tls/k"],
+            {},
+            "https://127.0.0.1:4343/health/live",
+        ),
+        (
+            ["tfstream-bridge"],
+            {"TFSTREAM_HTTPS_CERTFILE": "/tls/tls.crt"},
+            "https://127.0.0.1:4343/health/live",
+        ),
         (["python", "/opt/venv/bin/tfstream-models", "generate", "/models"], {}, None),
         (["/bin/sh", "-c", "sleep 1"], {}, None),
     ],

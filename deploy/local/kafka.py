@@ -7,7 +7,10 @@ runs, so the broker is launched straight from the jars that
 ``deploy/kafka-local/fetch-jars.sh`` caches outside the repository.
 
 The module only uses the standard library, so it can be imported (and the CLI
-run) without any Kafka client installed.
+run) without any Kafka client installed. ``security=BrokerSecurity(users)``
+starts it the way production clusters run: SASL_SSL (SCRAM-SHA-512) and mTLS
+listeners and the StandardAuthorizer (deploy/local/security.py, which needs
+the ``cryptography`` package for the certificates).
 
 CLI::
 
@@ -39,6 +42,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deploy.local.security import AclBinding, BrokerSecurity, TlsFiles
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_LOCAL_DIR = REPO_ROOT / "deploy" / "kafka-local"
@@ -382,6 +389,10 @@ class _Node:
     controller_port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    sasl_port: int = 0
+    """SASL_SSL listener of a secured cluster (0: none)."""
+    ssl_port: int = 0
+    """SSL listener with client certificates of a secured cluster (0: none)."""
 
     @property
     def config_path(self) -> Path:
@@ -400,12 +411,24 @@ class _Node:
         return self.process is not None and self.process.poll() is None
 
 
-def _server_properties(node: _Node, nodes: Sequence[_Node], overrides: Mapping[str, str]) -> str:
+def _server_properties(
+    node: _Node,
+    nodes: Sequence[_Node],
+    overrides: Mapping[str, str],
+    security: BrokerSecurity | None = None,
+) -> str:
     """Render a production-like config, scaled down to a test machine.
 
     Replication follows the cluster size (capped at 3) and min.insync.replicas is
     one less, so a 3-node cluster keeps accepting acks=all writes with a node down.
+    A secured cluster keeps its PLAINTEXT listener for the harness itself (readiness
+    probes, ACLs, inter-broker traffic: the super user) and adds SASL_SSL and SSL.
     """
+    listeners = {"PLAINTEXT": node.port}
+    if security is not None:
+        listeners.update(SASL_SSL=node.sasl_port, SSL=node.ssl_port)
+    advertised = ",".join(f"{name}://{HOST}:{port}" for name, port in listeners.items())
+    protocols = ",".join(f"{name}:{name}" for name in listeners)
     replication = min(3, len(nodes))
     min_isr = max(1, replication - 1)
     voters = ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in nodes)
@@ -414,9 +437,9 @@ def _server_properties(node: _Node, nodes: Sequence[_Node], overrides: Mapping[s
         "node.id": str(node.node_id),
         "controller.quorum.voters": voters,
         "controller.listener.names": "CONTROLLER",
-        "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": f"{advertised},CONTROLLER://{HOST}:{node.controller_port}",
+        "advertised.listeners": advertised,
+        "listener.security.protocol.map": f"{protocols},CONTROLLER:PLAINTEXT",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(node.data_dir),
         "num.partitions": "1",
@@ -445,6 +468,8 @@ def _server_properties(node: _Node, nodes: Sequence[_Node], overrides: Mapping[s
         "num.recovery.threads.per.data.dir": "1",
         "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
     }
+    if security is not None:
+        props.update(security.server_properties())
     props.update(overrides)
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
@@ -466,6 +491,7 @@ class LocalKafkaCluster:
         workdir: Path | None = None,
         jars_dir: Path | None = None,
         broker_config: Mapping[str, str] | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
         if brokers < 1:
             raise ValueError("brokers must be >= 1")
@@ -479,6 +505,7 @@ class LocalKafkaCluster:
         self._jars_dir_arg = Path(jars_dir) if jars_dir is not None else None
         self._jars_dir: Path | None = None
         self._broker_config = dict(broker_config or {})
+        self._security = security
         self._nodes: list[_Node] = []
         self._cds: _CdsArchive | None = None
         self.cluster_id: str | None = None
@@ -495,6 +522,32 @@ class LocalKafkaCluster:
     @property
     def size(self) -> int:
         return self._brokers
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The SASL_SSL (SCRAM-SHA-512) listeners of a secured cluster."""
+        self._require_secured()
+        return ",".join(f"{HOST}:{node.sasl_port}" for node in self._nodes)
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The SSL listeners (client certificate required) of a secured cluster."""
+        self._require_secured()
+        return ",".join(f"{HOST}:{node.ssl_port}" for node in self._nodes)
+
+    @property
+    def tls(self) -> TlsFiles:
+        """CA, broker and client certificates generated for this cluster."""
+        self._require_secured()
+        assert self._security is not None and self._security.tls is not None
+        return self._security.tls
+
+    def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        """Grant ACLs as the harness super user (over the PLAINTEXT listener)."""
+        from deploy.local.security import create_acls
+
+        self._require_secured()
+        create_acls(HOST, self._nodes[0].port, bindings)
 
     def broker_address(self, index: int) -> str:
         return f"{HOST}:{self._node(index).port}"
@@ -605,6 +658,11 @@ class LocalKafkaCluster:
         if not self._nodes:
             raise KafkaLocalError("cluster not started")
 
+    def _require_secured(self) -> None:
+        self._require_started()
+        if self._security is None:
+            raise KafkaLocalError("cluster started without security=BrokerSecurity(...)")
+
     def _node(self, index: int) -> _Node:
         self._require_started()
         if not 0 <= index < len(self._nodes):
@@ -631,23 +689,32 @@ class LocalKafkaCluster:
         return any("Address already in use" in _tail_file(n.log_path) for n in self._nodes)
 
     def _plan_nodes(self) -> list[_Node]:
-        ports = _free_ports(2 * self._brokers)
-        return [
-            _Node(
+        per_node = 2 if self._security is None else 4
+        ports = _free_ports(per_node * self._brokers)
+        nodes = []
+        for i in range(self._brokers):
+            mine = ports[per_node * i : per_node * (i + 1)]
+            node = _Node(
                 node_id=i + 1,
-                port=ports[2 * i],
-                controller_port=ports[2 * i + 1],
+                port=mine[0],
+                controller_port=mine[1],
                 directory=self.workdir / f"node-{i + 1}",
             )
-            for i in range(self._brokers)
-        ]
+            if self._security is not None:
+                node.sasl_port, node.ssl_port = mine[2], mine[3]
+            nodes.append(node)
+        return nodes
 
     def _write_configs(self) -> None:
         """Start from empty node directories: format refuses formatted storage."""
+        if self._security is not None:
+            self._security.prepare(self.workdir / "tls")
         for node in self._nodes:
             shutil.rmtree(node.directory, ignore_errors=True)
             node.directory.mkdir(parents=True)
-            node.config_path.write_text(_server_properties(node, self._nodes, self._broker_config))
+            node.config_path.write_text(
+                _server_properties(node, self._nodes, self._broker_config, self._security)
+            )
 
     @staticmethod
     def _jvm_opts() -> list[str]:
@@ -684,6 +751,7 @@ class LocalKafkaCluster:
                         self.cluster_id,
                         "-c",
                         str(node.config_path),
+                        *(self._security.format_args() if self._security else ()),
                     ),
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -145,10 +146,20 @@ class BridgeProcess:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    ca_file: Path | None = None
+    """With TFSTREAM_HTTPS_CERTFILE in `env`: the CA that signed it, to verify the bridge."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "TFSTREAM_HTTPS_CERTFILE" in self.env else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify` for this bridge."""
+        if self.ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def start(self) -> BridgeProcess:
         env = {
@@ -175,7 +186,8 @@ class BridgeProcess:
 
         def ready() -> bool:
             try:
-                return httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200
+                response = httpx.get(f"{self.url}/health/ready", timeout=2, verify=self.verify)
+                return response.status_code == 200
             except httpx.HTTPError:
                 return False
 
