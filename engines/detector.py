@@ -16,7 +16,12 @@ import numpy as np
 from engines.base import Engine
 from engines.boxes import Box, Options, to_boxes
 from engines.config import EngineName
-from engines.errors import ModelLoadFailed, TfstreamError
+from engines.errors import (
+    InvalidModelConfig,
+    InvalidModelOutput,
+    ModelLoadFailed,
+    TfstreamError,
+)
 from engines.repository import ModelSpec
 
 #: The warm-up image: big enough for any export's resize op, small enough to be instant.
@@ -71,15 +76,22 @@ class Detector:
 
         Raises:
             InferenceFailed: the model raised on the batch.
+            InvalidModelOutput: the outputs of an image break the model's
+                convention; the whole call fails, as no box of a model read
+                wrongly can be trusted.
         """
         if not images:
             return []
         per_image = options or [self.default_options()] * len(images)
         raws = self.engine.infer(images)
-        return [
-            to_boxes(raw, image.shape[1], image.shape[0], self.spec.labels, opts)
-            for raw, image, opts in zip(raws, images, per_image, strict=True)
-        ]
+        convention = self.engine.convention
+        try:
+            return [
+                to_boxes(raw, image.shape[1], image.shape[0], self.spec.labels, opts, convention)
+                for raw, image, opts in zip(raws, images, per_image, strict=True)
+            ]
+        except InvalidModelOutput as exc:
+            raise InvalidModelOutput(f"{self.spec.name}: {exc.message}") from None
 
 
 def load_detector(
@@ -93,6 +105,8 @@ def load_detector(
 
     Raises:
         ModelLoadFailed: TensorFlow could not load or run the model.
+        InvalidModelConfig: its signature matches no output convention we
+            can read (engines/conventions.py), and config.json does not map it.
     """
     started = time.perf_counter()
     if simulate_batch_ms > 0:
@@ -103,7 +117,7 @@ def load_detector(
         engine = ENGINES[spec.engine](spec, device)
         if warm_up:
             engine.infer([np.zeros(_WARMUP_SHAPE, dtype=np.uint8)])
-    except ModelLoadFailed:
+    except (ModelLoadFailed, InvalidModelConfig):
         raise
     except TfstreamError as exc:
         raise ModelLoadFailed(
