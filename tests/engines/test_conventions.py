@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engines.config import BoxFormat, ModelConfig, OutputConvention
@@ -122,3 +123,70 @@ def test_config_json_refuses_unknown_output_names_and_values() -> None:
         config(output_names={"boxes": "b"})
     with pytest.raises(ValueError):
         config(box_format="pixels")
+
+
+# -- on a real SavedModel whose outputs have other names -------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SavedModel returning boxes/scores/labels/count, and a model folder for it."""
+    import tensorflow as tf
+
+    from engines.modelgen.export import shapes_label_map, write_config, write_label_map
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "images")])
+        def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+            batch = tf.shape(images)[0]
+            box = tf.constant([[0.25, 0.5, 0.75, 1.0]])
+            return {
+                "boxes": tf.tile(box[tf.newaxis], [batch, 1, 1]),
+                "scores": tf.fill([batch, 1], 0.9),
+                "labels": tf.fill([batch, 1], 2.0),
+                "count": tf.fill([batch], 1.0),
+            }
+
+    folder = tmp_path_factory.mktemp("other_names") / "other"
+    module = Module()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    write_label_map(folder, shapes_label_map())
+    write_config(folder, "tensorflow2_detection", 4, "other")
+    return folder
+
+
+def test_a_real_signature_of_no_convention_fails_to_load_naming_it(other_names: Path) -> None:
+    from engines.detector import load_detector
+    from engines.repository import ModelRepository
+
+    with pytest.raises(InvalidModelConfig) as info:
+        load_detector(ModelRepository(other_names.parent).spec("other"))
+    for found in ("images: uint8[?, ?, ?, 3]", "boxes: float32[?, 1, 4]", "count: float32[?]"):
+        assert found in info.value.message
+    assert "output_names" in info.value.message
+
+
+def test_output_names_in_config_json_make_it_load_and_answer(other_names: Path) -> None:
+    import json
+
+    from engines.detector import load_detector
+    from engines.repository import ModelRepository
+
+    config = json.loads((other_names / "config.json").read_text())
+    config["output_names"] = {
+        "detection_boxes": "boxes",
+        "detection_scores": "scores",
+        "detection_classes": "labels",
+        "num_detections": "count",
+    }
+    (other_names / "config.json").write_text(json.dumps(config))
+    detector = load_detector(ModelRepository(other_names.parent).spec("other"))
+    (boxes,) = detector.detect([np.zeros((100, 200, 3), np.uint8)])
+    assert boxes == [
+        {
+            "ObjectClassName": "green disc",
+            "ObjectClassId": 2,
+            "confidence": 90.0,
+            "coordinates": {"left": 100, "top": 25, "right": 200, "bottom": 75},
+        }
+    ]
