@@ -17,10 +17,15 @@ __all__ = ["BridgeProcess", "running_bridge"]
 
 @contextlib.contextmanager
 def running_bridge(
-    request: pytest.FixtureRequest, repository: Path, logs: Path, env: dict[str, str]
+    request: pytest.FixtureRequest,
+    repository: Path,
+    logs: Path,
+    env: dict[str, str],
+    ready_timeout_s: float = 120,
 ) -> Iterator[tuple[BridgeProcess, ConsumerProcess | None]]:
     """A ready bridge serving `repository` in `request.param` mode ("embedded" or
-    "kafka"), with the worker it talks to over Kafka (None when embedded)."""
+    "kafka"), with the worker it talks to over Kafka (None when embedded). Both
+    load every model before they are ready: `ready_timeout_s` for each."""
     env = dict(env)
     worker = None
     if request.param == "embedded":
@@ -29,11 +34,11 @@ def running_bridge(
         bootstrap = request.getfixturevalue("kafka_bootstrap")
         prefix = unique_prefix()
         worker = ConsumerProcess(bootstrap, repository, prefix, logs).start()
-        worker.wait_ready()
+        worker.wait_ready(ready_timeout_s)
         env.update({"TFSTREAM_BOOTSTRAP": bootstrap, "TFSTREAM_TOPIC_PREFIX": prefix})
     proc = BridgeProcess(logs, env).start()
     try:
-        proc.wait_ready()
+        proc.wait_ready(ready_timeout_s)
         yield proc, worker
     finally:
         proc.stop()
