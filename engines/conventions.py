@@ -67,19 +67,19 @@ def _how_to_map() -> str:
 
 
 def model_garden_box_format(model_dir: Path) -> BoxFormat | None:
-    """The box unit Model Garden's exporter recorded in params.yaml, if it is there.
+    """The box unit Model Garden's exporter recorded in the model folder's params.yaml.
 
     The exporter writes the experiment's params next to `saved_model/`;
     `task.export_config.output_normalized_coordinates` is the only place that
     says whether the boxes were normalised (the signature is the same).
     """
-    for folder in (model_dir, model_dir.parent):
-        path = folder / PARAMS_FILE
-        if path.is_file():
-            found = _NORMALIZED_FLAG.search(path.read_text(encoding="utf-8", errors="replace"))
-            if found:
-                return BoxFormat.NORMALIZED if found.group(1) == "true" else BoxFormat.INPUT_PIXELS
-    return None
+    path = model_dir / PARAMS_FILE
+    if not path.is_file():
+        return None
+    found = _NORMALIZED_FLAG.search(path.read_text(encoding="utf-8", errors="replace"))
+    if found is None:
+        return None
+    return BoxFormat.NORMALIZED if found.group(1) == "true" else BoxFormat.INPUT_PIXELS
 
 
 def resolve_convention(
@@ -87,13 +87,13 @@ def resolve_convention(
     config: ModelConfig,
     inputs: Signature,
     outputs: Signature,
-    weights: Path,
+    model_dir: Path,
 ) -> Convention:
     """Decide how to read `model`'s outputs: config.json first, then the signature.
 
     `inputs` and `outputs` describe the serving signature (name -> "dtype[shape]");
-    `weights` is the SavedModel folder or frozen graph, next to which a Model
-    Garden export keeps params.yaml.
+    `model_dir` is the model's folder, where a Model Garden export keeps
+    params.yaml next to saved_model/.
 
     Raises:
         InvalidModelConfig: the outputs match no convention, or a convention
@@ -123,8 +123,7 @@ def resolve_convention(
         if family is OutputConvention.OD_API:
             box_format = BoxFormat.NORMALIZED
         else:
-            folder = weights if weights.is_dir() else weights.parent
-            box_format = model_garden_box_format(folder)
+            box_format = model_garden_box_format(model_dir)
             if box_format is None:
                 raise InvalidModelConfig(
                     f"{model}: a Model Garden export, but no {PARAMS_FILE} says whether its "

@@ -52,7 +52,7 @@ class TF2Engine(Engine):
             spec.config,
             takes,
             {name: _spec_text(s) for name, s in signature.structured_outputs.items()},
-            spec.weights,
+            spec.path,
         )
 
     def _call(self, tensor: Any) -> Any:

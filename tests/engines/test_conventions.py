@@ -41,9 +41,9 @@ def config(**extra: Any) -> ModelConfig:
     )
 
 
-def resolve(outputs: dict[str, str], weights: Path, **extra: Any):  # type: ignore[no-untyped-def]
+def resolve(outputs: dict[str, str], model_dir: Path, **extra: Any):  # type: ignore[no-untyped-def]
     return resolve_convention(
-        "m", config(**extra), {"inputs": "uint8[?, ?, ?, 3]"}, outputs, weights
+        "m", config(**extra), {"inputs": "uint8[?, ?, ?, 3]"}, outputs, model_dir
     )
 
 
@@ -60,9 +60,8 @@ def test_object_detection_api_signature_is_normalized(tmp_path: Path) -> None:
 def test_model_garden_box_unit_comes_from_the_exporter_s_params_yaml(
     tmp_path: Path, flag: str, expected: BoxFormat
 ) -> None:
-    (tmp_path / "saved_model").mkdir()
     (tmp_path / "params.yaml").write_text(PARAMS_YAML.format(flag))
-    convention = resolve(MODEL_GARDEN_OUTPUTS, tmp_path / "saved_model")
+    convention = resolve(MODEL_GARDEN_OUTPUTS, tmp_path)
     assert convention.family is OutputConvention.MODEL_GARDEN
     assert convention.box_format is expected
     assert convention.uses_image_info
