@@ -46,3 +46,8 @@ fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 "$pip" install --quiet ${editable[@]+"${editable[@]}"} ".[$extras]"
+
+# Tests only: Model Garden's exporter, without its dependency pins (see the file).
+if [[ ",$extras," == *",dev,"* ]]; then
+  "$pip" install --quiet --no-deps -r deploy/model-garden-requirements.txt
+fi

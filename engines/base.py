@@ -17,10 +17,8 @@ from typing import Any
 import numpy as np
 
 from engines.boxes import RawDetections
+from engines.conventions import OD_API, Convention
 from engines.errors import InferenceFailed, TfstreamError
-
-#: The outputs every detection export has (extra keys are ignored).
-OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
 
 class Engine(ABC):
@@ -34,10 +32,12 @@ class Engine(ABC):
 
     #: The input tensor's dtype (uint8 for image_tensor exports; some take float32).
     input_dtype: Any = None
+    #: How to read the outputs, decided at load (engines/conventions.py).
+    convention: Convention = OD_API
 
     @abstractmethod
     def _call(self, tensor: Any) -> Any:
-        """Run the graph on a tf.Tensor [B, H, W, 3]; return a mapping with OUTPUT_KEYS."""
+        """Run the graph on a tf.Tensor [B, H, W, 3]; return the signature's outputs by name."""
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -47,7 +47,7 @@ class Engine(ABC):
             if self.input_dtype is not None and tensor.dtype != self.input_dtype:
                 tensor = tf.cast(tensor, self.input_dtype)
             outputs = self._call(tensor)
-        return {key: outputs[key].numpy() for key in OUTPUT_KEYS}
+        return {key: outputs[name].numpy() for key, name in self.convention.outputs.items()}
 
     def infer(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
         """Detect objects in each uint8 [H, W, 3] image.
@@ -103,9 +103,11 @@ class Engine(ABC):
 
 def _row(outputs: dict[str, np.ndarray], row: int) -> RawDetections:
     count = np.asarray(outputs["num_detections"]).reshape(-1)[row]
+    info = outputs.get("image_info")
     return RawDetections(
         boxes=np.asarray(outputs["detection_boxes"])[row].reshape(-1, 4),
         scores=np.asarray(outputs["detection_scores"])[row].reshape(-1),
         classes=np.asarray(outputs["detection_classes"])[row].reshape(-1),
         count=int(count),
+        image_info=None if info is None else np.asarray(info)[row],
     )

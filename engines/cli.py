@@ -22,13 +22,16 @@ class Command(StrEnum):
     IMAGES = "images"
     """Draw test images with ground-truth boxes (ground_truth.json) into DIR."""
     VALIDATE = "validate"
-    """Load every model of the repository DIR and report problems (exit 1 if any)."""
+    """Load every model of the repository DIR, run it once on a generated image, print the
+    output convention it was read with, and report problems (exit 1 if any)."""
 
 
 class ModelsSettings(BaseSettings):
     """Generate the demo and benchmark models (generate DIR), draw test images with
     ground truth (images DIR), or load and check every model of a repository
-    (validate DIR). Every option is also an environment variable TFSTREAM_<OPTION>."""
+    (validate DIR: each model also runs once on a generated 480x640 image, and a model
+    whose outputs break its convention fails). Every option is also an environment
+    variable TFSTREAM_<OPTION>."""
 
     model_config = cli_config("tfstream-models")
 
@@ -53,11 +56,23 @@ def _selected(models: str) -> list[str] | None:
     return None if not names or names == ["all"] else names
 
 
+#: The validation image: not square and not any model's input size, so that a model
+#: read with the wrong box convention shows it.
+VALIDATION_SIZE = (480, 640)
+
+
 def validate(repository: Path, names: list[str] | None, device: str) -> int:
-    """Load each model as the consumer would; print one line per model."""
+    """Load each model as the consumer would, run it once with the output checks
+    of every request; print one line per model."""
+    import numpy as np
+
     from engines import runtime
     from engines.detector import load_detector
+    from engines.modelgen.images import draw_shapes_image
     from engines.repository import ModelRepository
+
+    picture, _ = draw_shapes_image(np.random.default_rng(0), *VALIDATION_SIZE[::-1])
+    image = np.asarray(picture.convert("RGB"), dtype=np.uint8)
 
     repo = ModelRepository(repository)
     names = names or repo.names()
@@ -69,6 +84,7 @@ def validate(repository: Path, names: list[str] | None, device: str) -> int:
     for name in names:
         try:
             detector = load_detector(repo.spec(name), placed)
+            (boxes,) = detector.detect([image], [detector.options(confidence=0)])
         except TfstreamError as exc:
             problems += 1
             print(f"FAIL {name}: [{exc.code}] {exc.message}")
@@ -76,8 +92,10 @@ def validate(repository: Path, names: list[str] | None, device: str) -> int:
         spec = detector.spec
         batch = detector.engine.fixed_batch or "any"
         print(
-            f"ok   {name}: {spec.engine.value}, {len(spec.labels)} labels, batch {batch}, "
-            f"{detector.device}, loaded in {detector.load_s:.1f}s, hash {spec.hash}"
+            f"ok   {name}: {spec.engine.value}, outputs {detector.engine.convention.describe()}, "
+            f"{len(spec.labels)} labels, batch {batch}, {detector.device}, "
+            f"loaded in {detector.load_s:.1f}s, {len(boxes)} boxes on a test image, "
+            f"hash {spec.hash}"
         )
     return 1 if problems else 0
 

@@ -1,8 +1,10 @@
 """`config.json`, the per-model settings file of the old API, validated.
 
 The fields and their meaning are the old API's (see the seed README); all are
-required. Validation errors name the field so that a broken model folder can be
-fixed without reading our code.
+required. A separate block of optional fields, new in tfstream, says how to
+read a model's outputs where detecting it from the signature is not enough
+(see models/README.md). Validation errors name the field so that a broken
+model folder can be fixed without reading our code.
 """
 
 from __future__ import annotations
@@ -23,6 +25,34 @@ class EngineName(StrEnum):
     """TF2 SavedModel as `exporter_main_v2` writes it."""
     TF1 = "tensorflow_detection"
     """TF1 `frozen_inference_graph.pb`."""
+
+
+class OutputConvention(StrEnum):
+    """Whose output layout a detection export follows."""
+
+    OD_API = "tf_object_detection_api"
+    """TF Object Detection API: normalised boxes, float classes, num_detections."""
+    MODEL_GARDEN = "model_garden"
+    """Model Garden `official.vision`: int32 classes, plus `image_info`."""
+
+
+class BoxFormat(StrEnum):
+    """The unit of `detection_boxes` (always [ymin, xmin, ymax, xmax])."""
+
+    NORMALIZED = "normalized"
+    """Fractions of the original image, in [0, 1]."""
+    INPUT_PIXELS = "input_pixels"
+    """Pixels of the resized model input; `image_info` maps them back."""
+
+
+#: The outputs a detection export has, under the names the two conventions use.
+OUTPUT_NAMES = (
+    "detection_boxes",
+    "detection_scores",
+    "detection_classes",
+    "num_detections",
+    "image_info",
+)
 
 
 class ModelConfig(BaseModel):
@@ -51,6 +81,23 @@ class ModelConfig(BaseModel):
         if value is not None and min(value) < 1:
             raise ValueError("input_size must be [height, width] of positive integers")
         return value
+
+    # -- optional, tfstream only: how to read the outputs (models/README.md) --
+    output_convention: OutputConvention | None = None
+    """Overrides the convention detected from the signature."""
+    box_format: BoxFormat | None = None
+    """Overrides the box unit detected (Model Garden: from params.yaml)."""
+    output_names: dict[str, str] = Field(default_factory=dict)
+    """Signature output names of a model that calls them otherwise,
+    e.g. {"detection_boxes": "boxes"}; keys are from OUTPUT_NAMES."""
+
+    @field_validator("output_names")
+    @classmethod
+    def _known_outputs(cls, names: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(names) - set(OUTPUT_NAMES))
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; known: {list(OUTPUT_NAMES)}")
+        return names
 
     def public(self) -> dict[str, object]:
         """What `/models/{m}/config` shows: the descriptive fields of the old API."""

@@ -17,7 +17,12 @@ import numpy as np
 from engines.base import Engine
 from engines.boxes import Box, Options, to_boxes
 from engines.config import EngineName
-from engines.errors import ModelLoadFailed, TfstreamError
+from engines.errors import (
+    InvalidModelConfig,
+    InvalidModelOutput,
+    ModelLoadFailed,
+    TfstreamError,
+)
 from engines.repository import ModelSpec
 from engines.resizer import Resizer
 
@@ -109,16 +114,31 @@ class Detector:
 
         Raises:
             InferenceFailed: the model raised on the batch.
+            InvalidModelOutput: the outputs of an image break the model's
+                convention; the whole call fails, as no box of a model read
+                wrongly can be trusted.
         """
         if not images:
             return []
         per_image = options or [self.default_options()] * len(images)
         shown = sizes or [(image.shape[1], image.shape[0]) for image in images]
         raws = self.engine.infer(images)
-        return [
-            to_boxes(raw, width, height, self.spec.labels, opts)
-            for raw, (width, height), opts in zip(raws, shown, per_image, strict=True)
-        ]
+        convention = self.engine.convention
+        try:
+            return [
+                to_boxes(
+                    raw,
+                    image.shape[1],
+                    image.shape[0],
+                    self.spec.labels,
+                    opts,
+                    convention,
+                    shown=size,
+                )
+                for raw, image, size, opts in zip(raws, images, shown, per_image, strict=True)
+            ]
+        except InvalidModelOutput as exc:
+            raise InvalidModelOutput(f"{self.spec.name}: {exc.message}") from None
 
 
 def load_detector(
@@ -134,13 +154,15 @@ def load_detector(
 
     Raises:
         ModelLoadFailed: the engine could not load or run the model.
+        InvalidModelConfig: its signature matches no output convention we
+            can read (engines/conventions.py), and config.json does not map it.
     """
     started = time.perf_counter()
     try:
         engine = factory(spec, device)
         if warm_up:
             engine.infer([np.zeros(_WARMUP_SHAPE, dtype=np.uint8)])
-    except ModelLoadFailed:
+    except (ModelLoadFailed, InvalidModelConfig):
         raise
     except TfstreamError as exc:
         raise ModelLoadFailed(

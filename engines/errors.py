@@ -142,6 +142,20 @@ class ModelLoadFailed(TfstreamError):
     retriable = True
 
 
+class InvalidModelOutput(TfstreamError):
+    """The model ran but its outputs break the convention it was loaded with
+    (normalised boxes past [0, 1], NaN, right < left, unknown class ids...).
+
+    Answering a box computed from such outputs would be silently wrong; the
+    request gets this instead and the worker goes on serving. Not retriable:
+    the same image gives the same outputs until the model or its config.json
+    changes.
+    """
+
+    code = "invalid_model_output"
+    http_status = 500
+
+
 class InferenceFailed(TfstreamError):
     """The engine raised while running a batch; every request in it gets this."""
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engines.base import OUTPUT_KEYS, Engine
+from engines.base import Engine
+from engines.conventions import REQUIRED_OUTPUTS
 from engines.errors import ModelLoadFailed
 from engines.repository import ModelSpec
 
@@ -37,7 +38,7 @@ class TF1Engine(Engine):
                 wrapped = tf.compat.v1.wrap_function(import_graph, [])
             graph = wrapped.graph
             image = graph.get_tensor_by_name(INPUT_TENSOR)
-            fetches = {key: graph.get_tensor_by_name(f"{key}:0") for key in OUTPUT_KEYS}
+            fetches = {key: graph.get_tensor_by_name(f"{key}:0") for key in REQUIRED_OUTPUTS}
             self._function: Any = wrapped.prune(feeds=image, fetches=fetches)
         except (KeyError, ValueError) as exc:
             raise ModelLoadFailed(

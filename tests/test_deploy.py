@@ -631,29 +631,33 @@ def test_dockerfiles_install_through_install_sh() -> None:
 def fake_pip(tmp_path: Path) -> Path:
     pip = tmp_path / "bin" / "pip"
     pip.parent.mkdir()
-    pip.write_text('#!/bin/sh\nprintf "%s\\n" "$(pwd)" "$@" > "$(dirname "$0")/called"\n')
+    pip.write_text('#!/bin/sh\nprintf "%s\\n" "---" "$(pwd)" "$@" >> "$(dirname "$0")/called"\n')
     pip.chmod(0o755)
     return pip
+
+
+MODEL_GARDEN = ["install", "--quiet", "--no-deps", "-r", "deploy/model-garden-requirements.txt"]
 
 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["cpu,dev", "--editable"], ["install", "--quiet", "-e", ".[cpu,dev]"]),
-        (["gpu"], ["install", "--quiet", ".[gpu]"]),
+        (["cpu,dev", "--editable"], [["install", "--quiet", "-e", ".[cpu,dev]"], MODEL_GARDEN]),
+        (["gpu"], [["install", "--quiet", ".[gpu]"]]),  # no Model Garden in images
     ],
 )
 def test_install_sh_runs_pip(
-    fake_pip: Path, tmp_path: Path, args: list[str], expected: list[str]
+    fake_pip: Path, tmp_path: Path, args: list[str], expected: list[list[str]]
 ) -> None:
     # A relative pip path, from another directory: install.sh still installs this project.
     relative = os.path.relpath(fake_pip, tmp_path)
     subprocess.run(
         ["bash", str(DEPLOY / "install.sh"), relative, *args], cwd=tmp_path, check=True, timeout=30
     )
-    cwd, *argv = (fake_pip.parent / "called").read_text().splitlines()
-    assert Path(cwd) == ROOT
-    assert argv == expected
+    calls = (fake_pip.parent / "called").read_text().split("---\n")[1:]
+    for call in calls:
+        assert Path(call.splitlines()[0]) == ROOT
+    assert [call.splitlines()[1:] for call in calls] == expected
 
 
 @pytest.mark.parametrize(

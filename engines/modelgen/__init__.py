@@ -7,7 +7,10 @@ downloaded here:
 * ``shapes_tf2`` / ``shapes_tf1``: a hand-designed detector of the synthetic
   shapes images drawn by `images.draw_shapes_image` (4 classes);
 * ``ssd_mobilenet_v2_bench``: SSD-MobileNetV2 300x300, 90 classes, random
-  weights, for benchmarks.
+  weights, for benchmarks;
+* ``retinanet_mg_pixels`` / ``retinanet_mg_normalized``: a tiny RetinaNet with
+  random weights, exported by Model Garden's own exporter in both of its box
+  conventions (`model_garden.py`; needs Model Garden, a dev dependency).
 
 Attributes are imported lazily so that ``import engines.modelgen`` does not
 load TensorFlow.
@@ -24,6 +27,7 @@ _EXPORTS = {
     "export_shapes_tf2": "engines.modelgen.export",
     "export_shapes_tf1": "engines.modelgen.export",
     "export_ssd_mobilenet_v2_bench": "engines.modelgen.export",
+    "export_retinanet": "engines.modelgen.model_garden",
     "draw_shapes_image": "engines.modelgen.images",
     "write_test_images": "engines.modelgen.images",
     "box_iou": "engines.modelgen.images",

@@ -15,25 +15,34 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from engines.modelgen import export
+from engines.modelgen import export, model_garden
 
 log = logging.getLogger(__name__)
 
+#: Exported by Model Garden's own exporter: needs Model Garden installed (a dev dependency).
+MODEL_GARDEN_EXPORTERS: dict[str, Callable[[Path], Path]] = {
+    "retinanet_mg_pixels": lambda d: model_garden.export_retinanet(d, normalized=False),
+    "retinanet_mg_normalized": lambda d: model_garden.export_retinanet(d, normalized=True),
+}
 #: Model name -> function writing the complete model folder it is given.
 EXPORTERS: dict[str, Callable[[Path], Path]] = {
     "shapes_tf2": lambda d: export.export_shapes_tf2(d, open_batch=False),
     "shapes_tf1": export.export_shapes_tf1,
     "ssd_mobilenet_v2_bench": export.export_ssd_mobilenet_v2_bench,
+    **MODEL_GARDEN_EXPORTERS,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(EXPORTERS)
+MODEL_GARDEN_NAMES: tuple[str, ...] = tuple(MODEL_GARDEN_EXPORTERS)
 STALE_TEMP_S = 3600.0
 """Temporary folders older than this are leftovers of killed runs and get removed."""
 
 
 def is_complete(model_dir: Path) -> bool:
-    """True when `model_dir` has its config, label map and weights."""
-    has_weights = (model_dir / export.FROZEN_GRAPH_FILE).is_file() or (
-        (model_dir / export.SAVED_MODEL_FILE).is_file() and (model_dir / "variables").is_dir()
+    """True when `model_dir` has its config, label map and weights (a SavedModel
+    at its root or, as Model Garden exports, in `saved_model/`)."""
+    has_weights = (model_dir / export.FROZEN_GRAPH_FILE).is_file() or any(
+        (folder / export.SAVED_MODEL_FILE).is_file() and (folder / "variables").is_dir()
+        for folder in (model_dir, model_dir / "saved_model")
     )
     return (
         (model_dir / export.CONFIG_FILE).is_file()
@@ -107,7 +116,9 @@ def generate_models(
     """Write the named models (default: all of `MODEL_NAMES`) into `out_dir`.
 
     A model whose folder is already complete is skipped unless `overwrite`;
-    an incomplete folder of that name is replaced.
+    an incomplete folder of that name is replaced. The default leaves out the
+    Model Garden models, with a warning, where Model Garden is not installed
+    (a production image); naming them then fails in their exporter.
 
     Returns:
         The folders written by this call (skipped models are not listed).
@@ -116,6 +127,9 @@ def generate_models(
         ValueError: an unknown model name (nothing is written then).
     """
     out_dir = Path(out_dir)
+    if names is None and not model_garden.available():
+        log.warning("Model Garden is not installed: %s not generated", list(MODEL_GARDEN_NAMES))
+        names = [name for name in MODEL_NAMES if name not in MODEL_GARDEN_NAMES]
     selected = list(MODEL_NAMES if names is None else names)
     unknown = [name for name in selected if name not in EXPORTERS]
     if unknown:

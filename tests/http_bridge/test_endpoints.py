@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deploy.local.processes import ConsumerProcess
 from engines.repository import label_hash, model_hash
-from tests.support.bridge import BridgeProcess
+from tests.support.bridge import BridgeProcess, running_bridge
 from tests.support.models import match_truth
-from tests.support.workers import unique_prefix
 
 pytestmark = [pytest.mark.slow]
 
@@ -35,23 +33,8 @@ def bridge(
 ) -> Iterator[BridgeProcess]:
     logs = tmp_path_factory.mktemp("bridge-logs")
     env = {"TFSTREAM_MAX_REQUEST_BYTES": str(3 * 1024 * 1024), "TFSTREAM_REQUEST_TIMEOUT_S": "30"}
-    worker = None
-    if request.param == "embedded":
-        env["TFSTREAM_REPOSITORY"] = str(serving_repository)
-    else:
-        bootstrap = request.getfixturevalue("kafka_bootstrap")
-        prefix = unique_prefix()
-        worker = ConsumerProcess(bootstrap, serving_repository, prefix, logs).start()
-        worker.wait_ready()
-        env.update({"TFSTREAM_BOOTSTRAP": bootstrap, "TFSTREAM_TOPIC_PREFIX": prefix})
-    proc = BridgeProcess(logs, env).start()
-    try:
-        proc.wait_ready()
+    with running_bridge(request, serving_repository, logs, env) as (proc, _):
         yield proc
-    finally:
-        proc.stop()
-        if worker is not None:
-            worker.stop()
 
 
 def image_with_objects(

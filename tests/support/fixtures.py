@@ -8,13 +8,19 @@ from typing import Any
 
 import pytest
 
-from tests.support.models import build_images, build_repository
+from tests.support.models import MODEL_GARDEN, build_images, build_repository
 
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """shapes_tf2, shapes_tf1 and ssd_mobilenet_v2_bench, generated once per session."""
     return build_repository(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def model_garden_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two Model Garden RetinaNet exports (pixel and normalised boxes)."""
+    return build_repository(tmp_path_factory.mktemp("model_garden"), MODEL_GARDEN)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ that tests never depend on, or change, what a user keeps in `models/`.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ("shapes_tf2", "shapes_tf1", "ssd_mobilenet_v2_bench")
+#: Made by Model Garden's own exporter (engines/modelgen/model_garden.py).
+MODEL_GARDEN = ("retinanet_mg_pixels", "retinanet_mg_normalized")
 
 
 def build_repository(dest: Path, names: tuple[str, ...] = GENERATED) -> Path:
@@ -63,3 +66,112 @@ def match_truth(
             left.remove(best)
     problems.extend(f"false positive {b['ObjectClassName']} {b['coordinates']}" for b in left)
     return problems
+
+
+#: Images of several sizes and aspect ratios, none the Model Garden models' 128x128
+#: input: (width, height), landscape, portrait, square, very wide.
+MODEL_GARDEN_SIZES = ((640, 480), (300, 500), (200, 200), (900, 240))
+
+
+def shapes_png(width: int, height: int, seed: int = 3) -> bytes:
+    """A generated shapes image as PNG: lossless, so the server and the test see the same pixels."""
+    import io
+
+    import numpy as np
+
+    from engines.modelgen.images import draw_shapes_image
+
+    picture, _ = draw_shapes_image(np.random.default_rng(seed), width, height)
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()
+
+
+@functools.cache
+def _signature(saved_model: Path) -> Any:
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+
+
+def model_garden_reference(model_dir: Path, png: bytes) -> list[tuple[int, list[float]]]:
+    """What a Model Garden export's raw outputs mean, in original-image pixels:
+    (class id, [left, top, right, bottom]) per detection, computed here from the
+    signature's outputs as Model Garden documents them, independently of engines/.
+
+    Boxes are [ymin, xmin, ymax, xmax], in pixels of the resized input unless
+    params.yaml says `output_normalized_coordinates: true`; image_info is
+    [[orig_h, orig_w], [input_h, input_w], [y_scale, x_scale], [y_offset, x_offset]].
+    Coordinates past the image (the input's padding) are cut at its edge.
+    """
+    import io
+
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.uint8)
+    height, width = image.shape[:2]
+    serve = _signature(model_dir / "saved_model")
+    out = {k: v.numpy()[0] for k, v in serve(inputs=tf.constant(image[np.newaxis])).items()}
+    normalized = "output_normalized_coordinates: true" in (model_dir / "params.yaml").read_text()
+    count = int(out["num_detections"])
+    found = []
+    for (y1, x1, y2, x2), class_id in zip(
+        out["detection_boxes"][:count], out["detection_classes"][:count], strict=True
+    ):
+        if normalized:
+            ys, xs = [y1 * height, y2 * height], [x1 * width, x2 * width]
+        else:
+            (y_scale, x_scale), (y_off, x_off) = out["image_info"][2], out["image_info"][3]
+            ys = [(y1 + y_off) / y_scale, (y2 + y_off) / y_scale]
+            xs = [(x1 + x_off) / x_scale, (x2 + x_off) / x_scale]
+        left, right = (min(max(float(x), 0.0), width) for x in xs)
+        top, bottom = (min(max(float(y), 0.0), height) for y in ys)
+        found.append((int(class_id), [left, top, right, bottom]))
+    return found
+
+
+def boxes_match(
+    served: list[dict[str, Any]], reference: list[tuple[int, list[float]]], tolerance: float = 1.0
+) -> list[str]:
+    """Problems pairing served boxes with reference boxes one to one (class id equal,
+    every coordinate within `tolerance` pixels); [] when they all pair up."""
+    problems: list[str] = []
+    left = list(served)
+    for class_id, expected in reference:
+        match = next(
+            (
+                box
+                for box in left
+                if box["ObjectClassId"] == class_id
+                and all(
+                    abs(box["coordinates"][k] - v) <= tolerance
+                    for k, v in zip(("left", "top", "right", "bottom"), expected, strict=True)
+                )
+            ),
+            None,
+        )
+        if match is None:
+            problems.append(f"no served box for class {class_id} at {expected}")
+        else:
+            left.remove(match)
+    problems.extend(f"served box not in the outputs: {box}" for box in left)
+    return problems
+
+
+def link_model(source: Path, dest: Path, **config: object) -> Path:
+    """A model folder whose weights are linked to `source`'s (Model Garden layout:
+    saved_model/ beside params.yaml), with `config` changed in its config.json."""
+    dest.mkdir(parents=True)
+    (dest / "saved_model").symlink_to(source / "saved_model", target_is_directory=True)
+    shutil.copy(source / "object-detection.pbtxt", dest)
+    shutil.copy(source / "params.yaml", dest)
+    original = json.loads((source / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**original, **config}))
+    return dest
+
+
+def declared_normalized(source: Path, dest: Path) -> Path:
+    """A Model Garden pixel-box export whose config.json declares normalised boxes."""
+    return link_model(source, dest, box_format="normalized")

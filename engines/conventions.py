@@ -1,0 +1,143 @@
+"""Which output convention a detection export follows, read from its signature.
+
+A served box is only right if we know what the model's numbers mean. The
+TF Object Detection API gives normalised boxes; Model Garden's
+`official.vision` detection exports give boxes in pixels of the resized model
+input, with `image_info` to map them back, unless exported with
+`output_normalized_coordinates`. Both have the same output names otherwise,
+so the convention is decided here, once at load, from what the signature
+returns and what the export wrote next to it, and `config.json` can override
+each decision. A signature that matches none of them is refused at load with
+what it has and what `config.json` can say to map it: guessing is how a
+server ends up returning plausible but wrong boxes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engines.config import OUTPUT_NAMES, BoxFormat, ModelConfig, OutputConvention
+from engines.errors import InvalidModelConfig
+
+#: The outputs every convention needs (Model Garden adds image_info).
+REQUIRED_OUTPUTS = OUTPUT_NAMES[:4]
+IMAGE_INFO = "image_info"
+#: Written by Model Garden's exporter next to saved_model/ (the export directory).
+PARAMS_FILE = "params.yaml"
+_NORMALIZED_FLAG = re.compile(r"^\s*output_normalized_coordinates:\s*(true|false)\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How to read one model's outputs: whose layout, which box unit, which names."""
+
+    family: OutputConvention = OutputConvention.OD_API
+    box_format: BoxFormat = BoxFormat.NORMALIZED
+    outputs: Mapping[str, str] = field(default_factory=lambda: {k: k for k in REQUIRED_OUTPUTS})
+    """Our output name -> the signature's output name."""
+
+    def describe(self) -> str:
+        return f"{self.family.value}, {self.box_format.value} boxes"
+
+    @property
+    def uses_image_info(self) -> bool:
+        return IMAGE_INFO in self.outputs
+
+
+#: What a model gets when nothing else is known (the Object Detection API).
+OD_API = Convention()
+
+#: What a signature output is, for messages: name -> "dtype[shape]".
+Signature = Mapping[str, str]
+
+
+def _listing(specs: Signature) -> str:
+    return ", ".join(f"{name}: {spec}" for name, spec in sorted(specs.items())) or "nothing"
+
+
+def _how_to_map() -> str:
+    return (
+        'config.json can map it: "output_names": {"detection_boxes": "<output>", ...} '
+        f'(keys {list(OUTPUT_NAMES)}), "output_convention": '
+        f'{[c.value for c in OutputConvention]}, "box_format": {[b.value for b in BoxFormat]}'
+    )
+
+
+def model_garden_box_format(model_dir: Path) -> BoxFormat | None:
+    """The box unit Model Garden's exporter recorded in the model folder's params.yaml.
+
+    The exporter writes the experiment's params next to `saved_model/`;
+    `task.export_config.output_normalized_coordinates` is the only place that
+    says whether the boxes were normalised (the signature is the same).
+    """
+    path = model_dir / PARAMS_FILE
+    if not path.is_file():
+        return None
+    found = _NORMALIZED_FLAG.search(path.read_text(encoding="utf-8", errors="replace"))
+    if found is None:
+        return None
+    return BoxFormat.NORMALIZED if found.group(1) == "true" else BoxFormat.INPUT_PIXELS
+
+
+def resolve_convention(
+    model: str,
+    config: ModelConfig,
+    inputs: Signature,
+    outputs: Signature,
+    model_dir: Path,
+) -> Convention:
+    """Decide how to read `model`'s outputs: config.json first, then the signature.
+
+    `inputs` and `outputs` describe the serving signature (name -> "dtype[shape]");
+    `model_dir` is the model's folder, where a Model Garden export keeps
+    params.yaml next to saved_model/.
+
+    Raises:
+        InvalidModelConfig: the outputs match no convention, or a convention
+            that cannot hold for them; the message lists what was found and
+            the config.json fields that map it.
+    """
+    names = {key: config.output_names.get(key, key) for key in OUTPUT_NAMES}
+    found = f"the signature takes {_listing(inputs)} and returns {_listing(outputs)}"
+    missing = [names[key] for key in REQUIRED_OUTPUTS if names[key] not in outputs]
+    if missing:
+        raise InvalidModelConfig(
+            f"{model}: the outputs match no supported convention (TF Object Detection API: "
+            f"{list(REQUIRED_OUTPUTS)}; Model Garden: the same plus {IMAGE_INFO}); {found}; "
+            f"missing {missing}. {_how_to_map()}"
+        )
+    has_info = names[IMAGE_INFO] in outputs
+    family = config.output_convention or (
+        OutputConvention.MODEL_GARDEN if has_info else OutputConvention.OD_API
+    )
+    if family is OutputConvention.MODEL_GARDEN and not has_info:
+        raise InvalidModelConfig(
+            f"{model}: output_convention {family.value} needs the output {names[IMAGE_INFO]}; "
+            f"{found}. {_how_to_map()}"
+        )
+    box_format = config.box_format
+    if box_format is None:
+        if family is OutputConvention.OD_API:
+            box_format = BoxFormat.NORMALIZED
+        else:
+            box_format = model_garden_box_format(model_dir)
+            if box_format is None:
+                raise InvalidModelConfig(
+                    f"{model}: a Model Garden export, but no {PARAMS_FILE} says whether its "
+                    "boxes are normalised (its exporter writes one next to saved_model/): copy "
+                    'it into the model folder, or set "box_format" in config.json to '
+                    f"{[b.value for b in BoxFormat]}"
+                )
+    if box_format is BoxFormat.INPUT_PIXELS and not has_info:
+        raise InvalidModelConfig(
+            f"{model}: box_format {box_format.value} needs the output {names[IMAGE_INFO]} to map "
+            f"boxes back to the image; {found}"
+        )
+    with_info = has_info and (
+        family is OutputConvention.MODEL_GARDEN or box_format is BoxFormat.INPUT_PIXELS
+    )
+    keys = OUTPUT_NAMES if with_info else REQUIRED_OUTPUTS
+    return Convention(family, box_format, {key: names[key] for key in keys})
