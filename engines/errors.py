@@ -32,8 +32,30 @@ class TfstreamError(Exception):
         super().__init__(message)
         self.message = message
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls,
+        *,
+        code: str | None = None,
+        http_status: int | None = None,
+        retriable: bool | None = None,
+        client_error: bool | None = None,
+        dead_letter: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A subclass states what differs from its parent in its class line
+        (`class Superseded(TfstreamError, code="superseded", http_status=409)`),
+        and is registered under its code for `from_dict`."""
         super().__init_subclass__(**kwargs)
+        given = {
+            "code": code,
+            "http_status": http_status,
+            "retriable": retriable,
+            "client_error": client_error,
+            "dead_letter": dead_letter,
+        }
+        for name, value in given.items():
+            if value is not None:
+                setattr(cls, name, value)
         TfstreamError._by_code[cls.code] = cls
 
     def to_dict(self) -> dict[str, str]:
@@ -61,56 +83,38 @@ TfstreamError._by_code[TfstreamError.code] = TfstreamError
 # -- the request is at fault -------------------------------------------------
 
 
-class InvalidImage(TfstreamError):
+class InvalidImage(TfstreamError, code="invalid_image", http_status=400, client_error=True):
     """The payload is empty, corrupt, or not an image format we decode."""
 
-    code = "invalid_image"
-    http_status = 400
-    client_error = True
 
-
-class ImageTooLarge(TfstreamError):
+class ImageTooLarge(TfstreamError, code="image_too_large", http_status=413, client_error=True):
     """Too many bytes or pixels: refused before it can exhaust memory."""
 
-    code = "image_too_large"
-    http_status = 413
-    client_error = True
 
-
-class InvalidRequest(TfstreamError):
+class InvalidRequest(TfstreamError, code="invalid_request", http_status=422, client_error=True):
     """A missing or malformed field or header (correlation id, overrides...)."""
 
-    code = "invalid_request"
-    http_status = 422
-    client_error = True
 
-
-class RequestTooLarge(TfstreamError):
+class RequestTooLarge(TfstreamError, code="request_too_large", http_status=413, client_error=True):
     """An HTTP body over the bridge's limit, refused before it is read whole."""
 
-    code = "request_too_large"
-    http_status = 413
-    client_error = True
 
-
-class ModelNotFound(TfstreamError):
+class ModelNotFound(TfstreamError, code="model_not_found", http_status=404, client_error=True):
     """No model of that name or hash, or a name that could escape the repository."""
 
-    code = "model_not_found"
-    http_status = 404
-    client_error = True
+
+class DeadlineExceeded(
+    TfstreamError, code="deadline_exceeded", http_status=504, client_error=True, dead_letter=False
+):
+    """The request's deadline passed before it could run; it was not run.
+
+    Not copied to the dead-letter queue: an expired camera frame is expected,
+    not a fault."""
 
 
-class DeadlineExceeded(TfstreamError):
-    """The request's deadline passed before it could run; it was not run."""
-
-    code = "deadline_exceeded"
-    http_status = 504
-    client_error = True
-    dead_letter = False  # an expired camera frame is expected, not a fault
-
-
-class Superseded(TfstreamError):
+class Superseded(
+    TfstreamError, code="superseded", http_status=409, client_error=True, dead_letter=False
+):
     """A newer frame of the same key (camera) was waiting beside this one and was
     run instead (`conflate: latest`); this frame was neither decoded nor run.
 
@@ -118,31 +122,19 @@ class Superseded(TfstreamError):
     again makes no sense, since the newer frame already has its answer.
     """
 
-    code = "superseded"
-    http_status = 409
-    client_error = True
-    dead_letter = False
-
 
 # -- the model or the service is at fault ------------------------------------
 
 
-class InvalidModelConfig(TfstreamError):
+class InvalidModelConfig(TfstreamError, code="invalid_model_config", http_status=500):
     """A model folder is malformed: config.json, label map or weights layout."""
 
-    code = "invalid_model_config"
-    http_status = 500
 
-
-class ModelLoadFailed(TfstreamError):
+class ModelLoadFailed(TfstreamError, code="model_load_failed", http_status=503, retriable=True):
     """The weights exist but TensorFlow could not load or run them."""
 
-    code = "model_load_failed"
-    http_status = 503
-    retriable = True
 
-
-class InvalidModelOutput(TfstreamError):
+class InvalidModelOutput(TfstreamError, code="invalid_model_output", http_status=500):
     """The model ran but its outputs break the convention it was loaded with
     (normalised boxes past [0, 1], NaN, right < left, unknown class ids...).
 
@@ -152,61 +144,35 @@ class InvalidModelOutput(TfstreamError):
     changes.
     """
 
-    code = "invalid_model_output"
-    http_status = 500
 
-
-class InferenceFailed(TfstreamError):
+class InferenceFailed(TfstreamError, code="inference_failed", http_status=500, retriable=True):
     """The engine raised while running a batch; every request in it gets this."""
 
-    code = "inference_failed"
-    http_status = 500
-    retriable = True
 
-
-class ModelUnavailable(TfstreamError):
+class ModelUnavailable(TfstreamError, code="model_unavailable", http_status=503, retriable=True):
     """The model exists but no worker serves it right now."""
 
-    code = "model_unavailable"
-    http_status = 503
-    retriable = True
 
-
-class ServiceUnavailable(TfstreamError):
+class ServiceUnavailable(
+    TfstreamError, code="service_unavailable", http_status=503, retriable=True
+):
     """The broker (or another dependency) cannot be reached."""
 
-    code = "service_unavailable"
-    http_status = 503
-    retriable = True
 
-
-class RequestTimeout(TfstreamError):
+class RequestTimeout(TfstreamError, code="timeout", http_status=504, retriable=True):
     """No answer came back in time; the request may still be answered later."""
 
-    code = "timeout"
-    http_status = 504
-    retriable = True
 
-
-class ReplyUndeliverable(TfstreamError):
+class ReplyUndeliverable(TfstreamError, code="reply_undeliverable", http_status=502):
     """A reply's destination topic does not exist or refuses it (e.g. a client's
     reply topic deleted while its requests were queued)."""
 
-    code = "reply_undeliverable"
-    http_status = 502
 
-
-class NotAuthorized(TfstreamError):
+class NotAuthorized(TfstreamError, code="not_authorized", http_status=403, client_error=True):
     """Kafka refused this process's credentials, or an operation on a resource its
     ACLs do not allow (e.g. Write on `<prefix>.requests.<model>`). The message names
     the operation and the resource; retrying with the same credentials cannot help."""
 
-    code = "not_authorized"
-    http_status = 403
-    client_error = True
 
-
-class Unauthorized(TfstreamError):
-    code = "unauthorized"
-    http_status = 401
-    client_error = True
+class Unauthorized(TfstreamError, code="unauthorized", http_status=401, client_error=True):
+    """"""
