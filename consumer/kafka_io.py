@@ -10,10 +10,10 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidTopicError,
@@ -71,6 +71,25 @@ class TopicSpec:
     name: str
     partitions: int = 1
     compacted: bool = False
+
+
+async def follow(
+    consumer: AIOKafkaConsumer, reading: str, retry_s: float = 0.5
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """The records of every fetch, forever (an empty list when a fetch found none).
+
+    A failed fetch is logged and asked again rather than raised: aiokafka
+    reconnects by itself, and a reader that stopped would leave whoever waits
+    on it (replies, announcements, the live page) hanging for good.
+    """
+    while True:
+        try:
+            batches = await consumer.getmany(timeout_ms=500)
+        except KafkaError as exc:
+            log.warning(f"reading {reading} failed", extra={"error": repr(exc)})
+            await asyncio.sleep(retry_s)
+            continue
+        yield [record for records in batches.values() for record in records]
 
 
 async def ensure_topics(

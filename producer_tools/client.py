@@ -263,16 +263,9 @@ class DetectClient:
         return True
 
     async def _read_replies(self) -> None:
-        while True:
-            try:
-                batches = await self.consumer.getmany(timeout_ms=500)
-            except KafkaError as exc:  # broker away: aiokafka reconnects, we keep asking
-                log.warning("reading replies failed", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)
-                continue
-            for records in batches.values():
-                for record in records:
-                    self._resolve(record.value)
+        async for records in kafka_io.follow(self.consumer, "replies"):
+            for record in records:
+                self._resolve(record.value)
 
     def _resolve(self, value: bytes | None) -> None:
         try:

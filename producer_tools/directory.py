@@ -75,16 +75,9 @@ class ModelDirectory:
             await self._consumer.stop()
 
     async def _follow(self) -> None:
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=500)
-            except KafkaError as exc:
-                log.warning("reading announcements failed", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)
-                continue
-            for records in batches.values():
-                for record in records:
-                    self._apply(record.key, record.value)
+        async for records in kafka_io.follow(self._consumer, "announcements"):
+            for record in records:
+                self._apply(record.key, record.value)
             if not self._caught_up.is_set() and await self._at_end():
                 self._caught_up.set()
 

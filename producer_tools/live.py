@@ -253,16 +253,10 @@ class LiveStreams:
         self._reader = asyncio.create_task(self._read(), name="live-streams")
 
     async def _read(self) -> None:
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=500)
-            except KafkaError as exc:
-                log.warning("live view: fetch failed", extra={"error": repr(exc)})
-                await asyncio.sleep(1)
-                continue
-            for records in batches.values():
-                for r in records:
-                    self.observe(r.topic, r.key, r.value, r.headers, r.timestamp)
+        assert self._consumer is not None
+        async for records in kafka_io.follow(self._consumer, "the live view's topics", 1.0):
+            for r in records:
+                self.observe(r.topic, r.key, r.value, r.headers, r.timestamp)
 
     async def stop(self) -> None:
         if self._reader is not None:
