@@ -39,7 +39,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING
@@ -394,17 +394,14 @@ class _Node:
     ssl_port: int = 0
     """SSL listener with client certificates of a secured cluster (0: none)."""
 
-    @property
-    def config_path(self) -> Path:
-        return self.directory / "server.properties"
+    config_path: Path = field(init=False)
+    log_path: Path = field(init=False)
+    data_dir: Path = field(init=False)
 
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "broker.log"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.directory / "data"
+    def __post_init__(self) -> None:
+        self.config_path = self.directory / "server.properties"
+        self.log_path = self.directory / "broker.log"
+        self.data_dir = self.directory / "data"
 
     @property
     def running(self) -> bool:

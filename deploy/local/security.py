@@ -39,34 +39,30 @@ class AclError(RuntimeError):
 # ------------------------------------------------------------------ certificates
 
 
+class _InDirectory:
+    """A file of the run's TLS directory, read as an attribute (`files.ca`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, files: TlsFiles, owner: type | None = None) -> Path:
+        return files.directory / self.name
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """PEM files of one run: what the broker loads and what each client gets."""
 
     directory: Path
 
-    @property
-    def ca(self) -> Path:
-        return self.directory / "ca.pem"
-
-    @property
-    def untrusted_ca(self) -> Path:
-        """A CA that signed nothing of this broker: a client trusting only it must refuse."""
-        return self.directory / "untrusted-ca.pem"
-
-    @property
-    def broker_keystore(self) -> Path:
-        """Key (PKCS#8) and certificate chain in one file: Kafka's PEM keystore."""
-        return self.directory / "broker-keystore.pem"
-
-    @property
-    def server_cert(self) -> Path:
-        """The broker's certificate alone, reused by the HTTPS bridge in tests."""
-        return self.directory / "server.crt"
-
-    @property
-    def server_key(self) -> Path:
-        return self.directory / "server.key"
+    ca = _InDirectory("ca.pem")
+    untrusted_ca = _InDirectory("untrusted-ca.pem")
+    """A CA that signed nothing of this broker: a client trusting only it must refuse."""
+    broker_keystore = _InDirectory("broker-keystore.pem")
+    """Key (PKCS#8) and certificate chain in one file: Kafka's PEM keystore."""
+    server_cert = _InDirectory("server.crt")
+    """The broker's certificate alone, reused by the HTTPS bridge in tests."""
+    server_key = _InDirectory("server.key")
 
     def client_cert(self, user: str) -> Path:
         return self.directory / f"{user}.crt"
