@@ -17,6 +17,36 @@ def _num(value: float | None, digits: int = 1, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def _auto(value: float) -> str:
+    """Two decimals for small values, fewer for large ones."""
+    size = abs(value) if not math.isnan(value) else 0.0
+    return _num(value, 2 if size < 10 else 1 if size < 1000 else 0)
+
+
+def _details(rows: list[Row]) -> list[str]:
+    """One table per section whose rows have `extra` quantities: CPU ms per answered image
+    by role, then the extra columns."""
+    lines: list[str] = []
+    for title in dict.fromkeys(r.section for r in rows if r.extra):
+        mine = [r for r in rows if r.section == title]
+        roles = list(dict.fromkeys(k for r in mine if r.m.cpu for k in r.m.cpu.per_image_ms))
+        extras = list(dict.fromkeys(k for r in mine for k in r.extra))
+        headings = [f"{role} CPU ms/image" for role in roles] + extras
+        lines += [
+            "",
+            f"{title}:",
+            "",
+            "| row | id | " + " | ".join(headings) + " |",
+            "|---|---|" + "---:|" * len(headings),
+        ]
+        for r in mine:
+            cpu = r.m.cpu.per_image_ms if r.m.cpu else {}
+            cells = [_auto(cpu.get(role, math.nan)) for role in roles]
+            cells += [_auto(r.extra.get(key, math.nan)) for key in extras]
+            lines.append(f"| {r.name} | `{r.id}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(
     bench: Bench,
     rows: list[Row],
@@ -67,6 +97,7 @@ def markdown(
             f"{_num(m.p99_ms)} | {_num(r.vs_raw, 2)} | {_num(r.overhead_ms, 1, True)} | "
             f"{m.requests} | {m.errors} | {r.notes()} |"
         )
+    lines += _details(rows)
     lines += ["", "Sections:", ""]
     for title in dict.fromkeys(r.section for r in rows):
         reference = bench.references.get(title)
@@ -78,7 +109,9 @@ def markdown(
         "throughput(n) / (n x throughput(1)). 'worker p50' is the answers' own timing: queue",
         "(arrival at the worker to the start of its engine call, decoding included), inference",
         "(the engine call), and the rest of the latency, outside the worker (client, broker,",
-        "fetches, replies).",
+        "fetches, replies). Sections whose rows have quantities of their own (CPU ms per",
+        "frame by role, decode costs, conflation's share superseded and frame ages) list them",
+        "in a table per section below the results.",
         "",
         "## Targets",
         "",

@@ -43,6 +43,19 @@ class Row:
     """Throughput over the section's raw batch-8 throughput (scaling rows: efficiency)."""
     overhead_ms: float | None = None
     """Single-request rows: p50 minus the section's raw batch-1 p50."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """The section's own quantities, by column heading (e.g. 'age at answer p50 ms'): the
+    page gives each section that has them a table of its own; targets can name them."""
+
+    def value(self, name: str) -> float | None:
+        """A quantity a target names: 'vs_raw', 'overhead_ms', 'cpu.<role>' (CPU ms per
+        answered image of that role) or a key of `extra`; None when the row lacks it."""
+        if name in ("vs_raw", "overhead_ms"):
+            return getattr(self, name)
+        if name.startswith("cpu."):
+            cpu = self.m.cpu.per_image_ms if self.m.cpu is not None else {}
+            return cpu.get(name.removeprefix("cpu."))
+        return self.extra.get(name)
 
     def notes(self) -> str:
         parts = [self.m.note]
@@ -63,10 +76,11 @@ class Row:
             extra.append(f"x{self.vs_raw:.2f}")
         if self.overhead_ms is not None:
             extra.append(f"overhead {self.overhead_ms:+.1f} ms")
+        extra += [f"{key} {value:.1f}" for key, value in self.extra.items()]
         m = self.m
         print(
             f"  {self.name:46s} {m.images_per_s:7.2f} images/s  p50 {m.p50_ms:7.1f} ms  "
-            f"p99 {m.p99_ms:7.1f} ms  {' '.join(extra)}\n  {'':46s} {self.notes()}",
+            f"p99 {m.p99_ms:7.1f} ms  {', '.join(extra)}\n  {'':46s} {self.notes()}",
             flush=True,
         )
         return self
@@ -76,7 +90,8 @@ class Row:
 class Target:
     name: str
     row_id: str
-    value: Literal["vs_raw", "overhead_ms"]
+    value: str
+    """What is compared: a name `Row.value` knows."""
     threshold: float
     at_least: bool
     unit: str = ""
@@ -107,7 +122,7 @@ def evaluate(rows: list[Row], targets: list[Target]) -> list[Outcome]:
     outcomes = []
     for target in targets:
         row = by_id.get(target.row_id)
-        found = getattr(row, target.value) if row is not None else None
+        found = row.value(target.value) if row is not None else None
         measured = None if row is None else (math.nan if found is None else float(found))
         outcomes.append(Outcome(target, measured))
     return outcomes

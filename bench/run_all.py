@@ -15,10 +15,17 @@ the mean of the two:
    accelerator (`--simulate-batch-ms`: the engine call sleeps, whatever the
    batch size) behind one 8-partition request topic, so that scaling is not
    bounded by this machine's two cores; efficiency = throughput(n) / (n x
-   throughput(1)).
+   throughput(1));
+5. the pipeline ceiling: one consumer with the simulated accelerator at 1 ms
+   per batch on 640x480, 1920x1080 and 3840x2160 JPEG frames: frames/s, CPU ms
+   per frame of the consumer, the broker and the client, and this machine's
+   full-resolution decode limit, measured in the same run;
+6. camera conflation: a camera at twice the rate one simulated worker serves,
+   without and with `conflate: latest`: answers/s, share superseded, and the age
+   of the newest answered frame (p50/p99) over a window of 2 x --seconds.
 
 The raw engine is decode + inference in this process (bench/raw_engine.py),
-batch 1 and batch 8. Everything runs on ssd_mobilenet_v2_bench with 640x480
+batch 1 and batch 8. Everything runs on ssd_mobilenet_v2_bench, sections 1-4 with 640x480
 JPEGs of the shapes scenes. The broker is a local Kafka started from the cached
 jars (deploy/local/kafka.py), with the full JIT for the run.
 

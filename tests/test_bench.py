@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+from bench.cpu import CpuUse
 from bench.page import markdown
 from bench.results import Bench, Measurement, Row, Target, evaluate
-from bench.sections import SECTIONS, TARGETS, scaling, serving
+from bench.sections import SECTIONS, TARGETS, ceiling, conflation, scaling, serving
 
 
 def row(
@@ -49,6 +50,38 @@ def test_every_target_names_a_row_id_its_section_produces() -> None:
         serving.EMBEDDED_16,
         serving.EMBEDDED_1,
         *(scaling.row_id(n) for n in scaling.COUNTS),
+        *(ceiling.row_id(w, h) for w, h in ceiling.RESOLUTIONS),
+        conflation.OFF,
+        conflation.ON,
     }
     assert {t.row_id for t in TARGETS} <= produced
-    assert list(SECTIONS) == ["kafka", "embedded", "scaling"]
+    assert list(SECTIONS) == ["kafka", "embedded", "scaling", "ceiling", "conflation"]
+
+
+def test_targets_on_cpu_by_role_and_section_quantities_and_their_table() -> None:
+    cpu = CpuUse({"consumer": 7.5, "broker": 0.4, "bench": 0.8}, 0.9, 0.1)
+    hd = Row(
+        ceiling.row_id(1920, 1080),
+        ceiling.TITLE,
+        "1920x1080 frames",
+        Measurement(120.0, 30.0, 60.0, 1800, cpu=cpu),
+        extra={ceiling.FULL_DECODE: 14.25, ceiling.MODEL_DECODE: 3.5},
+    )
+    on = Row(
+        conflation.ON,
+        "6. conflation",
+        "latest",
+        Measurement(9.0, math.nan, math.nan, 600),
+        extra={conflation.AGE_ANSWER_P50: 161.0},
+    )
+    outcomes = {o.target.name: o for o in evaluate([hd, on], TARGETS)}
+    consumer_hd = outcomes["consumer CPU per 1920x1080 frame"]
+    assert (consumer_hd.measured, consumer_hd.verdict) == (7.5, "**missed**")
+    assert [o.measured for o in outcomes.values() if o.target.row_id == conflation.ON] == [161.0]
+    assert outcomes["consumer CPU per 3840x2160 frame"].verdict == "not measured"
+    page = markdown(Bench(1, 1, 0.1), [hd, on], list(outcomes.values()), {}, [], 60)
+    heading = "| row | id | consumer CPU ms/image | broker CPU ms/image | bench CPU ms/image |"
+    assert heading in page
+    assert "| 1920x1080 frames | `ceiling.1920x1080` | 7.50 | 0.40 | 0.80 | 14.2 | 3.50 |" in page
+    assert "| latest | `conflation.on` | 161.0 |" in page
+    assert "| consumer CPU per 1920x1080 frame | 7.50 ms | <= 6 ms | **missed** |" in page

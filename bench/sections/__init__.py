@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import Context
 from bench.results import Row, Target
-from bench.sections import scaling, serving
+from bench.sections import ceiling, conflation, scaling, serving
 
 Section = Callable[[Context], Awaitable[list[Row]]]
 
@@ -21,6 +21,13 @@ SECTIONS: dict[str, Section] = {
     "kafka": serving.kafka_path,
     "embedded": serving.embedded,
     "scaling": scaling.scaling,
+    "ceiling": ceiling.ceiling,
+    "conflation": conflation.conflation,
 }
 
-TARGETS: list[Target] = [*serving.TARGETS, *scaling.TARGETS]
+TARGETS: list[Target] = [
+    *serving.TARGETS,
+    *scaling.TARGETS,
+    *ceiling.TARGETS,
+    *conflation.TARGETS,
+]
