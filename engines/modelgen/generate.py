@@ -54,8 +54,15 @@ def is_complete(model_dir: Path) -> bool:
 
 def _declares_input_size(model_dir: Path) -> bool:
     """Every generated model declares its input size; a folder from before they
-    did is regenerated rather than silently decoded at full resolution."""
+    did is regenerated rather than silently decoded at full resolution.
+
+    Model Garden exports are the exception: their exporter records the input
+    size in `params.yaml`, which tfstream does not read for decoding (their
+    resize pads to a square, and their tests compare served boxes with the raw
+    signature on the full-resolution image), so they always decode in full."""
     if (model_dir / export.PIPELINE_CONFIG_FILE).is_file():
+        return True
+    if (model_dir / "params.yaml").is_file():
         return True
     try:
         config = json.loads((model_dir / export.CONFIG_FILE).read_text(encoding="utf-8"))
