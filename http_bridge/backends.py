@@ -22,6 +22,19 @@ class ModelInfo:
     """The full config.json; the routes show the public part."""
 
 
+@dataclass(frozen=True)
+class DetectCall:
+    """One image to find boxes in, and the caller's overrides (None: the
+    model's config.json). One object, so that every backend and every fake
+    in the tests takes the same single argument."""
+
+    model: str
+    image: bytes
+    image_name: str | None = None
+    confidence: float | None = None
+    predictions: int | None = None
+
+
 class Backend(Protocol):
     async def start(self) -> None: ...
 
@@ -43,14 +56,7 @@ class Backend(Protocol):
         """Load one model (None: all). Raises the model's load error."""
         ...
 
-    async def detect(
-        self,
-        name: str,
-        image: bytes,
-        image_name: str | None,
-        confidence: float | None,
-        predictions: int | None,
-    ) -> dict[str, Any]:
+    async def detect(self, call: DetectCall) -> dict[str, Any]:
         """The reply's data: bounding-boxes, ImageName, width, height. Raises TfstreamError."""
         ...
 

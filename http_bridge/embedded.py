@@ -21,7 +21,7 @@ from consumer.protocol import ModelState, Request
 from consumer.registry import ModelRegistry
 from consumer.spans import RequestSpans
 from engines.errors import RequestTimeout
-from http_bridge.backends import ModelInfo
+from http_bridge.backends import DetectCall, ModelInfo
 from http_bridge.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
@@ -85,22 +85,16 @@ class EmbeddedBackend:
         if entry.error is not None:
             raise entry.error
 
-    async def detect(
-        self,
-        name: str,
-        image: bytes,
-        image_name: str | None,
-        confidence: float | None,
-        predictions: int | None,
-    ) -> dict[str, Any]:
+    async def detect(self, call: DetectCall) -> dict[str, Any]:
+        name = call.model
         timeout = self.settings.request_timeout_s
         request = Request(
             model=name,
             correlation_id=uuid.uuid4().hex,
-            image=image,
-            confidence=confidence,
-            predictions=predictions,
-            image_name=image_name,
+            image=call.image,
+            confidence=call.confidence,
+            predictions=call.predictions,
+            image_name=call.image_name,
             deadline_ms=int((time.time() + timeout) * 1000),
         )
         spans = RequestSpans(f"{name} detect")  # a child of the HTTP request's span

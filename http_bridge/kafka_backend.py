@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from engines.errors import NotAuthorized, ServiceUnavailable, TfstreamError
-from http_bridge.backends import ModelInfo
+from http_bridge.backends import DetectCall, ModelInfo
 from http_bridge.settings import BridgeSettings
 from producer_tools.client import DetectClient
 from producer_tools.directory import ModelDirectory
@@ -110,18 +110,15 @@ class KafkaBackend:
         if reply.error is not None:
             raise reply.error
 
-    async def detect(
-        self,
-        name: str,
-        image: bytes,
-        image_name: str | None,
-        confidence: float | None,
-        predictions: int | None,
-    ) -> dict[str, Any]:
+    async def detect(self, call: DetectCall) -> dict[str, Any]:
         self._require_started()
-        self.directory.serving(name)  # no live worker: answer now, not after a timeout
+        self.directory.serving(call.model)  # no live worker: answer now, not after a timeout
         reply = await self.client.detect(
-            name, image, confidence=confidence, predictions=predictions, image_name=image_name
+            call.model,
+            call.image,
+            confidence=call.confidence,
+            predictions=call.predictions,
+            image_name=call.image_name,
         )
         if reply.error is not None:
             raise reply.error

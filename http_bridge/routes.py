@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from engines.drawing import draw_boxes
 from engines.errors import TfstreamError
 from engines.images import decode_image
-from http_bridge.backends import Backend
+from http_bridge.backends import Backend, DetectCall
 from http_bridge.errors import envelope
 
 router = APIRouter()
@@ -47,7 +47,7 @@ async def _detect(
     b = backend(request)
     name = b.resolve(model)
     data = await upload.read()
-    result = await b.detect(name, data, upload.filename, confidence, predictions)
+    result = await b.detect(DetectCall(name, data, upload.filename, confidence, predictions))
     return name, data, result
 
 

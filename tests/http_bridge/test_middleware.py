@@ -9,7 +9,7 @@ import pytest
 
 from engines.errors import ModelNotFound
 from http_bridge.app import create_app
-from http_bridge.backends import ModelInfo
+from http_bridge.backends import DetectCall, ModelInfo
 from http_bridge.settings import BridgeSettings
 
 
@@ -33,15 +33,8 @@ class FakeBackend:
 
     async def load(self, name: str | None, force: bool = False) -> None: ...
 
-    async def detect(
-        self,
-        name: str,
-        image: bytes,
-        image_name: str | None,
-        confidence: float | None,
-        predictions: int | None,
-    ) -> dict[str, Any]:
-        return {"bounding-boxes": [], "ImageName": image_name, "width": 1, "height": 1}
+    async def detect(self, call: DetectCall) -> dict[str, Any]:
+        return {"bounding-boxes": [], "ImageName": call.image_name, "width": 1, "height": 1}
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         return True, {}
