@@ -178,7 +178,10 @@ class Pipeline:
             self._fail(
                 older, Superseded("a newer frame with the same key was waiting; it ran instead")
             )
-        loop.call_soon(self._start_decode, job)
+        if group is None:
+            self._start_decode(job)
+        else:  # a newer frame of the same burst may supersede it before it decodes
+            loop.call_soon(self._start_decode, job)
         self._queue.put_nowait(job)
         return answer
 
