@@ -69,14 +69,7 @@ class ConsumerProcess:
             **self.extra,
         }
         self.log_path = self.log_dir / f"consumer-{self.name}.log"
-        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "consumer"],
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = spawn("consumer", env, self.log_path)
         return self
 
     def health(self, path: str = "/health/ready") -> tuple[int, dict[str, Any]]:
@@ -113,13 +106,32 @@ class ConsumerProcess:
         return self.proc.wait(timeout_s)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
+
+
+def spawn(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m module` from the repository root, stdout and stderr to `log_path`."""
+    with log_path.open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, grace_s: float = 30) -> int | None:
+    """SIGTERM, as an orchestrator would (the processes drain and commit), then
+    SIGKILL after `grace_s`; the exit code, None if it never started."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return None if proc is None else proc.returncode
 
 
 def wait_until_ready(
@@ -171,14 +183,7 @@ class BridgeProcess:
             **self.env,
         }
         self.log_path = self.log_dir / f"bridge-{self.port}.log"
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "http_bridge"],
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = spawn("http_bridge", env, self.log_path)
         return self
 
     def wait_ready(self, timeout_s: float = 120) -> None:
@@ -197,11 +202,4 @@ class BridgeProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return None if self.proc is None else self.proc.returncode
+        return terminate(self.proc)
