@@ -110,15 +110,25 @@ def image_info(height: int, width: int, side: int = 128) -> np.ndarray:
     )
 
 
-def test_model_garden_pixel_boxes_are_mapped_to_the_original_image() -> None:
-    info = image_info(480, 640)  # scale 0.2, the image fills 96 x 128 of the input
-    det = RawDetections(
-        boxes=np.array([[10.0, 20.0, 50.0, 100.0]], np.float32),
+LANDSCAPE_INFO = image_info(480, 640)  # scale 0.2: the image fills 96 x 128 of the input
+
+
+def one_detection(
+    box: list[float], class_id: int = 2, info: np.ndarray | None = LANDSCAPE_INFO
+) -> RawDetections:
+    """One Model Garden detection (score 0.8) of a 640x480 image in a 128x128 input."""
+    return RawDetections(
+        boxes=np.array([box], np.float32),
         scores=np.array([0.8], np.float32),
-        classes=np.array([2], np.int32),
+        classes=np.array([class_id], np.int32),
         count=1,
         image_info=info,
     )
+
+
+def test_model_garden_pixel_boxes_are_mapped_to_the_original_image() -> None:
+    info = image_info(480, 640)  # scale 0.2, the image fills 96 x 128 of the input
+    det = one_detection([10.0, 20.0, 50.0, 100.0], info=info)
     (box,) = to_boxes(det, 640, 480, LABELS, Options(0, 10), MODEL_GARDEN_PIXELS)
     assert box["coordinates"] == {"left": 100, "top": 50, "right": 500, "bottom": 250}
     assert box["ObjectClassName"] == "dog"
@@ -126,35 +136,17 @@ def test_model_garden_pixel_boxes_are_mapped_to_the_original_image() -> None:
 
 def test_model_garden_box_reaching_into_the_padding_is_cut_at_the_image_edge() -> None:
     # The 640x480 image fills rows 0..96 of the 128x128 input; rows 96..128 are padding.
-    det = RawDetections(
-        boxes=np.array([[80.0, 0.0, 128.0, 128.0]], np.float32),
-        scores=np.array([0.8], np.float32),
-        classes=np.array([1], np.int32),
-        count=1,
-        image_info=image_info(480, 640),
-    )
+    det = one_detection([80.0, 0.0, 128.0, 128.0], class_id=1)
     (box,) = to_boxes(det, 640, 480, LABELS, Options(0, 10), MODEL_GARDEN_PIXELS)
     assert box["coordinates"] == {"left": 0, "top": 400, "right": 640, "bottom": 480}
     # Normalised the same way by the exporter: past 1.0 where the input was padding.
-    det = RawDetections(
-        boxes=np.array([[400 / 480, 0.0, 640 / 480, 1.0]], np.float32),
-        scores=np.array([0.8], np.float32),
-        classes=np.array([1], np.int32),
-        count=1,
-        image_info=image_info(480, 640),
-    )
+    det = one_detection([400 / 480, 0.0, 640 / 480, 1.0], class_id=1)
     (box,) = to_boxes(det, 640, 480, LABELS, Options(0, 10), MODEL_GARDEN_NORMALIZED)
     assert box["coordinates"] == {"left": 0, "top": 400, "right": 640, "bottom": 480}
 
 
 def test_model_garden_pixel_boxes_read_as_normalized_are_refused() -> None:
-    det = RawDetections(
-        boxes=np.array([[10.0, 20.0, 50.0, 100.0]], np.float32),
-        scores=np.array([0.8], np.float32),
-        classes=np.array([2], np.int32),
-        count=1,
-        image_info=image_info(480, 640),
-    )
+    det = one_detection([10.0, 20.0, 50.0, 100.0])
     with pytest.raises(InvalidModelOutput, match="outside the model input"):
         to_boxes(det, 640, 480, LABELS, Options(0, 10), MODEL_GARDEN_NORMALIZED)
 
@@ -169,12 +161,6 @@ def test_model_garden_pixel_boxes_read_as_normalized_are_refused() -> None:
     ],
 )
 def test_a_broken_image_info_is_refused(info: np.ndarray | None, problem: str) -> None:
-    det = RawDetections(
-        boxes=np.array([[10.0, 20.0, 50.0, 100.0]], np.float32),
-        scores=np.array([0.8], np.float32),
-        classes=np.array([2], np.int32),
-        count=1,
-        image_info=info,
-    )
+    det = one_detection([10.0, 20.0, 50.0, 100.0], info=info)
     with pytest.raises(InvalidModelOutput, match=problem):
         to_boxes(det, 640, 480, LABELS, Options(0, 10), MODEL_GARDEN_PIXELS)

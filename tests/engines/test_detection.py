@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from engines.drawing import draw_boxes
 from engines.errors import InvalidModelConfig, ModelLoadFailed, ModelNotFound
 from engines.images import decode_for_model, decode_image
 from engines.repository import ModelRepository
-from tests.support.models import REPO_ROOT, iou, match_truth
+from tests.support.models import iou, match_truth, run_validate
 
 Truth = dict[str, list[dict[str, Any]]]
 
@@ -230,13 +228,7 @@ def test_validate_reports_every_broken_model_and_keeps_going(
     config = json.loads((no_field / "config.json").read_text())
     del config["predictions"]
     (no_field / "config.json").write_text(json.dumps(config))
-    run = subprocess.run(
-        [sys.executable, "-m", "engines", "validate", str(tmp_path), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
+    run = run_validate(tmp_path, "--device", "cpu")
     assert run.returncode == 1, run.stderr
     lines = sorted(run.stdout.splitlines())
     assert lines[0].startswith("FAIL bad_labels: [invalid_model_config]")
@@ -248,13 +240,7 @@ def test_validate_reports_every_broken_model_and_keeps_going(
 
 
 def test_validate_refuses_a_path_escape(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "engines", "validate", str(tmp_path), "--models", "../etc"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
+    run = run_validate(tmp_path, "--models", "../etc")
     assert run.returncode == 1
     assert "FAIL ../etc: [model_not_found]" in run.stdout
 

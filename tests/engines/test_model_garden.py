@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,11 +14,11 @@ from engines.repository import ModelRepository
 from tests.support.models import (
     MODEL_GARDEN,
     MODEL_GARDEN_SIZES,
-    REPO_ROOT,
     boxes_match,
     declared_normalized,
     link_model,
     model_garden_reference,
+    run_validate,
     shapes_png,
 )
 
@@ -94,13 +92,7 @@ def test_validate_prints_the_convention_and_fails_a_model_that_breaks_it(
     # is checked in test_the_exports_are_the_exporter_s_in_both_box_units.
     link_model(model_garden_repository / "retinanet_mg_normalized", tmp_path / "good")
     declared_normalized(model_garden_repository / "retinanet_mg_pixels", tmp_path / "liar")
-    run = subprocess.run(
-        [sys.executable, "-m", "engines", "validate", str(tmp_path), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
+    run = run_validate(tmp_path, "--device", "cpu")
     assert run.returncode == 1, run.stderr
     lines = dict(line.split(":", 1) for line in run.stdout.splitlines())
     assert lines["FAIL liar"].startswith(" [invalid_model_output]")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +177,14 @@ def link_model(source: Path, dest: Path, **config: object) -> Path:
 def declared_normalized(source: Path, dest: Path) -> Path:
     """A Model Garden pixel-box export whose config.json declares normalised boxes."""
     return link_model(source, dest, box_format="normalized")
+
+
+def run_validate(repository: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tfstream-models validate` on `repository`, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "engines", "validate", str(repository), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
