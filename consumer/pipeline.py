@@ -3,7 +3,7 @@
 `Pipeline.submit` takes a `Request` and returns a future of its `Answer`: the
 reply, and whether a copy of the request belongs in the dead-letter queue.
 The pipeline knows nothing of topics, offsets or JSON: the Kafka worker maps
-records to requests and answers back to records (`consumer.delivery`), the
+records to requests and answers back to records (`consumer.records`), the
 embedded bridge awaits the answer of an HTTP call directly.
 
 Inside: images are decoded in a thread pool as soon as their request arrives,
