@@ -7,11 +7,14 @@ records to requests and answers back to records (`consumer.records`), the
 embedded bridge awaits the answer of an HTTP call directly.
 
 Inside: images are decoded in a thread pool as soon as their request arrives,
-so decoding overlaps inference; one inference thread takes batches from the
-queue (`batching.collect`), groups them by model and image size, and makes one
-engine call per group. A failed engine call is tried again when its error says
-it may succeed later (`verdict`), then fails every request of its group, each
-with its own error reply.
+so decoding overlaps inference. Each model has its own lane: a queue, and
+`instances` runners that each take a batch from it (`batching.collect`, at
+most what one call of the model takes, `batching.batching_for`), split it by
+image size, and make one engine call per size in the lane's inference
+threads. So a group is exactly one model call, and its size is the
+`batch_size` every answer and the histogram report. A failed engine call is
+tried again when its error says it may succeed later (`verdict`), then fails
+every request of its group, each with its own error reply.
 
 Requests that conflate (`consumer.conflation`) wait for decoding until the
 loop turns, so the older frames of a burst fetched together are answered
@@ -28,11 +31,11 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
-from consumer.batching import CLOSED, collect
+from consumer.batching import CLOSED, Batching, batching_for, collect
 from consumer.conflation import Key, LatestWins, conflation_key
 from consumer.metrics import WorkerMetrics
 from consumer.protocol import Reply, Request, Timing, detection_data
@@ -118,6 +121,18 @@ class Job:
     """`time.perf_counter()` at `submit`: the start of its queue time."""
 
 
+@dataclass
+class Lane:
+    """One model's queue, its runners and the threads its engine calls run in."""
+
+    batching: Batching
+    detector: Detector
+    """The detector `batching` was decided for."""
+    queue: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
+    runners: list[asyncio.Task[None]] = field(default_factory=list)
+    threads: ThreadPoolExecutor | None = None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -131,15 +146,13 @@ class Pipeline:
         self.worker_id = worker_id
         self.metrics = metrics or WorkerMetrics()
         self._limits = settings.decode_limits()
-        self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._lanes: dict[str, Lane] = {}
         self._waiting: LatestWins[Job] = LatestWins()
         self._inflight = 0
-        self._runner: asyncio.Task[None] | None = None
+        self._started = False
         self._decoders: dict[str, ImageDecoder] = {}
         self._decoders_lock = threading.Lock()
-        self._max_batch = settings.batch_limit("/CPU:0")
 
     @property
     def inflight(self) -> int:
@@ -147,8 +160,49 @@ class Pipeline:
         return self._inflight
 
     def start(self) -> None:
-        if self._runner is None:
-            self._runner = asyncio.get_running_loop().create_task(self._run(), name="pipeline")
+        self._started = True
+        for name, lane in self._lanes.items():
+            self._start_lane(name, lane)
+
+    def batching(self, model: str) -> Batching | None:
+        """How the model's requests are batched; None before its first request."""
+        lane = self._lanes.get(model)
+        return None if lane is None else lane.batching
+
+    def _lane(self, model: str, detector: Detector) -> Lane:
+        """The model's lane, made at its first request (its batching needs the loaded
+        model: the graph's fixed batch, its device, its config.json). A reloaded
+        model's batch limits apply from its first request; its instances, which
+        are threads already running, from the next start."""
+        lane = self._lanes.get(model)
+        if lane is not None and lane.detector is not detector:
+            decided = batching_for(self.settings, detector)
+            lane.batching = replace(decided, instances=lane.batching.instances)
+            lane.detector = detector
+        if lane is None:
+            lane = self._lanes[model] = Lane(batching_for(self.settings, detector), detector)
+            log.info(
+                "batching",
+                extra={
+                    "model": model,
+                    "max_batch": lane.batching.max_batch,
+                    "max_delay_ms": lane.batching.max_delay_s * 1000,
+                    "instances": lane.batching.instances,
+                },
+            )
+            if self._started:
+                self._start_lane(model, lane)
+        return lane
+
+    def _start_lane(self, model: str, lane: Lane) -> None:
+        if lane.runners:
+            return
+        count = lane.batching.instances
+        lane.threads = ThreadPoolExecutor(count, thread_name_prefix=f"infer-{model}")
+        loop = asyncio.get_running_loop()
+        lane.runners = [
+            loop.create_task(self._run(lane), name=f"pipeline-{model}-{i}") for i in range(count)
+        ]
 
     def submit(self, request: Request, spans: RequestSpans | None = None) -> asyncio.Future[Answer]:
         """Accept a request; the future resolves with its answer and never raises.
@@ -166,7 +220,7 @@ class Pipeline:
         except TfstreamError as exc:
             answer.set_result(self.failed(request.model, request.correlation_id, exc))
             return answer
-        self._max_batch = self.settings.batch_limit(detector.device)  # one device per process
+        lane = self._lane(request.model, detector)
         group = conflation_key(
             request.model, request.key, request.conflate, self.settings.conflates(request.model)
         )
@@ -182,7 +236,7 @@ class Pipeline:
             self._start_decode(job)
         else:  # a newer frame of the same burst may supersede it before it decodes
             loop.call_soon(self._start_decode, job)
-        self._queue.put_nowait(job)
+        lane.queue.put_nowait(job)
         return answer
 
     def _start_decode(self, job: Job) -> None:
@@ -208,11 +262,15 @@ class Pipeline:
 
     async def close(self) -> None:
         """Answer everything submitted so far, then stop."""
-        self._queue.put_nowait(CLOSED)  # type: ignore[arg-type]
-        if self._runner is not None:
-            await self._runner
+        for lane in self._lanes.values():
+            lane.queue.put_nowait(CLOSED)  # type: ignore[arg-type]
+        for lane in self._lanes.values():
+            if lane.runners:
+                await asyncio.gather(*lane.runners)
         self._decode_pool.shutdown(wait=False)
-        self._infer_pool.shutdown(wait=False)
+        for lane in self._lanes.values():
+            if lane.threads is not None:
+                lane.threads.shutdown(wait=False)
 
     # -- the steps; each is one method so that a step can be changed alone -------------
 
@@ -235,16 +293,16 @@ class Pipeline:
                 self._decoders[device] = select_decoder(self.settings.decode_device, device)
             return self._decoders[device]
 
-    async def next_batch(self) -> list[Job]:
-        """The jobs of the next engine round; [] once the pipeline is closed.
+    async def next_batch(self, lane: Lane) -> list[Job]:
+        """The jobs of the lane's next engine round; [] once the pipeline is closed.
 
         Superseded jobs (already answered) are passed over; the others leave the
         conflation waiting room: from now on they run whatever arrives."""
         while True:
             jobs = await collect(
-                self._queue,
-                self._max_batch,
-                self.settings.max_delay_ms / 1000,
+                lane.queue,
+                lane.batching.max_batch,
+                lane.batching.max_delay_s,
                 skip=lambda job: job.superseded,
             )
             if not jobs:
@@ -275,22 +333,23 @@ class Pipeline:
 
     # -- the inference loop ---------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, lane: Lane) -> None:
         while True:
-            jobs = await self.next_batch()
+            jobs = await self.next_batch(lane)
             if not jobs:
                 return
             try:
-                await self._run_batch(jobs)
+                await self._run_batch(lane, jobs)
             except Exception as exc:  # never let one batch stop the worker
                 log.exception("batch failed unexpectedly")
                 error = InferenceFailed(f"internal error: {type(exc).__name__}")
                 for job in jobs:
                     self._fail(job, error)
 
-    async def _run_batch(self, jobs: list[Job]) -> None:
+    async def _run_batch(self, lane: Lane, jobs: list[Job]) -> None:
+        """The lane's jobs (one model), one engine call per image size."""
         await asyncio.wait([job.decoded for job in jobs])
-        groups: dict[tuple[str, tuple[int, ...]], list[Job]] = defaultdict(list)
+        groups: dict[tuple[int, ...], list[Job]] = defaultdict(list)
         for job in jobs:
             error = job.decoded.exception()
             if error is not None:
@@ -301,11 +360,11 @@ class Pipeline:
                 late = DeadlineExceeded("the request's deadline passed while it was queued")
                 self._fail(job, late)
             else:
-                groups[(job.request.model, tuple(job.decoded.result().pixels.shape))].append(job)
+                groups[tuple(job.decoded.result().pixels.shape)].append(job)
         for group in groups.values():
-            await self._run_group(group)
+            await self._run_group(lane, group)
 
-    async def _run_group(self, group: list[Job]) -> None:
+    async def _run_group(self, lane: Lane, group: list[Job]) -> None:
         """One engine call for jobs of one model and image size, tried again while
         its error says so."""
         model = group[0].request.model
@@ -317,7 +376,7 @@ class Pipeline:
         while True:
             started_s = time.perf_counter()
             try:
-                found = await self._infer(detector, images, options, sizes)
+                found = await self._infer(lane, detector, images, options, sizes)
                 break
             except TfstreamError as exc:
                 if verdict(exc, retries_left) is Verdict.RETRY:
@@ -357,13 +416,14 @@ class Pipeline:
 
     async def _infer(
         self,
+        lane: Lane,
         detector: Detector,
         images: list[Any],
         options: Sequence[Options],
         sizes: Sequence[tuple[int, int]],
     ) -> list[list[Box]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._infer_pool, detector.detect, images, options, sizes)
+        return await loop.run_in_executor(lane.threads, detector.detect, images, options, sizes)
 
     def _fail(self, job: Job, error: TfstreamError) -> None:
         self._settle(job, self.failed(job.request.model, job.request.correlation_id, error))

@@ -25,6 +25,13 @@ CPU_MAX_BATCH = 8
 #: batch can fill while the previous one runs, and the latency a request waits behind
 #: a full batch stays a few milliseconds for a 300x300 detector.
 GPU_MAX_BATCH = 32
+#: Default engine calls of one model at once on the CPU. One call already uses every
+#: core (TensorFlow's intra-op threads), so a second one only competes with it
+#: (measured: docs/benchmarks.md, the fixed-batch rows).
+CPU_INSTANCES = 1
+#: Default engine calls of one model at once on a GPU: while one call's results come
+#: back to the host, the next one keeps the device busy (a batch-1 model above all).
+GPU_INSTANCES = 2
 
 
 def usable_cores() -> int:
@@ -115,11 +122,16 @@ class WorkerSettings(BaseSettings):
     """TensorFlow device for every model of this process: auto, cpu, GPU:0..."""
     max_batch: int = Field(default=0, ge=0)
     """Largest number of requests in one engine call; 0 = by device: 8 on the CPU,
-    32 on a GPU."""
+    32 on a GPU. A model whose graph takes a fixed batch gets exactly that; a model's
+    config.json `max_batch` wins over this default."""
     max_delay_ms: float = Field(default=0.0, ge=0)
     """How long a batch waits for more requests once one is there. 0 never waits: under
     load, batches still fill from what queues up while the engine runs; raise it (a few
-    ms) where a bigger batch costs little more than a small one, as on GPUs."""
+    ms) where a bigger batch costs little more than a small one, as on GPUs. A model's
+    config.json `max_delay_ms` wins over this default."""
+    instances: int = Field(default=0, ge=0)
+    """Engine calls of one model running at once; 0 = by device: 1 on the CPU, 2 on a
+    GPU. A model's config.json `instances` wins over this default."""
     inference_retries: int = Field(default=1, ge=0)
     """How many more times a failed engine call is run when its error is retriable
     (inference_failed) before its requests are answered with the error."""
@@ -149,6 +161,12 @@ class WorkerSettings(BaseSettings):
         if self.max_batch:
             return self.max_batch
         return GPU_MAX_BATCH if device.upper().startswith("/GPU") else CPU_MAX_BATCH
+
+    def instance_limit(self, device: str) -> int:
+        """`instances`, or the default for the device models run on."""
+        if self.instances:
+            return self.instances
+        return GPU_INSTANCES if device.upper().startswith("/GPU") else CPU_INSTANCES
 
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)

@@ -82,6 +82,15 @@ class ModelConfig(BaseModel):
             raise ValueError("input_size must be [height, width] of positive integers")
         return value
 
+    # -- optional, tfstream only: how requests are batched (defaults: the command line) --
+    max_batch: int | None = Field(default=None, ge=1)
+    """Most requests in one engine call of this model (ignored where its graph takes
+    a fixed batch: that is what one call takes)."""
+    max_delay_ms: float | None = Field(default=None, ge=0)
+    """How long a batch of this model waits for more requests once one is there."""
+    instances: int | None = Field(default=None, ge=1)
+    """Engine calls of this model running at once, on its device."""
+
     # -- optional, tfstream only: how to read the outputs (models/README.md) --
     output_convention: OutputConvention | None = None
     """Overrides the convention detected from the signature."""

@@ -57,6 +57,7 @@ def test_make_run_serves_docs_and_predicts(
             "shapes_tf1",
             "shapes_tf2",
             "ssd_mobilenet_v2_bench",
+            "ssd_mobilenet_v2_bench_b1",
         ]
         folder, truth = shapes_images
         name = next(n for n in sorted(truth) if len(truth[n]) >= 2)

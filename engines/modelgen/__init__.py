@@ -7,7 +7,8 @@ downloaded here:
 * ``shapes_tf2`` / ``shapes_tf1``: a hand-designed detector of the synthetic
   shapes images drawn by `images.draw_shapes_image` (4 classes);
 * ``ssd_mobilenet_v2_bench``: SSD-MobileNetV2 300x300, 90 classes, random
-  weights, for benchmarks;
+  weights, for benchmarks; ``ssd_mobilenet_v2_bench_b1`` is the same model
+  exported with a fixed batch of 1, as most Object Detection API exports are;
 * ``retinanet_mg_pixels`` / ``retinanet_mg_normalized``: a tiny RetinaNet with
   random weights, exported by Model Garden's own exporter in both of its box
   conventions (`model_garden.py`; needs Model Garden, a dev dependency).

@@ -242,11 +242,14 @@ def export_shapes_tf1(model_dir: Path) -> Path:
     )
 
 
-def export_ssd_mobilenet_v2_bench(model_dir: Path, seed: int = 0) -> Path:
-    """The random-weight SSD-MobileNetV2 as a TF2 SavedModel with an open batch."""
+def export_ssd_mobilenet_v2_bench(
+    model_dir: Path, seed: int = 0, batch_size: int | None = None
+) -> Path:
+    """The random-weight SSD-MobileNetV2 as a TF2 SavedModel: an open batch, or
+    `batch_size` fixed, as most Object Detection API exports (1) have."""
     return _export(
         model_dir,
-        lambda d: save_tf2(d, SsdMobileNetV2Bench(seed), None),
+        lambda d: save_tf2(d, SsdMobileNetV2Bench(seed), batch_size),
         ENGINE_TF2,
         coco_label_map(),
         "ssd_mobilenet_v2",

@@ -29,6 +29,8 @@ EXPORTERS: dict[str, Callable[[Path], Path]] = {
     "shapes_tf2": lambda d: export.export_shapes_tf2(d, open_batch=False),
     "shapes_tf1": export.export_shapes_tf1,
     "ssd_mobilenet_v2_bench": export.export_ssd_mobilenet_v2_bench,
+    # The same weights exported with a fixed batch of 1: the fixed-batch benchmark rows.
+    "ssd_mobilenet_v2_bench_b1": lambda d: export.export_ssd_mobilenet_v2_bench(d, batch_size=1),
     **MODEL_GARDEN_EXPORTERS,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(EXPORTERS)

@@ -26,22 +26,46 @@ from engines.repository import ModelSpec
 class CountingEngine(Engine):
     """Finds one 'thing' in the middle of every image; records each call's batch shape.
 
-    `failures` engine calls fail first; `gate`, when given, holds every call until set.
+    `failures` engine calls fail first; `gate`, when given, holds every call until set;
+    `fixed_batch` 1 is a graph that takes exactly one image per call. `running` is
+    how many calls are inside the engine now, `most_running` the most there ever were.
     """
 
     fixed_batch = None
     device = "/FAKE:0"
 
-    def __init__(self, failures: int = 0, gate: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        failures: int = 0,
+        gate: threading.Event | None = None,
+        fixed_batch: int | None = None,
+        config: dict[str, object] | None = None,
+    ) -> None:
         self.calls: list[tuple[int, ...]] = []
         self.failures = failures
         self.gate = gate
+        self.fixed_batch = fixed_batch
+        self.config = config or {}
+        """Fields of the model's config.json beyond the required ones."""
         self.entered = threading.Event()
+        self.running = 0
+        self.most_running = 0
+        self._lock = threading.Lock()
 
     def _call(self, tensor: object) -> object:  # pragma: no cover - _run is replaced
         raise NotImplementedError
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with self._lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            return self._answer(batch)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def _answer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(10), "the test never opened the engine's gate"
@@ -58,15 +82,16 @@ class CountingEngine(Engine):
         }
 
 
-def fake_spec(name: str) -> ModelSpec:
+def fake_spec(name: str, **fields: object) -> ModelSpec:
     config = ModelConfig(
-        inference_engine_name="tensorflow2_detection",
+        inference_engine_name="tensorflow2_detection",  # type: ignore[arg-type]
         confidence=50,
         predictions=10,
         number_of_classes=1,
         framework="tensorflow",
         type="detection",
         network="fake",
+        **fields,  # type: ignore[arg-type]
     )
     return ModelSpec(name, Path(name), config, {1: "thing"}, Path(name))
 
@@ -80,7 +105,8 @@ class Detectors:
     def detector(self, name: str) -> Detector:
         if name not in self.engines:
             raise ModelNotFound(f"no model '{name}'")
-        return Detector(fake_spec(name), self.engines[name])
+        engine = self.engines[name]
+        return Detector(fake_spec(name, **engine.config), engine)
 
 
 def jpeg(width: int, height: int) -> bytes:

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from consumer.batching import Batching
 from consumer.pipeline import Answer, Pipeline, Verdict, verdict
 from consumer.settings import WorkerSettings
 from engines import errors
-from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request
+from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request, until
 
 SMALL, LARGE = jpeg(32, 24), jpeg(48, 40)
 
@@ -183,3 +184,70 @@ async def test_close_answers_everything_submitted(engines: dict[str, CountingEng
     await asyncio.wait_for(pipeline.close(), 10)
     assert all(f.done() and f.result().reply.success for f in futures)
     assert [shape[0] for shape in engines["a"].calls] == [2, 2, 1]
+
+
+def histogram(pipeline: Pipeline, model: str) -> tuple[float, float]:
+    """(observations, sum) of the batch-size histogram of `model`."""
+    registry = pipeline.metrics.registry
+    count = registry.get_sample_value("tfstream_batch_size_count", {"model": model})
+    total = registry.get_sample_value("tfstream_batch_size_sum", {"model": model})
+    return count or 0.0, total or 0.0
+
+
+@pytest.mark.asyncio
+async def test_a_fixed_batch_1_model_gets_one_image_per_call_and_says_so() -> None:
+    engines = {"one": CountingEngine(fixed_batch=1)}
+    async with running(Pipeline(Detectors(engines), settings(max_batch=8), "w")) as pipeline:
+        done = await answers([pipeline.submit(request("one", f"r{i}", SMALL)) for i in range(8)])
+    assert engines["one"].calls == [(1, 24, 32, 3)] * 8
+    assert [a.reply.timing.batch_size for a in done] == [1] * 8  # type: ignore[union-attr]
+    assert all(a.reply.success for a in done)
+    assert histogram(pipeline, "one") == (8, 8)
+
+
+@pytest.mark.asyncio
+async def test_a_model_s_config_overrides_the_command_line_batching() -> None:
+    engines = {
+        "own": CountingEngine(config={"max_batch": 3, "max_delay_ms": 40, "instances": 2}),
+        "default": CountingEngine(),
+    }
+    pipeline = Pipeline(Detectors(engines), settings(max_batch=8, max_delay_ms=0), "w")
+    async with running(pipeline):
+        done = await answers(
+            [pipeline.submit(request(m, f"{m}{i}", SMALL)) for i in range(7) for m in engines]
+        )
+        assert pipeline.batching("own") == Batching(max_batch=3, max_delay_s=0.04, instances=2)
+        assert pipeline.batching("default") == Batching(max_batch=8, max_delay_s=0, instances=1)
+    assert sorted(shape[0] for shape in engines["own"].calls) == [1, 3, 3]
+    assert [shape[0] for shape in engines["default"].calls] == [7]
+    assert all(a.reply.success for a in done)
+    assert histogram(pipeline, "own") == (3, 7)
+
+
+@pytest.mark.asyncio
+async def test_instances_run_that_many_engine_calls_of_a_model_at_once() -> None:
+    gate = threading.Event()
+    engines = {"m": CountingEngine(gate=gate, fixed_batch=1, config={"instances": 3})}
+    async with running(Pipeline(Detectors(engines), settings(), "w")) as pipeline:
+        futures = [pipeline.submit(request("m", f"r{i}", SMALL)) for i in range(5)]
+        await until(lambda: engines["m"].running == 3)
+        await asyncio.sleep(0.05)  # a fourth call would have entered by now
+        assert engines["m"].running == 3
+        gate.set()
+        done = await answers(futures)
+    assert engines["m"].most_running == 3
+    assert len(engines["m"].calls) == 5 and all(a.reply.success for a in done)
+
+
+@pytest.mark.asyncio
+async def test_one_instance_runs_one_call_at_a_time() -> None:
+    gate = threading.Event()
+    engines = {"m": CountingEngine(gate=gate, fixed_batch=1)}
+    async with running(Pipeline(Detectors(engines), settings(), "w")) as pipeline:
+        futures = [pipeline.submit(request("m", f"r{i}", SMALL)) for i in range(3)]
+        await until(lambda: engines["m"].running == 1)
+        await asyncio.sleep(0.05)
+        assert engines["m"].running == 1
+        gate.set()
+        await answers(futures)
+    assert engines["m"].most_running == 1

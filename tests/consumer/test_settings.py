@@ -59,3 +59,9 @@ def test_batch_limit_defaults_by_device(device: str, expected: int) -> None:
     assert WorkerSettings().batch_limit(device) == expected
     assert WorkerSettings(max_batch=5).batch_limit(device) == 5
     assert (CPU_MAX_BATCH, GPU_MAX_BATCH) == (8, 32)
+
+
+@pytest.mark.parametrize(("device", "expected"), [("/CPU:0", 1), ("/GPU:0", 2), ("/GPU:1", 2)])
+def test_instances_default_by_device(device: str, expected: int) -> None:
+    assert WorkerSettings().instance_limit(device) == expected
+    assert WorkerSettings(instances=3).instance_limit(device) == 3

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
+from engines.detector import load_detector
 from engines.modelgen.export import export_shapes_tf2
 from engines.modelgen.generate import (
     MODEL_GARDEN_NAMES,
@@ -29,6 +30,7 @@ from engines.modelgen.images import (
     draw_shapes_image,
     write_test_images,
 )
+from engines.repository import ModelRepository
 
 REQUIRED = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 IMAGE_COUNT = 60  # per format
@@ -108,6 +110,7 @@ def _label_map(path: Path) -> list[tuple[int, str, str]]:
         ("shapes_tf2", "tensorflow2_detection", 4, "saved_model.pb"),
         ("shapes_tf1", "tensorflow_detection", 4, "frozen_inference_graph.pb"),
         ("ssd_mobilenet_v2_bench", "tensorflow2_detection", 90, "saved_model.pb"),
+        ("ssd_mobilenet_v2_bench_b1", "tensorflow2_detection", 90, "saved_model.pb"),
     ],
 )
 def test_model_folder_layout(
@@ -126,7 +129,7 @@ def test_model_folder_layout(
         # The input size: the shapes models in config.json, the SSD in its pipeline.config.
         **({"input_size": [480, 640]} if name.startswith("shapes") else {}),
     }
-    assert (folder / "pipeline.config").is_file() == (name == "ssd_mobilenet_v2_bench")
+    assert (folder / "pipeline.config").is_file() == name.startswith("ssd_mobilenet_v2_bench")
     labels = _label_map(folder / "object-detection.pbtxt")
     assert [i for i, _, _ in labels] == list(range(1, classes + 1))
     assert (folder / weights).is_file()
@@ -356,6 +359,26 @@ def test_bench_runs_batch_8_in_one_call(generated_models_dir: Path) -> None:
     assert (boxes[..., 2] >= boxes[..., 0]).all() and (boxes[..., 3] >= boxes[..., 1]).all()
     # Different images give different detections: the weights do real work.
     assert not np.allclose(scores[0], scores[1])
+
+
+def test_bench_batch_1_export_takes_one_image_and_has_the_same_weights(
+    generated_models_dir: Path,
+) -> None:
+    """Most Object Detection API exports take a fixed batch of 1: the fixed-batch
+    benchmark rows need the bench model exported that way, computing the same."""
+    open_batch = tf.saved_model.load(str(generated_models_dir / "ssd_mobilenet_v2_bench"))
+    one = tf.saved_model.load(str(generated_models_dir / "ssd_mobilenet_v2_bench_b1"))
+    signature = one.signatures["serving_default"]
+    spec = signature.structured_input_signature[1]["input_tensor"]
+    assert spec.shape.as_list() == [1, None, None, 3]
+    rng = np.random.default_rng(5)
+    image = np.asarray(draw_shapes_image(rng, 640, 480)[0])[np.newaxis]
+    ours = {k: v.numpy() for k, v in signature(input_tensor=tf.constant(image)).items()}
+    theirs = {k: v.numpy() for k, v in open_batch(image).items()}
+    np.testing.assert_allclose(ours["detection_scores"], theirs["detection_scores"], atol=1e-5)
+    np.testing.assert_allclose(ours["detection_boxes"], theirs["detection_boxes"], atol=1e-5)
+    spec_b1 = ModelRepository(generated_models_dir).spec("ssd_mobilenet_v2_bench_b1")
+    assert load_detector(spec_b1, "cpu").engine.fixed_batch == 1  # as the pipeline sees it
 
 
 def test_bench_weights_are_saved_variables(generated_models_dir: Path) -> None:
