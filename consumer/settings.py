@@ -16,6 +16,11 @@ from engines.images import DecodeLimits
 from engines.settings import cli_config
 from engines.tracing import TracingSettings
 
+#: What a request record carries beside its image, at most: the headers (ids, topic
+#: names, trace context, the image's file name) and the record's own framing. The
+#: largest image that travels over Kafka is --max-message-bytes minus this.
+HEADER_ROOM_BYTES = 64 * 1024
+
 #: Default batch limit on the CPU: an engine call there costs about its batch size
 #: times one image, so bigger batches only add waiting.
 CPU_MAX_BATCH = 8
@@ -75,8 +80,17 @@ class KafkaClientSettings(BaseSettings):
     """Client private key, for mutual TLS."""
     request_timeout_ms: int = 15_000
     """How long a request to the brokers may take, including waiting for a topic to exist."""
-    max_message_bytes: int = 16 * 1024 * 1024
-    """Largest record produced or fetched, and the max.message.bytes of the topics we create."""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=HEADER_ROOM_BYTES)
+    """Largest record produced or fetched, and the max.message.bytes of the topics we create.
+    Images up to this minus 64 KiB (room for the headers) can be sent; larger ones are
+    refused with image_too_large before they are sent."""
+
+    def max_record_image_bytes(self) -> int:
+        """The largest image a request record can carry (`--max-message-bytes` minus
+        `HEADER_ROOM_BYTES`): the one size limit of the Kafka path, applied where a
+        request is produced so that a larger image is a client error, never a send
+        that fails as if the broker were away."""
+        return self.max_message_bytes - HEADER_ROOM_BYTES
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments common to aiokafka's producer, consumer and admin client."""

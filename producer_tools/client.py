@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from opentelemetry.trace import SpanKind
 
 from consumer import kafka_io
 from consumer.access import as_not_authorized, explain
 from consumer.protocol import Control, ControlCommand, Reply, Request, Topics, with_trace
 from consumer.settings import KafkaClientSettings
-from engines.errors import InvalidRequest, RequestTimeout, ServiceUnavailable
+from engines.errors import ImageTooLarge, InvalidRequest, RequestTimeout, ServiceUnavailable
 from engines.tracing import tracer
 
 log = logging.getLogger(__name__)
@@ -138,10 +138,18 @@ class DetectClient:
         typed error): those are the worker's verdict on the request.
 
         Raises:
+            ImageTooLarge: the image cannot fit in a record (`--max-message-bytes`
+                minus the headers' room), or the topic refused the record as too large.
             RequestTimeout: no answer in `timeout_s`.
             NotAuthorized: this client may not write to the model's request topic.
             ServiceUnavailable: the request could not be handed to the broker.
         """
+        limit = self.settings.max_record_image_bytes()
+        if len(image) > limit:
+            raise ImageTooLarge(
+                f"the image has {len(image)} bytes; over Kafka the limit is {limit} "
+                "(--max-message-bytes minus 64 KiB for the headers)"
+            )
         timeout = self.timeout_s if timeout_s is None else timeout_s
         correlation_id = uuid.uuid4().hex
         request = Request(
@@ -248,6 +256,10 @@ class DetectClient:
                 self.producer.send_and_wait(topic, value, key=key, headers=headers),
                 self.send_timeout_s,
             )
+        except MessageSizeTooLargeError as exc:  # the topic's max.message.bytes is smaller
+            raise ImageTooLarge(
+                f"topic '{topic}' refused the record as too large ({len(value)} bytes)"
+            ) from exc
         except (KafkaError, TimeoutError) as exc:
             attempted = f"Write on topic '{topic}'"
             raise as_not_authorized(exc, self.settings, attempted) or ServiceUnavailable(
