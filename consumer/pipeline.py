@@ -16,6 +16,13 @@ threads. So a group is exactly one model call, and its size is the
 tried again when its error says it may succeed later (`verdict`), then fails
 every request of its group, each with its own error reply.
 
+A request that finds a runner of its model idle (and no batch delay to wait
+out) is not sent to the decode pool: the runner takes it at once and, if it is
+alone in its batch, decodes it in the same inference-thread call that runs the
+model, so a lone request crosses threads twice (to the engine's thread and
+back), not four times. Requests that arrive together still decode in the pool,
+in parallel.
+
 Requests that conflate (`consumer.conflation`) wait for decoding until the
 loop turns, so the older frames of a burst fetched together are answered
 `superseded` without ever being decoded; one superseded while it is already
@@ -85,6 +92,19 @@ class Answer:
         return self.reply.error
 
 
+class _NotDecoded(Exception):
+    """A lone request's decode failed in the inference thread: `error` answers it."""
+
+    def __init__(self, error: TfstreamError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _set_result(future: asyncio.Future[Decoded], decoded: Decoded) -> None:
+    if not future.done():
+        future.set_result(decoded)
+
+
 class Detectors(Protocol):
     """Where the pipeline finds a model's detector (`consumer.registry.ModelRegistry`)."""
 
@@ -117,6 +137,8 @@ class Job:
     """Its conflation group; None when it does not conflate."""
     superseded: bool = False
     """Answered `superseded` while it waited: it is not run."""
+    decoding: bool = False
+    """Its decode has started (in the decode pool, or with its engine call)."""
     arrived_s: float = field(default_factory=time.perf_counter)
     """`time.perf_counter()` at `submit`: the start of its queue time."""
 
@@ -131,6 +153,8 @@ class Lane:
     queue: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
     runners: list[asyncio.Task[None]] = field(default_factory=list)
     threads: ThreadPoolExecutor | None = None
+    idle: int = 0
+    """Runners waiting for the next batch: a request arriving now is taken at once."""
 
 
 class Pipeline:
@@ -151,6 +175,7 @@ class Pipeline:
         self._waiting: LatestWins[Job] = LatestWins()
         self._inflight = 0
         self._started = False
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._decoders: dict[str, ImageDecoder] = {}
         self._decoders_lock = threading.Lock()
 
@@ -161,6 +186,7 @@ class Pipeline:
 
     def start(self) -> None:
         self._started = True
+        self._event_loop = asyncio.get_running_loop()
         for name, lane in self._lanes.items():
             self._start_lane(name, lane)
 
@@ -232,16 +258,20 @@ class Pipeline:
             self._fail(
                 older, Superseded("a newer frame with the same key was waiting; it ran instead")
             )
-        if group is None:
-            self._start_decode(job)
-        else:  # a newer frame of the same burst may supersede it before it decodes
-            loop.call_soon(self._start_decode, job)
+        # An idle runner for this very job (not one that jobs queued before it will take):
+        taken_at_once = lane.idle > lane.queue.qsize() and lane.batching.max_delay_s == 0
         lane.queue.put_nowait(job)
+        if group is not None:  # a newer frame of the same burst may supersede it before it decodes
+            loop.call_soon(self._start_decode, job)
+        elif not taken_at_once:  # decode while it waits for its batch
+            self._start_decode(job)
+        # else: an idle runner takes it in this loop turn and decides (`_run_batch`)
         return answer
 
     def _start_decode(self, job: Job) -> None:
-        if job.decoded.done():  # superseded before its turn
+        if job.decoded.done() or job.decoding:  # superseded, or taken with its engine call
             return
+        job.decoding = True
         work = asyncio.get_running_loop().run_in_executor(
             self._decode_pool, self.decode, job.request, job.detector
         )
@@ -299,12 +329,16 @@ class Pipeline:
         Superseded jobs (already answered) are passed over; the others leave the
         conflation waiting room: from now on they run whatever arrives."""
         while True:
-            jobs = await collect(
-                lane.queue,
-                lane.batching.max_batch,
-                lane.batching.max_delay_s,
-                skip=lambda job: job.superseded,
-            )
+            lane.idle += 1
+            try:
+                jobs = await collect(
+                    lane.queue,
+                    lane.batching.max_batch,
+                    lane.batching.max_delay_s,
+                    skip=lambda job: job.superseded,
+                )
+            finally:
+                lane.idle -= 1
             if not jobs:
                 return []
             jobs = [job for job in jobs if not job.superseded]  # while collect waited
@@ -348,6 +382,11 @@ class Pipeline:
 
     async def _run_batch(self, lane: Lane, jobs: list[Job]) -> None:
         """The lane's jobs (one model), one engine call per image size."""
+        if len(jobs) == 1 and not jobs[0].decoding and jobs[0].group is None:
+            await self._run_group(lane, jobs, decode=True)
+            return
+        for job in jobs:  # taken before their decode started: decode them side by side
+            self._start_decode(job)
         await asyncio.wait([job.decoded for job in jobs])
         groups: dict[tuple[int, ...], list[Job]] = defaultdict(list)
         for job in jobs:
@@ -364,19 +403,33 @@ class Pipeline:
         for group in groups.values():
             await self._run_group(lane, group)
 
-    async def _run_group(self, lane: Lane, group: list[Job]) -> None:
+    async def _run_group(self, lane: Lane, group: list[Job], decode: bool = False) -> None:
         """One engine call for jobs of one model and image size, tried again while
-        its error says so."""
+        its error says so. With `decode`, the group's one job is decoded first, in
+        the same call to the inference thread."""
         model = group[0].request.model
         detector = group[0].detector
-        images = [job.decoded.result().pixels for job in group]
-        sizes = [(job.decoded.result().width, job.decoded.result().height) for job in group]
         options = [detector.options(j.request.confidence, j.request.predictions) for j in group]
         retries_left = self.settings.inference_retries
         while True:
             started_s = time.perf_counter()
             try:
-                found = await self._infer(lane, detector, images, options, sizes)
+                if decode:
+                    decode = False
+                    job = group[0]
+                    job.decoding = True
+                    try:
+                        started_s, found = await asyncio.get_running_loop().run_in_executor(
+                            lane.threads, self._decode_and_detect, job, options[0]
+                        )
+                    except _NotDecoded as failed:
+                        job.decoded.cancel()  # if the pixels came, they are not needed
+                        self._fail(job, failed.error)
+                        return
+                else:
+                    images = [job.decoded.result().pixels for job in group]
+                    sizes = [(j.decoded.result().width, j.decoded.result().height) for j in group]
+                    found = await self._infer(lane, detector, images, options, sizes)
                 break
             except TfstreamError as exc:
                 if verdict(exc, retries_left) is Verdict.RETRY:
@@ -389,7 +442,39 @@ class Pipeline:
                 for job in group:
                     self._fail(job, exc)
                 return
-        finished_s = time.perf_counter()
+        self._answer(group, started_s, time.perf_counter(), found)
+
+    def _decode_and_detect(self, job: Job, options: Options) -> tuple[float, list[list[Box]]]:
+        """In the inference thread: decode a lone request, then run it; returns the
+        engine call's start (`perf_counter`) and its boxes. `job.decoded` is set
+        on the loop (`_settle_decoded`) whatever happens.
+
+        Raises:
+            _NotDecoded: the image could not be decoded, or the deadline passed.
+            TfstreamError: the engine call failed (the pixels are kept for a retry).
+        """
+        loop = self._loop
+        try:
+            decoded = self.decode(job.request, job.detector)
+        except TfstreamError as exc:
+            raise _NotDecoded(exc) from None
+        except Exception as exc:
+            raise _NotDecoded(
+                InferenceFailed(f"decoding failed: {type(exc).__name__}: {exc}")
+            ) from None
+        loop.call_soon_threadsafe(_set_result, job.decoded, decoded)
+        if job.request.expired():
+            raise _NotDecoded(DeadlineExceeded("the request's deadline passed while it was queued"))
+        started_s = time.perf_counter()
+        size = [(decoded.width, decoded.height)]
+        return started_s, job.detector.detect([decoded.pixels], [options], size)
+
+    def _answer(
+        self, group: list[Job], started_s: float, finished_s: float, found: list[list[Box]]
+    ) -> None:
+        """Answer each job of an engine call that succeeded."""
+        model = group[0].request.model
+        sizes = [(job.decoded.result().width, job.decoded.result().height) for job in group]
         self.metrics.batch_size.labels(model).observe(len(group))
         self.metrics.inference_seconds.labels(model).observe(finished_s - started_s)
         for job, (width, height), boxes in zip(group, sizes, found, strict=True):
@@ -424,6 +509,12 @@ class Pipeline:
     ) -> list[list[Box]]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(lane.threads, detector.detect, images, options, sizes)
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self._event_loop is None:
+            raise RuntimeError("the pipeline has not started")
+        return self._event_loop
 
     def _fail(self, job: Job, error: TfstreamError) -> None:
         self._settle(job, self.failed(job.request.model, job.request.correlation_id, error))

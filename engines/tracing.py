@@ -51,6 +51,13 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(SCOPE)
 
 
+def tracing_active() -> bool:
+    """Whether spans are recorded: a tracer provider is installed (by
+    `configure_tracing`, or by a test). Without one, code with no trace context
+    to pass on can skip its span bookkeeping altogether."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def configure_tracing(settings: TracingSettings, service: str) -> bool:
     """Install the SDK with the chosen exporter as the global tracer provider.
 

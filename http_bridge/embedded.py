@@ -21,6 +21,7 @@ from consumer.protocol import ModelState, Request
 from consumer.registry import ModelRegistry
 from consumer.spans import RequestSpans
 from engines.errors import RequestTimeout
+from engines.tracing import tracing_active
 from http_bridge.backends import DetectCall, ModelInfo
 from http_bridge.settings import BridgeSettings
 
@@ -97,15 +98,18 @@ class EmbeddedBackend:
             image_name=call.image_name,
             deadline_ms=int((time.time() + timeout) * 1000),
         )
-        spans = RequestSpans(f"{name} detect")  # a child of the HTTP request's span
+        # A child of the HTTP request's span; nothing to record or pass on without tracing.
+        spans = RequestSpans(f"{name} detect") if tracing_active() else None
         try:
             answer = await asyncio.wait_for(
                 asyncio.shield(self.pipeline.submit(request, spans)), timeout
             )
         except TimeoutError:
-            spans.end(RequestTimeout("no answer in time"))
+            if spans is not None:
+                spans.end(RequestTimeout("no answer in time"))
             raise RequestTimeout(f"model '{name}' did not answer within {timeout:g}s") from None
-        spans.end(answer.error)
+        if spans is not None:
+            spans.end(answer.error)
         if answer.error is not None:
             if answer.dead_letter:
                 self._dead_letter(name, answer)

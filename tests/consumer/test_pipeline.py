@@ -251,3 +251,75 @@ async def test_one_instance_runs_one_call_at_a_time() -> None:
         gate.set()
         await answers(futures)
     assert engines["m"].most_running == 1
+
+
+class ThreadNoting(Pipeline):
+    """Notes the thread each decode ran in."""
+
+    decode_threads: list[str]
+
+    def decode(self, request, detector):  # type: ignore[no-untyped-def]
+        self.decode_threads = [
+            *getattr(self, "decode_threads", []),
+            threading.current_thread().name,
+        ]
+        return super().decode(request, detector)
+
+
+@pytest.mark.asyncio
+async def test_a_lone_request_decodes_in_its_engine_call_s_thread() -> None:
+    """One hand-off to the inference thread and back, not a detour through the decode pool."""
+    engines = {"a": CountingEngine()}
+    async with running(ThreadNoting(Detectors(engines), settings(), "w")) as pipeline:
+        # The model's first request makes its lane: its runner is not waiting yet.
+        await answers([pipeline.submit(request("a", "first", SMALL))])
+        pipeline.decode_threads = []
+        for i in range(3):  # one at a time: each finds the runner idle
+            (done,) = await answers([pipeline.submit(request("a", f"r{i}", SMALL))])
+            assert done.reply.success and done.reply.timing.batch_size == 1  # type: ignore[union-attr]
+            assert done.reply.timing.decode_ms > 0  # type: ignore[union-attr]
+        (bad,) = await answers([pipeline.submit(request("a", "bad", b"\xff\xd8\xff not a jpeg"))])
+    assert all(name.startswith("infer-a") for name in pipeline.decode_threads)
+    assert len(pipeline.decode_threads) == 4
+    assert bad.error is not None and bad.error.code == "invalid_image" and bad.dead_letter
+    assert len(engines["a"].calls) == 4
+
+
+@pytest.mark.asyncio
+async def test_requests_arriving_together_decode_side_by_side_in_the_pool() -> None:
+    engines = {"a": CountingEngine()}
+    async with running(ThreadNoting(Detectors(engines), settings(), "w")) as pipeline:
+        await answers([pipeline.submit(request("a", "first", SMALL))])
+        pipeline.decode_threads = []
+        done = await answers([pipeline.submit(request("a", f"r{i}", SMALL)) for i in range(4)])
+    assert all(a.reply.success for a in done)
+    assert all(name.startswith("decode") for name in pipeline.decode_threads)
+    assert [shape[0] for shape in engines["a"].calls] == [1, 4]
+
+
+@pytest.mark.asyncio
+async def test_a_lone_request_whose_engine_call_fails_is_retried_once() -> None:
+    engines = {"a": CountingEngine(failures=1)}
+    async with running(Pipeline(Detectors(engines), settings(), "w")) as pipeline:
+        (done,) = await answers([pipeline.submit(request("a", "r", SMALL))])
+    assert done.reply.success and len(engines["a"].calls) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_burst_beyond_one_batch_decodes_while_the_first_batch_runs() -> None:
+    gate = threading.Event()
+    gate.set()
+    engines = {"a": CountingEngine(gate=gate)}
+    pipeline = ThreadNoting(Detectors(engines), settings(max_batch=2), "w")
+    async with running(pipeline):
+        await answers([pipeline.submit(request("a", "first", SMALL))])
+        gate.clear()
+        engines["a"].entered.clear()
+        futures = [pipeline.submit(request("a", f"r{i}", SMALL)) for i in range(6)]
+        assert await asyncio.to_thread(engines["a"].entered.wait, 10)
+        # While the engine holds the first batch of 2, the other 4 decode in the pool.
+        await until(lambda: len(pipeline.decode_threads) == 7)
+        gate.set()
+        done = await answers(futures)
+    assert all(a.reply.success for a in done)
+    assert [shape[0] for shape in engines["a"].calls] == [1, 2, 2, 2]
