@@ -46,6 +46,7 @@ class PairResult:
     raw_p50_ms: float
     served_p50_ms: float
     served_p99_ms: float
+    served_mean_ms: float
     raw_cpu_ms: float
     """CPU of one raw call (this process, every thread)."""
     served_cpu_ms: dict[str, float]
@@ -129,6 +130,7 @@ async def pairs(
         raw_p50_ms=statistics.median(raws),
         served_p50_ms=statistics.median(serveds),
         served_p99_ms=_quantile(serveds, 0.99),
+        served_mean_ms=statistics.fmean(serveds),
         raw_cpu_ms=1000 * raw_cpu_s / rounds,
         served_cpu_ms=spent,
     )

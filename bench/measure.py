@@ -3,13 +3,17 @@ window; and `compared`, the raw-before / rows / raw-after frame of a section."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench.cpu import snapshot, usage
 from bench.http_load import drive
+from bench.lone import Served, http_served, pairs
 from bench.processes import MODEL
 from bench.raw_engine import measure
 from bench.results import Bench, Measurement, Row
@@ -80,11 +84,11 @@ async def replay(
 
 
 async def http(
-    bench: Bench, url: str, images: list[tuple[str, bytes]], clients: int
+    bench: Bench, url: str, images: list[tuple[str, bytes]], clients: int, model: str = MODEL
 ) -> Measurement:
     marks = []
     result = await drive(
-        f"{url}/models/{MODEL}/predict",
+        f"{url}/models/{model}/predict",
         images,
         clients,
         bench.seconds,
@@ -101,6 +105,58 @@ async def http(
         ", ".join(f"{k} {v}" for k, v in result.errors.items()),
         usage(marks[0], snapshot(bench.pids), result.answered),
     )
+
+
+def lone_rounds(bench: Bench) -> int:
+    """Pairs per lone-request row: 4 per second of the row window, at least 30."""
+    return max(30, int(bench.seconds * 4))
+
+
+async def lone(bench: Bench, detector: Detector, jpegs: list[bytes], served: Served) -> Measurement:
+    """A lone request in A/B pairs with the raw engine (`bench.lone.pairs`), the CPU of
+    every process of the row measured over the pairs."""
+    rounds = lone_rounds(bench)
+    before = snapshot(bench.pids)
+    result = await pairs(detector, jpegs, served, rounds)
+    cpu = usage(before, snapshot(bench.pids), rounds)
+    return Measurement(
+        1000 / max(1e-9, result.served_mean_ms),
+        result.served_p50_ms,
+        result.served_p99_ms,
+        rounds,
+        note=(
+            f"A/B pairs with the raw engine: served - raw p50 {result.diff_p50_ms:+.2f} ms, "
+            f"quartiles {result.diff_p25_ms:+.2f} / {result.diff_p75_ms:+.2f} ms; "
+            f"raw p50 {result.raw_p50_ms:.1f} ms, raw CPU {result.raw_cpu_ms:.1f} ms/call "
+            "('bench' CPU includes the raw calls)"
+        ),
+        cpu=cpu,
+        overhead_ms=result.diff_p50_ms,
+    )
+
+
+@contextlib.asynccontextmanager
+async def kafka_lone_served(bootstrap: str, prefix: str) -> AsyncIterator[Served]:
+    """One `DetectClient.detect` per call, as `tfstream-replay` sends."""
+    from consumer.settings import KafkaClientSettings
+    from producer_tools.client import DetectClient
+
+    settings = KafkaClientSettings(bootstrap=bootstrap, topic_prefix=prefix)
+    async with DetectClient(settings, timeout_s=60) as client:
+
+        async def call(index: int, data: bytes) -> None:
+            reply = await client.detect(MODEL, data, image_name=f"frame_{index:03d}.jpg")
+            if reply.error is not None:
+                raise RuntimeError(f"served call failed: {reply.error}")
+
+        yield call
+
+
+@contextlib.asynccontextmanager
+async def http_lone_served(url: str) -> AsyncIterator[Served]:
+    """One multipart POST per call on one keep-alive connection."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        yield http_served(client, f"{url}/models/{MODEL}/predict")
 
 
 @dataclass(frozen=True)
@@ -152,8 +208,12 @@ async def compared(
             title,
             plan.name,
             m,
-            vs_raw=m.images_per_s / ref_b8,
-            overhead_ms=(m.p50_ms - ref_b1) if plan.single else None,
+            vs_raw=None if m.overhead_ms is not None else m.images_per_s / ref_b8,
+            overhead_ms=m.overhead_ms
+            if m.overhead_ms is not None
+            else (m.p50_ms - ref_b1)
+            if plan.single
+            else None,
         ).show()
         for plan, m in measured
     ]

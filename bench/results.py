@@ -27,6 +27,9 @@ class Measurement:
     cpu: CpuUse | None = None
     timing: dict[str, float | None] = field(default_factory=dict)
     """The answers' own timing p50s (replay rows): queue, decode, inference, outside the worker."""
+    overhead_ms: float | None = None
+    """Lone-request rows measured in pairs with the raw engine (`bench.lone`): the median
+    of the per-pair differences, which the row reports instead of p50 minus a raw p50."""
 
 
 @dataclass

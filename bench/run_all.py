@@ -7,19 +7,24 @@ processes up, right before and right after its rows, and compares them with
 the mean of the two:
 
 1. the Kafka path: `tfstream-replay --max` into one consumer process,
-   16 in flight (throughput) and 1 in flight (single-request latency);
+   16 in flight (throughput), and a lone request;
 2. the HTTP bridge over Kafka (`tfstream-bridge --bootstrap` in front of the
-   same consumer), 16 clients and 1 client;
-3. the HTTP bridge embedded (no Kafka), 16 clients and 1 client;
+   same consumer), 16 clients, and a lone request;
+3. the HTTP bridge embedded (no Kafka), 16 clients, and a lone request;
+   lone requests alternate with raw calls of the same image (A/B pairs,
+   bench/lone.py) and report the median of the per-pair differences;
+3b. a fixed-batch model (the bench model exported with batch 1) from the
+   embedded bridge, 16 clients, with 1 and 2 instances;
 4. horizontal scaling: 1, 2 and 4 consumer processes with a simulated
    accelerator (`--simulate-batch-ms`: the engine call sleeps, whatever the
    batch size) behind one 8-partition request topic, so that scaling is not
    bounded by this machine's two cores; efficiency = throughput(n) / (n x
    throughput(1));
 5. the pipeline ceiling: one consumer with the simulated accelerator at 1 ms
-   per batch on 640x480, 1920x1080 and 3840x2160 JPEG frames: frames/s, CPU ms
-   per frame of the consumer, the broker and the client, and this machine's
-   full-resolution decode limit, measured in the same run;
+   per batch on 640x480, 1920x1080 and 3840x2160 JPEG frames, and textured
+   (camera-like, ~440 KB) 1920x1080 frames: frames/s, CPU ms per frame of the
+   consumer, the broker and the client, the model-size decode cost of the same
+   frames and this machine's full-resolution decode limit, in the same run;
 6. camera conflation: a camera at twice the rate one simulated worker serves,
    without and with `conflate: latest`: answers/s, share superseded, and the age
    of the newest answered frame (p50/p99) over a window of 2 x --seconds.

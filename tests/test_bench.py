@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from bench.cpu import CpuUse
 from bench.page import markdown
+from bench.raw_engine import sample_jpegs
 from bench.results import Bench, Measurement, Row, Target, evaluate
-from bench.sections import SECTIONS, TARGETS, ceiling, conflation, scaling, serving
+from bench.sections import SECTIONS, TARGETS, ceiling, conflation, fixed, scaling, serving
 
 
 def row(
@@ -51,11 +53,13 @@ def test_every_target_names_a_row_id_its_section_produces() -> None:
         serving.EMBEDDED_1,
         *(scaling.row_id(n) for n in scaling.COUNTS),
         *(ceiling.row_id(w, h) for w, h in ceiling.RESOLUTIONS),
+        ceiling.row_id(*ceiling.TEXTURED, textured=True),
+        *(fixed.row_id(n) for n in (1, 2)),
         conflation.OFF,
         conflation.ON,
     }
     assert {t.row_id for t in TARGETS} <= produced
-    assert list(SECTIONS) == ["kafka", "embedded", "scaling", "ceiling", "conflation"]
+    assert list(SECTIONS) == ["kafka", "embedded", "fixed", "scaling", "ceiling", "conflation"]
 
 
 def test_targets_on_cpu_by_role_and_section_quantities_and_their_table() -> None:
@@ -85,3 +89,26 @@ def test_targets_on_cpu_by_role_and_section_quantities_and_their_table() -> None
     assert "| 1920x1080 frames | `ceiling.1920x1080` | 7.50 | 0.40 | 0.80 | 14.2 | 3.50 |" in page
     assert "| latest | `conflation.on` | 161.0 |" in page
     assert "| consumer CPU per 1920x1080 frame | 7.50 ms | <= 6 ms | **missed** |" in page
+
+
+def test_a_lone_request_row_reports_the_median_of_its_pairs() -> None:
+    """The pairs' own median difference is the row's overhead, not p50 minus a raw p50."""
+    from bench.lone import pairs
+
+    class FakeDetector:
+        resizer = None
+
+        def detect(self, images: object, options: object, sizes: object) -> list[object]:
+            return [[]]
+
+    async def served(index: int, data: bytes) -> None:
+        await asyncio.sleep(0.004)
+
+    jpeg = sample_jpegs(1)[0]
+    result = asyncio.run(pairs(FakeDetector(), [jpeg], served, rounds=20, warmup=1))  # type: ignore[arg-type]
+    assert result.rounds == 20
+    assert result.diff_p25_ms <= result.diff_p50_ms <= result.diff_p75_ms
+    # served sleeps 4 ms; the raw call decodes a 640x480 JPEG: the difference is of that order
+    assert -30 < result.diff_p50_ms < 30
+    assert result.served_p50_ms >= 4.0
+    assert result.raw_cpu_ms > 0

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import Context
 from bench.results import Row, Target
-from bench.sections import ceiling, conflation, scaling, serving
+from bench.sections import ceiling, conflation, fixed, scaling, serving
 
 Section = Callable[[Context], Awaitable[list[Row]]]
 
@@ -20,6 +20,7 @@ Section = Callable[[Context], Awaitable[list[Row]]]
 SECTIONS: dict[str, Section] = {
     "kafka": serving.kafka_path,
     "embedded": serving.embedded,
+    "fixed": fixed.fixed_batch,
     "scaling": scaling.scaling,
     "ceiling": ceiling.ceiling,
     "conflation": conflation.conflation,
@@ -27,6 +28,7 @@ SECTIONS: dict[str, Section] = {
 
 TARGETS: list[Target] = [
     *serving.TARGETS,
+    *fixed.TARGETS,
     *scaling.TARGETS,
     *ceiling.TARGETS,
     *conflation.TARGETS,
