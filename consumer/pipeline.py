@@ -176,6 +176,9 @@ class Pipeline:
         self._inflight = 0
         self._started = False
         self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._decoded_lock = threading.Lock()
+        self._decoded_ready: list[tuple[Job, Decoded | BaseException]] = []
+        self._wake_pending = False
         self._decoders: dict[str, ImageDecoder] = {}
         self._decoders_lock = threading.Lock()
 
@@ -236,6 +239,7 @@ class Pipeline:
         `spans`, owned (and ended) by the caller, gets the queue, decode and
         inference steps as child spans."""
         loop = asyncio.get_running_loop()
+        self._event_loop = loop
         answer: asyncio.Future[Answer] = loop.create_future()
         self._inflight += 1
         answer.add_done_callback(self._one_less)
@@ -272,20 +276,35 @@ class Pipeline:
         if job.decoded.done() or job.decoding:  # superseded, or taken with its engine call
             return
         job.decoding = True
-        work = asyncio.get_running_loop().run_in_executor(
-            self._decode_pool, self.decode, job.request, job.detector
-        )
+        self._decode_pool.submit(self._decode_in_pool, job)
 
-        def settle(finished: asyncio.Future[Decoded]) -> None:
-            if job.decoded.done():  # superseded while decoding: the pixels are dropped
+    def _decode_in_pool(self, job: Job) -> None:
+        """In a decode thread: decode, then hand the result to the loop. Results that
+        finish while the loop has not yet collected the previous ones go with them:
+        under load, one wake-up of the loop per burst of frames, not one per frame."""
+        result: Decoded | BaseException
+        try:
+            result = self.decode(job.request, job.detector)
+        except BaseException as exc:  # settled on the loop, as any outcome
+            result = exc
+        with self._decoded_lock:
+            self._decoded_ready.append((job, result))
+            if self._wake_pending:
                 return
-            error = finished.exception()
-            if error is not None:
-                job.decoded.set_exception(error)
-            else:
-                job.decoded.set_result(finished.result())
+            self._wake_pending = True
+        self._loop.call_soon_threadsafe(self._settle_decoded)
 
-        work.add_done_callback(settle)
+    def _settle_decoded(self) -> None:
+        with self._decoded_lock:
+            ready, self._decoded_ready = self._decoded_ready, []
+            self._wake_pending = False
+        for job, result in ready:
+            if job.decoded.done():  # superseded while decoding: the pixels are dropped
+                continue
+            if isinstance(result, BaseException):
+                job.decoded.set_exception(result)
+            else:
+                job.decoded.set_result(result)
 
     def _one_less(self, _: asyncio.Future[Answer]) -> None:
         self._inflight -= 1

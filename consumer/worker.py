@@ -139,6 +139,7 @@ class Worker:
                 heartbeat_interval_ms=s.heartbeat_interval_ms,
                 max_poll_interval_ms=s.max_poll_interval_ms,
                 metadata_max_age_ms=s.metadata_max_age_ms,
+                check_crcs=s.check_crcs,
             )
             if s.model_names() is None:  # every model: also answer requests for unknown ones
                 self.consumer.subscribe(
