@@ -74,6 +74,15 @@ def markdown(
         "again (raw rows up to",
         "three times) and the quietest run kept.",
         "",
+        "The machine is shared with other tenants whose load this run does not control (see",
+        "'not ours' per row and the load averages below): absolute figures are noisy, the",
+        "ratios and the paired differences are what to read. Lone-request rows ('A/B pairs')",
+        "alternate one raw call and one served call of the same image, in alternating order,",
+        "and report the median of the per-pair differences (served - raw) with its quartiles:",
+        "a moment of load slows both calls of a pair, where a raw reference measured a minute",
+        "apart can move by more than the overhead. Where the time of a lone request goes, and",
+        "why a target is missed: docs/profile.md.",
+        "",
         "## Machine and versions",
         "",
         "| | |",
@@ -86,8 +95,8 @@ def markdown(
         "",
         "## Results",
         "",
-        "| section | row | images/s | p50 ms | p99 ms | vs raw batch 8 | p50 overhead vs raw "
-        "batch 1 (ms) | requests | errors | notes |",
+        "| section | row | images/s | p50 ms | p99 ms | vs raw batch 8 | overhead vs raw "
+        "batch 1, p50 (ms) | requests | errors | notes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:

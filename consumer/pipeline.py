@@ -100,9 +100,13 @@ class _NotDecoded(Exception):
         self.error = error
 
 
-def _set_result(future: asyncio.Future[Decoded], decoded: Decoded) -> None:
-    if not future.done():
-        future.set_result(decoded)
+class _EngineFailed(Exception):
+    """A lone request's engine call failed after its image was decoded."""
+
+    def __init__(self, decoded: Decoded, error: TfstreamError) -> None:
+        super().__init__(error.message)
+        self.decoded = decoded
+        self.error = error
 
 
 class Detectors(Protocol):
@@ -435,16 +439,10 @@ class Pipeline:
             try:
                 if decode:
                     decode = False
-                    job = group[0]
-                    job.decoding = True
-                    try:
-                        started_s, found = await asyncio.get_running_loop().run_in_executor(
-                            lane.threads, self._decode_and_detect, job, options[0]
-                        )
-                    except _NotDecoded as failed:
-                        job.decoded.cancel()  # if the pixels came, they are not needed
-                        self._fail(job, failed.error)
+                    lone = await self._run_lone(lane, group[0], options[0])
+                    if lone is None:  # not decoded: answered with its error
                         return
+                    started_s, found = lone
                 else:
                     images = [job.decoded.result().pixels for job in group]
                     sizes = [(j.decoded.result().width, j.decoded.result().height) for j in group]
@@ -463,16 +461,42 @@ class Pipeline:
                 return
         self._answer(group, started_s, time.perf_counter(), found)
 
-    def _decode_and_detect(self, job: Job, options: Options) -> tuple[float, list[list[Box]]]:
+    async def _run_lone(
+        self, lane: Lane, job: Job, options: Options
+    ) -> tuple[float, list[list[Box]]] | None:
+        """Decode and run a lone request in one call to the inference thread; None
+        when it could not be decoded (it is answered then).
+
+        Raises:
+            TfstreamError: the engine call failed; the pixels are kept for a retry.
+        """
+        job.decoding = True
+        loop = asyncio.get_running_loop()
+        try:
+            decoded, started_s, found = await loop.run_in_executor(
+                lane.threads, self._decode_and_detect, job, options
+            )
+        except _NotDecoded as failed:
+            job.decoded.cancel()
+            self._fail(job, failed.error)
+            return None
+        except _EngineFailed as failed:
+            job.decoded.set_result(failed.decoded)
+            raise failed.error from None
+        job.decoded.set_result(decoded)
+        return started_s, found
+
+    def _decode_and_detect(
+        self, job: Job, options: Options
+    ) -> tuple[Decoded, float, list[list[Box]]]:
         """In the inference thread: decode a lone request, then run it; returns the
-        engine call's start (`perf_counter`) and its boxes. `job.decoded` is set
-        on the loop (`_settle_decoded`) whatever happens.
+        pixels, the engine call's start (`perf_counter`) and its boxes. Nothing is
+        handed to the loop meanwhile: one wake-up of the loop, when it is done.
 
         Raises:
             _NotDecoded: the image could not be decoded, or the deadline passed.
-            TfstreamError: the engine call failed (the pixels are kept for a retry).
+            _EngineFailed: the engine call failed (with the pixels, for a retry).
         """
-        loop = self._loop
         try:
             decoded = self.decode(job.request, job.detector)
         except TfstreamError as exc:
@@ -481,12 +505,14 @@ class Pipeline:
             raise _NotDecoded(
                 InferenceFailed(f"decoding failed: {type(exc).__name__}: {exc}")
             ) from None
-        loop.call_soon_threadsafe(_set_result, job.decoded, decoded)
         if job.request.expired():
             raise _NotDecoded(DeadlineExceeded("the request's deadline passed while it was queued"))
         started_s = time.perf_counter()
         size = [(decoded.width, decoded.height)]
-        return started_s, job.detector.detect([decoded.pixels], [options], size)
+        try:
+            return decoded, started_s, job.detector.detect([decoded.pixels], [options], size)
+        except TfstreamError as exc:
+            raise _EngineFailed(decoded, exc) from None
 
     def _answer(
         self, group: list[Job], started_s: float, finished_s: float, found: list[list[Box]]
