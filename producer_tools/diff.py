@@ -196,7 +196,7 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
             if settings.count:
                 if paired() >= settings.count or time.monotonic() > deadline:
                     break
-            elif all(await _position(consumer, tp) >= ends[tp] for tp in partitions):
+            elif await _at_end(consumer, ends):
                 break
             batches = await consumer.getmany(timeout_ms=FETCH_MS)
             for tp, records in batches.items():
@@ -248,8 +248,12 @@ async def _assigned(
     return sorted(consumer.assignment())
 
 
-async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
-    return int(await consumer.position(tp))
+async def _at_end(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Whether every partition was read up to `ends` (the end offsets at the start)."""
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
 
 
 async def read_frames(settings: KafkaClientSettings, frames: list[FrameAnswer]) -> dict[str, bytes]:

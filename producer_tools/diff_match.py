@@ -341,7 +341,7 @@ def table(result: DiffResult) -> str:
         f"baseline:  {result.baseline_name}",
         f"candidate: {result.candidate_name}",
         f"frames: {len(result.frames)} answered by both, {result.compared} compared "
-        f"(both with boxes), {result.only_baseline_frames} only by baseline, "
+        f"(no error on either side), {result.only_baseline_frames} only by baseline, "
         f"{result.only_candidate_frames} only by candidate; boxes matched per class "
         f"at IoU >= {result.min_iou:g}",
         "",
