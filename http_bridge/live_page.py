@@ -110,8 +110,8 @@ events.addEventListener('mode', e => {
     events.close();
   } else {
     status.textContent = 'Kafka mode, topic prefix ' + m.prefix +
-      ': each camera key seen on the request and results topics; a shadow model\'s ' +
-      'boxes, where one runs, dashed.';
+      ': each camera key seen on the request and results topics; the boxes of a ' +
+      'shadow model, where one runs, dashed.';
   }
 });
 events.addEventListener('camera', e => show(JSON.parse(e.data)));
