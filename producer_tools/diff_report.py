@@ -2,11 +2,14 @@
 
 DIR/index.html shows the summary table, then the frames where the two sides
 disagree most, each with both box sets drawn over it as SVG: the baseline's
-solid, the candidate's dashed, in the class's colour; a box without a partner
-on the other side is drawn thicker. The frames are written beside the page
+solid, the candidate's dashed. The frames are written beside the page
 (DIR/frames/), so the folder can be archived or served as it is. A frame that
 could not be read back (live, past the request topic's retention) is drawn on
 an empty canvas of the image's size.
+
+The baseline's colour follows the class; the candidate's dashes are dark and
+drawn on top, so a box both found shows colour between dark dashes, and a box
+only one side found stands alone, thicker, with its label.
 """
 
 from __future__ import annotations
@@ -54,23 +57,39 @@ def _suffix(data: bytes) -> str:
 
 
 def _rects(
-    boxes: Any, side: str, matched: set[int], classes: list[str], stroke: float
+    boxes: Any, side: str, matched: set[int], classes: list[str], stroke: float, width: int
 ) -> list[str]:
+    """Baseline: solid, in the class's colour. Candidate: dark dashes drawn over it,
+    so a matched pair shows both (colour between the dashes) and an unpaired
+    candidate box shows dashes alone. An unpaired box is drawn thicker and named."""
     out = []
     for i, box in enumerate(boxes):
         left, top, right, bottom = ltrb(box)
         name = str(box["ObjectClassName"])
         paired = i in matched
-        dash = f' stroke-dasharray="{3 * stroke:g} {2 * stroke:g}"' if side == "candidate" else ""
-        width = stroke if paired else 2 * stroke
+        line = (1.0 if side == "baseline" else 0.7) * stroke * (1 if paired else 2)
+        if side == "baseline":
+            colour, dash = _colour(name, classes), ""
+        else:
+            colour, dash = "#111", f' stroke-dasharray="{4 * stroke:g} {3 * stroke:g}"'
         label = f"{name} {float(box['confidence']):.0f}%"
         out.append(
             f'<rect class="{side}" data-label="{html.escape(name)}" '
             f'data-matched="{"yes" if paired else "no"}" x="{left:g}" y="{top:g}" '
             f'width="{right - left:g}" height="{bottom - top:g}" fill="none" '
-            f'stroke="{_colour(name, classes)}" stroke-width="{width:g}"{dash}>'
+            f'stroke="{colour}" stroke-width="{line:g}"{dash}>'
             f"<title>{side}: {html.escape(label)}</title></rect>"
         )
+        if not paired:
+            y = top - stroke if top > 8 * stroke else bottom + 6 * stroke
+            # Written towards the middle of the picture, so it is never cut at an edge.
+            x, anchor = (left, "start") if left < width / 2 else (right, "end")
+            out.append(
+                f'<text class="unpaired" x="{x:g}" y="{y:g}" text-anchor="{anchor}" '
+                f'font-size="{6 * stroke:g}" '
+                f'fill="{colour}" stroke="#fff" stroke-width="{stroke / 3:g}" '
+                f'paint-order="stroke">{html.escape(name)}: only {side}</text>'
+            )
     return out
 
 
@@ -82,8 +101,8 @@ def _frame(
     height = b.height or c.height or 480
     stroke = max(1.5, min(width, height) / 150)
     matched_b, matched_c = frame.matched_indices()
-    rects = _rects(b.boxes, "baseline", matched_b, classes, stroke)
-    rects += _rects(c.boxes, "candidate", matched_c, classes, stroke)
+    rects = _rects(b.boxes, "baseline", matched_b, classes, stroke, width)
+    rects += _rects(c.boxes, "candidate", matched_c, classes, stroke, width)
     if picture is not None:
         image = f'<img src="{html.escape(picture)}" alt="{html.escape(b.name)}">'
     else:
@@ -166,11 +185,11 @@ def write_report(
     )
     legend = (
         '<p class="legend">'
-        '<svg width="40" height="12"><line x1="0" y1="6" x2="40" y2="6" stroke="#222" '
-        'stroke-width="2"/></svg> baseline &nbsp; '
-        '<svg width="40" height="12"><line x1="0" y1="6" x2="40" y2="6" stroke="#222" '
-        'stroke-width="2" stroke-dasharray="6 4"/></svg> candidate &nbsp; '
-        "thicker: no partner on the other side</p>"
+        '<svg width="40" height="12"><line x1="0" y1="6" x2="40" y2="6" stroke="#0082c8" '
+        'stroke-width="3"/></svg> baseline (solid, colour of the class) &nbsp; '
+        '<svg width="40" height="12"><line x1="0" y1="6" x2="40" y2="6" stroke="#111" '
+        'stroke-width="2" stroke-dasharray="6 4"/></svg> candidate (dashed) &nbsp; '
+        "a matched pair shows both; thicker and named: no partner on the other side</p>"
     )
     title = html.escape(f"{result.baseline_name} vs {result.candidate_name}")
     page = f"""<!doctype html>
