@@ -9,7 +9,6 @@ model and must agree fully.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import subprocess
@@ -378,4 +377,3 @@ async def test_a_shadow_can_start_from_a_time_and_applies_deadlines(
         for a in (LoggedAnswer.from_json(r.value) for r in records)
     }
     assert codes == {f"early-{i}": "deadline_exceeded" if i % 2 else "ok" for i in range(6)}
-    await asyncio.sleep(0)
