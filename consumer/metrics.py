@@ -97,6 +97,12 @@ class WorkerMetrics:
             ["model", "state", "device", "engine"],
             registry=r,
         )
+        self.answers_not_logged = Counter(
+            "tfstream_answers_not_logged",
+            "Answers the answer-log or shadow topic refused (logged as errors)",
+            ["model"],
+            registry=r,
+        )
         self._rates: dict[str, _Rate] = {}
 
     def answered(self, model: str, count: int = 1) -> None:

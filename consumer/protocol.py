@@ -51,6 +51,12 @@ DLQ_TOPIC = "dlq-source-topic"
 DLQ_PARTITION = "dlq-source-partition"
 DLQ_OFFSET = "dlq-source-offset"
 DLQ_WORKER = "dlq-worker"
+# Answer-log and shadow records (`consumer.answer_log`) carry these beside
+# correlation-id, content-type and error-code.
+ANSWER_ROLE = "answer-role"
+"""`serving` on `<prefix>.answers.<model>`, `shadow` on `<prefix>.shadow.<name>.<model>`."""
+SHADOW_NAME = "shadow-name"
+MODEL_VERSION = "model-version"
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -82,6 +88,15 @@ class Topics:
 
     def results(self, model: str) -> str:
         return f"{self.prefix}.results.{topic_suffix(model)}"
+
+    def answers(self, model: str) -> str:
+        """The answer log: every answer the serving group gave (`--answer-log`)."""
+        return f"{self.prefix}.answers.{topic_suffix(model)}"
+
+    def shadow(self, name: str, model: str) -> str:
+        """Everything shadow `name` answered; nobody but `tfstream-diff` and the live
+        page reads it. `name` has no '.', so the model is whatever follows it."""
+        return f"{self.prefix}.shadow.{name}.{topic_suffix(model)}"
 
     @property
     def requests_pattern(self) -> str:

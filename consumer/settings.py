@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from engines.images import DecodeLimits
@@ -204,3 +204,57 @@ class ConsumerSettings(WorkerSettings, KafkaClientSettings, TracingSettings):
     """DEBUG, INFO, WARNING or ERROR."""
     log_format: Literal["json", "text"] = "json"
     """Structured JSON lines, or plain text for a terminal."""
+
+    answer_log: bool = False
+    """Also write every answer (boxes or error, model version, the request's key and
+    correlation id, timings) to <prefix>.answers.<model>, whether or not the request named
+    a reply-to: the audit trail of what was answered, and tfstream-diff's baseline."""
+    shadow: str = ""
+    """Run as shadow NAME: read the same request topics in the group <group>.shadow.NAME
+    and write every answer only to <prefix>.shadow.NAME.<model> (never to reply-to, the
+    results topic or the DLQ; never announced as serving; metrics labelled
+    role="shadow"). Empty: a serving worker."""
+    shadow_from: str = ""
+    """Shadow only: where a shadow group that has committed nothing starts reading:
+    empty = the end of each request topic (live traffic from now on); epoch milliseconds
+    or an ISO 8601 time (UTC unless it names a zone) = the first request at or after it."""
+
+    @field_validator("shadow")
+    @classmethod
+    def _shadow_name(cls, value: str) -> str:
+        from consumer.shadow import check_name
+
+        return check_name(value) if value else value
+
+    @field_validator("shadow_from")
+    @classmethod
+    def _shadow_from(cls, value: str) -> str:
+        if value:
+            from consumer.shadow import parse_from
+
+            parse_from(value)
+        return value
+
+    @model_validator(mode="after")
+    def _shadow_alone(self) -> ConsumerSettings:
+        if self.shadow and self.answer_log:
+            raise ValueError(
+                "--answer-log is for serving workers: a shadow's answers all go to its own "
+                "topic already"
+            )
+        if self.shadow_from and not self.shadow:
+            raise ValueError("--shadow-from needs --shadow NAME")
+        return self
+
+    def consumer_group(self) -> str:
+        """The group this worker joins: `group`, or for a shadow a group of its own."""
+        if not self.shadow:
+            return self.group
+        from consumer.shadow import shadow_group
+
+        return shadow_group(self.group, self.shadow)
+
+    def shadow_start_ms(self) -> int | None:
+        from consumer.shadow import parse_from
+
+        return parse_from(self.shadow_from)

@@ -13,6 +13,11 @@ Life of a worker:
 4. on revoke: wait for the revoked partitions' work, commit it, forget them;
 5. on SIGTERM: stop fetching, finish and deliver what is in hand, commit,
    withdraw the announcements, leave the group.
+
+With `--answer-log` every answer is also copied to `<prefix>.answers.<model>`;
+with `--shadow NAME` the worker joins a group of its own, announces nothing and
+answers only to `<prefix>.shadow.NAME.<model>` (`consumer.answer_log`,
+`consumer.shadow`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from aiokafka.errors import KafkaError
 
 from consumer import kafka_io
 from consumer.access import check_access, explain
+from consumer.answer_log import AnswerSink, Role
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
@@ -46,6 +52,7 @@ from consumer.protocol import (
 from consumer.records import Record, RecordAdapter
 from consumer.registry import Entry, ModelRegistry
 from consumer.settings import ConsumerSettings
+from consumer.shadow import ShadowAdapter, shadow_registry, start_positions
 from engines.errors import InvalidRequest, ModelLoadFailed, TfstreamError
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.worker.hand_back(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.worker.settings.shadow:
+            await start_positions(
+                self.worker.consumer, assigned, self.worker.settings.shadow_start_ms()
+            )
+            self.worker.positioned = True
         log.info(
             "partitions assigned",
             extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)},
@@ -80,7 +92,9 @@ class Worker:
         self.settings = settings
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = Topics(settings.topic_prefix)
-        self.metrics = WorkerMetrics()
+        self.metrics = WorkerMetrics(shadow_registry(settings.shadow) if settings.shadow else None)
+        self.positioned = not settings.shadow
+        """A shadow is ready once its first partitions are placed (`start_positions`)."""
         self.registry = ModelRegistry.from_settings(settings)
         self.stopping = asyncio.Event()
         self.offsets = OffsetTracker()
@@ -104,7 +118,8 @@ class Worker:
                     kafka_io.TopicSpec(self.topics.control, 1),
                 ]
                 + [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in served]
-                + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in served],
+                + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in served]
+                + [kafka_io.TopicSpec(topic, s.partitions) for topic in self._log_topics(served)],
                 s.replication_factor,
             )
         except KafkaError as exc:  # wrong password, untrusted broker...: say which
@@ -128,13 +143,13 @@ class Worker:
                 )
             self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics)
             self.pipeline.start()
-            self.adapter = RecordAdapter(self.pipeline, self.topics, self.outbox, self.worker_id)
+            self.adapter = self._adapter(served)
             self.consumer = kafka_io.consumer(
                 s,
                 "worker",
-                group_id=s.group,
+                group_id=s.consumer_group(),
                 enable_auto_commit=False,
-                auto_offset_reset="earliest",
+                auto_offset_reset="latest" if s.shadow else "earliest",
                 session_timeout_ms=s.session_timeout_ms,
                 heartbeat_interval_ms=s.heartbeat_interval_ms,
                 max_poll_interval_ms=s.max_poll_interval_ms,
@@ -154,17 +169,22 @@ class Worker:
                 "worker started",
                 extra={
                     "worker": self.worker_id,
-                    "group": s.group,
+                    "group": s.consumer_group(),
+                    "shadow": s.shadow or None,
+                    "answer_log": s.answer_log,
                     "models": served,
                     "device": self._device_name(),
                 },
             )
             self._tasks = [
                 asyncio.create_task(self._commit_loop(), name="commit"),
-                asyncio.create_task(self._announce_loop(), name="announce"),
-                asyncio.create_task(self._control_loop(), name="control"),
                 asyncio.create_task(self._lag_loop(), name="lag"),
             ]
+            if not s.shadow:  # a shadow serves nobody: no announcements, no control replies
+                self._tasks += [
+                    asyncio.create_task(self._announce_loop(), name="announce"),
+                    asyncio.create_task(self._control_loop(), name="control"),
+                ]
             await self._fetch_loop()
             await self._shutdown()
         finally:
@@ -181,15 +201,58 @@ class Worker:
         Replies go to clients' `<prefix>.replies.*` topics, which come and go: Write
         there cannot be checked ahead; a refused reply goes to the results topic.
         """
-        needs: dict[str, list[str]] = {
-            self.topics.dlq: ["Write"],
-            self.topics.models: ["Write"],
-            self.topics.control: ["Read"],
-        }
+        needs: dict[str, list[str]] = {}
+        if not self.settings.shadow:
+            needs[self.topics.dlq] = ["Write"]
+            needs[self.topics.models] = ["Write"]
+            needs[self.topics.control] = ["Read"]
         for model in served:
             needs[self.topics.requests(model)] = ["Read"]
-            needs[self.topics.results(model)] = ["Write"]
-        await check_access(self.settings, needs, self.settings.group)
+            if not self.settings.shadow:
+                needs[self.topics.results(model)] = ["Write"]
+        for topic in self._log_topics(served):
+            needs[topic] = ["Write"]
+        await check_access(self.settings, needs, self.settings.consumer_group())
+
+    # -- answer log and shadow -------------------------------------------------------
+
+    def _log_topics(self, served: list[str]) -> list[str]:
+        """The answer-log (`--answer-log`) or shadow (`--shadow`) topics of `served`."""
+        if self.settings.shadow:
+            return [self.topics.shadow(self.settings.shadow, m) for m in served]
+        if self.settings.answer_log:
+            return [self.topics.answers(m) for m in served]
+        return []
+
+    def _adapter(self, served: list[str]) -> RecordAdapter:
+        s = self.settings
+        if not (s.shadow or s.answer_log):
+            return RecordAdapter(self.pipeline, self.topics, self.outbox, self.worker_id)
+        sink = AnswerSink(
+            self.topics,
+            self.outbox,
+            self.metrics,
+            Role.SHADOW if s.shadow else Role.SERVING,
+            s.shadow or None,
+            self._ensure_topic,
+        )
+        sink.created(*self._log_topics(served))
+        if s.shadow:
+            return ShadowAdapter(self.pipeline, self.topics, sink, self.worker_id)
+        return RecordAdapter(
+            self.pipeline, self.topics, self.outbox, self.worker_id, answer_log=sink
+        )
+
+    async def _ensure_topic(self, topic: str) -> None:
+        """Create a log topic first needed after start (a model this worker does not
+        serve was asked for); a failure is logged, and the send then says what is wrong."""
+        s = self.settings
+        try:
+            await kafka_io.ensure_topics(
+                s, [kafka_io.TopicSpec(topic, s.partitions)], s.replication_factor
+            )
+        except KafkaError as exc:
+            log.warning("cannot create topic", extra={"topic": topic, "error": repr(exc)})
 
     def _device_name(self) -> str:
         devices = {e.detector.device for e in self.registry.entries() if e.detector}
@@ -219,6 +282,7 @@ class Worker:
                             rec.key,
                             rec.value,
                             tuple(rec.headers),
+                            rec.timestamp,
                         )
                     )
                     done.add_done_callback(partial(self._answered, tp, rec.offset))
@@ -276,7 +340,7 @@ class Worker:
             self.outbox.close()
             log.error("shutdown timed out; unanswered requests stay uncommitted")
         await self._commit()
-        for entry in self.registry.entries():
+        for entry in self.registry.entries() if not self.settings.shadow else ():
             with contextlib.suppress(KafkaError):
                 await self.producer.send_and_wait(
                     self.topics.models, None, key=announcement_key(entry.name, self.worker_id)
@@ -299,6 +363,8 @@ class Worker:
         device = entry.detector.device if entry.detector else ""
         engine = entry.spec.engine.value if entry.spec else ""
         self.metrics.model_info.labels(entry.name, state, device, engine).set(1)
+        if self.settings.shadow:  # never offered to clients
+            return
         try:
             await self.producer.send_and_wait(
                 self.topics.models,
@@ -409,5 +475,13 @@ class Worker:
 
     def _ready(self) -> tuple[bool, dict[str, object]]:
         models = {e.name: e.state.value for e in self.registry.entries()}
-        ready = self._joined and any(state == ModelState.READY.value for state in models.values())
-        return ready, {"joined": self._joined, "models": models}
+        ready = (
+            self._joined
+            and self.positioned
+            and any(state == ModelState.READY.value for state in models.values())
+        )
+        details: dict[str, object] = {"joined": self._joined, "models": models}
+        if self.settings.shadow:
+            details["shadow"] = self.settings.shadow
+            details["positioned"] = self.positioned
+        return ready, details

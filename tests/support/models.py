@@ -188,3 +188,17 @@ def run_validate(repository: Path, *args: str) -> subprocess.CompletedProcess[st
         cwd=REPO_ROOT,
         timeout=300,
     )
+
+
+def candidate_repository(dest: Path, blind_to: str = "yellow disc") -> Path:
+    """A repository whose shapes_tf2 is the candidate that cannot see `blind_to`."""
+    from engines.modelgen.export import export_shapes_blind
+
+    export_shapes_blind(dest / "shapes_tf2", blind_to)
+    return dest
+
+
+def serving_copy(model_repository: Path, dest: Path, name: str = "shapes_tf2") -> Path:
+    """A repository holding only `name`, copied from the session's repository."""
+    shutil.copytree(model_repository / name, dest / name)
+    return dest
