@@ -123,7 +123,6 @@ class Request:
     content_type: str | None = None
     conflate: bool = False
     """Only the newest waiting frame of this key runs (`conflate: latest`)."""
-    received_ms: float = field(default_factory=lambda: time.time() * 1000)
 
     def expired(self, now_ms: float | None = None) -> bool:
         now = time.time() * 1000 if now_ms is None else now_ms

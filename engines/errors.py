@@ -175,4 +175,5 @@ class NotAuthorized(TfstreamError, code="not_authorized", http_status=403, clien
 
 
 class Unauthorized(TfstreamError, code="unauthorized", http_status=401, client_error=True):
-    """"""
+    """The bridge was started with an API key and this call did not carry it. Only
+    HTTP answers it: Kafka's own credentials fail as `not_authorized`."""

@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engines.errors import RequestTooLarge
+from engines.errors import RequestTooLarge, Unauthorized
 from http_bridge.errors import error_body
 
 #: Paths that stay open when an API key is set: docs and probes.
@@ -84,14 +84,10 @@ class ApiKey:
         if not given and auth.lower().startswith(b"bearer "):
             given = auth[7:].strip()
         if not hmac.compare_digest(given, self.key):
-            await _send_json(
-                send,
-                401,
-                error_body(
-                    "unauthorized",
-                    "a valid API key is required (X-API-Key header or Authorization: Bearer)",
-                ),
+            error = Unauthorized(
+                "a valid API key is required (X-API-Key header or Authorization: Bearer)"
             )
+            await _send_json(send, error.http_status, error_body(error.code, error.message))
             return
         await self.app(scope, receive, send)
 
