@@ -63,7 +63,7 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
     # Outermost last: the size limit sees the body first, then the key check.
     app.add_middleware(HttpMetrics, registry=registry)
     if settings.api_key:
-        app.add_middleware(ApiKey, key=settings.api_key)
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

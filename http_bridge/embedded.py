@@ -82,7 +82,7 @@ class EmbeddedBackend:
 
     async def detect(self, call: DetectCall) -> dict[str, Any]:
         name = call.model
-        timeout = self.settings.request_timeout_s
+        timeout = self.settings.answer_timeout_s
         request = Request(
             model=name,
             correlation_id=uuid.uuid4().hex,

@@ -287,4 +287,3 @@ async def connect(bootstrap: str, **kwargs: object) -> AsyncIterator[DetectClien
     client = DetectClient(KafkaClientSettings(bootstrap=bootstrap), **kwargs)  # type: ignore[arg-type]
     async with client:
         yield client
-

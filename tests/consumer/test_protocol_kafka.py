@@ -55,7 +55,7 @@ def worker(
         extra={
             "TFSTREAM_MODELS": "shapes_tf2,shapes_tf1",
             "TFSTREAM_PARTITIONS": str(PARTITIONS),
-            "TFSTREAM_REQUEST_TIMEOUT_MS": str(REQUEST_TIMEOUT_MS),
+            "TFSTREAM_BROKER_TIMEOUT_MS": str(REQUEST_TIMEOUT_MS),
             "TFSTREAM_MAX_BATCH": "4",
         },
     ).start()

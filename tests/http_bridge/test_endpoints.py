@@ -32,7 +32,7 @@ def bridge(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[BridgeProcess]:
     logs = tmp_path_factory.mktemp("bridge-logs")
-    env = {"TFSTREAM_MAX_REQUEST_BYTES": str(3 * 1024 * 1024), "TFSTREAM_REQUEST_TIMEOUT_S": "30"}
+    env = {"TFSTREAM_MAX_REQUEST_BYTES": str(3 * 1024 * 1024), "TFSTREAM_ANSWER_TIMEOUT_S": "30"}
     with running_bridge(request, serving_repository, logs, env) as (proc, _):
         yield proc
 
