@@ -95,6 +95,14 @@ async def read_topic(
 async def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Any]:
     """Every record of `topic` up to its end offsets as they are now: for counting
     what is there (duplicates), where waiting for an expected number would stop early."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert described["error_code"] == 0, described
+    assigned = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
@@ -105,9 +113,6 @@ async def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60) -> list
     await consumer.start()
     records: list[Any] = []
     try:
-        assert topic in await consumer.topics(), f"no topic {topic}"  # fetches metadata
-        partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         ends = await consumer.end_offsets(assigned)
