@@ -73,7 +73,7 @@ def _form(target: str, problem: str = "") -> str:
 
 
 @router.get(LOGIN_PATH, response_class=HTMLResponse, include_in_schema=False)
-async def login_page(request: Request, next: str = "/streams") -> HTMLResponse:
+async def login_page(next: str = "/streams") -> HTMLResponse:
     return HTMLResponse(_form(_local(next)))
 
 
