@@ -199,6 +199,10 @@ def _admin_call(host: str, port: int, timeout_s: float, call: Callable[[Any], An
             with contextlib.suppress(Exception):
                 await admin.close()
 
+    try:  # a closed port needs no client (whose connection errors would fill the log)
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BrokerNotReady(f"{host}:{port}: {exc}") from exc
     with ThreadPoolExecutor(1, thread_name_prefix="kafka-admin") as pool:
         return pool.submit(asyncio.run, run()).result()
 
