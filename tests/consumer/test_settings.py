@@ -4,15 +4,17 @@ once, and a misspelt TFSTREAM_* variable refused at start."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
 from consumer.settings import CPU_MAX_BATCH, GPU_MAX_BATCH, EngineSettings
-from engines.settings import parse_cli, unknown_variables
+from engines.settings import COMMAND_SETTINGS, parse_cli, unknown_variables
 from producer_tools.replay import ReplaySettings
 from tests.support.models import REPO_ROOT
 
@@ -149,3 +151,15 @@ def test_the_client_library_loads_neither_pillow_nor_numpy() -> None:
     out = _run(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_every_command_is_known_to_the_variable_check() -> None:
+    """A command missing from COMMAND_SETTINGS would make its variables errors for the
+    other commands sharing an environment (a container image sets them for all)."""
+    with (REPO_ROOT / "pyproject.toml").open("rb") as f:
+        scripts = set(tomllib.load(f)["project"]["scripts"])
+    progs = set()
+    for spec in COMMAND_SETTINGS:
+        module, _, name = spec.partition(":")
+        progs.add(getattr(importlib.import_module(module), name).model_config["cli_prog_name"])
+    assert progs == scripts
