@@ -21,8 +21,9 @@ run: setup models
 demo: setup models kafka-jars
 	$(BIN)/python -m deploy.local.demo --repository $(MODELS) --port $(PORT)
 
+# -m "": every test, also those pyproject.toml's addopts leave out of a bare pytest.
 test: setup models kafka-jars
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
 setup: $(VENV)/.installed
 

@@ -22,7 +22,7 @@ from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Pipeline
 from consumer.protocol import Reply, Request
 from consumer.registry import ModelRegistry
-from consumer.settings import WorkerSettings
+from consumer.settings import EngineSettings
 from engines.errors import InvalidRequest, ModelNotFound
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
@@ -80,7 +80,7 @@ async def answer_images(
     Raises:
         TfstreamError: the model cannot be loaded (its own error).
     """
-    settings = WorkerSettings(repository=repository, models=model, device=device)
+    settings = EngineSettings(repository=repository, models=model, device=device)
     registry = ModelRegistry.from_settings(settings)
     entry = await asyncio.to_thread(registry.load, model)
     if entry.error is not None:

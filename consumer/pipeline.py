@@ -36,7 +36,7 @@ from consumer.batching import CLOSED, collect
 from consumer.conflation import Key, LatestWins, conflation_key
 from consumer.metrics import WorkerMetrics
 from consumer.protocol import Reply, Request, Timing, detection_data
-from consumer.settings import WorkerSettings
+from consumer.settings import EngineSettings
 from consumer.spans import RequestSpans
 from engines.boxes import Box, Options
 from engines.decoders import ImageDecoder, select_decoder
@@ -122,7 +122,7 @@ class Pipeline:
     def __init__(
         self,
         registry: Detectors,
-        settings: WorkerSettings,
+        settings: EngineSettings,
         worker_id: str,
         metrics: WorkerMetrics | None = None,
     ) -> None:

@@ -16,13 +16,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from engines.boxes import Box
 from engines.errors import InvalidRequest, TfstreamError
+
+if TYPE_CHECKING:  # engines.boxes loads NumPy, which a Kafka client needs not
+    from engines.boxes import Box
 
 PROTOCOL_VERSION = 1
 
@@ -138,7 +140,6 @@ class Request:
     content_type: str | None = None
     conflate: bool = False
     """Only the newest waiting frame of this key runs (`conflate: latest`)."""
-    received_ms: float = field(default_factory=lambda: time.time() * 1000)
 
     def expired(self, now_ms: float | None = None) -> bool:
         now = time.time() * 1000 if now_ms is None else now_ms

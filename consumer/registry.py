@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from consumer.protocol import Announcement, ModelState
-from consumer.settings import WorkerSettings
+from consumer.settings import EngineSettings
 from engines.detector import (
     Detector,
     EngineFactory,
@@ -54,7 +54,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> ModelRegistry:
+    def from_settings(cls, settings: EngineSettings) -> ModelRegistry:
         return cls(
             ModelRepository(settings.repository),
             settings.model_names(),

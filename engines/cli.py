@@ -40,7 +40,9 @@ class ModelsSettings(BaseSettings):
     dir: CliPositionalArg[Path]
     """The model repository (generate, validate) or the image folder (images)."""
     models: str = "all"
-    """generate/validate: comma-separated model names, or 'all'."""
+    """generate: comma-separated model names, or 'all': the demo models (shapes_tf2,
+    shapes_tf1, ssd_mobilenet_v2_bench; Model Garden's random-weight test exports
+    retinanet_mg_* only when named). validate: names, or 'all': every model of DIR."""
     overwrite: bool = False
     """generate: replace models that already exist."""
     count: int = 60

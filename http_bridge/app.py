@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.metrics import WorkerMetrics
-from http_bridge import errors
+from http_bridge import errors, session
 from http_bridge.backends import Backend
 from http_bridge.live import router as live_router
 from http_bridge.live import stop_live
@@ -54,6 +54,7 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
     app.state.backend = chosen
     app.include_router(router)
     app.include_router(live_router)
+    app.include_router(session.router)
     errors.install(app)
 
     @app.get("/metrics", include_in_schema=False)
@@ -63,7 +64,7 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
     # Outermost last: the size limit sees the body first, then the key check.
     app.add_middleware(HttpMetrics, registry=registry)
     if settings.api_key:
-        app.add_middleware(ApiKey, key=settings.api_key)
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our logging set-up
-        timeout_graceful_shutdown=max(5, int(settings.request_timeout_s)),
+        timeout_graceful_shutdown=max(5, int(settings.answer_timeout_s)),
         ssl_certfile=settings.https_certfile,
         ssl_keyfile=settings.https_keyfile,
     )

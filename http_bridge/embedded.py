@@ -9,7 +9,6 @@ serves on a machine with no Kafka.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 import uuid
@@ -26,9 +25,6 @@ from http_bridge.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
 
-#: Dead letters kept for inspection; with no DLQ topic, the log is their record.
-KEEP_DEAD_LETTERS = 100
-
 
 class EmbeddedBackend:
     def __init__(self, settings: BridgeSettings, metrics: WorkerMetrics) -> None:
@@ -36,7 +32,6 @@ class EmbeddedBackend:
         self.registry = ModelRegistry.from_settings(settings)
         self.metrics = metrics
         self.pipeline = Pipeline(self.registry, settings, "embedded", metrics)
-        self.dead_letters: collections.deque[Answer] = collections.deque(maxlen=KEEP_DEAD_LETTERS)
         self._loaded = False
 
     async def start(self) -> None:
@@ -87,7 +82,7 @@ class EmbeddedBackend:
 
     async def detect(self, call: DetectCall) -> dict[str, Any]:
         name = call.model
-        timeout = self.settings.request_timeout_s
+        timeout = self.settings.answer_timeout_s
         request = Request(
             model=name,
             correlation_id=uuid.uuid4().hex,
@@ -114,7 +109,6 @@ class EmbeddedBackend:
 
     def _dead_letter(self, model: str, answer: Answer) -> None:
         assert answer.error is not None
-        self.dead_letters.append(answer)
         self.metrics.dlq.labels(model, answer.error.code).inc()
         log.warning(
             "dead letter",

@@ -26,7 +26,7 @@ class KafkaBackend:
     def __init__(self, settings: BridgeSettings) -> None:
         self.settings = settings
         self.client = DetectClient(
-            settings, timeout_s=settings.request_timeout_s, send_timeout_s=settings.send_timeout_s
+            settings, timeout_s=settings.answer_timeout_s, send_timeout_s=settings.send_timeout_s
         )
         self.directory = ModelDirectory(settings)
         self._started = asyncio.Event()
@@ -104,9 +104,7 @@ class KafkaBackend:
         self._require_started()
         if name is not None:
             self.directory.view(name)  # unknown or unserved models answer at once
-        reply = await self.client.load(
-            name or "*", force, timeout_s=self.settings.request_timeout_s
-        )
+        reply = await self.client.load(name or "*", force, timeout_s=self.settings.answer_timeout_s)
         if reply.error is not None:
             raise reply.error
 

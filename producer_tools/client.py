@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -287,12 +287,3 @@ async def connect(bootstrap: str, **kwargs: object) -> AsyncIterator[DetectClien
     client = DetectClient(KafkaClientSettings(bootstrap=bootstrap), **kwargs)  # type: ignore[arg-type]
     async with client:
         yield client
-
-
-def replies_summary(replies: Sequence[Reply]) -> dict[str, int]:
-    """Count of answers by error code ('ok' for successes)."""
-    counts: dict[str, int] = {}
-    for reply in replies:
-        code = "ok" if reply.error is None else reply.error.code
-        counts[code] = counts.get(code, 0) + 1
-    return counts

@@ -240,7 +240,7 @@ async def _assigned(
         if topic not in existing:
             raise InvalidRequest(f"topic '{topic}' does not exist")
     consumer.subscribe(topics)  # without a group: all their partitions
-    deadline = time.monotonic() + settings.request_timeout_ms / 1000
+    deadline = time.monotonic() + settings.broker_timeout_ms / 1000
     while {tp.topic for tp in consumer.assignment()} != set(topics):
         if time.monotonic() > deadline:
             raise ServiceUnavailable(f"no partitions of {topics} were assigned in time")

@@ -100,10 +100,6 @@ class ModelDirectory:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed announcement", extra={"error": repr(exc)})
 
-    @property
-    def caught_up(self) -> bool:
-        return self._caught_up.is_set()
-
     def _live(self) -> list[Announcement]:
         now = time.time() * 1000
         return [a for a in self._latest.values() if a.alive(now)]

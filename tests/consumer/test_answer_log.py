@@ -19,7 +19,7 @@ from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Pipeline
 from consumer.protocol import Reply, Topics
 from consumer.records import Record, RecordAdapter
-from consumer.settings import ConsumerSettings, WorkerSettings
+from consumer.settings import ConsumerSettings, EngineSettings
 from consumer.shadow import ShadowAdapter, parse_from, shadow_registry
 from engines.errors import InvalidRequest
 from tests.consumer.fakes import CountingEngine, Detectors, MemoryOutbox, jpeg
@@ -42,7 +42,7 @@ def record(offset: int, value: bytes = IMAGE, model: str = "a", **headers: str) 
 
 @pytest_asyncio.fixture
 async def pipeline() -> AsyncIterator[Pipeline]:
-    pipeline = Pipeline(Detectors({"a": CountingEngine()}), WorkerSettings(), "w1")
+    pipeline = Pipeline(Detectors({"a": CountingEngine()}), EngineSettings(), "w1")
     pipeline.start()
     yield pipeline
     await asyncio.wait_for(pipeline.close(), 10)

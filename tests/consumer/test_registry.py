@@ -10,7 +10,7 @@ import pytest
 
 from consumer.protocol import ModelState
 from consumer.registry import ModelRegistry
-from consumer.settings import WorkerSettings
+from consumer.settings import EngineSettings
 from engines import errors
 from engines.base import Engine
 from engines.repository import ModelRepository, ModelSpec, model_hash
@@ -136,7 +136,7 @@ def test_the_announcement_carries_state_hash_labels_and_error(
 def test_settings_with_simulate_batch_ms_give_every_model_the_simulated_engine(
     repository: ModelRepository,
 ) -> None:
-    settings = WorkerSettings(repository=repository.root, models="good", simulate_batch_ms=1)
+    settings = EngineSettings(repository=repository.root, models="good", simulate_batch_ms=1)
     registry = ModelRegistry.from_settings(settings)
     (entry,) = registry.load_all()
     assert entry.state is ModelState.READY

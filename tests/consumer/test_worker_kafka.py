@@ -26,6 +26,7 @@ from tests.support.workers import (
     header_dict,
     headers,
     raw_producer,
+    read_to_end,
     read_topic,
     replies_by_id,
     unique_prefix,
@@ -322,6 +323,13 @@ async def test_models_are_announced_and_can_be_reloaded(worker: ConsumerProcess)
     answers = replies_by_id(await read_topic(worker.bootstrap, reply_to, expect=2, timeout_s=60))
     assert answers["reload-1"][0]["success"] is True
     assert answers["reload-2"][0]["error"]["code"] == "model_not_found"
+    # The success is the model loaded again, not just an answer: a second "model ready".
+    ready = [
+        r["model"]
+        for r in worker.log_records()
+        if r.get("msg") == "model ready" and r.get("model") in ("shapes_tf1", "shapes_tf2")
+    ]
+    assert sorted(ready) == ["shapes_tf1", "shapes_tf1", "shapes_tf2"]
 
 
 @pytest.mark.asyncio
@@ -472,6 +480,12 @@ async def test_sigterm_mid_stream_loses_nothing(
         }
     finally:
         second.stop()
+    # Nothing lost is not enough: a worker that skipped its last commit would pass that
+    # too, its successor answering the same requests again. A clean SIGTERM commits
+    # every answer it sent, so no request is answered twice.
+    answers = replies_by_id(await read_to_end(kafka_bootstrap, reply_to))
+    twice = sorted(cid for cid, bodies in answers.items() if len(bodies) > 1)
+    assert not twice, f"answered again after a clean SIGTERM: {len(twice)}, e.g. {twice[:5]}"
 
 
 def test_a_worker_that_can_load_no_model_exits_with_an_error(

@@ -151,7 +151,7 @@ def test_a_consumer_stopped_mid_request_gives_504_within_the_timeout(
         kafka_bootstrap,
         serving_repository,
         tmp_path,
-        bridge_env={"TFSTREAM_REQUEST_TIMEOUT_S": "3"},
+        bridge_env={"TFSTREAM_ANSWER_TIMEOUT_S": "3"},
     )
     try:
         assert predict(bridge, name, (folder / name).read_bytes()).status_code == 200
@@ -184,7 +184,7 @@ def test_broker_stopped_and_restarted(
             cluster.bootstrap,
             serving_repository,
             tmp_path,
-            bridge_env={"TFSTREAM_SEND_TIMEOUT_S": "2", "TFSTREAM_REQUEST_TIMEOUT_S": "10"},
+            bridge_env={"TFSTREAM_SEND_TIMEOUT_S": "2", "TFSTREAM_ANSWER_TIMEOUT_S": "10"},
         )
         pid = bridge.proc.pid  # type: ignore[union-attr]
         try:
