@@ -25,6 +25,7 @@ from aiokafka.errors import (
     KafkaError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
+    for_code,
 )
 from aiokafka.protocol.admin import DescribeGroupsResponse_v3
 from aiokafka.protocol.api import Request, RequestStruct, Response
@@ -201,6 +202,10 @@ async def _may_read_group(client: AIOKafkaClient, group: str) -> bool:
         return False
     response: Any = await client.send(coordinator, _GroupOperationsRequest([group]))
     for error_code, _group, *_rest, allowed in response.groups:
+        if error_code and error_code != GroupAuthorizationFailedError.errno:
+            # A coordinator still loading (or moved) on a new cluster: for the caller to
+            # retry (consumer.startup), not a refusal.
+            raise for_code(error_code)(f"describing group '{group}'")
         if error_code or not _allows(allowed, "Read"):
             return False
     return True
@@ -245,10 +250,12 @@ async def explain(exc: BaseException, settings: KafkaClientSettings) -> Tfstream
                 f"({settings.sasl_mechanism}): {cause}"
             )
         if isinstance(cause, ssl.SSLCertVerificationError):
-            reason = (
-                f"the broker's TLS certificate is not trusted "
-                f"(--ssl-cafile {settings.ssl_cafile}): {cause.verify_message}"
+            untrusted = ServiceUnavailable(
+                f"cannot reach Kafka at {settings.bootstrap}: the broker's TLS certificate "
+                f"is not trusted (--ssl-cafile {settings.ssl_cafile}): {cause.verify_message}"
             )
+            untrusted.retriable = False  # type: ignore[misc]  # waiting does not fix a CA
+            return untrusted
         elif cause is not None:
             reason = f"{type(cause).__name__}: {cause}"
     return ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {reason}")

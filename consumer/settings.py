@@ -70,6 +70,10 @@ class KafkaClientSettings(BaseSettings):
     """How long a request to the brokers may take, including waiting for a topic to exist."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest record produced or fetched, and the max.message.bytes of the topics we create."""
+    start_timeout_s: float = Field(default=180.0, gt=0)
+    """At start-up, how long to keep retrying while the brokers are not there yet or
+    not ready (not listening, no group coordinator, no leader, topic being created);
+    then exit 1. A refusal (not_authorized, an untrusted certificate) exits at once."""
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments common to aiokafka's producer, consumer and admin client."""
@@ -133,6 +137,12 @@ class WorkerSettings(BaseSettings):
     """Largest encoded image accepted (bytes)."""
     max_image_pixels: int = 40_000_000
     """Largest width x height accepted, checked before decoding."""
+
+    load_threads: int = Field(default=2, ge=1)
+    """Models loaded at the same time at start-up."""
+    poll_interval_s: float = Field(default=30.0, ge=0)
+    """How often the repository is checked for a new version folder (`<model>/<N>/`),
+    which is then loaded beside the serving one and swapped in; 0 = never."""
 
     conflate_models: str = ""
     """Models whose requests all conflate as if they carried `conflate: latest`: of the
