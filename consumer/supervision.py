@@ -52,6 +52,17 @@ class Supervisor:
         except Exception as exc:
             self.fail(name, exc)
 
+    def watch(self, name: str, task: asyncio.Task[None] | None) -> None:
+        """Supervise a task started elsewhere (a client library's reader)."""
+        if task is None:
+            return
+
+        def ended(done: asyncio.Task[None]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                self.fail(name, done.exception())  # type: ignore[arg-type]
+
+        task.add_done_callback(ended)
+
     def fail(self, name: str, exc: BaseException) -> None:
         """Record that task `name` died of `exc` (also for tasks started elsewhere)."""
         log.error(

@@ -37,8 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.port,
         mode,
     )
+    app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our logging set-up
@@ -46,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_certfile=settings.https_certfile,
         ssl_keyfile=settings.https_keyfile,
     )
+    gave_up = getattr(app.state.backend, "gave_up", None)
+    if gave_up is not None:  # Kafka not ready within --start-timeout-s: one line, exit 1
+        log.error("bridge failed: [%s] %s", gave_up.code, gave_up.message)
+        return 1
     return 0
 
 

@@ -107,6 +107,11 @@ class DetectClient:
             raise await explain(exc, self.settings) from exc
         self._reader = asyncio.create_task(self._read_replies(), name="replies")
 
+    @property
+    def reader(self) -> asyncio.Task[None] | None:
+        """The background task resolving answers (for a supervisor to watch)."""
+        return self._reader
+
     async def stop(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
