@@ -39,9 +39,11 @@ class EmbeddedBackend:
         settings: BridgeSettings,
         metrics: WorkerMetrics,
         supervisor: Supervisor | None = None,
+        registry: ModelRegistry | None = None,
     ) -> None:
+        """`registry`: default, the one `settings` describe."""
         self.settings = settings
-        self.registry = ModelRegistry.from_settings(settings)
+        self.registry = registry or ModelRegistry.from_settings(settings)
         self.metrics = metrics
         self.supervisor = supervisor or Supervisor()
         self.pipeline = Pipeline(self.registry, settings, "embedded", metrics)
@@ -94,6 +96,7 @@ class EmbeddedBackend:
             await asyncio.sleep(LOADING_POLL_S)
 
     async def stop(self) -> None:
+        await self.supervisor.stop()  # loading and polling
         await self.pipeline.close()
 
     def names(self) -> list[str]:

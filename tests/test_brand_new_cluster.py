@@ -30,6 +30,7 @@ MODEL = "shapes_tf2"
 USER = "tfstream-worker"
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_SSL"])
 def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restart(
     protocol: str, model_repository: Path, tmp_path: Path

@@ -89,6 +89,7 @@ async def until(predicate: Any, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.5)
 
 
+@pytest.mark.timeout(1200)
 @pytest.mark.asyncio
 async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
     kafka_bootstrap: str,
