@@ -47,6 +47,7 @@ class Outcome:
     code: str
     version: int | None
     boxes: int
+    latency_s: float = 0.0
 
 
 @dataclass
@@ -89,7 +90,7 @@ async def until(predicate: Any, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.5)
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(2400)
 @pytest.mark.asyncio
 async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
     kafka_bootstrap: str,
@@ -129,12 +130,14 @@ async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
             {
                 "TFSTREAM_BOOTSTRAP": kafka_bootstrap,
                 "TFSTREAM_TOPIC_PREFIX": prefix,
-                "TFSTREAM_REQUEST_TIMEOUT_S": "90",
+                # Correctness, not speed: a loaded machine may queue requests for
+                # minutes while one worker serves alone; none may be lost or fail.
+                "TFSTREAM_REQUEST_TIMEOUT_S": "900",
             },
         ).start()
         await asyncio.to_thread(bridge.wait_ready, 120)
         settings = KafkaClientSettings(bootstrap=kafka_bootstrap, topic_prefix=prefix)
-        client = DetectClient(settings, timeout_s=120)
+        client = DetectClient(settings, timeout_s=900)
         await client.start()
         t0 = loop.time()
 
@@ -147,7 +150,10 @@ async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
                 return
             boxes = len((reply.data or {}).get("bounding-boxes") or [])
             code = reply.error.code if reply.error else "ok"
-            run.kafka.append(Outcome(sent, reply.success, code, reply.model_version, boxes))
+            latency = loop.time() - t0 - sent
+            run.kafka.append(
+                Outcome(sent, reply.success, code, reply.model_version, boxes, latency)
+            )
 
         async def paced() -> None:
             tasks, i = [], 0
@@ -160,7 +166,7 @@ async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
 
         async def http_client(n: int) -> None:
             assert bridge is not None
-            async with httpx.AsyncClient(base_url=bridge.url, timeout=120) as http:
+            async with httpx.AsyncClient(base_url=bridge.url, timeout=960) as http:
                 i = n
                 while not stop.is_set():
                     sent = loop.time() - t0
@@ -176,7 +182,8 @@ async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
                     boxes = len(r.json()["data"]["bounding-boxes"]) if ok else 0
                     version = r.headers.get("Model-Version")
                     code = "ok" if ok else f"{r.status_code} {r.text[:200]}"
-                    run.http.append(Outcome(sent, ok, code, int(version or 0), boxes))
+                    latency = loop.time() - t0 - sent
+                    run.http.append(Outcome(sent, ok, code, int(version or 0), boxes, latency))
                     i += HTTP_CLIENTS
 
         senders = [asyncio.create_task(paced())]
@@ -247,7 +254,7 @@ async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
         await asyncio.sleep(3)
         run.phases["failed version"] = (begin, loop.time() - t0)
         stop.set()
-        await asyncio.wait_for(asyncio.gather(*senders), 180)
+        await asyncio.wait_for(asyncio.gather(*senders), 1200)
         await asyncio.sleep(3)  # room for a duplicate answer to show up
         duplicates = client.stats.duplicates
         await client.stop()
@@ -258,10 +265,12 @@ async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
         for w in started:
             w.stop()
 
-    for phase in run.phases:
+    for phase, (start, end) in run.phases.items():
+        slowest = max((o.latency_s for o in run.kafka if start <= o.sent_s <= end), default=0)
         print(
-            f"{phase}: failed Kafka requests {run.failures(run.kafka, phase)}, "
-            f"failed HTTP calls {run.failures(run.http, phase)}"
+            f"{phase} ({start:.0f}-{end:.0f} s): failed Kafka requests "
+            f"{run.failures(run.kafka, phase)}, failed HTTP calls {run.failures(run.http, phase)}"
+            f" (slowest Kafka answer {slowest:.1f} s, not asserted)"
         )
     print(f"{len(run.kafka)} Kafka requests, {len(run.http)} HTTP calls")
     kafka_failed = Counter(o.code for o in run.kafka if not o.ok)
