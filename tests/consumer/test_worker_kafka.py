@@ -364,8 +364,10 @@ async def test_metrics_and_health(worker: ConsumerProcess) -> None:
         assert metric in text, metric
     assert (
         'tfstream_model_info{device="/CPU:0",engine="tensorflow2_detection",'
-        'model="shapes_tf2",state="ready"} 1.0'
+        'model="shapes_tf2",state="ready",version="1"} 1.0'
     ) in text
+    # One label set per model: the loading one was removed when the model became ready.
+    assert 'model="shapes_tf2",state="loading"' not in text
     assert 'tfstream_errors_total{code="invalid_image",model="shapes_tf2"}' in text
 
 
