@@ -324,6 +324,12 @@ class Worker:
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         while self.offsets.pending(revoked) and time.monotonic() < deadline:
             await asyncio.sleep(REVOKE_POLL_S)
+        unfinished = self.offsets.pending(revoked)
+        if unfinished:  # they will be answered here and again by the partitions' next owner
+            log.warning(
+                "revoke timed out: unfinished requests will be answered twice",
+                extra={"unfinished": unfinished, "timeout_s": self.settings.shutdown_timeout_s},
+            )
         await self._commit(revoked)
         self.offsets.forget(revoked)
         log.info(
