@@ -484,9 +484,25 @@ class Worker:
         self.metrics.inflight.set(self.adapter.inflight)
 
     async def _poll_loop(self) -> None:
-        """Roll in new version folders (`ModelRegistry.refresh`) as they appear."""
+        """Roll in new version folders (`ModelRegistry.refresh`) as they appear; a model
+        folder new to a worker serving every model gets its topics first."""
+        s = self.settings
+        known = set(self.registry.served_names())
         while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
+            await asyncio.sleep(s.poll_interval_s)
+            fresh = [name for name in self.registry.served_names() if name not in known]
+            if fresh:
+                try:
+                    await kafka_io.ensure_topics(
+                        s,
+                        [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in fresh]
+                        + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in fresh],
+                        s.replication_factor,
+                    )
+                except (KafkaError, TfstreamError) as exc:  # broker away: the next turn tries again
+                    log.warning("cannot create topics", extra={"models": fresh, "error": repr(exc)})
+                    continue
+                known.update(fresh)
             for entry in await asyncio.to_thread(self.registry.refresh_all):
                 await self._announce(entry)
 
