@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from consumer.supervision import Supervisor
@@ -39,6 +40,8 @@ class KafkaBackend:
         self.supervisor = supervisor or Supervisor()
         self.gave_up: TfstreamError | None = None
         """Set when Kafka was not ready within `start_timeout_s`: the process exits 1."""
+        self.on_give_up: Callable[[], None] | None = None
+        """How to stop the server then (http_bridge.cli); default: SIGTERM to itself."""
         self.client = DetectClient(
             settings, timeout_s=settings.request_timeout_s, send_timeout_s=settings.send_timeout_s
         )
@@ -92,7 +95,11 @@ class KafkaBackend:
         command exits 1 with one line (http_bridge.cli)."""
         waited = f"not ready after {self.settings.start_timeout_s:g}s: " if error.retriable else ""
         self.gave_up = ServiceUnavailable(f"{waited}{error.message}")
-        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own graceful shutdown
+        log.error("giving up on Kafka", extra={"error": self.gave_up.message})
+        if self.on_give_up is not None:
+            self.on_give_up()
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _require_started(self) -> None:
         if not self._started.is_set():

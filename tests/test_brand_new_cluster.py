@@ -10,7 +10,9 @@ joins a group before the workers do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import time
 from pathlib import Path
 
 import pytest
@@ -18,18 +20,19 @@ from pydantic import SecretStr
 
 from consumer.settings import KafkaClientSettings
 from deploy.local.kafka import LocalKafkaCluster
-from deploy.local.processes import ConsumerProcess
+from deploy.local.processes import BridgeProcess, ConsumerProcess, free_port
 from deploy.local.security import HARNESS_PRINCIPAL, SCRAM_MECHANISM, BrokerSecurity, client_env
 from producer_tools.client import DetectClient
 from tests.support.models import shapes_png
 from tests.support.workers import unique_prefix
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 MODEL = "shapes_tf2"
 USER = "tfstream-worker"
 
 
+@pytest.mark.kafka
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_SSL"])
 def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restart(
@@ -101,3 +104,39 @@ def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restar
         for worker in workers:
             worker.stop()
         cluster.stop()
+
+
+def test_a_worker_and_a_bridge_that_never_see_a_broker_give_up_with_one_line(
+    tmp_path: Path,
+) -> None:
+    """Readiness false (liveness true) while waiting; at --start-timeout-s one line, exit 1."""
+    nobody = f"127.0.0.1:{free_port()}"
+    worker = ConsumerProcess(
+        nobody,
+        tmp_path,
+        unique_prefix(),
+        tmp_path,
+        extra={"TFSTREAM_START_TIMEOUT_S": "8"},
+    ).start()
+    bridge = BridgeProcess(
+        tmp_path, {"TFSTREAM_BOOTSTRAP": nobody, "TFSTREAM_START_TIMEOUT_S": "8"}
+    ).start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                if worker.health("/health/ready")[0] == 503:
+                    break
+            assert time.monotonic() < deadline and worker.proc.poll() is None, worker.log_tail()  # type: ignore[union-attr]
+            time.sleep(0.2)
+        assert worker.health("/health/live")[0] == 200
+        assert worker.wait(120) == 1
+        assert bridge.proc is not None and bridge.proc.wait(120) == 1, bridge.log_tail()
+    finally:
+        worker.stop()
+        bridge.stop()
+    for log in (worker.log_path.read_text(), bridge.log_path.read_text()):
+        assert "Traceback" not in log
+        assert "not ready after 8s" in log, log[-2000:]
+    failed = [r for r in worker.log_records() if r.get("msg", "").startswith("worker failed")]
+    assert len(failed) == 1 and failed[0]["code"] == "service_unavailable"
