@@ -90,6 +90,7 @@ async def test_request_in_answer_out_with_every_protocol_field(
     assert header_dict(records[0])["correlation-id"] == "req-1"
     assert body["success"] is True and body["error"] is None
     assert body["model"] == "shapes_tf2" and body["correlation_id"] == "req-1"
+    assert body["model_version"] == 1 and header_dict(records[0])["model-version"] == "1"
     data = body["data"]
     assert data["ImageName"] == name
     with Image.open(folder / name) as original:
