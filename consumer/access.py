@@ -21,6 +21,7 @@ from aiokafka.errors import (
     KafkaError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
+    for_code,
 )
 
 from consumer import kafka_requests
@@ -88,6 +89,10 @@ async def _may_read_group(client: kafka_requests.Client, group: str) -> bool:
         answer = await kafka_requests.group_operations(client, group)
     except GroupAuthorizationFailedError:
         return False
+    if answer.error_code and answer.error_code != GroupAuthorizationFailedError.errno:
+        # A coordinator still loading (or moved) on a new cluster: for the caller to
+        # retry (consumer.startup), not a refusal.
+        raise for_code(answer.error_code)(f"describing group '{group}'")
     return answer.error_code == 0 and answer.allows("Read")
 
 
@@ -130,10 +135,12 @@ async def explain(exc: BaseException, settings: KafkaClientSettings) -> Tfstream
                 f"({settings.sasl_mechanism}): {cause}"
             )
         if isinstance(cause, ssl.SSLCertVerificationError):
-            reason = (
-                f"the broker's TLS certificate is not trusted "
-                f"(--ssl-cafile {settings.ssl_cafile}): {cause.verify_message}"
+            untrusted = ServiceUnavailable(
+                f"cannot reach Kafka at {settings.bootstrap}: the broker's TLS certificate "
+                f"is not trusted (--ssl-cafile {settings.ssl_cafile}): {cause.verify_message}"
             )
+            untrusted.retriable = False  # type: ignore[misc]  # waiting does not fix a CA
+            return untrusted
         elif cause is not None:
             reason = f"{type(cause).__name__}: {cause}"
     return ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {reason}")

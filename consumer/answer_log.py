@@ -79,7 +79,7 @@ class LoggedAnswer:
     """The request's key as text (undecodable bytes replaced)."""
     reply_to: str | None = None
     """Where the serving answer was sent; None for a shadow, which sends none."""
-    model_version: str | None = None
+    model_version: int | None = None
     """The version of the model that answered, when the reply names one; None otherwise."""
     latency_ms: float | None = None
     """From the request record's timestamp to the answer: what a client would have waited,
@@ -129,7 +129,7 @@ class LoggedAnswer:
         if self.shadow is not None:
             out.append((SHADOW_NAME, self.shadow.encode()))
         if self.model_version is not None:
-            out.append((MODEL_VERSION, self.model_version.encode()))
+            out.append((MODEL_VERSION, str(self.model_version).encode()))
         return out
 
     @staticmethod
@@ -160,13 +160,13 @@ class LoggedAnswer:
             raise InvalidRequest(f"not a tfstream answer-log record: {exc!r}") from None
 
 
-def _version(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
+def _version(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def version_of(reply: Reply) -> str | None:
-    """The model version a reply names, if the reply carries one."""
-    return _version(getattr(reply, "model_version", None))
+def version_of(reply: Reply) -> int | None:
+    """The model version a reply names (None when no model ran, e.g. a bad image)."""
+    return reply.model_version
 
 
 class Outbox(Protocol):

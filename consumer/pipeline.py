@@ -290,7 +290,9 @@ class Pipeline:
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         await asyncio.wait([job.decoded for job in jobs])
-        groups: dict[tuple[str, tuple[int, ...]], list[Job]] = defaultdict(list)
+        # By engine too: across a reload, jobs of one model may hold the old weights
+        # or the new ones, and each group runs on its first job's detector.
+        groups: dict[tuple[str, int, tuple[int, ...]], list[Job]] = defaultdict(list)
         for job in jobs:
             error = job.decoded.exception()
             if error is not None:
@@ -301,7 +303,8 @@ class Pipeline:
                 late = DeadlineExceeded("the request's deadline passed while it was queued")
                 self._fail(job, late)
             else:
-                groups[(job.request.model, tuple(job.decoded.result().pixels.shape))].append(job)
+                shape = tuple(job.decoded.result().pixels.shape)
+                groups[(job.request.model, id(job.detector.engine), shape)].append(job)
         for group in groups.values():
             await self._run_group(group)
 
@@ -350,7 +353,12 @@ class Pipeline:
             )
             data = detection_data(boxes, job.request.image_name, width, height)
             reply = Reply(
-                job.request.correlation_id, model, data=data, timing=timing, worker=self.worker_id
+                job.request.correlation_id,
+                model,
+                data=data,
+                timing=timing,
+                worker=self.worker_id,
+                model_version=detector.spec.version,
             )
             self._settle(job, Answer(reply))
         self.metrics.answered(model, len(group))

@@ -37,6 +37,8 @@ PREDICTIONS = "predictions"
 IMAGE_NAME = "image-name"
 CONTENT_TYPE = "content-type"
 ERROR_CODE = "error-code"
+#: On answers: the version of the weights that produced it (absent when none ran).
+MODEL_VERSION = "model-version"
 CONFLATE = "conflate"
 #: The one value of `conflate` that asks for anything: only the newest waiting frame
 #: of the record's key runs, older ones are answered `superseded`.
@@ -58,7 +60,6 @@ DLQ_WORKER = "dlq-worker"
 ANSWER_ROLE = "answer-role"
 """`serving` on `<prefix>.answers.<model>`, `shadow` on `<prefix>.shadow.<name>.<model>`."""
 SHADOW_NAME = "shadow-name"
-MODEL_VERSION = "model-version"
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -317,6 +318,8 @@ class Reply:
     error: TfstreamError | None = None
     timing: Timing = Timing()
     worker: str = ""
+    model_version: int | None = None
+    """The version of the weights that answered (None: no weights ran)."""
 
     @property
     def success(self) -> bool:
@@ -333,6 +336,7 @@ class Reply:
                 "error": None if self.error is None else self.error.to_dict(),
                 "timing": self.timing.to_dict(),
                 "worker": self.worker,
+                "model_version": self.model_version,
             },
             separators=(",", ":"),
         ).encode()
@@ -343,6 +347,8 @@ class Reply:
             out.insert(0, (CORRELATION_ID, self.correlation_id.encode()))
         if self.error is not None:
             out.append((ERROR_CODE, self.error.code.encode()))
+        if self.model_version is not None:
+            out.append((MODEL_VERSION, str(self.model_version).encode()))
         return out
 
     @staticmethod
@@ -363,9 +369,14 @@ class Reply:
                 error=None if not error else TfstreamError.from_dict(error),
                 timing=Timing(**{k: timing[k] for k in Timing.__dataclass_fields__ if k in timing}),
                 worker=str(body.get("worker") or ""),
+                model_version=_optional_int(body.get("model_version")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidRequest(f"not a tfstream reply: {exc}") from None
+
+
+def _optional_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def detection_data(
@@ -414,10 +425,13 @@ def dlq_headers(
 
 class ModelState(StrEnum):
     LOADING = "loading"
+    """Announced at start-up before loading: a worker is coming for this model."""
     READY = "ready"
     FAILED = "failed"
     """Present in the worker's repository but could not be loaded; see `error`."""
     STOPPED = "stopped"
+    """Announced on a clean shutdown (instead of deleting the announcement): the model
+    exists and requests for it wait in Kafka for the next worker."""
 
 
 def announcement_key(model: str, worker: str) -> bytes:
@@ -445,6 +459,14 @@ class Announcement:
     error: dict[str, str] | None = None
     updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     ttl_ms: int = 30_000
+    version: int = 0
+    """The version serving (or loading); 0 when not known yet."""
+    fingerprint: str = ""
+    """Of the weights serving: the SavedModel's fingerprint.pb, else a content hash."""
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    """Every version this worker tried: {version, state, fingerprint} or {version,
+    state: failed, error}; a newer version that failed beside the serving one shows
+    here only, the model itself stays ready."""
 
     def alive(self, now_ms: float | None = None) -> bool:
         now = time.time() * 1000 if now_ms is None else now_ms

@@ -82,6 +82,10 @@ class KafkaClientSettings(KafkaSecuritySettings):
     to exist."""
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest record produced or fetched, and the max.message.bytes of the topics we create."""
+    start_timeout_s: float = Field(default=180.0, gt=0)
+    """At start-up, how long to keep retrying while the brokers are not there yet or
+    not ready (not listening, no group coordinator, no leader, topic being created);
+    then exit 1. A refusal (not_authorized, an untrusted certificate) exits at once."""
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments common to aiokafka's producer, consumer and admin client."""
@@ -159,6 +163,12 @@ class EngineSettings(ImageLimitSettings):
     decode_device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where JPEGs decode. auto: on the GPU (nvImageCodec, the `gpu` extra) when models
     run on a GPU and it can be used there, else on the CPU; cpu; gpu: fail without it."""
+
+    load_threads: int = Field(default=2, ge=1)
+    """Models loaded at the same time at start-up."""
+    poll_interval_s: float = Field(default=30.0, ge=0)
+    """How often the repository is checked for a new version folder (`<model>/<N>/`),
+    which is then loaded beside the serving one and swapped in; 0 = never."""
 
     conflate_models: str = ""
     """Models whose requests all conflate as if they carried `conflate: latest`: of the

@@ -82,6 +82,10 @@ class ModelConfig(BaseModel):
             raise ValueError("input_size must be [height, width] of positive integers")
         return value
 
+    version: int | None = Field(default=None, ge=1)
+    """Optional: the version folder to serve (`<model>/<N>/`), instead of the highest
+    complete one. Read from the config.json beside the version folders."""
+
     # -- optional, tfstream only: how to read the outputs (models/README.md) --
     output_convention: OutputConvention | None = None
     """Overrides the convention detected from the signature."""

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.metrics import WorkerMetrics
+from consumer.supervision import Supervisor
 from http_bridge import errors, session
 from http_bridge.backends import Backend
 from http_bridge.live import router as live_router
@@ -20,19 +21,22 @@ from http_bridge.routes import router
 from http_bridge.settings import BridgeSettings
 
 
-def make_backend(settings: BridgeSettings, registry: CollectorRegistry) -> Backend:
+def make_backend(
+    settings: BridgeSettings, registry: CollectorRegistry, supervisor: Supervisor
+) -> Backend:
     if settings.embedded:
         from http_bridge.embedded import EmbeddedBackend
 
-        return EmbeddedBackend(settings, WorkerMetrics(registry))
+        return EmbeddedBackend(settings, WorkerMetrics(registry), supervisor)
     from http_bridge.kafka_backend import KafkaBackend
 
-    return KafkaBackend(settings)
+    return KafkaBackend(settings, supervisor)
 
 
 def create_app(settings: BridgeSettings, backend: Backend | None = None) -> FastAPI:
     registry = CollectorRegistry()
-    chosen = backend or make_backend(settings, registry)
+    supervisor = Supervisor(registry)
+    chosen = backend or make_backend(settings, registry, supervisor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,6 +46,7 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
         finally:
             await stop_live(app)
             await chosen.stop()
+            await supervisor.stop()
 
     app = FastAPI(
         title="tfstream",
@@ -52,6 +57,7 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.backend = chosen
+    app.state.supervisor = supervisor
     app.include_router(router)
     app.include_router(live_router)
     app.include_router(session.router)

@@ -20,6 +20,10 @@ class ModelInfo:
     label_hashes: dict[str, str]
     config: dict[str, Any]
     """The full config.json; the routes show the public part."""
+    version: int = 0
+    """The version serving (0: none loaded yet)."""
+    fingerprint: str = ""
+    """Of the serving version's weights."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class Backend(Protocol):
         ...
 
     async def detect(self, call: DetectCall) -> dict[str, Any]:
-        """The reply's data: bounding-boxes, ImageName, width, height. Raises TfstreamError."""
+        """The reply's data: bounding-boxes, ImageName, width, height, and model_version
+        (the version of the weights that answered). Raises TfstreamError."""
         ...
 
     async def ready(self) -> tuple[bool, dict[str, Any]]: ...

@@ -19,25 +19,46 @@ from consumer.pipeline import Answer, Pipeline
 from consumer.protocol import ModelState, Request
 from consumer.registry import ModelRegistry
 from consumer.spans import RequestSpans
+from consumer.supervision import Supervisor
 from engines.errors import RequestTimeout
 from http_bridge.backends import DetectCall, ModelInfo
 from http_bridge.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
 
+#: How often a request for a model still loading looks again.
+LOADING_POLL_S = 0.05
+
 
 class EmbeddedBackend:
-    def __init__(self, settings: BridgeSettings, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        metrics: WorkerMetrics,
+        supervisor: Supervisor | None = None,
+        registry: ModelRegistry | None = None,
+    ) -> None:
+        """`registry`: default, the one `settings` describe."""
         self.settings = settings
-        self.registry = ModelRegistry.from_settings(settings)
+        self.registry = registry or ModelRegistry.from_settings(settings)
         self.metrics = metrics
+        self.supervisor = supervisor or Supervisor()
         self.pipeline = Pipeline(self.registry, settings, "embedded", metrics)
-        self._loaded = False
+        self._loaded = asyncio.Event()
 
     async def start(self) -> None:
+        """Start serving at once: models load in the background (`--load-threads` at
+        a time), so /docs and /health/live answer from the first second; a request
+        for a model still loading waits for it within its timeout."""
         self.pipeline.start()
+        self.registry.announce_loading()
+        self.supervisor.start("load", self._load_all)
+        if self.settings.poll_interval_s > 0:
+            self.supervisor.start("poll", self._poll_loop)
+
+    async def _load_all(self) -> None:
         entries = await asyncio.to_thread(self.registry.load_all)
-        self._loaded = True
+        self._loaded.set()
         for entry in entries:
             if entry.error:
                 log.error(
@@ -53,7 +74,25 @@ class EmbeddedBackend:
             extra={"models": [e.name for e in entries if e.state is ModelState.READY]},
         )
 
+    async def _poll_loop(self) -> None:
+        """Roll in new version folders, beside the serving weights (registry.refresh)."""
+        await self._loaded.wait()
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            await asyncio.to_thread(self.registry.refresh_all)
+
+    async def _until_loaded(self, name: str, deadline_s: float) -> None:
+        """Wait while `name` has no weights and is still loading (or not started)."""
+        while time.monotonic() < deadline_s:
+            entry = self.registry.entry(name)
+            if entry is not None and entry.state is not ModelState.LOADING:
+                return
+            if entry is None and (self._loaded.is_set() or not self.registry.serves(name)):
+                return
+            await asyncio.sleep(LOADING_POLL_S)
+
     async def stop(self) -> None:
+        await self.supervisor.stop()  # loading and polling
         await self.pipeline.close()
 
     def names(self) -> list[str]:
@@ -64,12 +103,16 @@ class EmbeddedBackend:
 
     def info(self, name: str) -> ModelInfo:
         spec = self.registry.spec(name)
+        entry = self.registry.entry(name)
+        serving = entry is not None and entry.detector is not None
         return ModelInfo(
             name=name,
             hash=spec.hash,
             labels=[label for _, label in sorted(spec.labels.items())],
             label_hashes=spec.label_hashes(),
             config=spec.config.model_dump(mode="json"),
+            version=entry.version if entry is not None and serving else 0,
+            fingerprint=entry.fingerprint if entry is not None else "",
         )
 
     async def load(self, name: str | None, force: bool = False) -> None:
@@ -93,9 +136,12 @@ class EmbeddedBackend:
             deadline_ms=int((time.time() + timeout) * 1000),
         )
         spans = RequestSpans(f"{name} detect")  # a child of the HTTP request's span
+        started = time.monotonic()
+        await self._until_loaded(name, started + timeout)
         try:
             answer = await asyncio.wait_for(
-                asyncio.shield(self.pipeline.submit(request, spans)), timeout
+                asyncio.shield(self.pipeline.submit(request, spans)),
+                max(0.0, timeout - (time.monotonic() - started)),
             )
         except TimeoutError:
             spans.end(RequestTimeout("no answer in time"))
@@ -105,7 +151,7 @@ class EmbeddedBackend:
             if answer.dead_letter:
                 self._dead_letter(name, answer)
             raise answer.error
-        return answer.reply.data or {}
+        return {**(answer.reply.data or {}), "model_version": answer.reply.model_version}
 
     def _dead_letter(self, model: str, answer: Answer) -> None:
         assert answer.error is not None
@@ -117,5 +163,6 @@ class EmbeddedBackend:
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         models = {e.name: e.state.value for e in self.registry.entries()}
-        ok = self._loaded and any(state == ModelState.READY.value for state in models.values())
+        ready = any(state == ModelState.READY.value for state in models.values())
+        ok = self._loaded.is_set() and ready
         return ok, {"mode": "embedded", "models": models}

@@ -30,6 +30,7 @@ from consumer import kafka_io
 from consumer.access import as_not_authorized, explain
 from consumer.protocol import Control, ControlCommand, Reply, Request, Topics, with_trace
 from consumer.settings import KafkaClientSettings
+from consumer.startup import until_ready
 from engines.errors import InvalidRequest, RequestTimeout, ServiceUnavailable
 from engines.tracing import tracer
 
@@ -86,12 +87,18 @@ class DetectClient:
         await self.stop()
 
     async def start(self) -> None:
-        """Create the reply topic and start reading it before any request is sent.
+        """Create the reply topic and start reading it before any request is sent,
+        retrying while the brokers are not there yet (up to `start_timeout_s`).
 
         Raises:
             NotAuthorized: Kafka refused the credentials, or Create/Read on the reply topic.
-            ServiceUnavailable: the broker cannot be reached.
+            ServiceUnavailable: the broker cannot be reached (within `start_timeout_s`),
+                or its certificate is not trusted.
         """
+        await until_ready("connecting", self._start_once, self.settings)
+        self._reader = asyncio.create_task(self._read_replies(), name="replies")
+
+    async def _start_once(self) -> None:
         try:
             await kafka_io.ensure_topics(self.settings, [kafka_io.TopicSpec(self.reply_topic, 1)])
             self.producer = kafka_io.producer(self.settings, "client")
@@ -104,8 +111,15 @@ class DetectClient:
             await self.consumer.start()
             self._started.append(self.consumer)
         except (KafkaError, OSError) as exc:
+            while self._started:  # a clean slate for the next attempt
+                with contextlib.suppress(KafkaError, OSError):
+                    await self._started.pop().stop()
             raise await explain(exc, self.settings) from exc
-        self._reader = asyncio.create_task(self._read_replies(), name="replies")
+
+    @property
+    def reader(self) -> asyncio.Task[None] | None:
+        """The background task resolving answers (for a supervisor to watch)."""
+        return self._reader
 
     async def stop(self) -> None:
         if self._reader is not None:

@@ -43,7 +43,7 @@ class FrameAnswer:
     """The image's name, when it had one (else the correlation id)."""
     request: RequestPosition | None = None
     """Where the request record was, to read the frame again (live answers)."""
-    model_version: str | None = None
+    model_version: int | None = None
 
     @staticmethod
     def from_logged(answer: LoggedAnswer) -> FrameAnswer:
@@ -214,7 +214,7 @@ class DiffResult:
     latencies: dict[str, list[float]] = field(
         default_factory=lambda: {"baseline": [], "candidate": []}
     )
-    versions: dict[str, list[str]] = field(
+    versions: dict[str, list[int]] = field(
         default_factory=lambda: {"baseline": [], "candidate": []}
     )
 
@@ -300,8 +300,9 @@ def compare(
                 result.errors[side][answer.error] += 1
             if answer.latency_ms is not None:
                 result.latencies[side].append(answer.latency_ms)
-            if answer.model_version and answer.model_version not in result.versions[side]:
-                result.versions[side].append(answer.model_version)
+            seen = result.versions[side]
+            if answer.model_version is not None and answer.model_version not in seen:
+                seen.append(answer.model_version)
         pairs = (
             match_boxes(b.boxes, c.boxes, min_iou) if b.error is None and c.error is None else []
         )
@@ -370,7 +371,7 @@ def table(result: DiffResult) -> str:
             if lat["p50"] is None
             else f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms ({lat['count']} answers)"
         )
-        versions = ", ".join(result.versions[side])
+        versions = ", ".join(str(v) for v in result.versions[side])
         lines.append(
             f"{side:<9}  errors: {errors}; latency {latency}"
             + (f"; model version {versions}" if versions else "")

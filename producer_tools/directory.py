@@ -22,6 +22,9 @@ from engines.errors import ModelNotFound, ModelUnavailable, TfstreamError
 
 log = logging.getLogger(__name__)
 
+#: How often the topic list is read (for `expected`: a request topic with no announcement).
+TOPICS_REFRESH_S = 5.0
+
 
 @dataclass(frozen=True)
 class ModelView:
@@ -37,6 +40,10 @@ class ModelView:
     engine: str
     workers: list[str]
     error: dict[str, str] | None
+    version: int = 0
+    """The highest version a ready worker serves (0: none ready)."""
+    fingerprint: str = ""
+    """Of that version's weights."""
 
 
 class ModelDirectory:
@@ -44,6 +51,7 @@ class ModelDirectory:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self._latest: dict[bytes, Announcement] = {}
+        self._topics: set[str] = set()
         self._caught_up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -66,6 +74,11 @@ class ModelDirectory:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._caught_up.wait(), timeout_s)
 
+    @property
+    def follower(self) -> asyncio.Task[None] | None:
+        """The background task reading announcements (for a supervisor to watch)."""
+        return self._task
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -75,11 +88,16 @@ class ModelDirectory:
             await self._consumer.stop()
 
     async def _follow(self) -> None:
+        next_topics_s = 0.0
         async for records in kafka_io.follow(self._consumer, "announcements"):
             for record in records:
                 self._apply(record.key, record.value)
             if not self._caught_up.is_set() and await self._at_end():
                 self._caught_up.set()
+            if time.monotonic() >= next_topics_s:  # request topics of never-announced models
+                next_topics_s = time.monotonic() + TOPICS_REFRESH_S
+                with contextlib.suppress(KafkaError, OSError):
+                    self._topics = set(await self._consumer.topics())
 
     async def _at_end(self) -> bool:
         """Whether every assigned partition was read up to its end (true with none)."""
@@ -124,7 +142,7 @@ class ModelDirectory:
                 raise ModelUnavailable(f"no worker serves model '{name}' at the moment")
             raise ModelNotFound(f"model '{name}' does not exist (no worker announces it)")
         ready = [a for a in live if a.state is ModelState.READY]
-        best = max(ready or live, key=lambda a: a.updated_ms)
+        best = max(ready or live, key=lambda a: (a.version, a.updated_ms))
         return ModelView(
             name=name,
             hash=best.hash,
@@ -135,7 +153,24 @@ class ModelDirectory:
             engine=best.engine,
             workers=sorted(a.worker for a in (ready or live)),
             error=None if ready else best.error,
+            version=best.version if ready else 0,
+            fingerprint=best.fingerprint if ready else "",
         )
+
+    def expected(self, name: str) -> bool:
+        """Whether requests for `name` should wait in Kafka for a worker: some worker
+        announced it (even one that stopped, or whose announcement aged out), or its
+        request topic exists."""
+        return self.ever_announced(name) or self.topics.requests(name) in self._topics
+
+    def failed_everywhere(self, name: str) -> TfstreamError | None:
+        """The workers' error when every live worker failed to load `name` (and none is
+        loading or ready): waiting would not help, the error is the answer."""
+        live = [a for a in self._live() if a.model == name]
+        if live and all(a.state is ModelState.FAILED for a in live):
+            error = max(live, key=lambda a: a.updated_ms).error
+            return TfstreamError.from_dict(error) if error else None
+        return None
 
     def serving(self, name: str) -> ModelView:
         """The view of a model that can take requests now.

@@ -481,7 +481,10 @@ class LocalKafkaCluster:
         jars_dir: Path | None = None,
         broker_config: Mapping[str, str] | None = None,
         security: BrokerSecurity | None = None,
+        warm_coordinators: bool = True,
     ) -> None:
+        """`warm_coordinators` False leaves the cluster brand-new, as `docker compose up`
+        gives it: no `__consumer_offsets` until the first group asks for one."""
         if brokers < 1:
             raise ValueError("brokers must be >= 1")
         self._brokers = brokers
@@ -496,6 +499,8 @@ class LocalKafkaCluster:
         self._broker_config = dict(broker_config or {})
         self._security = security
         self._nodes: list[_Node] = []
+        self._planned = False
+        self._warm_coordinators = warm_coordinators
         self._cds: _CdsArchive | None = None
         self.cluster_id: str | None = None
         self.startup_s: float | None = None
@@ -553,13 +558,23 @@ class LocalKafkaCluster:
         node = self._node(index)
         return node.process.pid if node.process is not None and node.running else None
 
+    def plan(self) -> LocalKafkaCluster:
+        """Choose the ports (and make the certificates) now, start later: `bootstrap`
+        is known before any broker listens, so clients can be started first."""
+        if not self._nodes:
+            self._nodes = self._plan_nodes()
+            if self._security is not None:
+                self._security.prepare(self.workdir / "tls")
+            self._planned = True
+        return self
+
     def start(self, timeout_s: float = 60) -> LocalKafkaCluster:
         """Format fresh storage, launch every node and wait until all serve metadata.
 
         ``startup_s`` records the wall time, formatting included, because that
         is what a test session actually pays.
         """
-        if self._nodes:
+        if self._nodes and not self._planned:
             raise KafkaLocalError("cluster already started")
         began = time.monotonic()
         self._jars_dir = ensure_jars(self._jars_dir_arg)
@@ -662,14 +677,17 @@ class LocalKafkaCluster:
         return [node for node in self._nodes if node.running]
 
     def _launch(self, deadline: float) -> None:
-        self._nodes = self._plan_nodes()
+        if not self._planned:
+            self._nodes = self._plan_nodes()
+        self._planned = False  # a second launch (lost port race) picks new ports
         try:
             self._write_configs()
             self._format_storage()
             for node in self._nodes:
                 self._spawn(node)
             self._wait_ready(self._nodes, deadline)
-            self._wait_coordinators(deadline)
+            if self._warm_coordinators:
+                self._wait_coordinators(deadline)
         except BaseException:
             self._kill_all()
             raise
@@ -696,7 +714,7 @@ class LocalKafkaCluster:
 
     def _write_configs(self) -> None:
         """Start from empty node directories: format refuses formatted storage."""
-        if self._security is not None:
+        if self._security is not None and self._security.tls is None:
             self._security.prepare(self.workdir / "tls")
         for node in self._nodes:
             shutil.rmtree(node.directory, ignore_errors=True)

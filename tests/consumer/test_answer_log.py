@@ -88,7 +88,8 @@ async def test_every_answer_is_logged_beside_its_reply_whoever_asked(pipeline: P
     assert ok.request.timestamp_ms == 1_000 and ok.latency_ms == ok.answered_ms - 1_000
     assert ok.reply.success and len((ok.reply.data or {})["bounding-boxes"]) == 1
     assert ok.reply.timing.batch_size >= 1 and ok.reply.timing.inference_ms > 0
-    assert ok.model_version is None  # the reply names no version here
+    # The weights that answered: the flat layout is version 1.
+    assert ok.model_version == 1 and logged["asked"].headers["model-version"] == "1"
     assert logged["asked"].key == b"camera-1"
     assert logged["asked"].headers["answer-role"] == "serving"
     camera = LoggedAnswer.from_json(logged["camera"].value or b"")
