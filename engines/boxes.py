@@ -144,12 +144,18 @@ def to_pixels(
         )
         tolerance = NORMALIZED_TOLERANCE * size
         yx = boxes * np.tile(size, 2)
+        low_edge = np.zeros(2)
     else:
         scale, offset, canvas = _resize_record(raw, width, height, convention)
         tolerance = PIXEL_TOLERANCE / scale
         yx = (boxes + np.tile(offset, 2)) / np.tile(scale, 2)
+        # Where the model input starts in the image (< 0: letterbox padding);
+        # regressed boxes (margin > 0) may reach that many input sizes past it.
+        reach = convention.margin * np.asarray(raw.image_info, np.float64)[1] / scale
+        low_edge = np.minimum(offset / scale, 0.0) - reach
+        canvas = canvas + reach
     tol = np.tile(tolerance, 2)
-    low, high = -tol, np.tile(canvas, 2) + tol
+    low, high = np.tile(low_edge, 2) - tol, np.tile(canvas, 2) + tol
     outside = (yx < low) | (yx > high)
     if outside.any():
         row = int(np.argwhere(outside)[0][0])

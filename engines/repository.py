@@ -7,6 +7,7 @@
     <root>/<name>/saved_model.pb + variables/          (tensorflow2_detection)
     <root>/<name>/saved_model/saved_model.pb + ...     (same, Model Zoo layout)
     <root>/<name>/frozen_inference_graph.pb            (tensorflow_detection)
+    <root>/<name>/metadata.yaml  (Ultralytics / KerasHub: stands in for the first two)
 
 Hashes are name-based UUIDs (uuid5), so every process, host and restart agrees
 on them without sharing a file, which the old server needed.
@@ -19,9 +20,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engines.config import EngineName, ModelConfig, load_config
+from engines.config import EngineName, ModelConfig
 from engines.errors import InvalidModelConfig, ModelNotFound
-from engines.labels import load_label_map
+from engines.metadata import export_resizer, load_config_and_labels
 from engines.resizer import FixedShape, Resizer, read_pipeline_config
 
 #: Fixed namespace of all tfstream hashes. Changing it changes every hash clients hold.
@@ -148,8 +149,8 @@ class ModelRepository:
             InvalidModelConfig: config, label map or weights are missing or wrong.
         """
         folder = self.folder(name)
-        config = load_config(folder / CONFIG_FILE)
-        labels = load_label_map(folder / LABEL_MAP_FILE)
+        # metadata.yaml of an Ultralytics / KerasHub export stands in for both.
+        config, labels = load_config_and_labels(folder)
         weights = find_weights(folder, config.inference_engine_name)
         return ModelSpec(
             name=name,
@@ -157,7 +158,7 @@ class ModelRepository:
             config=config,
             labels=labels,
             weights=weights,
-            resizer=model_resizer(folder, config),
+            resizer=model_resizer(folder, config) or export_resizer(folder),
         )
 
     def resolve(self, name_or_hash: str) -> str:
