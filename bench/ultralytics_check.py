@@ -121,7 +121,7 @@ def export(workdir: Path) -> None:
         model = YOLO(yaml_file)
         _recalibrate(model, images)
         exported = Path(model.export(format="saved_model", imgsz=640, **args))
-        target = workdir / name
+        target = workdir / f"{name}_saved_model"  # Ultralytics knows the format by this suffix
         shutil.rmtree(target, ignore_errors=True)
         exported.rename(target)
         for leftover in workdir.glob("*.onnx"):
@@ -176,7 +176,6 @@ def _pair(served: list[dict[str, Any]], expected: list[dict[str, Any]]) -> tuple
 
 def compare(workdir: Path, models_dir: Path, rounds: int) -> int:
     """Runs in the project's venv: tfstream's boxes against reference.json, then timing."""
-    import numpy as np
 
     from engines.boxes import to_pixels
     from engines.detector import load_detector
@@ -188,7 +187,8 @@ def compare(workdir: Path, models_dir: Path, rounds: int) -> int:
     shutil.rmtree(repo_dir, ignore_errors=True)
     repo_dir.mkdir()
     for name in reference["models"]:
-        shutil.copytree(workdir / name, repo_dir / name)  # the export folder, nothing added
+        # The export folder as the exporter wrote it, nothing added.
+        shutil.copytree(workdir / f"{name}_saved_model", repo_dir / name)
     repo = ModelRepository(repo_dir)
     failures = 0
     for name, ref in reference["models"].items():
