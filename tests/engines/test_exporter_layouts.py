@@ -231,7 +231,7 @@ def test_fixed_batch_exports_are_called_with_exactly_their_batch(
         calls: list[tuple[int, ...]] = []
         original = engine._call
 
-        def recording(tensor, original=original):  # type: ignore[no-untyped-def]
+        def recording(tensor, original=original, calls=calls):  # type: ignore[no-untyped-def]
             calls.append(tuple(tensor.shape))
             return original(tensor)
 
@@ -318,7 +318,7 @@ def test_yolo_export_without_metadata_yaml(
 ) -> None:
     source = exporter_layouts_repository / "yolo11_shapes_raw"
     _copy(source, tmp_path / "bare", without=("metadata.yaml",))
-    with pytest.raises(InvalidModelConfig, match="metadata.yaml") as info:
+    with pytest.raises(InvalidModelConfig, match=r"metadata\.yaml") as info:
         ModelRepository(tmp_path).spec("bare")
     assert "config.json and object-detection.pbtxt are missing" in info.value.message
     # With config.json and a label map, loading still asks for it: the export is
@@ -327,7 +327,7 @@ def test_yolo_export_without_metadata_yaml(
     _write_config(folder)
     labels = "".join(f"item {{ id: {i} name: '{n}' }}\n" for i, n in NAMES.items())
     (folder / "object-detection.pbtxt").write_text(labels)
-    with pytest.raises(InvalidModelConfig, match="copy the metadata.yaml"):
+    with pytest.raises(InvalidModelConfig, match=r"copy the metadata\.yaml"):
         load_detector(ModelRepository(tmp_path).spec("configured"), device="cpu")
 
 
