@@ -36,8 +36,9 @@ class RawDetections:
     """One image's detector output, as the model returned it.
 
     boxes: float [N, 4] (ymin, xmin, ymax, xmax) in the unit of the model's
-    convention; scores: float [N] in [0, 1]; classes: [N] 1-based class ids
-    (any numeric dtype). Only the first `count` rows are real; the rest is the
+    convention; scores: float [N] in [0, 1]; classes: [N] class ids as the label
+    map numbers them (1-based for the OD API, 0-based for Ultralytics and KerasHub; any
+    numeric dtype). Only the first `count` rows are real; the rest is the
     model's padding. image_info: Model Garden's [4, 2] resize record
     ([[orig_h, orig_w], [input_h, input_w], [y_scale, x_scale], [y_offset, x_offset]]).
     """

@@ -8,9 +8,10 @@ centre-cropped to the model input's aspect ratio and resized (KerasHub's
 and the outputs are `boxes` [B, M, 4] in pixels of the model input (the
 model's `bounding_box_format`, yxyx unless metadata.yaml says xyxy),
 `confidence` [B, M], `labels` [B, M] int32 (0-based) and `num_detections`
-[B]; rows past num_detections are -1. The input size is not in the
-signature (it takes any size), so metadata.yaml's `imgsz` or config.json's
-`input_size` gives it; `crop_record` then maps boxes back as Keras cropped.
+[B]; rows past num_detections are -1. The boxes are not clipped to the
+input. The input size is not in the signature (it takes any size), so
+metadata.yaml's `imgsz` or config.json's `input_size` gives it;
+`crop_record` then maps boxes back as Keras cropped.
 
 `model.export(path)` instead gives the raw head (`bbox_regression`,
 `cls_logits`) without its anchors or decoder settings: refused with how to
@@ -31,6 +32,10 @@ from engines.metadata import ExportMetadata
 
 DECODED = ("boxes", "confidence", "labels", "num_detections")
 RAW_HEAD = ("bbox_regression", "cls_logits")
+#: How far past the model input a decoded box may reach, in input sizes: the
+#: decoder does not clip its anchors' regressed boxes (they are clipped here,
+#: to the image, as for Ultralytics).
+MARGIN = 1.0
 
 HOW_TO_EXPORT = (
     "export it with its decoder instead: archive = keras.export.ExportArchive(); "
@@ -76,6 +81,7 @@ def keras_hub_convention(
         box_format=BoxFormat.INPUT_PIXELS,
         outputs={key: key for key in OUTPUT_NAMES},
         variant="decoded",
+        margin=MARGIN,
     )
 
 

@@ -26,7 +26,8 @@ from tests.support.exporter_layouts import (
     scene_png,
 )
 
-pytestmark = pytest.mark.slow
+# Five models load (and warm up) in each process before it is ready.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 RAW_KERAS_HUB = "retinanet_raw_export"
 
 
