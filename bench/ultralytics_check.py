@@ -44,7 +44,8 @@ CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 VARIANTS = (
     ("yolo11n_raw", "yolo11n.yaml", {}),
     ("yolo11n_nms", "yolo11n.yaml", {"nms": True}),
-    ("yolo26n_end2end", "yolo26n.yaml", {}),
+    ("yolo26n_raw", "yolo26n.yaml", {}),  # YOLO26 with nms=None: the raw layout
+    ("yolo26n_end2end", "yolo26n.yaml", {"nms": False}),  # its NMS-free head
 )
 IOU = 0.7
 #: Boxes per image the confidence is chosen for (from Ultralytics' own scores).
@@ -103,10 +104,19 @@ def _recalibrate(model: Any, images: list[Path]) -> None:
         last = branch[-1]
         with torch.no_grad():
             last.bias.copy_(torch.randn_like(last.bias) * 0.5 - 2.0)
+    if head.reg_max == 1:
+        # YOLO26 regresses box side distances directly (no DFL): random weights
+        # give negative ones, i.e. inverted boxes no trained model outputs.
+        for branch in [*head.cv2, *getattr(head, "one2one_cv2", [])]:
+            last = branch[-1]
+            with torch.no_grad():
+                last.weight.mul_(0.01)
+                last.bias.fill_(1.0)
 
 
-def export(workdir: Path) -> None:
-    """Runs in Ultralytics' venv: exports and reference predictions."""
+def export(workdir: Path, only: list[str] | None = None) -> None:
+    """Runs in Ultralytics' venv: exports and reference predictions (of the
+    variants named in `only`, others kept from an earlier run's reference.json)."""
     import numpy as np
     from ultralytics import YOLO
 
@@ -116,7 +126,12 @@ def export(workdir: Path) -> None:
     np.save(CALIBRATION_FILE, np.zeros((20, 128, 128, 3), np.float32))
     images = write_images(workdir)
     reference: dict[str, Any] = {"images": [p.name for p in images], "models": {}}
+    earlier = workdir / "reference.json"
+    if only and earlier.is_file():
+        reference["models"] = json.loads(earlier.read_text())["models"]
     for name, yaml_file, args in VARIANTS:
+        if only and name not in only:
+            continue
         started = time.perf_counter()
         model = YOLO(yaml_file)
         _recalibrate(model, images)
@@ -256,11 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ultralytics-python", default="/work/yolo-venv/bin/python")
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--only", default="", help="export: comma-separated variants to redo")
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.step == "export":
-        export(args.workdir)
+        export(args.workdir, [n for n in args.only.split(",") if n])
         return 0
     if args.step == "all":
         here = Path(__file__).resolve()
