@@ -40,7 +40,9 @@ class ModelsSettings(BaseSettings):
     dir: CliPositionalArg[Path]
     """The model repository (generate, validate) or the image folder (images)."""
     models: str = "all"
-    """generate/validate: comma-separated model names, or 'all'."""
+    """generate/validate: comma-separated model names, or 'all' (generate: all but the
+    Ultralytics / KerasHub layouts yolo11_shapes_raw, yolo11_shapes_nms,
+    yolo26_shapes_end2end and keras_hub_shapes, made only when named)."""
     overwrite: bool = False
     """generate: replace models that already exist."""
     count: int = 60
