@@ -7,6 +7,8 @@ image into it: an aspect-keeping bilinear resize (OpenCV `INTER_LINEAR` on
 uint8), then grey 114 padding split evenly, top/left = round(pad/2 - 0.1).
 `letterbox` does exactly that with OpenCV, so the pixels the model sees are
 Ultralytics' pixels, and `resize_record` inverts it as its `scale_boxes` does.
+(Images decoded on a GPU, engines/decoders.py, come back to host memory for
+it: exact pixels are worth that copy.)
 
 Three output layouts, one float32 output each:
 
