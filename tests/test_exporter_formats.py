@@ -10,6 +10,7 @@ with how to export it, and the process goes on serving the others.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,8 +37,8 @@ def repository(exporter_layouts_repository: Path, tmp_path_factory: pytest.TempP
     from engines.modelgen.exporter_layouts import export_keras_hub_raw_head
 
     root = tmp_path_factory.mktemp("exporter_formats")
-    for name in LAYOUT_MODELS:
-        (root / name).symlink_to(exporter_layouts_repository / name, target_is_directory=True)
+    for name in LAYOUT_MODELS:  # copies: a link leading out of the repository is refused
+        shutil.copytree(exporter_layouts_repository / name, root / name)
     export_keras_hub_raw_head(root / RAW_KERAS_HUB)
     return root
 
