@@ -38,8 +38,9 @@ class OutputConvention(StrEnum):
     """Ultralytics YOLO `format="saved_model"`: one float output, letterboxed input
     (engines/yolo.py)."""
     KERAS_HUB = "keras_hub"
-    """KerasHub detector exported with ExportArchive around `predict_step`: decoded
-    `boxes`/`confidence`/`labels`/`num_detections` (engines/keras_hub.py)."""
+    """KerasHub detector exported with ExportArchive around its preprocessor and
+    `predict_step`: decoded `boxes`/`confidence`/`labels`/`num_detections`
+    (engines/keras_hub.py)."""
 
 
 class BoxFormat(StrEnum):

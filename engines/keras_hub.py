@@ -1,5 +1,7 @@
 """KerasHub object detectors, exported with `keras.export.ExportArchive` around
-`model.predict_step` (models/README.md has the export code).
+their preprocessor and `model.predict_step` (docs/model-formats.md has the
+export code; `predict_step` alone does not preprocess: KerasHub's `predict`
+runs the preprocessor on the data before it).
 
 Such an export takes the image as it is (uint8, any size, batch fixed by the
 export) and runs the model's own preprocessor and box decoder: the image is
@@ -38,10 +40,11 @@ RAW_HEAD = ("bbox_regression", "cls_logits")
 MARGIN = 1.0
 
 HOW_TO_EXPORT = (
-    "export it with its decoder instead: archive = keras.export.ExportArchive(); "
-    "archive.track(model); archive.add_endpoint('serve', model.predict_step, "
+    "export it with its preprocessor and decoder instead: archive = "
+    "keras.export.ExportArchive(); archive.track(model); archive.add_endpoint('serve', "
+    "lambda images: model.predict_step(model.preprocessor(images)), "
     "input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)]); archive.write_out(path); "
-    "then write metadata.yaml with names and imgsz (models/README.md, KerasHub)"
+    "then write metadata.yaml with names and imgsz (docs/model-formats.md, KerasHub)"
 )
 
 

@@ -17,7 +17,7 @@ can be checked against where the test drew the object.
 * ``yolo26_shapes_end2end`` (``end2end: true``): the same columns, top 300 by
   score, no threshold: the objects, their 0.2 s next-class rows, then rows of
   score 0.001 at a fixed box.
-* ``keras_hub_shapes``: an ExportArchive around `predict_step`: input uint8
+* ``keras_hub_shapes``: an ExportArchive around preprocessor + `predict_step`: input uint8
   [1, None, None, 3], centre-cropped to 512x512's aspect ratio and resized by
   `keras.ops.image.resize(crop_to_aspect_ratio=True)` as KerasHub's
   ImageConverter does, outputs ``boxes`` [1, 100, 4] yxyx in input pixels,
@@ -180,7 +180,7 @@ class _KerasHubModule(tf.Module):
 
 
 def export_keras_hub_shapes(model_dir: Path) -> Path:
-    """A KerasHub-layout export (ExportArchive around predict_step) of the shapes detector."""
+    """The shapes detector as a KerasHub ExportArchive around preprocessor + predict_step."""
     model_dir = Path(model_dir)
     module = _KerasHubModule()
     signature = module.serve.get_concrete_function()
