@@ -46,7 +46,9 @@ class ModelsSettings(BaseSettings):
     models: str = "all"
     """generate: comma-separated model names, or 'all': the demo models (shapes_tf2,
     shapes_tf1, ssd_mobilenet_v2_bench; Model Garden's random-weight test exports
-    retinanet_mg_* only when named). list/validate: names, or 'all': every model of DIR."""
+    retinanet_mg_* and the Ultralytics / KerasHub layouts yolo11_shapes_raw,
+    yolo11_shapes_nms, yolo26_shapes_end2end and keras_hub_shapes only when named).
+    list/validate: names, or 'all': every model of DIR."""
     overwrite: bool = False
     """generate: replace models that already exist."""
     count: int = 60

@@ -7,6 +7,7 @@
     <root>/<name>/saved_model.pb + variables/          (tensorflow2_detection)
     <root>/<name>/saved_model/saved_model.pb + ...     (same, Model Zoo layout)
     <root>/<name>/frozen_inference_graph.pb            (tensorflow_detection)
+    <root>/<name>/metadata.yaml  (Ultralytics / KerasHub: stands in for the first two)
 
 or TF Serving's versioned layout, one folder per version (a positive integer):
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from engines.config import EngineName, ModelConfig, load_config
 from engines.errors import InvalidModelConfig, ModelNotFound
-from engines.labels import load_label_map
+from engines.metadata import export_resizer, load_config_and_labels
 from engines.resizer import FixedShape, Resizer, read_pipeline_config
 
 #: Fixed namespace of all tfstream hashes. Changing it changes every hash clients hold.
@@ -96,10 +97,6 @@ class ModelSpec:
     def label_hashes(self) -> dict[str, str]:
         """`{label: hash}` as `/get_labels` answers, in class id order."""
         return {label: label_hash(self.name, label) for _, label in sorted(self.labels.items())}
-
-
-def _own_or_shared(home: Path, folder: Path, file: str) -> Path:
-    return home / file if (home / file).is_file() else folder / file
 
 
 def find_weights(folder: Path, engine: EngineName) -> Path:
@@ -232,8 +229,8 @@ class ModelRepository:
 
     def _spec(self, name: str, folder: Path, home: Path, version: int) -> ModelSpec:
         """`home` holds the weights; config and labels come from it, else from `folder`."""
-        config = load_config(_own_or_shared(home, folder, CONFIG_FILE))
-        labels = load_label_map(_own_or_shared(home, folder, LABEL_MAP_FILE))
+        # metadata.yaml of an Ultralytics / KerasHub export stands in for both.
+        config, labels = load_config_and_labels(home, folder)
         weights = find_weights(home, config.inference_engine_name)
         return ModelSpec(
             name=name,
@@ -241,7 +238,7 @@ class ModelRepository:
             config=config,
             labels=labels,
             weights=weights,
-            resizer=model_resizer(home, config),
+            resizer=model_resizer(home, config) or export_resizer(home),
             version=version,
         )
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from engines.modelgen import export, model_garden
+from engines.modelgen import export, exporter_layouts, model_garden
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,23 @@ DEMO_EXPORTERS: dict[str, Callable[[Path], Path]] = {
     "shapes_tf1": export.export_shapes_tf1,
     "ssd_mobilenet_v2_bench": export.export_ssd_mobilenet_v2_bench,
 }
+#: Ultralytics / KerasHub export layouts (engines/modelgen/exporter_layouts.py):
+#: generated when named, for the tests.
+EXPORTER_LAYOUTS: dict[str, Callable[[Path], Path]] = {
+    "yolo11_shapes_raw": lambda d: exporter_layouts.export_yolo_shapes(d, "raw"),
+    "yolo11_shapes_nms": lambda d: exporter_layouts.export_yolo_shapes(d, "nms"),
+    "yolo26_shapes_end2end": lambda d: exporter_layouts.export_yolo_shapes(d, "end2end"),
+    "keras_hub_shapes": exporter_layouts.export_keras_hub_shapes,
+}
 #: Model name -> function writing the complete model folder it is given.
-EXPORTERS: dict[str, Callable[[Path], Path]] = {**DEMO_EXPORTERS, **MODEL_GARDEN_EXPORTERS}
+EXPORTERS: dict[str, Callable[[Path], Path]] = {
+    **DEMO_EXPORTERS,
+    **MODEL_GARDEN_EXPORTERS,
+    **EXPORTER_LAYOUTS,
+}
 MODEL_NAMES: tuple[str, ...] = tuple(EXPORTERS)
 DEMO_NAMES: tuple[str, ...] = tuple(DEMO_EXPORTERS)
+EXPORTER_LAYOUT_NAMES: tuple[str, ...] = tuple(EXPORTER_LAYOUTS)
 MODEL_GARDEN_NAMES: tuple[str, ...] = tuple(MODEL_GARDEN_EXPORTERS)
 STALE_TEMP_S = 3600.0
 """Temporary folders older than this are leftovers of killed runs and get removed."""
@@ -44,11 +57,14 @@ STALE_TEMP_S = 3600.0
 
 def is_complete(model_dir: Path) -> bool:
     """True when `model_dir` has its config, label map and weights (a SavedModel
-    at its root or, as Model Garden exports, in `saved_model/`)."""
+    at its root or, as Model Garden exports, in `saved_model/`); an
+    Ultralytics / KerasHub layout has its metadata.yaml in place of the first two."""
     has_weights = (model_dir / export.FROZEN_GRAPH_FILE).is_file() or any(
         (folder / export.SAVED_MODEL_FILE).is_file() and (folder / "variables").is_dir()
         for folder in (model_dir, model_dir / "saved_model")
     )
+    if (model_dir / "metadata.yaml").is_file():
+        return has_weights
     return (
         (model_dir / export.CONFIG_FILE).is_file()
         and (model_dir / export.LABEL_MAP_FILE).is_file()
@@ -141,7 +157,7 @@ def generate_models(
     selected = list(DEMO_NAMES if names is None else names)
     unknown = [name for name in selected if name not in EXPORTERS]
     if unknown:
-        raise ValueError(f"unknown model names {unknown}; known: {list(MODEL_NAMES)}")
+        raise ValueError(f"unknown model names {unknown}; known: {list(EXPORTERS)}")
     written: list[Path] = []
     for name in dict.fromkeys(selected):
         target = out_dir / name

@@ -16,8 +16,7 @@ from PIL import Image, ImageDraw
 
 from engines.modelgen.export import export_shapes_tf2
 from engines.modelgen.generate import (
-    MODEL_GARDEN_NAMES,
-    MODEL_NAMES,
+    DEMO_NAMES,
     generate_models,
     write_atomically,
 )
@@ -44,7 +43,7 @@ def generated_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The models this module checks, written once per test session (the Model
     Garden exports are checked in tests/engines/test_model_garden.py)."""
     out = tmp_path_factory.mktemp("models")
-    names = [name for name in MODEL_NAMES if name not in MODEL_GARDEN_NAMES]
+    names = list(DEMO_NAMES)
     written = generate_models(out, names)
     assert [p.name for p in written] == names
     return out
@@ -376,7 +375,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 def test_generation_skips_existing(generated_models_dir: Path) -> None:
     before = _mtimes(generated_models_dir)
-    names = [name for name in MODEL_NAMES if name not in MODEL_GARDEN_NAMES]
+    names = list(DEMO_NAMES)
     assert generate_models(generated_models_dir, names) == []
     assert _mtimes(generated_models_dir) == before
 
