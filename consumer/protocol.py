@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,22 @@ ANSWER_ROLE = "answer-role"
 SHADOW_NAME = "shadow-name"
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+def epoch_ms(text: str) -> int:
+    """Epoch milliseconds from digits (already epoch ms) or an ISO 8601 time (UTC
+    unless it names a zone): how the tools name a point among record timestamps.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if text.isdigit():
+        return int(text)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
 
 # -- topics -------------------------------------------------------------------
 _TOPIC_SAFE = re.compile(r"[A-Za-z0-9._-]+")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Iterable, Iterator
-from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -27,7 +26,7 @@ from prometheus_client.metrics_core import Metric
 
 from consumer.answer_log import AnswerSink
 from consumer.pipeline import Answer, Pipeline
-from consumer.protocol import Topics
+from consumer.protocol import Topics, epoch_ms
 from consumer.records import Record, RecordAdapter
 from consumer.spans import RequestSpans
 
@@ -57,17 +56,12 @@ def parse_from(text: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    if text.isdigit():
-        return int(text)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return epoch_ms(text)
     except ValueError:
         raise ValueError(
             f"shadow-from {text!r}: give epoch milliseconds or an ISO 8601 time"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def shadow_group(group: str, name: str) -> str:
@@ -113,19 +107,10 @@ class ShadowAdapter(RecordAdapter):
         super().__init__(pipeline, topics, sink.outbox, worker_id)
         self.sink = sink
 
-    async def _deliver(
-        self,
-        record: Record,
-        model: str,
-        reply_to: str,
-        answered: Awaitable[Answer],
-        spans: RequestSpans,
-    ) -> None:
-        answer = await answered
-        try:
-            await self.sink.write(record, model, answer.reply, None)
-        finally:
-            spans.end(answer.error)
+    def _sends(
+        self, record: Record, model: str, reply_to: str, answer: Answer, spans: RequestSpans
+    ) -> list[Awaitable[None]]:
+        return [self.sink.write(record, model, answer.reply, None)]
 
 
 class LabelledRegistry(CollectorRegistry):
