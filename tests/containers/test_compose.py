@@ -3,8 +3,9 @@
 models init service, two CPU workers and the bridge in Kafka mode.
 
 Predictions through the bridge and a replay through Kafka's host listener;
-then three workers, one killed with SIGKILL under load, and every request
-still answered; `down -v` leaves no container, volume, network or pod.
+then three workers (CONSUMERS=3), one killed with SIGKILL under load, and
+every request still answered; `down -v` leaves no container, volume, network
+or pod.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def stack(
     project = f"tfstream-test-{os.getpid()}"
     kafka_port, bridge_port = free_port(), free_port()
     podman.env.update(KAFKA_PORT=str(kafka_port), BRIDGE_PORT=str(bridge_port))
+    podman.env.pop("CONSUMERS", None)  # the file's default: two workers
     stack = Stack(podman, project, f"http://127.0.0.1:{bridge_port}", f"localhost:{kafka_port}")
     started = time.monotonic()
     try:
@@ -82,10 +84,21 @@ def test_services_of_the_stack(stack: Stack) -> None:
     running = stack.containers()
     for service, count in (("kafka", 1), ("consumer", 2), ("bridge", 1)):
         assert len(stack.containers(service)) == count, (service, running)
+    # podman-compose creates each worker with `--requires` on its dependencies, and
+    # `podman start` of a worker starts them again: the one-shot models service runs
+    # once more per worker, finds the models there and exits 0 again.
     models = stack.containers("models", all_states=True)
     assert len(models) == 1
-    state = stack.podman.inspect("container", models[0])["State"]
-    assert state["Status"] == "exited" and state["ExitCode"] == 0, state
+    deadline = time.monotonic() + 180
+    while (state := stack.podman.inspect("container", models[0])["State"])["Running"]:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(2)
+    assert state["ExitCode"] == 0, state
+    # The workers started beside a brand-new broker, before it was healthy (podman
+    # 4.3 cannot wait for health): they waited for it, none crashed and restarted.
+    for consumer in stack.containers("consumer"):
+        restarts = stack.podman.inspect("container", consumer)["RestartCount"]
+        assert restarts == 0, f"{consumer} restarted {restarts} times\n{stack.logs()}"
     # The stand-in's health check is the compose file's own command; podman has no timer here.
     kafka = stack.containers("kafka")[0]
     health = stack.podman.run("healthcheck", "run", kafka, check=False)
@@ -199,7 +212,8 @@ def _wait_answered(load: Load, more: int, timeout_s: float) -> None:
 def test_three_workers_and_one_killed_under_load(
     stack: Stack, shapes_images: tuple[Path, dict[str, Any]]
 ) -> None:
-    stack.compose("-f", "compose.yaml", "up", "-d", "--no-build", "--scale", "consumer=3")
+    stack.podman.env["CONSUMERS"] = "3"  # kept for `down`, which then removes all three
+    stack.compose("-f", "compose.yaml", "up", "-d", "--no-build")
     consumers = stack.containers("consumer")
     assert len(consumers) == 3, consumers
     for consumer in consumers:  # ready: in the group with its models loaded
@@ -235,7 +249,7 @@ def test_three_workers_and_one_killed_under_load(
 
 def test_down_removes_everything(stack: Stack) -> None:
     """Last in this module: the fixture's own `down -v` then finds nothing left."""
-    stack.compose("-f", "compose.yaml", "down", "-v", "-t", "10", timeout_s=300)
+    stack.compose("-f", "compose.yaml", "down", "-v", timeout_s=300)  # the grace periods
     label = f"label=io.podman.compose.project={stack.project}"
     assert stack.containers(all_states=True) == []
     volumes = stack.podman.run("volume", "ls", "--filter", label, "--format", "{{.Name}}")
