@@ -20,15 +20,11 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
     ClusterAuthorizationFailedError,
-    CoordinatorLoadInProgressError,
-    CoordinatorNotAvailableError,
     GroupAuthorizationFailedError,
     KafkaConnectionError,
     KafkaError,
-    NotCoordinatorError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
-    for_code,
 )
 from aiokafka.protocol.admin import DescribeGroupsResponse_v3
 from aiokafka.protocol.api import Request, RequestStruct, Response
@@ -40,18 +36,8 @@ from engines.errors import NotAuthorized, ServiceUnavailable, TfstreamError
 #: Kafka's AclOperation codes: bit n of an "authorized operations" field is operation n.
 OPERATIONS = {"Read": 3, "Write": 4, "Create": 5, "Delete": 6, "Describe": 8}
 _TOPIC_AUTHORIZATION_FAILED = 29
-_GROUP_AUTHORIZATION_FAILED = 30
 _GROUP_COORDINATOR = 0
 _NOT_COMPUTED = -(2**31)
-#: A group coordinator not ready yet (a brand-new broker still creating or loading
-#: __consumer_offsets, a coordinator moving): not a refusal, ask again.
-_COORDINATOR_NOT_READY = (
-    CoordinatorLoadInProgressError,
-    CoordinatorNotAvailableError,
-    NotCoordinatorError,
-)
-_COORDINATOR_ATTEMPTS = 60
-_COORDINATOR_WAIT_S = 1.0
 
 
 class _MetadataResponse_v8(Response):
@@ -208,29 +194,16 @@ def _allows(allowed: int, operation: str) -> bool:
 
 
 async def _may_read_group(client: AIOKafkaClient, group: str) -> bool:
-    """FindCoordinator needs Describe on the group; DescribeGroups v3 then tells Read.
-
-    Only an authorization error or a missing Read bit is a refusal: a worker
-    started beside a brand-new broker first meets a coordinator that is still
-    loading, and waits for it instead of reporting `not_authorized`.
-    """
-    for attempt in range(_COORDINATOR_ATTEMPTS):
-        try:
-            coordinator = await client.coordinator_lookup(_GROUP_COORDINATOR, group)
-            response: Any = await client.send(coordinator, _GroupOperationsRequest([group]))
-            error_code, _group, *_rest, allowed = response.groups[0]
-            if error_code == _GROUP_AUTHORIZATION_FAILED:
-                return False
-            if error_code:
-                raise for_code(error_code)(f"DescribeGroups of '{group}'")
-            return _allows(allowed, "Read")
-        except GroupAuthorizationFailedError:
+    """FindCoordinator needs Describe on the group; DescribeGroups v3 then tells Read."""
+    try:
+        coordinator = await client.coordinator_lookup(_GROUP_COORDINATOR, group)
+    except GroupAuthorizationFailedError:
+        return False
+    response: Any = await client.send(coordinator, _GroupOperationsRequest([group]))
+    for error_code, _group, *_rest, allowed in response.groups:
+        if error_code or not _allows(allowed, "Read"):
             return False
-        except _COORDINATOR_NOT_READY:
-            if attempt + 1 == _COORDINATOR_ATTEMPTS:
-                raise
-            await asyncio.sleep(_COORDINATOR_WAIT_S)
-    return False  # not reached: the last attempt returns or raises
+    return True
 
 
 def as_not_authorized(

@@ -105,8 +105,15 @@ def base_image(podman: Podman) -> None:
         FIGURES["base image made (s)"] = round(time.monotonic() - started, 1)
 
 
-def _build(podman: Podman, tag: str, dockerfile: Path, build_dir: Path, context: Path) -> str:
-    seconds = podman.build(tag, context, dockerfile, build_dir)
+def _build(
+    podman: Podman,
+    tag: str,
+    dockerfile: Path,
+    build_dir: Path,
+    context: Path,
+    builder_stage: str | None = None,
+) -> str:
+    seconds = podman.build(tag, context, dockerfile, build_dir, builder_stage)
     size = podman.image_size(tag)
     FIGURES[f"{tag} build (s)"] = round(seconds, 1)
     FIGURES[f"{tag} size (MB)"] = round(size / 1e6)
@@ -116,12 +123,12 @@ def _build(podman: Podman, tag: str, dockerfile: Path, build_dir: Path, context:
 @pytest.fixture(scope="session")
 def cpu_image(podman: Podman, base_image: None, build_dir: Path) -> str:
     """deploy/Dockerfile, built from the repository root as docs/deploy.md says."""
-    return _build(podman, CPU_IMAGE, DEPLOY / "Dockerfile", build_dir, DEPLOY.parent)
+    return _build(podman, CPU_IMAGE, DEPLOY / "Dockerfile", build_dir, DEPLOY.parent, "builder")
 
 
 @pytest.fixture(scope="session")
 def gpu_image(podman: Podman, base_image: None, build_dir: Path) -> str:
-    return _build(podman, GPU_IMAGE, DEPLOY / "Dockerfile.gpu", build_dir, DEPLOY.parent)
+    return _build(podman, GPU_IMAGE, DEPLOY / "Dockerfile.gpu", build_dir, DEPLOY.parent, "builder")
 
 
 @pytest.fixture(scope="session")

@@ -167,37 +167,50 @@ class Podman:
         if result.returncode != 0:
             raise PodmanError(f"{BASE_IMAGE_SCRIPT} failed:\n{_tail(result.stderr)}")
 
+    def image_id(self, name: str) -> str | None:
+        result = self.run("image", "inspect", "--format", "{{.Id}}", name, check=False)
+        return result.stdout.strip() if result.returncode == 0 else None
+
     def build(
         self,
         tag: str,
         context: Path,
         dockerfile: Path,
         workdir: Path,
+        builder_stage: str | None = None,
         timeout_s: float = 3000,
     ) -> float:
         """`podman build --format docker` (OCI drops HEALTHCHECK); returns the seconds it took.
 
-        The log goes to workdir/build-<name>.log, its tail into the error.
+        The layers stay in podman's storage, so an unchanged build takes seconds.
+        What a new build replaces is removed: the previous image of `tag` and, when
+        `builder_stage` names the Dockerfile's build stage, the previous build stage,
+        which is tagged `<tag>-<stage>` for that (else each change of the sources
+        would leave gigabytes behind; the GPU build stage alone is 7 GB). The logs go
+        to workdir/build-*.log, their tail into the error.
         """
         started = time.monotonic()
-        log = workdir / f"build-{tag.rsplit('/', 1)[-1].replace(':', '-')}.log"
-        args = [
-            "build",
-            "--format",
-            "docker",
-            "--layers",
-            *pip_build_mounts(workdir),
-            "-f",
-            str(dockerfile),
-            "-t",
-            tag,
-            str(context),
-        ]
-        result = self.run(*args, timeout_s=timeout_s, check=False)
-        log.write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise PodmanError(f"podman build of {tag} failed (log {log}):\n{_tail(result.stderr)}")
-        return time.monotonic() - started
+        targets = [(f"{tag}-{builder_stage}", ["--target", builder_stage])] if builder_stage else []
+        targets.append((tag, []))
+        replaced = [self.image_id(name) for name, _ in targets]
+        for name, extra in targets:
+            log = workdir / f"build-{name.rsplit('/', 1)[-1].replace(':', '-')}.log"
+            args = [
+                "build", "--format", "docker", "--layers", *pip_build_mounts(workdir), *extra,
+                "-f", str(dockerfile), "-t", name, str(context),
+            ]  # fmt: skip
+            result = self.run(*args, timeout_s=timeout_s, check=False)
+            log.write_text(result.stdout + result.stderr)
+            if result.returncode != 0:
+                raise PodmanError(
+                    f"podman build of {name} failed (log {log}):\n{_tail(result.stderr)}"
+                )
+        seconds = time.monotonic() - started
+        for (name, _), old in zip(targets, replaced, strict=True):
+            if old and old != self.image_id(name):
+                # With its untagged parents; kept if a container still uses it.
+                self.run("rmi", old, check=False)
+        return seconds
 
     def image_size(self, tag: str) -> int:
         return int(self.inspect("image", tag)["Size"])

@@ -94,8 +94,12 @@ def test_services_of_the_stack(stack: Stack) -> None:
         assert time.monotonic() < deadline, stack.logs()
         time.sleep(2)
     assert state["ExitCode"] == 0, state
-    # The workers started beside a brand-new broker, before it was healthy (podman
-    # 4.3 cannot wait for health): they waited for it, none crashed and restarted.
+
+
+def test_workers_started_before_the_broker_did_not_restart(stack: Stack) -> None:
+    """podman 4.3 cannot wait for health, so the workers start beside a brand-new
+    broker that is not listening yet: they must wait for it ("start from nothing"),
+    not exit and be restarted by the restart policy."""
     for consumer in stack.containers("consumer"):
         restarts = stack.podman.inspect("container", consumer)["RestartCount"]
         assert restarts == 0, f"{consumer} restarted {restarts} times\n{stack.logs()}"
