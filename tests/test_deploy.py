@@ -633,8 +633,18 @@ def test_dockerfiles_install_through_install_sh() -> None:
         instructions = _dockerfile_instructions(path)
         assert sum(1 for w, _ in instructions if w == "FROM") >= 2, f"{path}: multi-stage"
         runs = [a for w, a in instructions if w == "RUN" and "install.sh" in a]
-        assert len(runs) == 1, f"{path}: one install step"
-        assert re.search(rf"\bbash deploy/install\.sh /opt/venv/bin/pip {extra}$", runs[0]), runs[0]
+        # The dependencies in a layer of their own, then the project: both by install.sh.
+        assert len(runs) == 2, f"{path}: dependencies, then the project"
+        assert re.search(
+            rf"\bbash deploy/install\.sh /opt/venv/bin/pip {extra} --dependencies$", runs[0]
+        ), runs[0]
+        assert re.search(rf"\bbash deploy/install\.sh /opt/venv/bin/pip {extra}$", runs[1]), runs[1]
+        # ... and before the code is copied in, so a code change keeps that layer.
+        dependencies = next(
+            i for i, (w, a) in enumerate(instructions) if w == "RUN" and "--dependencies" in a
+        )
+        code = next(i for i, (w, a) in enumerate(instructions) if w == "COPY" and "engines" in a)
+        assert dependencies < code, path
         assert extra in _extras()
         copies = [a for w, a in instructions if w == "COPY"]
         assert any(a.split()[0] == "deploy/install.sh" for a in copies), f"{path}: COPY install.sh"
@@ -658,11 +668,24 @@ def fake_pip(tmp_path: Path) -> Path:
 MODEL_GARDEN = ["install", "--quiet", "--no-deps", "-r", "deploy/model-garden-requirements.txt"]
 
 
+def _project_dependencies() -> dict[str, list[str]]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)["project"]
+    return {
+        extra: [*project["dependencies"], *extras]
+        for extra, extras in project["optional-dependencies"].items()
+    }
+
+
+PROJECT_DEPENDENCIES = _project_dependencies()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["cpu,dev", "--editable"], [["install", "--quiet", "-e", ".[cpu,dev]"], MODEL_GARDEN]),
         (["gpu"], [["install", "--quiet", ".[gpu]"]]),  # no Model Garden in images
+        (["cpu", "--dependencies"], [["install", "--quiet", *PROJECT_DEPENDENCIES["cpu"]]]),
     ],
 )
 def test_install_sh_runs_pip(
