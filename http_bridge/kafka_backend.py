@@ -168,7 +168,7 @@ class KafkaBackend:
             if not self._is_ready(name):
                 raise ModelUnavailable(
                     f"no worker served model '{name}' within "
-                    f"{self.settings.request_timeout_s:g}s; try again later"
+                    f"{self.settings.answer_timeout_s:g}s; try again later"
                 ) from None
             raise
         if reply.error is not None:

@@ -135,7 +135,7 @@ async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
                 "TFSTREAM_TOPIC_PREFIX": prefix,
                 # Correctness, not speed: a loaded machine may queue requests for
                 # minutes while one worker serves alone; none may be lost or fail.
-                "TFSTREAM_REQUEST_TIMEOUT_S": "900",
+                "TFSTREAM_ANSWER_TIMEOUT_S": "900",
             },
         ).start()
         await asyncio.to_thread(bridge.wait_ready, 120)

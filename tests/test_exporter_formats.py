@@ -48,7 +48,7 @@ def bridge(
     request: pytest.FixtureRequest, repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[BridgeProcess, ConsumerProcess | None]]:
     logs = tmp_path_factory.mktemp("exporter-format-logs")
-    env = {"TFSTREAM_REQUEST_TIMEOUT_S": "60"}
+    env = {"TFSTREAM_ANSWER_TIMEOUT_S": "60"}
     with running_bridge(request, repository, logs, env, ready_timeout_s=360) as pair:
         yield pair
 

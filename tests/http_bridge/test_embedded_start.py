@@ -55,7 +55,7 @@ async def test_docs_and_liveness_answer_while_models_load_and_requests_wait(
     (tmp_path / "m" / "config.json").write_text(json.dumps(CONFIG))
     (tmp_path / "m" / "object-detection.pbtxt").write_text('item { id: 1 name: "thing" }\n')
     (folder / "saved_model.pb").write_bytes(b"weights")
-    settings = BridgeSettings(repository=tmp_path, poll_interval_s=0, request_timeout_s=30)
+    settings = BridgeSettings(repository=tmp_path, poll_interval_s=0, answer_timeout_s=30)
     factory = GatedFactory()
     registry = ModelRegistry(ModelRepository(tmp_path), None, "cpu", factory)
     backend = EmbeddedBackend(settings, WorkerMetrics(), registry=registry)

@@ -120,7 +120,7 @@ def test_with_no_live_consumer_a_request_waits_its_timeout_then_503_retry_after(
         serving_repository,
         tmp_path,
         worker_env={"TFSTREAM_ANNOUNCE_TTL_MS": "3000"},
-        bridge_env={"TFSTREAM_REQUEST_TIMEOUT_S": "3"},
+        bridge_env={"TFSTREAM_ANSWER_TIMEOUT_S": "3"},
     )
     try:
         assert predict(bridge, name, (folder / name).read_bytes()).status_code == 200
