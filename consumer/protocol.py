@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -418,6 +419,24 @@ def dlq_headers(
         (DLQ_OFFSET, str(offset).encode()),
         (DLQ_WORKER, worker.encode()),
     ]
+
+
+def epoch_ms(text: str, hint: str) -> int:
+    """A moment as Kafka timestamps count: digits are epoch milliseconds already, else
+    an ISO 8601 time (UTC unless it names a zone).
+
+    Raises:
+        ValueError: anything else, saying `hint`.
+    """
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(hint) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 # -- announcements and control -------------------------------------------------

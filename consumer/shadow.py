@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Iterable, Iterator
-from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -27,7 +26,7 @@ from prometheus_client.metrics_core import Metric
 
 from consumer.answer_log import AnswerSink
 from consumer.pipeline import Answer, Pipeline
-from consumer.protocol import Topics
+from consumer.protocol import Topics, epoch_ms
 from consumer.records import Record, RecordAdapter
 from consumer.spans import RequestSpans
 
@@ -57,17 +56,7 @@ def parse_from(text: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"shadow-from {text!r}: give epoch milliseconds or an ISO 8601 time"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return epoch_ms(text, f"shadow-from {text!r}: give epoch milliseconds or an ISO 8601 time")
 
 
 def shadow_group(group: str, name: str) -> str:

@@ -24,7 +24,6 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -34,6 +33,7 @@ from pydantic import Field, model_validator
 from consumer import kafka_io
 from consumer.access import explain
 from consumer.answer_log import LoggedAnswer
+from consumer.protocol import epoch_ms
 from consumer.settings import KafkaClientSettings
 from engines.errors import InvalidRequest, ServiceUnavailable, TfstreamError
 from engines.settings import cli_config, parse_cli
@@ -143,17 +143,7 @@ def parse_time(text: str, now_ms: int | None = None) -> int | None:
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if match := _SPAN.fullmatch(text):
         return now - int(float(match.group(1)) * _SPAN_S[match.group(2)] * 1000)
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not a time: give ISO 8601, epoch ms or a span like 15m"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return epoch_ms(text, f"{text!r} is not a time: give ISO 8601, epoch ms or a span like 15m")
 
 
 # -- live: reading two answer topics ---------------------------------------------------
