@@ -137,15 +137,21 @@ class RecordAdapter:
         spans: RequestSpans,
     ) -> None:
         answer = await answered
+        try:
+            await asyncio.gather(*self._sends(record, model, reply_to, answer, spans))
+        finally:
+            spans.end(answer.error)
+
+    def _sends(
+        self, record: Record, model: str, reply_to: str, answer: Answer, spans: RequestSpans
+    ) -> list[Awaitable[None]]:
+        """What delivering one answer writes (a shadow writes only its answer log)."""
         sends = [self._send_reply(record, model, reply_to, answer.reply, spans)]
         if answer.dead_letter and answer.error is not None:
             sends.append(self._dead_letter(record, model, answer.error))
         if self.answer_log is not None:
             sends.append(self.answer_log.write(record, model, answer.reply, reply_to))
-        try:
-            await asyncio.gather(*sends)
-        finally:
-            spans.end(answer.error)
+        return sends
 
     async def _send_reply(
         self, record: Record, model: str, topic: str, reply: Reply, spans: RequestSpans

@@ -102,19 +102,10 @@ class ShadowAdapter(RecordAdapter):
         super().__init__(pipeline, topics, sink.outbox, worker_id)
         self.sink = sink
 
-    async def _deliver(
-        self,
-        record: Record,
-        model: str,
-        reply_to: str,
-        answered: Awaitable[Answer],
-        spans: RequestSpans,
-    ) -> None:
-        answer = await answered
-        try:
-            await self.sink.write(record, model, answer.reply, None)
-        finally:
-            spans.end(answer.error)
+    def _sends(
+        self, record: Record, model: str, reply_to: str, answer: Answer, spans: RequestSpans
+    ) -> list[Awaitable[None]]:
+        return [self.sink.write(record, model, answer.reply, None)]
 
 
 class LabelledRegistry(CollectorRegistry):
