@@ -65,21 +65,6 @@ SHADOW_NAME = "shadow-name"
 Headers = Sequence[tuple[str, bytes]]
 
 
-def epoch_ms(text: str) -> int:
-    """Epoch milliseconds from digits (already epoch ms) or an ISO 8601 time (UTC
-    unless it names a zone): how the tools name a point among record timestamps.
-
-    Raises:
-        ValueError: anything else.
-    """
-    if text.isdigit():
-        return int(text)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
 # -- topics -------------------------------------------------------------------
 _TOPIC_SAFE = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_TOPIC = 249
@@ -437,6 +422,24 @@ def dlq_headers(
     ]
 
 
+def epoch_ms(text: str, hint: str) -> int:
+    """A moment as Kafka timestamps count: digits are epoch milliseconds already, else
+    an ISO 8601 time (UTC unless it names a zone).
+
+    Raises:
+        ValueError: anything else, saying `hint`.
+    """
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(hint) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
 # -- announcements and control -------------------------------------------------
 
 
@@ -457,29 +460,63 @@ def announcement_key(model: str, worker: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """One model's facts: what a worker announces of it, what the bridge's directory
+    makes of the live announcements, and what either bridge backend answers from.
+    One record, so that a fact added here reaches every reader the same way."""
+
+    name: str
+    hash: str
+    state: ModelState
+    engine: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The full config.json; the bridge shows the public part."""
+    labels: list[str] = field(default_factory=list)
+    """In class id order."""
+    label_hashes: dict[str, str] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+    """Why it is not served (FAILED), as `TfstreamError.to_dict`."""
+    version: int = 0
+    """The version serving (or loading); 0 when not known yet."""
+    fingerprint: str = ""
+    """Of the weights serving: the SavedModel's fingerprint.pb, else a content hash."""
+
+
+#: The announcement's JSON keys in wire order ("model" is `ModelFacts.name`).
+_ANNOUNCEMENT_KEYS = (
+    "model",
+    "worker",
+    "state",
+    "hash",
+    "engine",
+    "config",
+    "labels",
+    "label_hashes",
+    "device",
+    "error",
+    "updated_ms",
+    "ttl_ms",
+    "version",
+    "fingerprint",
+    "versions",
+)
+_FACT_KEYS = {"model": "name"} | {f: f for f in ModelFacts.__dataclass_fields__ if f != "name"}
+
+
+@dataclass(frozen=True)
 class Announcement:
-    """What a worker says about one model on `<prefix>.models` (compacted).
+    """What a worker says about one model on `<prefix>.models` (compacted): the
+    model's facts, and the worker's own.
 
     A worker re-announces every `ttl_ms / 3`; readers ignore records older than
     `ttl_ms`, which is how a killed worker's models disappear.
     """
 
-    model: str
+    facts: ModelFacts
     worker: str
-    state: ModelState
-    hash: str
-    engine: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
-    label_hashes: dict[str, str] = field(default_factory=dict)
     device: str = ""
-    error: dict[str, str] | None = None
     updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     ttl_ms: int = 30_000
-    version: int = 0
-    """The version serving (or loading); 0 when not known yet."""
-    fingerprint: str = ""
-    """Of the weights serving: the SavedModel's fingerprint.pb, else a content hash."""
     versions: list[dict[str, Any]] = field(default_factory=list)
     """Every version this worker tried: {version, state, fingerprint} or {version,
     state: failed, error}; a newer version that failed beside the serving one shows
@@ -490,17 +527,23 @@ class Announcement:
         return now - self.updated_ms <= self.ttl_ms
 
     def to_json(self) -> bytes:
-        body = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        body["state"] = self.state.value
+        def value(key: str) -> Any:
+            if key in _FACT_KEYS:
+                return getattr(self.facts, _FACT_KEYS[key])
+            return getattr(self, key)
+
+        body = {key: value(key) for key in _ANNOUNCEMENT_KEYS}
+        body["state"] = self.facts.state.value
         body["protocol"] = PROTOCOL_VERSION
         return json.dumps(body, separators=(",", ":")).encode()
 
     @staticmethod
     def from_json(value: bytes) -> Announcement:
         body = json.loads(value)
-        fields = {k: body[k] for k in Announcement.__dataclass_fields__ if k in body}
-        fields["state"] = ModelState(fields["state"])
-        return Announcement(**fields)
+        facts = {field: body[key] for key, field in _FACT_KEYS.items() if key in body}
+        facts["state"] = ModelState(facts["state"])
+        own = {k: body[k] for k in Announcement.__dataclass_fields__ if k in body}
+        return Announcement(ModelFacts(**facts), **own)
 
 
 class ControlCommand(StrEnum):

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from consumer.protocol import Announcement, ModelState
+from consumer.protocol import Announcement, ModelFacts, ModelState
 from consumer.settings import EngineSettings
+from engines.catalogue import Catalogue
 from engines.detector import (
     Detector,
     EngineFactory,
@@ -65,7 +67,7 @@ class Entry:
         return self.spec.version if self.spec is not None else 0
 
 
-class ModelRegistry:
+class ModelRegistry(Catalogue):
     def __init__(
         self,
         repository: ModelRepository,
@@ -98,6 +100,15 @@ class ModelRegistry:
 
     def served_names(self) -> list[str]:
         return list(self._served) if self._served is not None else self.repository.names()
+
+    def names(self) -> list[str]:
+        return self.served_names()
+
+    def known(self) -> Iterator[str]:
+        """Loaded models answer from memory; only a name this worker has not loaded
+        costs a look at the repository folder."""
+        yield from list(self._entries)
+        yield from self.repository.names()
 
     def serves(self, name: str) -> bool:
         return name in self.served_names()
@@ -249,18 +260,6 @@ class ModelRegistry:
             raise ModelUnavailable(f"model '{name}' is not served by this worker group")
         raise ModelUnavailable(f"model '{name}' is not loaded yet")
 
-    def resolve(self, name_or_hash: str) -> str:
-        """A model name from a name or hash. Loaded models answer from memory; only
-        a name this worker has not loaded costs a look at the repository folder.
-
-        Raises:
-            ModelNotFound: neither a model name nor the hash of one.
-        """
-        for entry in list(self._entries.values()):
-            if name_or_hash == entry.name or (entry.spec and entry.spec.hash == name_or_hash):
-                return entry.name
-        return self.repository.resolve(name_or_hash)
-
     def spec(self, name: str) -> ModelSpec:
         """The model's spec as loaded, or read from its folder if it was not.
 
@@ -280,25 +279,40 @@ class ModelRegistry:
     def entry(self, name: str) -> Entry | None:
         return self._entries.get(name)
 
+    def facts(self, name: str) -> ModelFacts:
+        """The model as this process serves it (the embedded bridge answers from this).
+
+        Raises:
+            ModelNotFound, InvalidModelConfig: see `spec`.
+        """
+        entry = self._entries.get(name) or Entry(name, ModelState.LOADING)
+        facts = model_facts(replace(entry, spec=self.spec(name)))
+        return facts if entry.detector is not None else replace(facts, version=0)
+
     def announcement(self, entry: Entry, worker: str, ttl_ms: int) -> Announcement:
-        spec = entry.spec
-        labels = [label for _, label in sorted(spec.labels.items())] if spec else []
         return Announcement(
-            model=entry.name,
+            model_facts(entry),
             worker=worker,
-            state=entry.state,
-            hash=model_hash(entry.name),
-            engine=spec.engine.value if spec else "",
-            config=spec.config.model_dump(mode="json") if spec else {},
-            labels=labels,
-            label_hashes=spec.label_hashes() if spec else {},
             device=entry.detector.device if entry.detector else "",
-            error=entry.error.to_dict() if entry.error else None,
             ttl_ms=ttl_ms,
-            version=entry.version,
-            fingerprint=entry.fingerprint,
             versions=versions(entry),
         )
+
+
+def model_facts(entry: Entry) -> ModelFacts:
+    spec = entry.spec
+    return ModelFacts(
+        name=entry.name,
+        hash=model_hash(entry.name),
+        state=entry.state,
+        engine=spec.engine.value if spec else "",
+        config=spec.config.model_dump(mode="json") if spec else {},
+        labels=[label for _, label in sorted(spec.labels.items())] if spec else [],
+        label_hashes=spec.label_hashes() if spec else {},
+        error=entry.error.to_dict() if entry.error else None,
+        version=entry.version,
+        fingerprint=entry.fingerprint,
+    )
 
 
 def versions(entry: Entry) -> list[dict[str, Any]]:

@@ -56,12 +56,7 @@ def parse_from(text: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    try:
-        return epoch_ms(text)
-    except ValueError:
-        raise ValueError(
-            f"shadow-from {text!r}: give epoch milliseconds or an ISO 8601 time"
-        ) from None
+    return epoch_ms(text, f"shadow-from {text!r}: give epoch milliseconds or an ISO 8601 time")
 
 
 def shadow_group(group: str, name: str) -> str:

@@ -31,13 +31,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engines.catalogue import HASH_NAMESPACE, Catalogue, model_hash
 from engines.config import EngineName, ModelConfig, load_config
 from engines.errors import InvalidModelConfig, ModelNotFound
 from engines.metadata import export_resizer, load_config_and_labels
 from engines.resizer import FixedShape, Resizer, read_pipeline_config
-
-#: Fixed namespace of all tfstream hashes. Changing it changes every hash clients hold.
-HASH_NAMESPACE = uuid.UUID("6f0c5a4e-2b1d-5c8e-9a57-3f4be1d0c7a2")
 
 #: Folder names we accept as model names: no separators, no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -50,10 +48,6 @@ SAVED_MODEL_FILE = "saved_model.pb"
 FINGERPRINT_FILE = "fingerprint.pb"
 #: A version folder's name: a positive integer, as TF Serving numbers them.
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
-
-
-def model_hash(name: str) -> str:
-    return str(uuid.uuid5(HASH_NAMESPACE, f"model/{name}"))
 
 
 def label_hash(model: str, label: str) -> str:
@@ -153,7 +147,7 @@ def model_resizer(folder: Path, config: ModelConfig) -> Resizer | None:
     return read_pipeline_config([folder, folder / "saved_model"])
 
 
-class ModelRepository:
+class ModelRepository(Catalogue):
     """Read-only view of a model folder; cheap enough to re-read on every call."""
 
     def __init__(self, root: Path) -> None:
@@ -261,16 +255,3 @@ class ModelRepository:
                 stat = path.stat()
                 newest, size = max(newest, stat.st_mtime_ns), size + stat.st_size
         return newest, size
-
-    def resolve(self, name_or_hash: str) -> str:
-        """Accept a model name or its hash, as the old `/detect` did.
-
-        Raises:
-            ModelNotFound: neither a model name nor the hash of one.
-        """
-        if _NAME.fullmatch(name_or_hash) and name_or_hash in self.names():
-            return name_or_hash
-        for name in self.names():
-            if model_hash(name) == name_or_hash:
-                return name
-        raise ModelNotFound(f"no model named or hashed '{name_or_hash[:200]}'")

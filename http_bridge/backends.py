@@ -10,20 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    hash: str
-    labels: list[str]
-    """In class id order."""
-    label_hashes: dict[str, str]
-    config: dict[str, Any]
-    """The full config.json; the routes show the public part."""
-    version: int = 0
-    """The version serving (0: none loaded yet)."""
-    fingerprint: str = ""
-    """Of the serving version's weights."""
+from consumer.protocol import ModelFacts
 
 
 @dataclass(frozen=True)
@@ -49,10 +36,10 @@ class Backend(Protocol):
         ...
 
     def resolve(self, name_or_hash: str) -> str:
-        """Raises ModelNotFound."""
+        """The backend's `Catalogue.resolve`. Raises ModelNotFound."""
         ...
 
-    def info(self, name: str) -> ModelInfo:
+    def info(self, name: str) -> ModelFacts:
         """Raises ModelNotFound, ModelUnavailable, InvalidModelConfig."""
         ...
 

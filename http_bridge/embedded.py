@@ -16,12 +16,12 @@ from typing import Any
 
 from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Answer, Pipeline
-from consumer.protocol import ModelState, Request
+from consumer.protocol import ModelFacts, ModelState, Request
 from consumer.registry import ModelRegistry
 from consumer.spans import RequestSpans
 from consumer.supervision import Supervisor
 from engines.errors import RequestTimeout
-from http_bridge.backends import DetectCall, ModelInfo
+from http_bridge.backends import DetectCall
 from http_bridge.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
@@ -101,19 +101,8 @@ class EmbeddedBackend:
     def resolve(self, name_or_hash: str) -> str:
         return self.registry.resolve(name_or_hash)
 
-    def info(self, name: str) -> ModelInfo:
-        spec = self.registry.spec(name)
-        entry = self.registry.entry(name)
-        serving = entry is not None and entry.detector is not None
-        return ModelInfo(
-            name=name,
-            hash=spec.hash,
-            labels=[label for _, label in sorted(spec.labels.items())],
-            label_hashes=spec.label_hashes(),
-            config=spec.config.model_dump(mode="json"),
-            version=entry.version if entry is not None and serving else 0,
-            fingerprint=entry.fingerprint if entry is not None else "",
-        )
+    def info(self, name: str) -> ModelFacts:
+        return self.registry.facts(name)
 
     async def load(self, name: str | None, force: bool = False) -> None:
         if name is None:

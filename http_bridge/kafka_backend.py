@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from consumer.protocol import ModelFacts
 from consumer.supervision import Supervisor
 from engines.errors import (
     ModelNotFound,
@@ -26,7 +27,7 @@ from engines.errors import (
     ServiceUnavailable,
     TfstreamError,
 )
-from http_bridge.backends import DetectCall, ModelInfo
+from http_bridge.backends import DetectCall
 from http_bridge.settings import BridgeSettings
 from producer_tools.client import DetectClient
 from producer_tools.directory import ModelDirectory
@@ -129,18 +130,9 @@ class KafkaBackend:
                 return name_or_hash
             raise
 
-    def info(self, name: str) -> ModelInfo:
+    def info(self, name: str) -> ModelFacts:
         self._require_started()
-        view = self.directory.view(name)
-        return ModelInfo(
-            name=name,
-            hash=view.hash,
-            labels=view.labels,
-            label_hashes=view.label_hashes,
-            config=view.config,
-            version=view.version,
-            fingerprint=view.fingerprint,
-        )
+        return self.directory.view(name)
 
     async def load(self, name: str | None, force: bool = False) -> None:
         self._require_started()

@@ -143,12 +143,7 @@ def parse_time(text: str, now_ms: int | None = None) -> int | None:
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if match := _SPAN.fullmatch(text):
         return now - int(float(match.group(1)) * _SPAN_S[match.group(2)] * 1000)
-    try:
-        return epoch_ms(text)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not a time: give ISO 8601, epoch ms or a span like 15m"
-        ) from None
+    return epoch_ms(text, f"{text!r} is not a time: give ISO 8601, epoch ms or a span like 15m")
 
 
 # -- live: reading two answer topics ---------------------------------------------------

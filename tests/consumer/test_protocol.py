@@ -141,12 +141,17 @@ def test_reply_json_has_every_protocol_field() -> None:
 
 
 def test_announcement_and_control_round_trip() -> None:
-    a = p.Announcement(model="m", worker="w", state=p.ModelState.READY, hash="h", labels=["a"])
+    facts = p.ModelFacts("m", "h", p.ModelState.READY, labels=["a"])
+    a = p.Announcement(facts, worker="w")
     again = p.Announcement.from_json(a.to_json())
     assert again == a and again.alive()
-    assert not p.Announcement(
-        model="m", worker="w", state=p.ModelState.READY, hash="h", updated_ms=0
-    ).alive()
+    assert not p.Announcement(facts, worker="w", updated_ms=0).alive()
+    # The wire keeps its flat JSON, in the order readers in other languages saw so far.
+    assert list(json.loads(a.to_json())) == [
+        *("model", "worker", "state", "hash", "engine", "config", "labels", "label_hashes"),
+        *("device", "error", "updated_ms", "ttl_ms", "version", "fingerprint", "versions"),
+        "protocol",
+    ]
     c = p.Control(p.ControlCommand.LOAD, "m", force=True, correlation_id="x", reply_to="r")
     assert p.Control.from_json(c.to_json()) == c
     with pytest.raises(InvalidRequest):

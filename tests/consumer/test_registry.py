@@ -124,15 +124,15 @@ def test_the_announcement_carries_state_hash_labels_and_error(
     registry = ModelRegistry(repository, None, "cpu", Factory())
     entries = {e.name: e for e in registry.load_all()}
     good = registry.announcement(entries["good"], "w1", 30_000)
-    assert (good.state, good.hash, good.labels, good.device) == (
+    assert (good.facts.state, good.facts.hash, good.facts.labels, good.device) == (
         ModelState.READY,
         model_hash("good"),
         ["thing"],
         "/FAKE:0",
     )
     broken = registry.announcement(entries["crashes"], "w1", 30_000)
-    assert broken.state is ModelState.FAILED and broken.error is not None
-    assert broken.error["code"] == "model_load_failed"
+    assert broken.facts.state is ModelState.FAILED and broken.facts.error is not None
+    assert broken.facts.error["code"] == "model_load_failed"
 
 
 def test_settings_with_simulate_batch_ms_give_every_model_the_simulated_engine(
@@ -240,8 +240,8 @@ def test_a_failed_version_keeps_the_old_one_serving_and_is_retried_only_once_cha
     assert registry.detector("m") is old.detector
     assert entry.failed is not None and entry.failed.version == 2
     announced = registry.announcement(entry, "w1", 30_000)
-    assert announced.state is ModelState.READY and announced.version == 1
-    assert announced.error is None
+    assert announced.facts.state is ModelState.READY and announced.facts.version == 1
+    assert announced.facts.error is None
     assert announced.versions == [
         {"version": 1, "state": "ready", "fingerprint": old.fingerprint},
         {

@@ -8,10 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
+from consumer.protocol import ModelFacts, ModelState
 from engines.errors import ModelNotFound
 from http_bridge import session
 from http_bridge.app import create_app
-from http_bridge.backends import DetectCall, ModelInfo
+from http_bridge.backends import DetectCall
 from http_bridge.settings import BridgeSettings
 
 
@@ -28,9 +29,14 @@ class FakeBackend:
             raise ModelNotFound(f"no model named or hashed '{name_or_hash}'")
         return "m"
 
-    def info(self, name: str) -> ModelInfo:
-        return ModelInfo(
-            "m", "h", ["a"], {"a": "ha"}, {"framework": "tf", "type": "d", "network": "n"}
+    def info(self, name: str) -> ModelFacts:
+        return ModelFacts(
+            "m",
+            "h",
+            ModelState.READY,
+            config={"framework": "tf", "type": "d", "network": "n"},
+            labels=["a"],
+            label_hashes={"a": "ha"},
         )
 
     async def load(self, name: str | None, force: bool = False) -> None: ...
