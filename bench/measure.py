@@ -52,7 +52,7 @@ async def replay(
             max=True,
             concurrency=concurrency,
             progress=False,
-            timeout_s=60,
+            answer_timeout_s=60,
             **values,
         )
 

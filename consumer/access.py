@@ -10,13 +10,9 @@ each checks every topic and the group the worker will use.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from aiokafka.client import AIOKafkaClient
-from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
     ClusterAuthorizationFailedError,
@@ -25,107 +21,14 @@ from aiokafka.errors import (
     KafkaError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
+    for_code,
 )
-from aiokafka.protocol.admin import DescribeGroupsResponse_v3
-from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
+from consumer import kafka_requests
 from consumer.settings import KafkaClientSettings
 from engines.errors import NotAuthorized, ServiceUnavailable, TfstreamError
 
-#: Kafka's AclOperation codes: bit n of an "authorized operations" field is operation n.
-OPERATIONS = {"Read": 3, "Write": 4, "Create": 5, "Delete": 6, "Describe": 8}
 _TOPIC_AUTHORIZATION_FAILED = 29
-_GROUP_COORDINATOR = 0
-_NOT_COMPUTED = -(2**31)
-
-
-class _MetadataResponse_v8(Response):
-    API_KEY = 3
-    API_VERSION = 8
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        (
-            "brokers",
-            Array(
-                ("node_id", Int32),
-                ("host", String("utf-8")),
-                ("port", Int32),
-                ("rack", String("utf-8")),
-            ),
-        ),
-        ("cluster_id", String("utf-8")),
-        ("controller_id", Int32),
-        (
-            "topics",
-            Array(
-                ("error_code", Int16),
-                ("topic", String("utf-8")),
-                ("is_internal", Boolean),
-                (
-                    "partitions",
-                    Array(
-                        ("error_code", Int16),
-                        ("partition", Int32),
-                        ("leader", Int32),
-                        ("leader_epoch", Int32),
-                        ("replicas", Array(Int32)),
-                        ("isr", Array(Int32)),
-                        ("offline_replicas", Array(Int32)),
-                    ),
-                ),
-                ("authorized_operations", Int32),
-            ),
-        ),
-        ("cluster_authorized_operations", Int32),
-    )
-
-
-class _MetadataRequest_v8(RequestStruct):
-    API_KEY = 3
-    API_VERSION = 8
-    RESPONSE_TYPE = _MetadataResponse_v8
-    SCHEMA = Schema(
-        ("topics", Array(String("utf-8"))),
-        ("allow_auto_topic_creation", Boolean),
-        ("include_cluster_authorized_operations", Boolean),
-        ("include_topic_authorized_operations", Boolean),
-    )
-
-
-class _TopicOperationsRequest(Request[_MetadataRequest_v8]):
-    """Metadata v8 with `include_topic_authorized_operations` (Kafka 2.3 to 4.x)."""
-
-    API_KEY = 3
-
-    def __init__(self, topics: Sequence[str]) -> None:
-        self._topics = list(topics)
-
-    def build(self, request_struct_class: type[_MetadataRequest_v8]) -> _MetadataRequest_v8:
-        return request_struct_class(self._topics, False, False, True)
-
-
-class _DescribeGroupsRequest_v3(RequestStruct):
-    """aiokafka's own v3 struct parses the answer as v2, dropping the operations."""
-
-    API_KEY = 15
-    API_VERSION = 3
-    RESPONSE_TYPE = DescribeGroupsResponse_v3
-    SCHEMA = Schema(("groups", Array(String("utf-8"))), ("include_authorized_operations", Boolean))
-
-
-class _GroupOperationsRequest(Request[_DescribeGroupsRequest_v3]):
-    """DescribeGroups v3 with `include_authorized_operations`."""
-
-    API_KEY = 15
-
-    def __init__(self, groups: Sequence[str]) -> None:
-        self._groups = list(groups)
-
-    def build(
-        self, request_struct_class: type[_DescribeGroupsRequest_v3]
-    ) -> _DescribeGroupsRequest_v3:
-        return request_struct_class(self._groups, True)
 
 
 def _principal(settings: KafkaClientSettings) -> str:
@@ -161,13 +64,16 @@ async def check_access(
 async def _missing(
     settings: KafkaClientSettings, topics: Mapping[str, Sequence[str]], group: str | None
 ) -> list[str]:
-    client = AIOKafkaClient(**settings.client_kwargs(), client_id="tfstream-access-check")
+    client = kafka_requests.client(settings.client_kwargs(), "tfstream-access-check")
     try:
         await client.bootstrap()
-        response: Any = await client.send(
-            client.get_random_node(), _TopicOperationsRequest(sorted(topics))
-        )
-        missing = _missing_on_topics(response, topics)
+        missing = [
+            f"{operation} on topic '{answer.name}'"
+            for answer in await kafka_requests.topic_operations(client, sorted(topics))
+            for operation in topics.get(answer.name, ())
+            if answer.error_code == _TOPIC_AUTHORIZATION_FAILED
+            or (answer.error_code == 0 and not answer.allows(operation))
+        ]
         if group is not None and not await _may_read_group(client, group):
             missing.append(f"Read on group '{group}'")
         return missing
@@ -177,33 +83,17 @@ async def _missing(
         await client.close()
 
 
-def _missing_on_topics(response: Any, topics: Mapping[str, Sequence[str]]) -> list[str]:
-    missing = []
-    for error_code, topic, _internal, _partitions, allowed in response.topics:
-        for operation in topics.get(topic, ()):
-            if error_code == _TOPIC_AUTHORIZATION_FAILED or (
-                error_code == 0 and not _allows(allowed, operation)
-            ):
-                missing.append(f"{operation} on topic '{topic}'")
-    return missing
-
-
-def _allows(allowed: int, operation: str) -> bool:
-    """INT32_MIN means "not computed" (a broker without an authorizer): allowed."""
-    return allowed == _NOT_COMPUTED or bool(allowed & (1 << OPERATIONS[operation]))
-
-
-async def _may_read_group(client: AIOKafkaClient, group: str) -> bool:
+async def _may_read_group(client: kafka_requests.Client, group: str) -> bool:
     """FindCoordinator needs Describe on the group; DescribeGroups v3 then tells Read."""
     try:
-        coordinator = await client.coordinator_lookup(_GROUP_COORDINATOR, group)
+        answer = await kafka_requests.group_operations(client, group)
     except GroupAuthorizationFailedError:
         return False
-    response: Any = await client.send(coordinator, _GroupOperationsRequest([group]))
-    for error_code, _group, *_rest, allowed in response.groups:
-        if error_code or not _allows(allowed, "Read"):
-            return False
-    return True
+    if answer.error_code and answer.error_code != GroupAuthorizationFailedError.errno:
+        # A coordinator still loading (or moved) on a new cluster: for the caller to
+        # retry (consumer.startup), not a refusal.
+        raise for_code(answer.error_code)(f"describing group '{group}'")
+    return answer.error_code == 0 and answer.allows("Read")
 
 
 def as_not_authorized(
@@ -245,10 +135,12 @@ async def explain(exc: BaseException, settings: KafkaClientSettings) -> Tfstream
                 f"({settings.sasl_mechanism}): {cause}"
             )
         if isinstance(cause, ssl.SSLCertVerificationError):
-            reason = (
-                f"the broker's TLS certificate is not trusted "
-                f"(--ssl-cafile {settings.ssl_cafile}): {cause.verify_message}"
+            untrusted = ServiceUnavailable(
+                f"cannot reach Kafka at {settings.bootstrap}: the broker's TLS certificate "
+                f"is not trusted (--ssl-cafile {settings.ssl_cafile}): {cause.verify_message}"
             )
+            untrusted.retriable = False  # type: ignore[misc]  # waiting does not fix a CA
+            return untrusted
         elif cause is not None:
             reason = f"{type(cause).__name__}: {cause}"
     return ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {reason}")
@@ -257,13 +149,4 @@ async def explain(exc: BaseException, settings: KafkaClientSettings) -> Tfstream
 async def _connect_once(settings: KafkaClientSettings) -> BaseException | None:
     """Connect (TLS handshake, SASL) to the first bootstrap server; return what failed."""
     host, _, port = settings.bootstrap.split(",")[0].strip().rpartition(":")
-    kwargs = settings.client_kwargs()
-    kwargs.pop("bootstrap_servers")
-    try:
-        conn = await asyncio.wait_for(
-            create_conn(host, int(port), client_id="tfstream-diagnosis", **kwargs), 10
-        )
-    except Exception as exc:
-        return exc
-    conn.close()
-    return None
+    return await kafka_requests.connect_once(host, int(port), settings.client_kwargs())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from consumer.settings import WorkerSettings
+    from consumer.settings import EngineSettings
     from engines.detector import Detector
 
 T = TypeVar("T")
@@ -42,7 +42,7 @@ class Batching:
     """Engine calls of the model that may run at once."""
 
 
-def batching_for(settings: WorkerSettings, detector: Detector) -> Batching:
+def batching_for(settings: EngineSettings, detector: Detector) -> Batching:
     """The model's config.json fields where it has them, else the command line's.
 
     A graph with a fixed batch (most Object Detection API exports take exactly

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from consumer.settings import ConsumerSettings
+from engines.errors import TfstreamError
 from engines.logs import configure_logging
 from engines.settings import parse_cli
 from engines.tracing import configure_tracing
@@ -33,6 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_tracing(settings, "tfstream-consumer")
     try:
         asyncio.run(serve(settings))
+    except TfstreamError as exc:  # refused, Kafka not ready in time, no model: one line
+        log.error(
+            "worker failed: [%s] %s",
+            exc.code,
+            exc.message,
+            extra={"code": exc.code, "error": exc.message},
+        )
+        return 1
     except Exception as exc:
         log.exception("worker failed", extra={"error": repr(exc)})
         return 1

@@ -8,6 +8,7 @@ what a stuck worker stops doing.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,10 +45,18 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:  # probes are not news
                 return
 
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                # A probe that gave up before its answer (busy process, short timeout)
+                # is not news; anything else still prints its traceback.
+                if isinstance(sys.exc_info()[1], ConnectionError):
+                    return
+                super().handle_error(request, client_address)  # type: ignore[arg-type]
+
         self.registry = registry
         self.live = live
         self.ready = ready
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = Server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True

@@ -51,7 +51,7 @@ def producer(settings: KafkaClientSettings, role: str, linger_ms: int = 0) -> AI
         acks="all",
         linger_ms=linger_ms,
         max_request_size=settings.max_message_bytes,
-        request_timeout_ms=settings.request_timeout_ms,
+        request_timeout_ms=settings.broker_timeout_ms,
         metadata_max_age_ms=5_000,
     )
 

@@ -93,8 +93,14 @@ class WorkerMetrics:
         )
         self.model_info = Gauge(
             "tfstream_model_info",
-            "1 per model this worker knows, with its state and device",
-            ["model", "state", "device", "engine"],
+            "1 per model this worker knows, with its state, device and version serving",
+            ["model", "state", "device", "engine", "version"],
+            registry=r,
+        )
+        self.answers_not_logged = Counter(
+            "tfstream_answers_not_logged",
+            "Answers the answer-log or shadow topic refused (logged as errors)",
+            ["model"],
             registry=r,
         )
         self._rates: dict[str, _Rate] = {}

@@ -46,7 +46,7 @@ from consumer.batching import CLOSED, Batching, batching_for, collect
 from consumer.conflation import Key, LatestWins, conflation_key
 from consumer.metrics import WorkerMetrics
 from consumer.protocol import Reply, Request, Timing, detection_data
-from consumer.settings import WorkerSettings
+from consumer.settings import EngineSettings
 from consumer.spans import RequestSpans
 from engines.boxes import Box, Options
 from engines.decoders import ImageDecoder, select_decoder
@@ -165,7 +165,7 @@ class Pipeline:
     def __init__(
         self,
         registry: Detectors,
-        settings: WorkerSettings,
+        settings: EngineSettings,
         worker_id: str,
         metrics: WorkerMetrics | None = None,
     ) -> None:
@@ -411,7 +411,9 @@ class Pipeline:
         for job in jobs:  # taken before their decode started: decode them side by side
             self._start_decode(job)
         await asyncio.wait([job.decoded for job in jobs])
-        groups: dict[tuple[int, ...], list[Job]] = defaultdict(list)
+        # By engine too: across a reload, jobs of one model may hold the old weights
+        # or the new ones, and each group runs on its first job's detector.
+        groups: dict[tuple[int, tuple[int, ...]], list[Job]] = defaultdict(list)
         for job in jobs:
             error = job.decoded.exception()
             if error is not None:
@@ -422,7 +424,8 @@ class Pipeline:
                 late = DeadlineExceeded("the request's deadline passed while it was queued")
                 self._fail(job, late)
             else:
-                groups[tuple(job.decoded.result().pixels.shape)].append(job)
+                shape = tuple(job.decoded.result().pixels.shape)
+                groups[(id(job.detector.engine), shape)].append(job)
         for group in groups.values():
             await self._run_group(lane, group)
 
@@ -539,7 +542,12 @@ class Pipeline:
             )
             data = detection_data(boxes, job.request.image_name, width, height)
             reply = Reply(
-                job.request.correlation_id, model, data=data, timing=timing, worker=self.worker_id
+                job.request.correlation_id,
+                model,
+                data=data,
+                timing=timing,
+                worker=self.worker_id,
+                model_version=group[0].detector.spec.version,
             )
             self._settle(job, Answer(reply))
         self.metrics.answered(model, len(group))

@@ -15,14 +15,17 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from engines.boxes import Box
 from engines.errors import InvalidRequest, TfstreamError
+
+if TYPE_CHECKING:  # engines.boxes loads NumPy, which a Kafka client needs not
+    from engines.boxes import Box
 
 PROTOCOL_VERSION = 1
 
@@ -35,6 +38,8 @@ PREDICTIONS = "predictions"
 IMAGE_NAME = "image-name"
 CONTENT_TYPE = "content-type"
 ERROR_CODE = "error-code"
+#: On answers: the version of the weights that produced it (absent when none ran).
+MODEL_VERSION = "model-version"
 CONFLATE = "conflate"
 #: The one value of `conflate` that asks for anything: only the newest waiting frame
 #: of the record's key runs, older ones are answered `superseded`.
@@ -51,8 +56,14 @@ DLQ_TOPIC = "dlq-source-topic"
 DLQ_PARTITION = "dlq-source-partition"
 DLQ_OFFSET = "dlq-source-offset"
 DLQ_WORKER = "dlq-worker"
+# Answer-log and shadow records (`consumer.answer_log`) carry these beside
+# correlation-id, content-type and error-code.
+ANSWER_ROLE = "answer-role"
+"""`serving` on `<prefix>.answers.<model>`, `shadow` on `<prefix>.shadow.<name>.<model>`."""
+SHADOW_NAME = "shadow-name"
 
 Headers = Sequence[tuple[str, bytes]]
+
 
 # -- topics -------------------------------------------------------------------
 _TOPIC_SAFE = re.compile(r"[A-Za-z0-9._-]+")
@@ -82,6 +93,15 @@ class Topics:
 
     def results(self, model: str) -> str:
         return f"{self.prefix}.results.{topic_suffix(model)}"
+
+    def answers(self, model: str) -> str:
+        """The answer log: every answer the serving group gave (`--answer-log`)."""
+        return f"{self.prefix}.answers.{topic_suffix(model)}"
+
+    def shadow(self, name: str, model: str) -> str:
+        """Everything shadow `name` answered; nobody but `tfstream-diff` and the live
+        page reads it. `name` has no '.', so the model is whatever follows it."""
+        return f"{self.prefix}.shadow.{name}.{topic_suffix(model)}"
 
     @property
     def requests_pattern(self) -> str:
@@ -123,7 +143,6 @@ class Request:
     content_type: str | None = None
     conflate: bool = False
     """Only the newest waiting frame of this key runs (`conflate: latest`)."""
-    received_ms: float = field(default_factory=lambda: time.time() * 1000)
 
     def expired(self, now_ms: float | None = None) -> bool:
         now = time.time() * 1000 if now_ms is None else now_ms
@@ -301,6 +320,8 @@ class Reply:
     error: TfstreamError | None = None
     timing: Timing = Timing()
     worker: str = ""
+    model_version: int | None = None
+    """The version of the weights that answered (None: no weights ran)."""
 
     @property
     def success(self) -> bool:
@@ -317,6 +338,7 @@ class Reply:
                 "error": None if self.error is None else self.error.to_dict(),
                 "timing": self.timing.to_dict(),
                 "worker": self.worker,
+                "model_version": self.model_version,
             },
             separators=(",", ":"),
         ).encode()
@@ -327,6 +349,8 @@ class Reply:
             out.insert(0, (CORRELATION_ID, self.correlation_id.encode()))
         if self.error is not None:
             out.append((ERROR_CODE, self.error.code.encode()))
+        if self.model_version is not None:
+            out.append((MODEL_VERSION, str(self.model_version).encode()))
         return out
 
     @staticmethod
@@ -347,9 +371,14 @@ class Reply:
                 error=None if not error else TfstreamError.from_dict(error),
                 timing=Timing(**{k: timing[k] for k in Timing.__dataclass_fields__ if k in timing}),
                 worker=str(body.get("worker") or ""),
+                model_version=_optional_int(body.get("model_version")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidRequest(f"not a tfstream reply: {exc}") from None
+
+
+def _optional_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def detection_data(
@@ -393,15 +422,36 @@ def dlq_headers(
     ]
 
 
+def epoch_ms(text: str, hint: str) -> int:
+    """A moment as Kafka timestamps count: digits are epoch milliseconds already, else
+    an ISO 8601 time (UTC unless it names a zone).
+
+    Raises:
+        ValueError: anything else, saying `hint`.
+    """
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(hint) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
 # -- announcements and control -------------------------------------------------
 
 
 class ModelState(StrEnum):
     LOADING = "loading"
+    """Announced at start-up before loading: a worker is coming for this model."""
     READY = "ready"
     FAILED = "failed"
     """Present in the worker's repository but could not be loaded; see `error`."""
     STOPPED = "stopped"
+    """Announced on a clean shutdown (instead of deleting the announcement): the model
+    exists and requests for it wait in Kafka for the next worker."""
 
 
 def announcement_key(model: str, worker: str) -> bytes:
@@ -410,42 +460,90 @@ def announcement_key(model: str, worker: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """One model's facts: what a worker announces of it, what the bridge's directory
+    makes of the live announcements, and what either bridge backend answers from.
+    One record, so that a fact added here reaches every reader the same way."""
+
+    name: str
+    hash: str
+    state: ModelState
+    engine: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The full config.json; the bridge shows the public part."""
+    labels: list[str] = field(default_factory=list)
+    """In class id order."""
+    label_hashes: dict[str, str] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+    """Why it is not served (FAILED), as `TfstreamError.to_dict`."""
+    version: int = 0
+    """The version serving (or loading); 0 when not known yet."""
+    fingerprint: str = ""
+    """Of the weights serving: the SavedModel's fingerprint.pb, else a content hash."""
+
+
+#: The announcement's JSON keys in wire order ("model" is `ModelFacts.name`).
+_ANNOUNCEMENT_KEYS = (
+    "model",
+    "worker",
+    "state",
+    "hash",
+    "engine",
+    "config",
+    "labels",
+    "label_hashes",
+    "device",
+    "error",
+    "updated_ms",
+    "ttl_ms",
+    "version",
+    "fingerprint",
+    "versions",
+)
+_FACT_KEYS = {"model": "name"} | {f: f for f in ModelFacts.__dataclass_fields__ if f != "name"}
+
+
+@dataclass(frozen=True)
 class Announcement:
-    """What a worker says about one model on `<prefix>.models` (compacted).
+    """What a worker says about one model on `<prefix>.models` (compacted): the
+    model's facts, and the worker's own.
 
     A worker re-announces every `ttl_ms / 3`; readers ignore records older than
     `ttl_ms`, which is how a killed worker's models disappear.
     """
 
-    model: str
+    facts: ModelFacts
     worker: str
-    state: ModelState
-    hash: str
-    engine: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
-    label_hashes: dict[str, str] = field(default_factory=dict)
     device: str = ""
-    error: dict[str, str] | None = None
     updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     ttl_ms: int = 30_000
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    """Every version this worker tried: {version, state, fingerprint} or {version,
+    state: failed, error}; a newer version that failed beside the serving one shows
+    here only, the model itself stays ready."""
 
     def alive(self, now_ms: float | None = None) -> bool:
         now = time.time() * 1000 if now_ms is None else now_ms
         return now - self.updated_ms <= self.ttl_ms
 
     def to_json(self) -> bytes:
-        body = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        body["state"] = self.state.value
+        def value(key: str) -> Any:
+            if key in _FACT_KEYS:
+                return getattr(self.facts, _FACT_KEYS[key])
+            return getattr(self, key)
+
+        body = {key: value(key) for key in _ANNOUNCEMENT_KEYS}
+        body["state"] = self.facts.state.value
         body["protocol"] = PROTOCOL_VERSION
         return json.dumps(body, separators=(",", ":")).encode()
 
     @staticmethod
     def from_json(value: bytes) -> Announcement:
         body = json.loads(value)
-        fields = {k: body[k] for k in Announcement.__dataclass_fields__ if k in body}
-        fields["state"] = ModelState(fields["state"])
-        return Announcement(**fields)
+        facts = {field: body[key] for key, field in _FACT_KEYS.items() if key in body}
+        facts["state"] = ModelState(facts["state"])
+        own = {k: body[k] for k in Announcement.__dataclass_fields__ if k in body}
+        return Announcement(ModelFacts(**facts), **own)
 
 
 class ControlCommand(StrEnum):

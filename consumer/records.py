@@ -21,6 +21,7 @@ from typing import Protocol
 
 from opentelemetry.trace import SpanKind
 
+from consumer.answer_log import AnswerSink
 from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Answer, Pipeline
 from consumer.protocol import (
@@ -48,6 +49,8 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+    timestamp_ms: int | None = None
+    """The record's timestamp; the answer log measures latency from it."""
 
 
 class Outbox(Protocol):
@@ -72,12 +75,15 @@ class RecordAdapter:
         outbox: Outbox,
         worker_id: str,
         metrics: WorkerMetrics | None = None,
+        answer_log: AnswerSink | None = None,
     ) -> None:
+        """`answer_log`: where a copy of every answer goes too (`--answer-log`)."""
         self.pipeline = pipeline
         self.topics = topics
         self.outbox = outbox
         self.worker_id = worker_id
         self.metrics = metrics or pipeline.metrics
+        self.answer_log = answer_log
         self._handling: set[asyncio.Task[None]] = set()
 
     @property
@@ -131,13 +137,21 @@ class RecordAdapter:
         spans: RequestSpans,
     ) -> None:
         answer = await answered
+        try:
+            await asyncio.gather(*self._sends(record, model, reply_to, answer, spans))
+        finally:
+            spans.end(answer.error)
+
+    def _sends(
+        self, record: Record, model: str, reply_to: str, answer: Answer, spans: RequestSpans
+    ) -> list[Awaitable[None]]:
+        """Where an answer goes: the reply, a DLQ copy of a bad request, the answer log."""
         sends = [self._send_reply(record, model, reply_to, answer.reply, spans)]
         if answer.dead_letter and answer.error is not None:
             sends.append(self._dead_letter(record, model, answer.error))
-        try:
-            await asyncio.gather(*sends)
-        finally:
-            spans.end(answer.error)
+        if self.answer_log is not None:
+            sends.append(self.answer_log.write(record, model, answer.reply, reply_to))
+        return sends
 
     async def _send_reply(
         self, record: Record, model: str, topic: str, reply: Reply, spans: RequestSpans

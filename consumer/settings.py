@@ -1,4 +1,6 @@
-"""Everything `tfstream-consumer` can be told, as one settings object.
+"""Everything `tfstream-consumer` can be told, as one settings object, and the
+parts it shares with the other commands: the Kafka client (with its TLS/SASL
+part) and the engine (with its image limits).
 
 Command line first, then `TFSTREAM_<OPTION>`, then these defaults.
 """
@@ -7,19 +9,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from engines.images import DecodeLimits
-from engines.settings import cli_config
+from engines.settings import LoggingSettings, SettingsPart, cli_config
 from engines.tracing import TracingSettings
 
 #: What a request record carries beside its image, at most: the headers (ids, topic
 #: names, trace context, the image's file name) and the record's own framing. The
 #: largest image that travels over Kafka is --max-message-bytes minus this.
 HEADER_ROOM_BYTES = 64 * 1024
+
+if TYPE_CHECKING:  # engines.images loads Pillow and NumPy, which a Kafka client needs not
+    from engines.images import DecodeLimits
 
 #: Default batch limit on the CPU: an engine call there costs about its batch size
 #: times one image, so bigger batches only add waiting.
@@ -48,17 +51,11 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class KafkaClientSettings(BaseSettings):
-    """Connection settings shared by every process that talks to Kafka."""
+class KafkaSecuritySettings(SettingsPart):
+    """How to prove who we are to the brokers, and check who they are."""
 
-    model_config = cli_config("tfstream")
+    group_title: ClassVar[str] = "Kafka TLS/SASL"
 
-    bootstrap: str = ""
-    """Kafka bootstrap servers, host:port[,host:port...]."""
-    topic_prefix: str = "tfstream"
-    """First part of every topic name: <prefix>.requests.<model>, <prefix>.dlq..."""
-    client_id: str = ""
-    """Kafka client id (default: tfstream-<role>-<host>-<pid>)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How to reach the brokers."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] = (
@@ -73,17 +70,36 @@ class KafkaClientSettings(BaseSettings):
     sasl_password_file: Path | None = None
     """File holding the SASL password (a mounted secret); wins over --sasl-password."""
     ssl_cafile: Path | None = None
-    """CA bundle that signed the brokers' certificates."""
+    """CA bundle that signed the brokers' certificates (default: the system's)."""
     ssl_certfile: Path | None = None
     """Client certificate, for mutual TLS."""
     ssl_keyfile: Path | None = None
     """Client private key, for mutual TLS."""
-    request_timeout_ms: int = 15_000
-    """How long a request to the brokers may take, including waiting for a topic to exist."""
+
+
+class KafkaClientSettings(KafkaSecuritySettings):
+    """Connection settings shared by every process that talks to Kafka."""
+
+    model_config = cli_config("tfstream")
+    group_title: ClassVar[str] = "Kafka"
+
+    bootstrap: str = ""
+    """Kafka bootstrap servers, host:port[,host:port...]."""
+    topic_prefix: str = "tfstream"
+    """First part of every topic name: <prefix>.requests.<model>, <prefix>.dlq..."""
+    client_id: str = ""
+    """Kafka client id (default: tfstream-<role>-<host>-<pid>)."""
+    broker_timeout_ms: int = Field(default=15_000, gt=0)
+    """How long one request to the brokers may take, including waiting for a topic
+    to exist."""
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=HEADER_ROOM_BYTES)
     """Largest record produced or fetched, and the max.message.bytes of the topics we create.
     Images up to this minus 64 KiB (room for the headers) can be sent; larger ones are
     refused with image_too_large before they are sent."""
+    start_timeout_s: float = Field(default=180.0, gt=0)
+    """At start-up, how long to keep retrying while the brokers are not there yet or
+    not ready (not listening, no group coordinator, no leader, topic being created);
+    then exit 1. A refusal (not_authorized, an untrusted certificate) exits at once."""
 
     def max_record_image_bytes(self) -> int:
         """The largest image a request record can carry (`--max-message-bytes` minus
@@ -122,11 +138,29 @@ class KafkaClientSettings(BaseSettings):
         return self.sasl_password.get_secret_value()
 
 
-class WorkerSettings(BaseSettings):
+class ImageLimitSettings(SettingsPart):
+    """What an image may weigh before it is decoded: the engine's guard, and the
+    bridge's when it draws boxes."""
+
+    group_title: ClassVar[str] = "Image limits"
+
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    """Largest encoded image accepted (bytes)."""
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    """Largest width x height accepted, checked before decoding."""
+
+    def decode_limits(self) -> DecodeLimits:
+        from engines.images import DecodeLimits
+
+        return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+
+
+class EngineSettings(ImageLimitSettings):
     """How requests are batched and run: shared by the Kafka consumer and the
     bridge's embedded mode."""
 
     model_config = cli_config("tfstream")
+    group_title: ClassVar[str] = "Engine"
 
     repository: Path = Path("models")
     """The model repository: one folder per model."""
@@ -155,10 +189,12 @@ class WorkerSettings(BaseSettings):
     decode_device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where JPEGs decode. auto: on the GPU (nvImageCodec, the `gpu` extra) when models
     run on a GPU and it can be used there, else on the CPU; cpu; gpu: fail without it."""
-    max_image_bytes: int = 10 * 1024 * 1024
-    """Largest encoded image accepted (bytes)."""
-    max_image_pixels: int = 40_000_000
-    """Largest width x height accepted, checked before decoding."""
+
+    load_threads: int = Field(default=2, ge=1)
+    """Models loaded at the same time at start-up."""
+    poll_interval_s: float = Field(default=30.0, ge=0)
+    """How often the repository is checked for a new version folder (`<model>/<N>/`),
+    which is then loaded beside the serving one and swapped in; 0 = never."""
 
     conflate_models: str = ""
     """Models whose requests all conflate as if they carried `conflate: latest`: of the
@@ -182,9 +218,6 @@ class WorkerSettings(BaseSettings):
             return self.instances
         return GPU_INSTANCES if device.upper().startswith("/GPU") else CPU_INSTANCES
 
-    def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
-
     def conflates(self, model: str) -> bool:
         """Whether every request for `model` conflates, header or not."""
         names = {n.strip() for n in self.conflate_models.split(",") if n.strip()}
@@ -196,7 +229,7 @@ class WorkerSettings(BaseSettings):
         return None if not names or names == ["all"] else names
 
 
-class ConsumerSettings(WorkerSettings, KafkaClientSettings, TracingSettings):
+class ConsumerSettings(LoggingSettings, TracingSettings, KafkaClientSettings, EngineSettings):
     """tfstream-consumer: serve detection models from Kafka request topics, in a
     consumer group. Every option is also an environment variable TFSTREAM_<OPTION>."""
 
@@ -235,9 +268,61 @@ class ConsumerSettings(WorkerSettings, KafkaClientSettings, TracingSettings):
     """Address of the metrics and health endpoint."""
     metrics_port: int = 9400
     """Port of /metrics, /health/live and /health/ready; 0 turns it off."""
-    shutdown_timeout_s: float = 30.0
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
     """Longest time to finish the work in hand on SIGTERM before leaving anyway."""
-    log_level: str = "INFO"
-    """DEBUG, INFO, WARNING or ERROR."""
     log_format: Literal["json", "text"] = "json"
     """Structured JSON lines, or plain text for a terminal."""
+
+    answer_log: bool = False
+    """Also write every answer (boxes or error, model version, the request's key and
+    correlation id, timings) to <prefix>.answers.<model>, whether or not the request named
+    a reply-to: the audit trail of what was answered, and tfstream-diff's baseline."""
+    shadow: str = ""
+    """Run as shadow NAME: read the same request topics in the group <group>.shadow.NAME
+    and write every answer only to <prefix>.shadow.NAME.<model> (never to reply-to, the
+    results topic or the DLQ; never announced as serving; metrics labelled
+    role="shadow"). Empty: a serving worker."""
+    shadow_from: str = ""
+    """Shadow only: where a shadow group that has committed nothing starts reading:
+    empty = the end of each request topic (live traffic from now on); epoch milliseconds
+    or an ISO 8601 time (UTC unless it names a zone) = the first request at or after it."""
+
+    @field_validator("shadow")
+    @classmethod
+    def _shadow_name(cls, value: str) -> str:
+        from consumer.shadow import check_name
+
+        return check_name(value) if value else value
+
+    @field_validator("shadow_from")
+    @classmethod
+    def _shadow_from(cls, value: str) -> str:
+        if value:
+            from consumer.shadow import parse_from
+
+            parse_from(value)
+        return value
+
+    @model_validator(mode="after")
+    def _shadow_alone(self) -> ConsumerSettings:
+        if self.shadow and self.answer_log:
+            raise ValueError(
+                "--answer-log is for serving workers: a shadow's answers all go to its own "
+                "topic already"
+            )
+        if self.shadow_from and not self.shadow:
+            raise ValueError("--shadow-from needs --shadow NAME")
+        return self
+
+    def consumer_group(self) -> str:
+        """The group this worker joins: `group`, or for a shadow a group of its own."""
+        if not self.shadow:
+            return self.group
+        from consumer.shadow import shadow_group
+
+        return shadow_group(self.group, self.shadow)
+
+    def shadow_start_ms(self) -> int | None:
+        from consumer.shadow import parse_from
+
+        return parse_from(self.shadow_from)

@@ -2,17 +2,26 @@
 
 Life of a worker:
 
-1. create the topics it needs, load its models (a failed model stays FAILED,
-   the others serve; if none loads, exit 1), announce them on `<prefix>.models`;
-2. join the consumer group: on every request topic (`<prefix>.requests.*`)
+1. create the topics it needs and check its permissions, retrying while the
+   cluster is still coming up (`consumer.startup`, within `start_timeout_s`);
+2. announce its models `loading` on `<prefix>.models`, load them (a failed
+   model stays FAILED, the others serve; if none loads, exit 1), announce them;
+3. join the consumer group: on every request topic (`<prefix>.requests.*`)
    when serving every model, so requests for unknown models get an error
    answer too; on the listed models' topics only when given `--models a,b`;
-3. loop: fetch at most `max_inflight` unanswered records, hand each to the
+4. loop: fetch at most `max_inflight` unanswered records, hand each to the
    pipeline through `records.RecordAdapter` (record -> request, answer ->
    reply and DLQ records), commit offsets whose answers the broker acknowledged;
-4. on revoke: wait for the revoked partitions' work, commit it, forget them;
-5. on SIGTERM: stop fetching, finish and deliver what is in hand, commit,
-   withdraw the announcements, leave the group.
+   beside it, supervised loops commit, re-announce, follow control commands,
+   refresh lag metrics and roll in new model versions (`ModelRegistry.refresh`);
+5. on revoke: wait for the revoked partitions' work, commit it, forget them;
+6. on SIGTERM: stop fetching, finish and deliver what is in hand, commit,
+   announce its models `stopped`, leave the group.
+
+With `--answer-log` every answer is also copied to `<prefix>.answers.<model>`;
+with `--shadow NAME` the worker joins a group of its own, announces nothing and
+answers only to `<prefix>.shadow.NAME.<model>` (`consumer.answer_log`,
+`consumer.shadow`).
 """
 
 from __future__ import annotations
@@ -24,13 +33,20 @@ import os
 import socket
 import time
 from collections import defaultdict
+from dataclasses import replace
 from functools import partial
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 
 from consumer import kafka_io
-from consumer.access import check_access, explain
+from consumer.access import check_access
+from consumer.answer_log import AnswerSink, Role
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import OffsetTracker
@@ -46,6 +62,9 @@ from consumer.protocol import (
 from consumer.records import Record, RecordAdapter
 from consumer.registry import Entry, ModelRegistry
 from consumer.settings import ConsumerSettings
+from consumer.shadow import ShadowAdapter, shadow_registry, start_positions
+from consumer.startup import until_ready
+from consumer.supervision import Supervisor
 from engines.errors import InvalidRequest, ModelLoadFailed, TfstreamError
 
 log = logging.getLogger(__name__)
@@ -69,6 +88,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.worker.hand_back(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.worker.settings.shadow:
+            await start_positions(
+                self.worker.consumer, assigned, self.worker.settings.shadow_start_ms()
+            )
+            self.worker.positioned = True
         log.info(
             "partitions assigned",
             extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)},
@@ -80,101 +104,161 @@ class Worker:
         self.settings = settings
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = Topics(settings.topic_prefix)
-        self.metrics = WorkerMetrics()
+        self.metrics = WorkerMetrics(shadow_registry(settings.shadow) if settings.shadow else None)
+        self.positioned = not settings.shadow
+        """A shadow is ready once its first partitions are placed (`start_positions`)."""
         self.registry = ModelRegistry.from_settings(settings)
         self.stopping = asyncio.Event()
         self.offsets = OffsetTracker()
         self._capacity = asyncio.Event()
         self._joined = False
         self._last_tick_s = time.monotonic()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor(self.metrics.registry)
+        self.producer: AIOKafkaProducer | None = None
+        self._created_at_s = time.monotonic()
+        self._connect_deadline = 0.0
+        self._model_info: dict[str, tuple[str, ...]] = {}
+        self._lag_models: set[str] = set()
 
     # -- start ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve until `stopping` is set, then shut down cleanly."""
-        s = self.settings
-        served = self.registry.served_names()
+        """Serve until `stopping` is set, then shut down cleanly.
+
+        Raises:
+            TfstreamError: Kafka refused this worker, was not ready within
+                `start_timeout_s`, or no model could be loaded.
+        """
+        health = self._start_health()  # readiness stays false until the group is joined
         try:
-            await kafka_io.ensure_topics(
-                s,
-                [
-                    kafka_io.TopicSpec(self.topics.dlq, s.partitions),
-                    kafka_io.TopicSpec(self.topics.models, 1, compacted=True),
-                    kafka_io.TopicSpec(self.topics.control, 1),
-                ]
-                + [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in served]
-                + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in served],
-                s.replication_factor,
-            )
-        except KafkaError as exc:  # wrong password, untrusted broker...: say which
-            raise await explain(exc, s) from exc
-        await self._check_access(served)
-        self.producer = kafka_io.producer(s, "worker", s.linger_ms)
-        await self.producer.start()
-        self.outbox = kafka_io.KafkaOutbox(self.producer)
-        health = self._start_health()
-        try:
-            entries = await asyncio.to_thread(self.registry.load_all)
-            for entry in entries:
-                await self._announce(entry)
-            if not any(entry.state is ModelState.READY for entry in entries):
-                # Joining the group would take partitions and answer nothing but errors.
-                problems = "; ".join(
-                    f"{e.name}: {e.error.message if e.error else e.state}" for e in entries
-                )
-                raise ModelLoadFailed(
-                    f"no model could be loaded ({problems or 'no models in the repository'})"
-                )
-            self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics)
-            self.pipeline.start()
-            self.adapter = RecordAdapter(self.pipeline, self.topics, self.outbox, self.worker_id)
-            self.consumer = kafka_io.consumer(
-                s,
-                "worker",
-                group_id=s.group,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=s.session_timeout_ms,
-                heartbeat_interval_ms=s.heartbeat_interval_ms,
-                max_poll_interval_ms=s.max_poll_interval_ms,
-                metadata_max_age_ms=s.metadata_max_age_ms,
-                check_crcs=s.check_crcs,
-            )
-            if s.model_names() is None:  # every model: also answer requests for unknown ones
-                self.consumer.subscribe(
-                    pattern=self.topics.requests_pattern, listener=_Rebalance(self)
-                )
-            else:
-                self.consumer.subscribe(
-                    [self.topics.requests(m) for m in served], listener=_Rebalance(self)
-                )
-            await self.consumer.start()
-            self._joined = True
-            log.info(
-                "worker started",
-                extra={
-                    "worker": self.worker_id,
-                    "group": s.group,
-                    "models": served,
-                    "device": self._device_name(),
-                },
-            )
-            self._tasks = [
-                asyncio.create_task(self._commit_loop(), name="commit"),
-                asyncio.create_task(self._announce_loop(), name="announce"),
-                asyncio.create_task(self._control_loop(), name="control"),
-                asyncio.create_task(self._lag_loop(), name="lag"),
-            ]
-            await self._fetch_loop()
-            await self._shutdown()
+            await self._connect(self.registry.served_names())
+            await self._serve()
         finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.supervisor.stop()
             if health is not None:
                 health.stop()
-            await self.producer.stop()
+            if self.producer is not None:
+                with contextlib.suppress(KafkaError, OSError):
+                    await self.producer.stop()
+
+    async def _connect(self, served: list[str]) -> None:
+        """Topics, permissions and the producer, each retried while the cluster is
+        still coming up (`consumer.startup`), within one `start_timeout_s`."""
+        s = self.settings
+        deadline = time.monotonic() + s.start_timeout_s
+        specs = [
+            kafka_io.TopicSpec(self.topics.dlq, s.partitions),
+            kafka_io.TopicSpec(self.topics.models, 1, compacted=True),
+            kafka_io.TopicSpec(self.topics.control, 1),
+        ]
+        specs += [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in served]
+        specs += [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in served]
+        specs += [kafka_io.TopicSpec(topic, s.partitions) for topic in self._log_topics(served)]
+        await until_ready(
+            "creating topics",
+            lambda: kafka_io.ensure_topics(s, specs, s.replication_factor),
+            s,
+            deadline,
+        )
+        await until_ready("checking permissions", lambda: self._check_access(served), s, deadline)
+        self.producer = await until_ready(
+            "starting the producer", self._start_producer, s, deadline
+        )
+        self.outbox = kafka_io.KafkaOutbox(self.producer)
+        self._connect_deadline = deadline
+        log.info(
+            "connected to Kafka",
+            extra={
+                "bootstrap": s.bootstrap,
+                "waited_s": round(time.monotonic() - self._created_at_s, 1),
+            },
+        )
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = kafka_io.producer(self.settings, "worker", self.settings.linger_ms)
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        return producer
+
+    async def _serve(self) -> None:
+        s = self.settings
+        # Announce `loading` first: a bridge then knows a worker is coming for these
+        # models and lets their requests wait in Kafka instead of answering 404.
+        for entry in self.registry.announce_loading():
+            await self._announce(entry)
+        entries = await asyncio.to_thread(self.registry.load_all)
+        for entry in entries:
+            await self._announce(entry)
+        if not any(entry.state is ModelState.READY for entry in entries):
+            # Joining the group would take partitions and answer nothing but errors.
+            problems = "; ".join(
+                f"{e.name}: {e.error.message if e.error else e.state}" for e in entries
+            )
+            raise ModelLoadFailed(
+                f"no model could be loaded ({problems or 'no models in the repository'})"
+            )
+        self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics)
+        self.pipeline.start()
+        served = self.registry.served_names()
+        self.adapter = self._adapter(served)
+        self.consumer = await until_ready(
+            "joining the group",
+            lambda: self._start_consumer(served),
+            s,
+            max(self._connect_deadline, time.monotonic() + 10),
+        )
+        self._joined = True
+        log.info(
+            "worker started",
+            extra={
+                "worker": self.worker_id,
+                "group": s.consumer_group(),
+                "shadow": s.shadow or None,
+                "answer_log": s.answer_log,
+                "models": served,
+                "device": self._device_name(),
+            },
+        )
+        self.supervisor.start("commit", self._commit_loop)
+        if not s.shadow:  # a shadow serves nobody: no announcements, no control replies
+            self.supervisor.start("announce", self._announce_loop)
+            self.supervisor.start("control", self._control_loop)
+        self.supervisor.start("lag", self._lag_loop)
+        if s.poll_interval_s > 0:
+            self.supervisor.start("poll", self._poll_loop)
+        await self._fetch_loop()
+        await self._shutdown()
+
+    async def _start_consumer(self, served: list[str]) -> AIOKafkaConsumer:
+        s = self.settings
+        consumer = kafka_io.consumer(
+            s,
+            "worker",
+            group_id=s.consumer_group(),
+            enable_auto_commit=False,
+            auto_offset_reset="latest" if s.shadow else "earliest",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            metadata_max_age_ms=s.metadata_max_age_ms,
+            check_crcs=s.check_crcs,
+        )
+        if s.model_names() is None:  # every model: also answer requests for unknown ones
+            consumer.subscribe(pattern=self.topics.requests_pattern, listener=_Rebalance(self))
+        else:
+            consumer.subscribe([self.topics.requests(m) for m in served], listener=_Rebalance(self))
+        self.consumer = consumer  # a shadow's listener places the partitions it is assigned
+        try:
+            await consumer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            raise
+        return consumer
 
     async def _check_access(self, served: list[str]) -> None:
         """Refuse to start, naming every missing ACL, rather than fail record by record.
@@ -182,15 +266,58 @@ class Worker:
         Replies go to clients' `<prefix>.replies.*` topics, which come and go: Write
         there cannot be checked ahead; a refused reply goes to the results topic.
         """
-        needs: dict[str, list[str]] = {
-            self.topics.dlq: ["Write"],
-            self.topics.models: ["Write"],
-            self.topics.control: ["Read"],
-        }
+        needs: dict[str, list[str]] = {}
+        if not self.settings.shadow:
+            needs[self.topics.dlq] = ["Write"]
+            needs[self.topics.models] = ["Write"]
+            needs[self.topics.control] = ["Read"]
         for model in served:
             needs[self.topics.requests(model)] = ["Read"]
-            needs[self.topics.results(model)] = ["Write"]
-        await check_access(self.settings, needs, self.settings.group)
+            if not self.settings.shadow:
+                needs[self.topics.results(model)] = ["Write"]
+        for topic in self._log_topics(served):
+            needs[topic] = ["Write"]
+        await check_access(self.settings, needs, self.settings.consumer_group())
+
+    # -- answer log and shadow -------------------------------------------------------
+
+    def _log_topics(self, served: list[str]) -> list[str]:
+        """The answer-log (`--answer-log`) or shadow (`--shadow`) topics of `served`."""
+        if self.settings.shadow:
+            return [self.topics.shadow(self.settings.shadow, m) for m in served]
+        if self.settings.answer_log:
+            return [self.topics.answers(m) for m in served]
+        return []
+
+    def _adapter(self, served: list[str]) -> RecordAdapter:
+        s = self.settings
+        if not (s.shadow or s.answer_log):
+            return RecordAdapter(self.pipeline, self.topics, self.outbox, self.worker_id)
+        sink = AnswerSink(
+            self.topics,
+            self.outbox,
+            self.metrics,
+            Role.SHADOW if s.shadow else Role.SERVING,
+            s.shadow or None,
+            self._ensure_topic,
+        )
+        sink.created(*self._log_topics(served))
+        if s.shadow:
+            return ShadowAdapter(self.pipeline, self.topics, sink, self.worker_id)
+        return RecordAdapter(
+            self.pipeline, self.topics, self.outbox, self.worker_id, answer_log=sink
+        )
+
+    async def _ensure_topic(self, topic: str) -> None:
+        """Create a log topic first needed after start (a model this worker does not
+        serve was asked for); a failure is logged, and the send then says what is wrong."""
+        s = self.settings
+        try:
+            await kafka_io.ensure_topics(
+                s, [kafka_io.TopicSpec(topic, s.partitions)], s.replication_factor
+            )
+        except KafkaError as exc:
+            log.warning("cannot create topic", extra={"topic": topic, "error": repr(exc)})
 
     def _device_name(self) -> str:
         devices = {e.detector.device for e in self.registry.entries() if e.detector}
@@ -220,6 +347,7 @@ class Worker:
                             rec.key,
                             rec.value,
                             tuple(rec.headers),
+                            rec.timestamp,
                         )
                     )
                     done.add_done_callback(partial(self._answered, tp, rec.offset))
@@ -260,6 +388,12 @@ class Worker:
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         while self.offsets.pending(revoked) and time.monotonic() < deadline:
             await asyncio.sleep(REVOKE_POLL_S)
+        unfinished = self.offsets.pending(revoked)
+        if unfinished:  # they will be answered here and again by the partitions' next owner
+            log.warning(
+                "revoke timed out: unfinished requests will be answered twice",
+                extra={"unfinished": unfinished, "timeout_s": self.settings.shutdown_timeout_s},
+            )
         await self._commit(revoked)
         self.offsets.forget(revoked)
         log.info(
@@ -277,11 +411,10 @@ class Worker:
             self.outbox.close()
             log.error("shutdown timed out; unanswered requests stay uncommitted")
         await self._commit()
+        # `stopped`, not a tombstone: the model still exists, and a bridge keeps
+        # letting its requests wait in Kafka for the next worker.
         for entry in self.registry.entries():
-            with contextlib.suppress(KafkaError):
-                await self.producer.send_and_wait(
-                    self.topics.models, None, key=announcement_key(entry.name, self.worker_id)
-                )
+            await self._announce(replace(entry, state=ModelState.STOPPED))
         self._joined = False
         await self.consumer.stop()  # leaves the group
         log.info("worker stopped", extra={"worker": self.worker_id})
@@ -296,10 +429,22 @@ class Worker:
         announcement = self.registry.announcement(
             entry, self.worker_id, self.settings.announce_ttl_ms
         )
-        state = entry.state.value
-        device = entry.detector.device if entry.detector else ""
-        engine = entry.spec.engine.value if entry.spec else ""
-        self.metrics.model_info.labels(entry.name, state, device, engine).set(1)
+        labels = (
+            entry.name,
+            entry.state.value,
+            entry.detector.device if entry.detector else "",
+            entry.spec.engine.value if entry.spec else "",
+            str(entry.version),
+        )
+        previous = self._model_info.get(entry.name)
+        if previous is not None and previous != labels:  # one label set per model, the current
+            with contextlib.suppress(KeyError):
+                self.metrics.model_info.remove(*previous)
+        self._model_info[entry.name] = labels
+        self.metrics.model_info.labels(*labels).set(1)
+        if self.settings.shadow:  # never offered to clients
+            return
+        assert self.producer is not None
         try:
             await self.producer.send_and_wait(
                 self.topics.models,
@@ -366,27 +511,66 @@ class Worker:
     async def _lag_loop(self) -> None:
         while True:
             await asyncio.sleep(LAG_INTERVAL_S)
-            lag: dict[str, int] = defaultdict(int)
-            for tp in self.consumer.assignment():
-                highwater = self.consumer.highwater(tp)
-                if highwater is None:
-                    continue
-                with contextlib.suppress(KafkaError, TimeoutError):  # a partition moving away
-                    position = await asyncio.wait_for(
-                        self.consumer.position(tp), POSITION_TIMEOUT_S
+            self.refresh_lag_metrics(await self._lag())
+
+    async def _lag(self) -> dict[str, int]:
+        """Unfetched requests per model over the partitions assigned now.
+
+        A rebalance may take a partition away during any `await`, and aiokafka's
+        `highwater` asserts that the partition is still assigned: it is read only
+        right after checking that, with no `await` in between.
+        """
+        lag: dict[str, int] = defaultdict(int)
+        for tp in list(self.consumer.assignment()):
+            if tp not in self.consumer.assignment():  # moved away while we awaited
+                continue
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            with contextlib.suppress(KafkaError, TimeoutError):  # a partition moving away
+                position = await asyncio.wait_for(self.consumer.position(tp), POSITION_TIMEOUT_S)
+                lag[self.topics.model_of(tp.topic)] += max(0, highwater - position)
+        return lag
+
+    def refresh_lag_metrics(self, lag: dict[str, int]) -> None:
+        """Set lag and backlog per model; remove the label sets of models gone."""
+        models = set(lag) | {e.name for e in self.registry.entries()}
+        for gone in self._lag_models - models:
+            for gauge in (self.metrics.lag, self.metrics.backlog_seconds, self.metrics.throughput):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(gone)
+        self._lag_models = models
+        assignment = self.consumer.assignment()
+        for model in models:
+            inflight = self.offsets.pending(
+                {tp for tp in assignment if self.topics.model_of(tp.topic) == model}
+            )
+            self.metrics.lag.labels(model).set(lag.get(model, 0))
+            self.metrics.set_backlog(model, lag.get(model, 0) + inflight)
+        self.metrics.inflight.set(self.adapter.inflight)
+
+    async def _poll_loop(self) -> None:
+        """Roll in new version folders (`ModelRegistry.refresh`) as they appear; a model
+        folder new to a worker serving every model gets its topics first."""
+        s = self.settings
+        known = set(self.registry.served_names())
+        while True:
+            await asyncio.sleep(s.poll_interval_s)
+            fresh = [name for name in self.registry.served_names() if name not in known]
+            if fresh:
+                try:
+                    await kafka_io.ensure_topics(
+                        s,
+                        [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in fresh]
+                        + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in fresh],
+                        s.replication_factor,
                     )
-                    lag[self.topics.model_of(tp.topic)] += max(0, highwater - position)
-            for model in set(lag) | {e.name for e in self.registry.entries()}:
-                inflight = self.offsets.pending(
-                    {
-                        tp
-                        for tp in self.consumer.assignment()
-                        if self.topics.model_of(tp.topic) == model
-                    }
-                )
-                self.metrics.lag.labels(model).set(lag[model])
-                self.metrics.set_backlog(model, lag[model] + inflight)
-            self.metrics.inflight.set(self.adapter.inflight)
+                except (KafkaError, TfstreamError) as exc:  # broker away: the next turn tries again
+                    log.warning("cannot create topics", extra={"models": fresh, "error": repr(exc)})
+                    continue
+                known.update(fresh)
+            for entry in await asyncio.to_thread(self.registry.refresh_all):
+                await self._announce(entry)
 
     # -- health -------------------------------------------------------------------------
 
@@ -406,9 +590,26 @@ class Worker:
 
     def _live(self) -> tuple[bool, dict[str, object]]:
         stalled_s = time.monotonic() - self._last_tick_s
-        return stalled_s < LIVE_STALL_S or not self._joined, {"loop_stalled_s": round(stalled_s, 1)}
+        looping = stalled_s < LIVE_STALL_S or not self._joined
+        detail: dict[str, object] = {"loop_stalled_s": round(stalled_s, 1)}
+        if self.supervisor.failed:
+            detail["failed_tasks"] = dict(self.supervisor.failed)
+        return looping and self.supervisor.healthy, detail
 
     def _ready(self) -> tuple[bool, dict[str, object]]:
         models = {e.name: e.state.value for e in self.registry.entries()}
-        ready = self._joined and any(state == ModelState.READY.value for state in models.values())
-        return ready, {"joined": self._joined, "models": models}
+        ready = (
+            self._joined
+            and self.positioned
+            and any(state == ModelState.READY.value for state in models.values())
+        )
+        versions = {e.name: e.version for e in self.registry.entries() if e.detector is not None}
+        details: dict[str, object] = {
+            "joined": self._joined,
+            "models": models,
+            "versions": versions,
+        }
+        if self.settings.shadow:
+            details["shadow"] = self.settings.shadow
+            details["positioned"] = self.positioned
+        return ready, details

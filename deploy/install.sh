@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The one install step of tfstream, shared by the Makefile and the Dockerfiles:
 #
-#   bash deploy/install.sh PIP EXTRAS [--editable]
+#   bash deploy/install.sh PIP EXTRAS [--editable | --dependencies]
 #
 #   PIP         the pip of the target environment (.venv/bin/pip, /opt/venv/bin/pip)
 #   EXTRAS      comma-separated extras of pyproject.toml: exactly one of cpu / gpu
 #               (which TensorFlow wheel), plus dev for the test tools
 #   --editable  install the project in development mode (pip install -e)
+#   --dependencies  only the dependencies of the project and EXTRAS, read from
+#               pyproject.toml: the images install them in a layer of their own,
+#               so that a change to the code re-runs only the project's install
 #
 # Examples:
 #   bash deploy/install.sh .venv/bin/pip 'cpu,dev' --editable   # make setup
@@ -16,7 +19,7 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: bash deploy/install.sh PIP EXTRAS [--editable]" >&2
+  echo "usage: bash deploy/install.sh PIP EXTRAS [--editable | --dependencies]" >&2
   exit 2
 }
 
@@ -24,9 +27,13 @@ usage() {
 pip="$1"
 extras="$2"
 editable=()
+dependencies_only=false
 if [[ $# -eq 3 ]]; then
-  [[ "$3" == "--editable" ]] || usage
-  editable=(-e)
+  case "$3" in
+    --editable) editable=(-e) ;;
+    --dependencies) dependencies_only=true ;;
+    *) usage ;;
+  esac
 fi
 [[ -n "$pip" && -n "$extras" ]] || usage
 if [[ ! "$extras" =~ ^[A-Za-z0-9_,-]+$ ]]; then
@@ -44,6 +51,26 @@ if [[ "$pip" == */* ]]; then
   pip="$(cd "$(dirname "$pip")" && pwd)/$(basename "$pip")"
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if $dependencies_only; then
+  # The interpreter of the target environment where there is one (a venv's pip).
+  python="$(dirname "$pip")/python"
+  [[ -x "$python" ]] || python=python3
+  mapfile -t requirements < <("$python" - "$extras" <<'PY'
+import sys
+import tomllib
+
+with open("pyproject.toml", "rb") as f:
+    project = tomllib.load(f)["project"]
+wanted = list(project["dependencies"])
+for extra in sys.argv[1].split(","):
+    wanted += project["optional-dependencies"][extra]
+print("\n".join(wanted))
+PY
+  )
+  "$pip" install --quiet "${requirements[@]}"
+  exit 0
+fi
 
 "$pip" install --quiet ${editable[@]+"${editable[@]}"} ".[$extras]"
 

@@ -36,8 +36,9 @@ class RawDetections:
     """One image's detector output, as the model returned it.
 
     boxes: float [N, 4] (ymin, xmin, ymax, xmax) in the unit of the model's
-    convention; scores: float [N] in [0, 1]; classes: [N] 1-based class ids
-    (any numeric dtype). Only the first `count` rows are real; the rest is the
+    convention; scores: float [N] in [0, 1]; classes: [N] class ids as the label
+    map numbers them (1-based for the OD API, 0-based for Ultralytics and KerasHub; any
+    numeric dtype). Only the first `count` rows are real; the rest is the
     model's padding. image_info: Model Garden's [4, 2] resize record
     ([[orig_h, orig_w], [input_h, input_w], [y_scale, x_scale], [y_offset, x_offset]]).
     """
@@ -144,12 +145,18 @@ def to_pixels(
         )
         tolerance = NORMALIZED_TOLERANCE * size
         yx = boxes * np.tile(size, 2)
+        low_edge = np.zeros(2)
     else:
         scale, offset, canvas = _resize_record(raw, width, height, convention)
         tolerance = PIXEL_TOLERANCE / scale
         yx = (boxes + np.tile(offset, 2)) / np.tile(scale, 2)
+        # Where the model input starts in the image (< 0: letterbox padding);
+        # regressed boxes (margin > 0) may reach that many input sizes past it.
+        reach = convention.margin * np.asarray(raw.image_info, np.float64)[1] / scale
+        low_edge = np.minimum(offset / scale, 0.0) - reach
+        canvas = canvas + reach
     tol = np.tile(tolerance, 2)
-    low, high = -tol, np.tile(canvas, 2) + tol
+    low, high = np.tile(low_edge, 2) - tol, np.tile(canvas, 2) + tol
     outside = (yx < low) | (yx > high)
     if outside.any():
         row = int(np.argwhere(outside)[0][0])

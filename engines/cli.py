@@ -21,6 +21,9 @@ class Command(StrEnum):
     """Write the generated models into DIR (skips those already there)."""
     IMAGES = "images"
     """Draw test images with ground-truth boxes (ground_truth.json) into DIR."""
+    LIST = "list"
+    """List the models of the repository DIR: the version each would serve, the
+    fingerprint of its weights, and every version folder there."""
     VALIDATE = "validate"
     """Load every model of the repository DIR, run it once on a generated image, print the
     output convention it was read with, and report problems (exit 1 if any)."""
@@ -28,7 +31,8 @@ class Command(StrEnum):
 
 class ModelsSettings(BaseSettings):
     """Generate the demo and benchmark models (generate DIR), draw test images with
-    ground truth (images DIR), or load and check every model of a repository
+    ground truth (images DIR), list a repository's models with their versions and
+    weight fingerprints (list DIR), or load and check every model of a repository
     (validate DIR: each model also runs once on a generated 480x640 image, and a model
     whose outputs break its convention fails). Every option is also an environment
     variable TFSTREAM_<OPTION>."""
@@ -36,11 +40,15 @@ class ModelsSettings(BaseSettings):
     model_config = cli_config("tfstream-models")
 
     command: CliPositionalArg[Command]
-    """generate, images or validate."""
+    """generate, images, list or validate."""
     dir: CliPositionalArg[Path]
     """The model repository (generate, validate) or the image folder (images)."""
     models: str = "all"
-    """generate/validate: comma-separated model names, or 'all'."""
+    """generate: comma-separated model names, or 'all': the demo models (shapes_tf2,
+    shapes_tf1, ssd_mobilenet_v2_bench; Model Garden's random-weight test exports
+    retinanet_mg_* and the Ultralytics / KerasHub layouts yolo11_shapes_raw,
+    yolo11_shapes_nms, yolo26_shapes_end2end and keras_hub_shapes only when named).
+    list/validate: names, or 'all': every model of DIR."""
     overwrite: bool = False
     """generate: replace models that already exist."""
     count: int = 60
@@ -100,6 +108,30 @@ def validate(repository: Path, names: list[str] | None, device: str) -> int:
     return 1 if problems else 0
 
 
+def list_models(repository: Path, names: list[str] | None) -> int:
+    """One line per model: the version it would serve and its fingerprint, without
+    loading anything (a broken model says why and makes the exit code 1)."""
+    from engines.repository import ModelRepository, weights_fingerprint
+
+    repo = ModelRepository(repository)
+    names = names or repo.names()
+    problems = 0
+    for name in names:
+        try:
+            spec = repo.spec(name)
+            folders = repo.versions(name)
+        except TfstreamError as exc:
+            problems += 1
+            print(f"FAIL {name}: [{exc.code}] {exc.message}")
+            continue
+        layout = f"versions {folders}" if folders else "flat"
+        print(
+            f"{name}: version {spec.version}, fingerprint {weights_fingerprint(spec.weights)}, "
+            f"{layout}, {spec.engine.value}, hash {spec.hash}"
+        )
+    return 1 if problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = parse_cli(ModelsSettings, argv)
@@ -118,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         truth = json.loads((settings.dir / "ground_truth.json").read_text())
         print(f"wrote {len(truth)} images and ground_truth.json to {settings.dir}")
         return 0
+    if settings.command is Command.LIST:
+        return list_models(settings.dir, _selected(settings.models))
     return validate(settings.dir, _selected(settings.models), settings.device)
 
 

@@ -34,6 +34,13 @@ class OutputConvention(StrEnum):
     """TF Object Detection API: normalised boxes, float classes, num_detections."""
     MODEL_GARDEN = "model_garden"
     """Model Garden `official.vision`: int32 classes, plus `image_info`."""
+    ULTRALYTICS = "ultralytics"
+    """Ultralytics YOLO `format="saved_model"`: one float output, letterboxed input
+    (engines/yolo.py)."""
+    KERAS_HUB = "keras_hub"
+    """KerasHub detector exported with ExportArchive around its preprocessor and
+    `predict_step`: decoded `boxes`/`confidence`/`labels`/`num_detections`
+    (engines/keras_hub.py)."""
 
 
 class BoxFormat(StrEnum):
@@ -82,6 +89,10 @@ class ModelConfig(BaseModel):
             raise ValueError("input_size must be [height, width] of positive integers")
         return value
 
+    version: int | None = Field(default=None, ge=1)
+    """Optional: the version folder to serve (`<model>/<N>/`), instead of the highest
+    complete one. Read from the config.json beside the version folders."""
+
     # -- optional, tfstream only: how requests are batched (defaults: the command line) --
     max_batch: int | None = Field(default=None, ge=1)
     """Most requests in one engine call of this model (ignored where its graph takes
@@ -99,6 +110,18 @@ class ModelConfig(BaseModel):
     output_names: dict[str, str] = Field(default_factory=dict)
     """Signature output names of a model that calls them otherwise,
     e.g. {"detection_boxes": "boxes"}; keys are from OUTPUT_NAMES."""
+
+    iou_threshold: float | None = Field(default=None, gt=0, le=1, strict=True)
+    """IoU above which class-wise NMS drops the lower-scored of two boxes; only for
+    exports whose NMS tfstream does (raw Ultralytics outputs). Absent: 0.7, the
+    Ultralytics predict default."""
+
+    @field_validator("iou_threshold", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
 
     @field_validator("output_names")
     @classmethod

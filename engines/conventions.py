@@ -10,6 +10,12 @@ returns and what the export wrote next to it, and `config.json` can override
 each decision. A signature that matches none of them is refused at load with
 what it has and what `config.json` can say to map it: guessing is how a
 server ends up returning plausible but wrong boxes.
+
+Ultralytics YOLO and KerasHub exports are told apart by their outputs (and
+the metadata.yaml beside them); their reading lives in engines/yolo.py and
+engines/keras_hub.py, which turn their outputs into the Model Garden form
+(boxes in input pixels plus an image_info resize record) inside the engine
+call.
 """
 
 from __future__ import annotations
@@ -38,8 +44,17 @@ class Convention:
     box_format: BoxFormat = BoxFormat.NORMALIZED
     outputs: Mapping[str, str] = field(default_factory=lambda: {k: k for k in REQUIRED_OUTPUTS})
     """Our output name -> the signature's output name."""
+    variant: str = ""
+    """Which of an exporter's layouts (Ultralytics: raw, nms, end2end)."""
+    margin: float = 0.0
+    """How far past the model input a box may reach, in input sizes (regressed
+    boxes that the export does not clip: Ultralytics)."""
+    source_output: str = ""
+    """The signature output an exporter's adapter reads (Ultralytics' only one)."""
 
     def describe(self) -> str:
+        if self.variant:
+            return f"{self.family.value}, {self.variant} outputs"
         return f"{self.family.value}, {self.box_format.value} boxes"
 
     @property
@@ -52,6 +67,37 @@ OD_API = Convention()
 
 #: What a signature output is, for messages: name -> "dtype[shape]".
 Signature = Mapping[str, str]
+
+
+def parse_spec(text: str) -> tuple[str, tuple[int | None, ...]]:
+    """ "float32[1, 84, 8400]" -> ("float32", (1, 84, 8400)); "?" is None."""
+    dtype, _, rest = text.partition("[")
+    dims = rest.rstrip("]").strip()
+    if not dims or dims == "?":
+        return dtype, ()
+    return dtype, tuple(None if d.strip() == "?" else int(d) for d in dims.split(","))
+
+
+def _exporter_convention(
+    model: str, config: ModelConfig, outputs: Signature, model_dir: Path
+) -> Convention | None:
+    """Ultralytics or KerasHub, where the outputs (or config.json) say so."""
+    from engines import keras_hub, yolo
+    from engines.metadata import metadata_path, read_metadata
+
+    forced = config.output_convention
+    if forced in (OutputConvention.OD_API, OutputConvention.MODEL_GARDEN):
+        return None
+    path = metadata_path(model_dir)
+    meta = read_metadata(path) if path is not None else None
+    found = dict(outputs)
+    if forced in (None, OutputConvention.KERAS_HUB):
+        convention = keras_hub.keras_hub_convention(
+            model, found, config.input_size, meta, forced is OutputConvention.KERAS_HUB
+        )
+        if convention is not None:
+            return convention
+    return yolo.ultralytics_convention(model, found, meta, forced is OutputConvention.ULTRALYTICS)
 
 
 def _listing(specs: Signature) -> str:
@@ -100,13 +146,18 @@ def resolve_convention(
             that cannot hold for them; the message lists what was found and
             the config.json fields that map it.
     """
+    exported = _exporter_convention(model, config, outputs, model_dir)
+    if exported is not None:
+        return exported
     names = {key: config.output_names.get(key, key) for key in OUTPUT_NAMES}
     found = f"the signature takes {_listing(inputs)} and returns {_listing(outputs)}"
     missing = [names[key] for key in REQUIRED_OUTPUTS if names[key] not in outputs]
     if missing:
         raise InvalidModelConfig(
             f"{model}: the outputs match no supported convention (TF Object Detection API: "
-            f"{list(REQUIRED_OUTPUTS)}; Model Garden: the same plus {IMAGE_INFO}); {found}; "
+            f"{list(REQUIRED_OUTPUTS)}; Model Garden: the same plus {IMAGE_INFO}; Ultralytics: "
+            "one float32 output [B, 4 + classes, anchors] or [B, K, 6]; KerasHub: boxes, "
+            f"confidence, labels, num_detections); {found}; "
             f"missing {missing}. {_how_to_map()}"
         )
     has_info = names[IMAGE_INFO] in outputs

@@ -116,7 +116,8 @@ class Superseded(
     TfstreamError, code="superseded", http_status=409, client_error=True, dead_letter=False
 ):
     """A newer frame of the same key (camera) was waiting beside this one and was
-    run instead (`conflate: latest`); this frame was neither decoded nor run.
+    run instead (`conflate: latest`); this frame was not run (nor decoded, unless
+    its decoding had already started: then its pixels were dropped).
 
     Not a fault of anyone: never copied to the dead-letter queue, and asking
     again makes no sense, since the newer frame already has its answer.
@@ -175,4 +176,5 @@ class NotAuthorized(TfstreamError, code="not_authorized", http_status=403, clien
 
 
 class Unauthorized(TfstreamError, code="unauthorized", http_status=401, client_error=True):
-    """"""
+    """The bridge was started with an API key and this call did not carry it. Only
+    HTTP answers it: Kafka's own credentials fail as `not_authorized`."""

@@ -7,6 +7,16 @@
     <root>/<name>/saved_model.pb + variables/          (tensorflow2_detection)
     <root>/<name>/saved_model/saved_model.pb + ...     (same, Model Zoo layout)
     <root>/<name>/frozen_inference_graph.pb            (tensorflow_detection)
+    <root>/<name>/metadata.yaml  (Ultralytics / KerasHub: stands in for the first two)
+
+or TF Serving's versioned layout, one folder per version (a positive integer):
+
+    <root>/<name>/<N>/saved_model.pb + variables/      (or any layout above)
+    <root>/<name>/config.json, object-detection.pbtxt  (beside the versions,
+                                                         or in <N>/: the version's own wins)
+
+The highest complete version is served unless config.json pins `"version": N`;
+the flat layout is version 1.
 
 Hashes are name-based UUIDs (uuid5), so every process, host and restart agrees
 on them without sharing a file, which the old server needed.
@@ -14,18 +24,18 @@ on them without sharing a file, which the old server needed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engines.catalogue import HASH_NAMESPACE, Catalogue, model_hash
 from engines.config import EngineName, ModelConfig, load_config
 from engines.errors import InvalidModelConfig, ModelNotFound
-from engines.labels import load_label_map
+from engines.metadata import export_resizer, load_config_and_labels
 from engines.resizer import FixedShape, Resizer, read_pipeline_config
-
-#: Fixed namespace of all tfstream hashes. Changing it changes every hash clients hold.
-HASH_NAMESPACE = uuid.UUID("6f0c5a4e-2b1d-5c8e-9a57-3f4be1d0c7a2")
 
 #: Folder names we accept as model names: no separators, no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -34,10 +44,10 @@ CONFIG_FILE = "config.json"
 LABEL_MAP_FILE = "object-detection.pbtxt"
 FROZEN_GRAPH_FILE = "frozen_inference_graph.pb"
 SAVED_MODEL_FILE = "saved_model.pb"
-
-
-def model_hash(name: str) -> str:
-    return str(uuid.uuid5(HASH_NAMESPACE, f"model/{name}"))
+#: Written by TensorFlow (2.12+) beside saved_model.pb: its own fingerprint of the export.
+FINGERPRINT_FILE = "fingerprint.pb"
+#: A version folder's name: a positive integer, as TF Serving numbers them.
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def label_hash(model: str, label: str) -> str:
@@ -67,6 +77,8 @@ class ModelSpec:
     """The SavedModel folder, or the frozen graph file."""
     resizer: Resizer | None = None
     """What the graph resizes images to, if known: JPEGs decode no larger than that."""
+    version: int = 1
+    """The version folder served (1 for the flat layout)."""
     hash: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +115,29 @@ def find_weights(folder: Path, engine: EngineName) -> Path:
     )
 
 
+def weights_fingerprint(weights: Path) -> str:
+    """A short fingerprint of the weights, so that an answer can say which ones made it.
+
+    The SavedModel's own `fingerprint.pb` where TensorFlow wrote one (hashing it
+    is instant), else a SHA-256 of the weight files' bytes (a frozen graph, an
+    older export). Blocking: call it where the model loads.
+    """
+    files = (
+        [weights]
+        if weights.is_file()
+        else [weights / FINGERPRINT_FILE]
+        if (weights / FINGERPRINT_FILE).is_file()
+        else sorted(p for p in weights.rglob("*") if p.is_file())
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(weights.parent).as_posix().encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def model_resizer(folder: Path, config: ModelConfig) -> Resizer | None:
     """`input_size` of config.json first, else the export's `pipeline.config`
     (in the model folder, or in its `saved_model/` parent layout of the Model Zoo)."""
@@ -112,7 +147,7 @@ def model_resizer(folder: Path, config: ModelConfig) -> Resizer | None:
     return read_pipeline_config([folder, folder / "saved_model"])
 
 
-class ModelRepository:
+class ModelRepository(Catalogue):
     """Read-only view of a model folder; cheap enough to re-read on every call."""
 
     def __init__(self, root: Path) -> None:
@@ -140,35 +175,83 @@ class ModelRepository:
             raise ModelNotFound(f"model '{name}' does not exist")
         return folder
 
-    def spec(self, name: str) -> ModelSpec:
-        """Validate the model folder without touching TensorFlow.
+    def versions(self, name: str) -> list[int]:
+        """The version folders of a model, ascending; [] for the flat layout.
 
         Raises:
             ModelNotFound: see `folder`.
+        """
+        folder = self.folder(name)
+        return sorted(
+            int(p.name) for p in folder.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)
+        )
+
+    def spec(self, name: str, version: int | None = None) -> ModelSpec:
+        """Validate the model folder (of `version`, default: the one to serve)
+        without touching TensorFlow.
+
+        Raises:
+            ModelNotFound: see `folder`; or the version asked for does not exist.
             InvalidModelConfig: config, label map or weights are missing or wrong.
         """
         folder = self.folder(name)
-        config = load_config(folder / CONFIG_FILE)
-        labels = load_label_map(folder / LABEL_MAP_FILE)
-        weights = find_weights(folder, config.inference_engine_name)
+        versions = self.versions(name)
+        if not versions:
+            if version not in (None, 1):
+                raise ModelNotFound(f"model '{name}' has no version {version}")
+            return self._spec(name, folder, folder, 1)
+        if version is not None:
+            if version not in versions:
+                raise ModelNotFound(f"model '{name}' has no version {version}")
+            return self._spec(name, folder, folder / str(version), version)
+        pinned = self._pinned(folder)
+        if pinned is not None:
+            if pinned not in versions:
+                raise InvalidModelConfig(
+                    f"{name}: config.json pins version {pinned}, which has no folder "
+                    f"(versions: {versions})"
+                )
+            return self._spec(name, folder, folder / str(pinned), pinned)
+        problem: InvalidModelConfig | None = None
+        for candidate in reversed(versions):  # the highest complete version
+            try:
+                return self._spec(name, folder, folder / str(candidate), candidate)
+            except InvalidModelConfig as exc:
+                problem = problem or exc
+        assert problem is not None
+        raise problem
+
+    def _spec(self, name: str, folder: Path, home: Path, version: int) -> ModelSpec:
+        """`home` holds the weights; config and labels come from it, else from `folder`."""
+        # metadata.yaml of an Ultralytics / KerasHub export stands in for both.
+        config, labels = load_config_and_labels(home, folder)
+        weights = find_weights(home, config.inference_engine_name)
         return ModelSpec(
             name=name,
-            path=folder,
+            path=home,
             config=config,
             labels=labels,
             weights=weights,
-            resizer=model_resizer(folder, config),
+            resizer=model_resizer(home, config) or export_resizer(home),
+            version=version,
         )
 
-    def resolve(self, name_or_hash: str) -> str:
-        """Accept a model name or its hash, as the old `/detect` did.
+    @staticmethod
+    def _pinned(folder: Path) -> int | None:
+        """`"version": N` of the config.json beside the version folders, if any."""
+        path = folder / CONFIG_FILE
+        if not path.is_file():
+            return None
+        return load_config(path).version
 
-        Raises:
-            ModelNotFound: neither a model name nor the hash of one.
-        """
-        if _NAME.fullmatch(name_or_hash) and name_or_hash in self.names():
-            return name_or_hash
-        for name in self.names():
-            if model_hash(name) == name_or_hash:
-                return name
-        raise ModelNotFound(f"no model named or hashed '{name_or_hash[:200]}'")
+    def signature(self, name: str, version: int) -> tuple[int, int]:
+        """(newest mtime in ns, total bytes) of a version's files: a folder that failed
+        to load is tried again only once this changes (it was still being copied)."""
+        folder = self.folder(name)
+        home = folder / str(version) if self.versions(name) else folder
+        newest, size = 0, 0
+        for path in [home, *home.rglob("*")]:
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                newest, size = max(newest, stat.st_mtime_ns), size + stat.st_size
+        return newest, size

@@ -48,7 +48,20 @@ class KeepAspectRatio:
         return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-Resizer = FixedShape | KeepAspectRatio
+@dataclass(frozen=True)
+class Letterbox:
+    """Ultralytics' letterbox into height x width: the image is scaled to fit,
+    aspect kept, then padded (engines/yolo.py); only the scaled size matters here."""
+
+    height: int = 640
+    width: int = 640
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        gain = min(self.height / height, self.width / width)
+        return max(1, round(width * gain)), max(1, round(height * gain))
+
+
+Resizer = FixedShape | KeepAspectRatio | Letterbox
 
 
 class TextFormatError(ValueError):

@@ -4,7 +4,9 @@ We call the `serving_default` signature, not the object's `__call__`: the
 signature is what every export has, with a named input whose shape tells us
 the batch size the model accepts, and named outputs that tell us whose
 convention it follows (Object Detection API or Model Garden, see
-engines/conventions.py).
+engines/conventions.py). Ultralytics and KerasHub exports get an adapter
+(engines/yolo.py, engines/keras_hub.py) that does their preprocessing and
+post-processing around the signature call, in the same engine call.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from engines.base import Engine
-from engines.conventions import resolve_convention
+from engines.config import OutputConvention
+from engines.conventions import Convention, resolve_convention
 from engines.errors import InvalidModelConfig, ModelLoadFailed
 from engines.repository import ModelSpec
 
@@ -54,6 +57,64 @@ class TF2Engine(Engine):
             {name: _spec_text(s) for name, s in signature.structured_outputs.items()},
             spec.path,
         )
+        self._adapter = _adapter(spec, self.convention, input_spec)
 
     def _call(self, tensor: Any) -> Any:
         return self._signature(**{self._input_name: tensor})
+
+    def _run(self, batch: Any) -> dict[str, Any]:
+        if self._adapter is None:
+            return super()._run(batch)
+        import tensorflow as tf
+
+        with tf.device(self.device):
+            return self._adapter.run(batch, self._call)  # type: ignore[no-any-return]
+
+
+def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
+    """The pre/post-processing of an Ultralytics or KerasHub export, else None.
+
+    Raises:
+        InvalidModelConfig: iou_threshold on a model whose NMS is not ours, or
+            an input whose size cannot be known.
+    """
+    from engines.metadata import MAX_DETECTIONS, metadata_path, read_metadata
+
+    config = spec.config
+    if convention.family is OutputConvention.ULTRALYTICS:
+        from engines.yolo import UltralyticsAdapter
+
+        height, width = input_spec.shape[1], input_spec.shape[2]
+        if height is None or width is None:
+            path = metadata_path(spec.path)
+            size = read_metadata(path).imgsz if path is not None else None
+            if size is None:
+                raise InvalidModelConfig(
+                    f"{spec.name}: the Ultralytics export's input size is open and its "
+                    "metadata.yaml has no imgsz: export with a fixed imgsz"
+                )
+            height, width = size
+        try:
+            return UltralyticsAdapter(
+                convention,
+                (int(height), int(width)),
+                config.iou_threshold,
+                max(config.predictions, MAX_DETECTIONS),
+            )
+        except InvalidModelConfig as exc:
+            raise InvalidModelConfig(f"{spec.name}: {exc.message}") from None
+    if config.iou_threshold is not None:
+        raise InvalidModelConfig(
+            f"{spec.name}: iou_threshold is set in config.json, but tfstream runs no NMS for "
+            f"this model ({convention.describe()}): its export does; remove iou_threshold"
+        )
+    if convention.family is OutputConvention.KERAS_HUB:
+        from engines.keras_hub import KerasHubAdapter, target_size
+
+        path = metadata_path(spec.path)
+        meta = read_metadata(path) if path is not None else None
+        size = target_size(config.input_size, meta)
+        assert size is not None  # keras_hub_convention refused the model otherwise
+        xyxy = meta is not None and meta.bounding_box_format == "xyxy"
+        return KerasHubAdapter(size, input_spec.dtype, xyxy)
+    return None

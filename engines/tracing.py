@@ -14,12 +14,11 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, ClassVar, Literal
 
 from opentelemetry import trace
-from pydantic_settings import BaseSettings
 
-from engines.settings import cli_config
+from engines.settings import SettingsPart
 
 #: The instrumentation scope of every tfstream span.
 SCOPE = "tfstream"
@@ -27,10 +26,10 @@ SCOPE = "tfstream"
 Exporter = Literal["none", "otlp", "console", "jsonl"]
 
 
-class TracingSettings(BaseSettings):
+class TracingSettings(SettingsPart):
     """The tracing options of a process (mixed into its one settings object)."""
 
-    model_config = cli_config("tfstream")
+    group_title: ClassVar[str] = "Tracing"
 
     trace_exporter: Exporter = "none"
     """Where spans go: none (no spans recorded; trace headers are still passed on),

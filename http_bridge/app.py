@@ -11,7 +11,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.metrics import WorkerMetrics
-from http_bridge import errors
+from consumer.supervision import Supervisor
+from http_bridge import errors, session
 from http_bridge.backends import Backend
 from http_bridge.live import router as live_router
 from http_bridge.live import stop_live
@@ -20,19 +21,22 @@ from http_bridge.routes import router
 from http_bridge.settings import BridgeSettings
 
 
-def make_backend(settings: BridgeSettings, registry: CollectorRegistry) -> Backend:
+def make_backend(
+    settings: BridgeSettings, registry: CollectorRegistry, supervisor: Supervisor
+) -> Backend:
     if settings.embedded:
         from http_bridge.embedded import EmbeddedBackend
 
-        return EmbeddedBackend(settings, WorkerMetrics(registry))
+        return EmbeddedBackend(settings, WorkerMetrics(registry), supervisor)
     from http_bridge.kafka_backend import KafkaBackend
 
-    return KafkaBackend(settings)
+    return KafkaBackend(settings, supervisor)
 
 
 def create_app(settings: BridgeSettings, backend: Backend | None = None) -> FastAPI:
     registry = CollectorRegistry()
-    chosen = backend or make_backend(settings, registry)
+    supervisor = Supervisor(registry)
+    chosen = backend or make_backend(settings, registry, supervisor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,6 +46,7 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
         finally:
             await stop_live(app)
             await chosen.stop()
+            await supervisor.stop()
 
     app = FastAPI(
         title="tfstream",
@@ -52,8 +57,10 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.backend = chosen
+    app.state.supervisor = supervisor
     app.include_router(router)
     app.include_router(live_router)
+    app.include_router(session.router)
     errors.install(app)
 
     @app.get("/metrics", include_in_schema=False)
@@ -63,7 +70,7 @@ def create_app(settings: BridgeSettings, backend: Backend | None = None) -> Fast
     # Outermost last: the size limit sees the body first, then the key check.
     app.add_middleware(HttpMetrics, registry=registry)
     if settings.api_key:
-        app.add_middleware(ApiKey, key=settings.api_key)
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

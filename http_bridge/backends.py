@@ -10,16 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    hash: str
-    labels: list[str]
-    """In class id order."""
-    label_hashes: dict[str, str]
-    config: dict[str, Any]
-    """The full config.json; the routes show the public part."""
+from consumer.protocol import ModelFacts
 
 
 @dataclass(frozen=True)
@@ -45,10 +36,10 @@ class Backend(Protocol):
         ...
 
     def resolve(self, name_or_hash: str) -> str:
-        """Raises ModelNotFound."""
+        """The backend's `Catalogue.resolve`. Raises ModelNotFound."""
         ...
 
-    def info(self, name: str) -> ModelInfo:
+    def info(self, name: str) -> ModelFacts:
         """Raises ModelNotFound, ModelUnavailable, InvalidModelConfig."""
         ...
 
@@ -57,7 +48,8 @@ class Backend(Protocol):
         ...
 
     async def detect(self, call: DetectCall) -> dict[str, Any]:
-        """The reply's data: bounding-boxes, ImageName, width, height. Raises TfstreamError."""
+        """The reply's data: bounding-boxes, ImageName, width, height, and model_version
+        (the version of the weights that answered). Raises TfstreamError."""
         ...
 
     async def ready(self) -> tuple[bool, dict[str, Any]]: ...

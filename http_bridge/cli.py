@@ -37,16 +37,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.port,
         mode,
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our logging set-up
-        timeout_graceful_shutdown=max(5, int(settings.request_timeout_s)),
+        timeout_graceful_shutdown=max(5, int(settings.answer_timeout_s)),
         ssl_certfile=settings.https_certfile,
         ssl_keyfile=settings.https_keyfile,
     )
-    return 0
+    server = uvicorn.Server(config)
+    if hasattr(app.state.backend, "on_give_up"):  # Kafka mode: stop serving, then exit 1
+
+        def stop_serving() -> None:
+            server.should_exit = True
+
+        app.state.backend.on_give_up = stop_serving
+    server.run()
+    gave_up = getattr(app.state.backend, "gave_up", None)
+    if gave_up is not None:  # Kafka not ready within --start-timeout-s: one line, exit 1
+        log.error("bridge failed: [%s] %s", gave_up.code, gave_up.message)
+        return 1
+    return 0 if server.started else 3  # 3: the application did not start, as uvicorn.run
 
 
 if __name__ == "__main__":

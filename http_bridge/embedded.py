@@ -9,7 +9,6 @@ serves on a machine with no Kafka.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 import uuid
@@ -17,33 +16,50 @@ from typing import Any
 
 from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Answer, Pipeline
-from consumer.protocol import ModelState, Request
+from consumer.protocol import ModelFacts, ModelState, Request
 from consumer.registry import ModelRegistry
 from consumer.spans import RequestSpans
+from consumer.supervision import Supervisor
 from engines.errors import RequestTimeout
 from engines.tracing import tracing_active
-from http_bridge.backends import DetectCall, ModelInfo
+from http_bridge.backends import DetectCall
 from http_bridge.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
 
-#: Dead letters kept for inspection; with no DLQ topic, the log is their record.
-KEEP_DEAD_LETTERS = 100
+#: How often a request for a model still loading looks again.
+LOADING_POLL_S = 0.05
 
 
 class EmbeddedBackend:
-    def __init__(self, settings: BridgeSettings, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        metrics: WorkerMetrics,
+        supervisor: Supervisor | None = None,
+        registry: ModelRegistry | None = None,
+    ) -> None:
+        """`registry`: default, the one `settings` describe."""
         self.settings = settings
-        self.registry = ModelRegistry.from_settings(settings)
+        self.registry = registry or ModelRegistry.from_settings(settings)
         self.metrics = metrics
+        self.supervisor = supervisor or Supervisor()
         self.pipeline = Pipeline(self.registry, settings, "embedded", metrics)
-        self.dead_letters: collections.deque[Answer] = collections.deque(maxlen=KEEP_DEAD_LETTERS)
-        self._loaded = False
+        self._loaded = asyncio.Event()
 
     async def start(self) -> None:
+        """Start serving at once: models load in the background (`--load-threads` at
+        a time), so /docs and /health/live answer from the first second; a request
+        for a model still loading waits for it within its timeout."""
         self.pipeline.start()
+        self.registry.announce_loading()
+        self.supervisor.start("load", self._load_all)
+        if self.settings.poll_interval_s > 0:
+            self.supervisor.start("poll", self._poll_loop)
+
+    async def _load_all(self) -> None:
         entries = await asyncio.to_thread(self.registry.load_all)
-        self._loaded = True
+        self._loaded.set()
         for entry in entries:
             if entry.error:
                 log.error(
@@ -59,7 +75,25 @@ class EmbeddedBackend:
             extra={"models": [e.name for e in entries if e.state is ModelState.READY]},
         )
 
+    async def _poll_loop(self) -> None:
+        """Roll in new version folders, beside the serving weights (registry.refresh)."""
+        await self._loaded.wait()
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            await asyncio.to_thread(self.registry.refresh_all)
+
+    async def _until_loaded(self, name: str, deadline_s: float) -> None:
+        """Wait while `name` has no weights and is still loading (or not started)."""
+        while time.monotonic() < deadline_s:
+            entry = self.registry.entry(name)
+            if entry is not None and entry.state is not ModelState.LOADING:
+                return
+            if entry is None and (self._loaded.is_set() or not self.registry.serves(name)):
+                return
+            await asyncio.sleep(LOADING_POLL_S)
+
     async def stop(self) -> None:
+        await self.supervisor.stop()  # loading and polling
         await self.pipeline.close()
 
     def names(self) -> list[str]:
@@ -68,15 +102,8 @@ class EmbeddedBackend:
     def resolve(self, name_or_hash: str) -> str:
         return self.registry.resolve(name_or_hash)
 
-    def info(self, name: str) -> ModelInfo:
-        spec = self.registry.spec(name)
-        return ModelInfo(
-            name=name,
-            hash=spec.hash,
-            labels=[label for _, label in sorted(spec.labels.items())],
-            label_hashes=spec.label_hashes(),
-            config=spec.config.model_dump(mode="json"),
-        )
+    def info(self, name: str) -> ModelFacts:
+        return self.registry.facts(name)
 
     async def load(self, name: str | None, force: bool = False) -> None:
         if name is None:
@@ -88,7 +115,7 @@ class EmbeddedBackend:
 
     async def detect(self, call: DetectCall) -> dict[str, Any]:
         name = call.model
-        timeout = self.settings.request_timeout_s
+        timeout = self.settings.answer_timeout_s
         request = Request(
             model=name,
             correlation_id=uuid.uuid4().hex,
@@ -100,9 +127,12 @@ class EmbeddedBackend:
         )
         # A child of the HTTP request's span; nothing to record or pass on without tracing.
         spans = RequestSpans(f"{name} detect") if tracing_active() else None
+        started = time.monotonic()
+        await self._until_loaded(name, started + timeout)
         try:
             answer = await asyncio.wait_for(
-                asyncio.shield(self.pipeline.submit(request, spans)), timeout
+                asyncio.shield(self.pipeline.submit(request, spans)),
+                max(0.0, timeout - (time.monotonic() - started)),
             )
         except TimeoutError:
             if spans is not None:
@@ -114,11 +144,10 @@ class EmbeddedBackend:
             if answer.dead_letter:
                 self._dead_letter(name, answer)
             raise answer.error
-        return answer.reply.data or {}
+        return {**(answer.reply.data or {}), "model_version": answer.reply.model_version}
 
     def _dead_letter(self, model: str, answer: Answer) -> None:
         assert answer.error is not None
-        self.dead_letters.append(answer)
         self.metrics.dlq.labels(model, answer.error.code).inc()
         log.warning(
             "dead letter",
@@ -127,5 +156,6 @@ class EmbeddedBackend:
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         models = {e.name: e.state.value for e in self.registry.entries()}
-        ok = self._loaded and any(state == ModelState.READY.value for state in models.values())
+        ready = any(state == ModelState.READY.value for state in models.values())
+        ok = self._loaded.is_set() and ready
         return ok, {"mode": "embedded", "models": models}

@@ -11,10 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
-from engines.errors import NotAuthorized, ServiceUnavailable, TfstreamError
-from http_bridge.backends import DetectCall, ModelInfo
+from consumer.protocol import ModelFacts
+from consumer.supervision import Supervisor
+from engines.errors import (
+    ModelNotFound,
+    ModelUnavailable,
+    NotAuthorized,
+    RequestTimeout,
+    ServiceUnavailable,
+    TfstreamError,
+)
+from http_bridge.backends import DetectCall
 from http_bridge.settings import BridgeSettings
 from producer_tools.client import DetectClient
 from producer_tools.directory import ModelDirectory
@@ -23,10 +36,15 @@ log = logging.getLogger(__name__)
 
 
 class KafkaBackend:
-    def __init__(self, settings: BridgeSettings) -> None:
+    def __init__(self, settings: BridgeSettings, supervisor: Supervisor | None = None) -> None:
         self.settings = settings
+        self.supervisor = supervisor or Supervisor()
+        self.gave_up: TfstreamError | None = None
+        """Set when Kafka was not ready within `start_timeout_s`: the process exits 1."""
+        self.on_give_up: Callable[[], None] | None = None
+        """How to stop the server then (http_bridge.cli); default: SIGTERM to itself."""
         self.client = DetectClient(
-            settings, timeout_s=settings.request_timeout_s, send_timeout_s=settings.send_timeout_s
+            settings, timeout_s=settings.answer_timeout_s, send_timeout_s=settings.send_timeout_s
         )
         self.directory = ModelDirectory(settings)
         self._started = asyncio.Event()
@@ -34,13 +52,15 @@ class KafkaBackend:
         self._refused: NotAuthorized | None = None
 
     async def start(self) -> None:
-        """Connect now if the broker is there, else keep trying in the background."""
-        self._starter = asyncio.create_task(self._connect(), name="connect")
+        """Connect now if the broker is there, else keep trying in the background
+        (readiness false meanwhile) until `start_timeout_s`, then exit 1."""
+        self._starter = self.supervisor.start("connect", self._connect)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._started.wait()), 15)
 
     async def _connect(self) -> None:
         delay_s = 0.5
+        deadline = time.monotonic() + self.settings.start_timeout_s
         while True:
             try:
                 await self.client.start()
@@ -51,10 +71,15 @@ class KafkaBackend:
                 self._refused = exc
                 log.error("Kafka refused the bridge; retrying", extra={"error": exc.message})
             except ServiceUnavailable as exc:
+                if not exc.retriable or time.monotonic() + delay_s > deadline:
+                    self._give_up(exc)
+                    return
                 log.warning("Kafka not reachable yet; retrying", extra={"error": exc.message})
             else:
                 self._refused = None
                 self._started.set()
+                self.supervisor.watch("replies", self.client.reader)
+                self.supervisor.watch("directory", self.directory.follower)
                 log.info(
                     "connected to Kafka",
                     extra={
@@ -65,6 +90,17 @@ class KafkaBackend:
                 return
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 10)
+
+    def _give_up(self, error: TfstreamError) -> None:
+        """Kafka not ready in time, or an untrusted certificate: stop the server; the
+        command exits 1 with one line (http_bridge.cli)."""
+        waited = f"not ready after {self.settings.start_timeout_s:g}s: " if error.retriable else ""
+        self.gave_up = ServiceUnavailable(f"{waited}{error.message}")
+        log.error("giving up on Kafka", extra={"error": self.gave_up.message})
+        if self.on_give_up is not None:
+            self.on_give_up()
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _require_started(self) -> None:
         if not self._started.is_set():
@@ -87,42 +123,57 @@ class KafkaBackend:
 
     def resolve(self, name_or_hash: str) -> str:
         self._require_started()
-        return self.directory.resolve(name_or_hash)
+        try:
+            return self.directory.resolve(name_or_hash)
+        except ModelNotFound:
+            if self.directory.expected(name_or_hash):  # its request topic exists
+                return name_or_hash
+            raise
 
-    def info(self, name: str) -> ModelInfo:
+    def info(self, name: str) -> ModelFacts:
         self._require_started()
-        view = self.directory.view(name)
-        return ModelInfo(
-            name=name,
-            hash=view.hash,
-            labels=view.labels,
-            label_hashes=view.label_hashes,
-            config=view.config,
-        )
+        return self.directory.view(name)
 
     async def load(self, name: str | None, force: bool = False) -> None:
         self._require_started()
         if name is not None:
             self.directory.view(name)  # unknown or unserved models answer at once
-        reply = await self.client.load(
-            name or "*", force, timeout_s=self.settings.request_timeout_s
-        )
+        reply = await self.client.load(name or "*", force, timeout_s=self.settings.answer_timeout_s)
         if reply.error is not None:
             raise reply.error
 
     async def detect(self, call: DetectCall) -> dict[str, Any]:
+        """The waiting rule: a model some worker announced (or whose request topic
+        exists) gets its request sent even while no worker is ready (a rolling
+        update, a worker loading): it waits in Kafka for the next one, bounded by
+        the request timeout, and only then answers 503 with Retry-After. A model
+        nobody ever announced and without a request topic is 404 at once, and one
+        that failed to load on every live worker answers that error at once."""
         self._require_started()
-        self.directory.serving(call.model)  # no live worker: answer now, not after a timeout
-        reply = await self.client.detect(
-            call.model,
-            call.image,
-            confidence=call.confidence,
-            predictions=call.predictions,
-            image_name=call.image_name,
-        )
+        name = call.model
+        if not self.directory.expected(name):
+            self.directory.view(name)  # raises ModelNotFound
+        failed = self.directory.failed_everywhere(name)
+        if failed is not None:
+            raise failed
+        try:
+            reply = await self.client.detect(
+                name,
+                call.image,
+                confidence=call.confidence,
+                predictions=call.predictions,
+                image_name=call.image_name,
+            )
+        except RequestTimeout:
+            if not self._is_ready(name):
+                raise ModelUnavailable(
+                    f"no worker served model '{name}' within "
+                    f"{self.settings.answer_timeout_s:g}s; try again later"
+                ) from None
+            raise
         if reply.error is not None:
             raise reply.error
-        return reply.data or {}
+        return {**(reply.data or {}), "model_version": reply.model_version}
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         if not self._started.is_set():

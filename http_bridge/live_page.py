@@ -22,6 +22,9 @@ h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
 .frame { position: relative; line-height: 0; }
 .frame img { display: block; width: 100%; }
 .box { position: absolute; border: 2px solid; box-sizing: border-box; }
+.box.shadow { border-style: dashed; }
+.box.shadow span { top: auto; bottom: -1.2rem; opacity: .85; }
+.shadows { color: #555; }
 .box span { position: absolute; left: -2px; top: -1.2rem; font-size: .75rem; line-height: 1.2rem;
             color: #fff; padding: 0 .25rem; white-space: nowrap; }
 figcaption { font-size: .85rem; margin-top: .4rem; }
@@ -57,22 +60,9 @@ function show(v) {
     fig.querySelector('img').src = v.image;
     fig.querySelector('img').alt = 'camera ' + v.camera + ', ' + v.correlation_id;
     const layer = fig.querySelector('.boxes');
-    layer.replaceChildren(...v.boxes.map(b => {
-      const c = b.coordinates, box = document.createElement('div');
-      const colour = palette[((b.ObjectClassId || 1) - 1) % palette.length];
-      box.className = 'box';
-      box.dataset.label = b.ObjectClassName;
-      box.style.left = (100 * c.left / v.width) + '%';
-      box.style.top = (100 * c.top / v.height) + '%';
-      box.style.width = (100 * (c.right - c.left) / v.width) + '%';
-      box.style.height = (100 * (c.bottom - c.top) / v.height) + '%';
-      box.style.borderColor = colour;
-      const label = document.createElement('span');
-      label.style.background = colour;
-      label.textContent = b.ObjectClassName + ' ' + Math.round(b.confidence) + '%';
-      box.appendChild(label);
-      return box;
-    }));
+    const drawn = v.boxes.map(b => boxFor(v, b, null));
+    (v.shadows || []).forEach(s => s.boxes.forEach(b => drawn.push(boxFor(v, b, s.name))));
+    layer.replaceChildren(...drawn);
     fig.dataset.frame = v.correlation_id;
   }
   fig.dataset.answers = v.answers;
@@ -81,9 +71,33 @@ function show(v) {
                  v.last_error + ')</span>' : ' 0 errors';
   fig.querySelector('figcaption').innerHTML =
     '<b></b> · ' + v.model + ' · ' + v.fps.toFixed(1) + ' frames/s · latency ' + latency +
-    ' · ' + v.boxes.length + ' boxes ·' + errors + ' · <small></small>';
+    ' · ' + v.boxes.length + ' boxes ·' + errors + ' · <small></small>' +
+    '<div class="shadows"></div>';
   fig.querySelector('figcaption b').textContent = v.camera;
   fig.querySelector('figcaption small').textContent = v.worker;
+  fig.querySelector('.shadows').textContent = (v.shadows || []).map(s =>
+    'shadow ' + s.name + ' (dashed): ' +
+    (s.error ? 'error ' + s.error : s.boxes.length + ' boxes') + ', latency ' +
+    (s.latency_ms === null ? '-' : s.latency_ms.toFixed(0) + ' ms')).join(' · ');
+}
+
+function boxFor(v, b, shadow) {
+  const c = b.coordinates, box = document.createElement('div');
+  const colour = palette[((b.ObjectClassId || 1) - 1) % palette.length];
+  box.className = shadow === null ? 'box' : 'box shadow';
+  if (shadow !== null) box.dataset.shadow = shadow;
+  box.dataset.label = b.ObjectClassName;
+  box.style.left = (100 * c.left / v.width) + '%';
+  box.style.top = (100 * c.top / v.height) + '%';
+  box.style.width = (100 * (c.right - c.left) / v.width) + '%';
+  box.style.height = (100 * (c.bottom - c.top) / v.height) + '%';
+  box.style.borderColor = colour;
+  const label = document.createElement('span');
+  label.style.background = colour;
+  label.textContent = (shadow === null ? '' : shadow + ': ') + b.ObjectClassName + ' ' +
+                      Math.round(b.confidence) + '%';
+  box.appendChild(label);
+  return box;
 }
 
 const events = new EventSource('streams/events');
@@ -96,7 +110,8 @@ events.addEventListener('mode', e => {
     events.close();
   } else {
     status.textContent = 'Kafka mode, topic prefix ' + m.prefix +
-      ': each camera key seen on the request and results topics.';
+      ': each camera key seen on the request and results topics; the boxes of a ' +
+      'shadow model, where one runs, dashed.';
   }
 });
 events.addEventListener('camera', e => show(JSON.parse(e.data)));

@@ -1,4 +1,5 @@
-"""ASGI middleware: request-size limit, API key, and request metrics.
+"""ASGI middleware: request-size limit, API key (or the live page's session
+cookie, see `http_bridge.session`), and request metrics.
 
 The size limit is enforced while the body streams in, so an oversize upload
 is refused after `max_bytes`, never read whole into memory (or spooled to disk).
@@ -9,18 +10,24 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from http.cookies import SimpleCookie
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engines.errors import RequestTooLarge
+from engines.errors import RequestTooLarge, Unauthorized
+from http_bridge import session
 from http_bridge.errors import error_body
 
-#: Paths that stay open when an API key is set: docs and probes.
+#: Paths that stay open when an API key is set: docs, the login form, and what
+#: infrastructure reads without credentials: Prometheus' scrape of /metrics (the k8s
+#: files annotate the pods for it; counters by route and status are no secret) and
+#: the probes under /health/.
 OPEN_PATHS = frozenset(
-    {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/health/live", "/health/ready"}
+    {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/metrics", session.LOGIN_PATH}
 )
+OPEN_PREFIXES = ("/health/",)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -74,8 +81,18 @@ class ApiKey:
         self.app = app
         self.key = key.encode()
 
+    def _open(self, path: str) -> bool:
+        return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+    def _session(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
+        if scope["method"] not in session.SAFE_METHODS:
+            return False
+        cookies = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
+        token = cookies.get(session.COOKIE)
+        return token is not None and session.valid(self.key, token.value)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.key or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self.key or self._open(scope["path"]):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -83,17 +100,22 @@ class ApiKey:
         auth = headers.get(b"authorization", b"")
         if not given and auth.lower().startswith(b"bearer "):
             given = auth[7:].strip()
-        if not hmac.compare_digest(given, self.key):
-            await _send_json(
-                send,
-                401,
-                error_body(
-                    "unauthorized",
-                    "a valid API key is required (X-API-Key header or Authorization: Bearer)",
-                ),
-            )
+        if hmac.compare_digest(given, self.key) or (not given and self._session(scope, headers)):
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if scope["method"] == "GET" and b"text/html" in headers.get(b"accept", b""):
+            # A browser on a page: to the form, then back here.
+            location = session.login_redirect(scope["path"]).encode()
+            await send(
+                {"type": "http.response.start", "status": 303, "headers": [(b"location", location)]}
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        error = Unauthorized(
+            "a valid API key is required (X-API-Key header or Authorization: Bearer; "
+            f"a browser signs in at {session.LOGIN_PATH})"
+        )
+        await _send_json(send, error.http_status, error_body(error.code, error.message))
 
 
 class HttpMetrics:

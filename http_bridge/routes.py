@@ -37,17 +37,26 @@ def backend(request: Request) -> Backend:
     return request.app.state.backend  # type: ignore[no-any-return]
 
 
+#: Response header naming the version of the weights that answered (the bodies of the
+#: old endpoints keep their shape; Kafka answers carry it as `model_version`).
+MODEL_VERSION_HEADER = "Model-Version"
+
+
 async def _detect(
     request: Request,
     model: str,
     upload: UploadFile,
     confidence: float | None,
     predictions: int | None,
+    response: Response | None = None,
 ) -> tuple[str, bytes, dict[str, Any]]:
     b = backend(request)
     name = b.resolve(model)
     data = await upload.read()
     result = await b.detect(DetectCall(name, data, upload.filename, confidence, predictions))
+    version = result.get("model_version")
+    if response is not None and version is not None:
+        response.headers[MODEL_VERSION_HEADER] = str(version)
     return name, data, result
 
 
@@ -70,12 +79,13 @@ async def load_all(request: Request) -> dict[str, str]:
 @router.post("/detect", summary="Detect objects; answer {bounding-boxes: [...]}")
 async def detect(
     request: Request,
+    response: Response,
     model: Annotated[str, Form(description="Model name or hash")],
     image: Annotated[UploadFile, File(description="The image")],
     confidence: Confidence = None,
     predictions: Predictions = None,
 ) -> dict[str, Any]:
-    _, _, result = await _detect(request, model, image, confidence, predictions)
+    _, _, result = await _detect(request, model, image, confidence, predictions, response)
     return {"bounding-boxes": result["bounding-boxes"]}
 
 
@@ -90,9 +100,20 @@ async def get_labels(
 # -- /models (enveloped answers) --------------------------------------------------------
 
 
-@router.get("/models", summary="List the models")
+@router.get("/models", summary="List the models, with the version serving each")
 async def list_models(request: Request) -> dict[str, Any]:
-    return envelope({"models": backend(request).names()})
+    """`data.models` as the old API answered; `data.versions` beside it: per model, the
+    version serving and the fingerprint of its weights (0 and "" before any loaded)."""
+    b = backend(request)
+    names = b.names()
+    versions: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            info = b.info(name)
+        except TfstreamError:  # too broken to describe: listed, without a version
+            continue
+        versions[name] = {"version": info.version, "fingerprint": info.fingerprint}
+    return envelope({"models": names, "versions": versions})
 
 
 @router.get("/models/{model_name}/load", summary="Load a model (force: reload it)")
@@ -107,12 +128,13 @@ async def load_model(
 @router.post("/models/{model_name}/predict", summary="Detect objects in one image")
 async def predict(
     request: Request,
+    response: Response,
     model_name: str,
     input_data: Annotated[UploadFile, File(description="The image")],
     confidence: Confidence = None,
     predictions: Predictions = None,
 ) -> dict[str, Any]:
-    _, _, result = await _detect(request, model_name, input_data, confidence, predictions)
+    _, _, result = await _detect(request, model_name, input_data, confidence, predictions, response)
     return envelope({"bounding-boxes": result["bounding-boxes"]})
 
 
@@ -175,9 +197,17 @@ async def config(request: Request, model_name: str) -> dict[str, Any]:
 # -- operations ----------------------------------------------------------------------------
 
 
-@router.get("/health/live", summary="The process is up", tags=["operations"])
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get(
+    "/health/live",
+    summary="The process is up and none of its background tasks died",
+    tags=["operations"],
+)
+async def live(request: Request) -> JSONResponse:
+    supervisor = getattr(request.app.state, "supervisor", None)
+    failed = dict(supervisor.failed) if supervisor is not None else {}
+    if failed:
+        return JSONResponse({"status": "unavailable", "failed_tasks": failed}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get(

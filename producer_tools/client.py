@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -30,6 +30,7 @@ from consumer import kafka_io
 from consumer.access import as_not_authorized, explain
 from consumer.protocol import Control, ControlCommand, Reply, Request, Topics, with_trace
 from consumer.settings import KafkaClientSettings
+from consumer.startup import until_ready
 from engines.errors import ImageTooLarge, InvalidRequest, RequestTimeout, ServiceUnavailable
 from engines.tracing import tracer
 
@@ -86,12 +87,18 @@ class DetectClient:
         await self.stop()
 
     async def start(self) -> None:
-        """Create the reply topic and start reading it before any request is sent.
+        """Create the reply topic and start reading it before any request is sent,
+        retrying while the brokers are not there yet (up to `start_timeout_s`).
 
         Raises:
             NotAuthorized: Kafka refused the credentials, or Create/Read on the reply topic.
-            ServiceUnavailable: the broker cannot be reached.
+            ServiceUnavailable: the broker cannot be reached (within `start_timeout_s`),
+                or its certificate is not trusted.
         """
+        await until_ready("connecting", self._start_once, self.settings)
+        self._reader = asyncio.create_task(self._read_replies(), name="replies")
+
+    async def _start_once(self) -> None:
         try:
             await kafka_io.ensure_topics(self.settings, [kafka_io.TopicSpec(self.reply_topic, 1)])
             self.producer = kafka_io.producer(self.settings, "client")
@@ -104,8 +111,15 @@ class DetectClient:
             await self.consumer.start()
             self._started.append(self.consumer)
         except (KafkaError, OSError) as exc:
+            while self._started:  # a clean slate for the next attempt
+                with contextlib.suppress(KafkaError, OSError):
+                    await self._started.pop().stop()
             raise await explain(exc, self.settings) from exc
-        self._reader = asyncio.create_task(self._read_replies(), name="replies")
+
+    @property
+    def reader(self) -> asyncio.Task[None] | None:
+        """The background task resolving answers (for a supervisor to watch)."""
+        return self._reader
 
     async def stop(self) -> None:
         if self._reader is not None:
@@ -299,12 +313,3 @@ async def connect(bootstrap: str, **kwargs: object) -> AsyncIterator[DetectClien
     client = DetectClient(KafkaClientSettings(bootstrap=bootstrap), **kwargs)  # type: ignore[arg-type]
     async with client:
         yield client
-
-
-def replies_summary(replies: Sequence[Reply]) -> dict[str, int]:
-    """Count of answers by error code ('ok' for successes)."""
-    counts: dict[str, int] = {}
-    for reply in replies:
-        code = "ok" if reply.error is None else reply.error.code
-        counts[code] = counts.get(code, 0) + 1
-    return counts

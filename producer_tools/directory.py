@@ -11,39 +11,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import replace
 
 from aiokafka.errors import KafkaError
 
 from consumer import kafka_io
-from consumer.protocol import Announcement, ModelState, Topics
+from consumer.protocol import Announcement, ModelFacts, ModelState, Topics
 from consumer.settings import KafkaClientSettings
+from engines.catalogue import Catalogue
 from engines.errors import ModelNotFound, ModelUnavailable, TfstreamError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ModelView:
-    """One model as the live workers see it."""
-
-    name: str
-    hash: str
-    state: ModelState
-    """READY if any live worker serves it, else the state most workers report."""
-    labels: list[str]
-    label_hashes: dict[str, str]
-    config: dict[str, object]
-    engine: str
-    workers: list[str]
-    error: dict[str, str] | None
+#: How often the topic list is read (for `expected`: a request topic with no announcement).
+TOPICS_REFRESH_S = 5.0
 
 
-class ModelDirectory:
+class ModelDirectory(Catalogue):
     def __init__(self, settings: KafkaClientSettings) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self._latest: dict[bytes, Announcement] = {}
+        self._topics: set[str] = set()
         self._caught_up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -66,6 +56,11 @@ class ModelDirectory:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._caught_up.wait(), timeout_s)
 
+    @property
+    def follower(self) -> asyncio.Task[None] | None:
+        """The background task reading announcements (for a supervisor to watch)."""
+        return self._task
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -75,11 +70,16 @@ class ModelDirectory:
             await self._consumer.stop()
 
     async def _follow(self) -> None:
+        next_topics_s = 0.0
         async for records in kafka_io.follow(self._consumer, "announcements"):
             for record in records:
                 self._apply(record.key, record.value)
             if not self._caught_up.is_set() and await self._at_end():
                 self._caught_up.set()
+            if time.monotonic() >= next_topics_s:  # request topics of never-announced models
+                next_topics_s = time.monotonic() + TOPICS_REFRESH_S
+                with contextlib.suppress(KafkaError, OSError):
+                    self._topics = set(await self._consumer.topics())
 
     async def _at_end(self) -> bool:
         """Whether every assigned partition was read up to its end (true with none)."""
@@ -100,48 +100,55 @@ class ModelDirectory:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed announcement", extra={"error": repr(exc)})
 
-    @property
-    def caught_up(self) -> bool:
-        return self._caught_up.is_set()
-
     def _live(self) -> list[Announcement]:
         now = time.time() * 1000
         return [a for a in self._latest.values() if a.alive(now)]
 
     def names(self) -> list[str]:
         """Models announced by at least one live worker, whatever their state."""
-        return sorted({a.model for a in self._live()})
+        return sorted({a.facts.name for a in self._live()})
+
+    def known(self) -> Iterator[str]:
+        """Every model ever announced: a stopped one resolves, and waits in Kafka."""
+        return (a.facts.name for a in list(self._latest.values()))
 
     def ever_announced(self, name: str) -> bool:
-        return any(a.model == name for a in self._latest.values())
+        return any(a.facts.name == name for a in self._latest.values())
 
-    def view(self, name: str) -> ModelView:
+    def view(self, name: str) -> ModelFacts:
         """The model's live view.
 
         Raises:
             ModelNotFound: no worker ever announced it.
             ModelUnavailable: it was announced, but no live worker has it now.
         """
-        live = [a for a in self._live() if a.model == name]
+        live = [a for a in self._live() if a.facts.name == name]
         if not live:
             if self.ever_announced(name):
                 raise ModelUnavailable(f"no worker serves model '{name}' at the moment")
             raise ModelNotFound(f"model '{name}' does not exist (no worker announces it)")
-        ready = [a for a in live if a.state is ModelState.READY]
-        best = max(ready or live, key=lambda a: a.updated_ms)
-        return ModelView(
-            name=name,
-            hash=best.hash,
-            state=best.state,
-            labels=best.labels,
-            label_hashes=best.label_hashes,
-            config=best.config,
-            engine=best.engine,
-            workers=sorted(a.worker for a in (ready or live)),
-            error=None if ready else best.error,
-        )
+        ready = [a for a in live if a.facts.state is ModelState.READY]
+        best = max(ready or live, key=lambda a: (a.facts.version, a.updated_ms))
+        if ready:
+            return replace(best.facts, error=None)
+        return replace(best.facts, version=0, fingerprint="")
 
-    def serving(self, name: str) -> ModelView:
+    def expected(self, name: str) -> bool:
+        """Whether requests for `name` should wait in Kafka for a worker: some worker
+        announced it (even one that stopped, or whose announcement aged out), or its
+        request topic exists."""
+        return self.ever_announced(name) or self.topics.requests(name) in self._topics
+
+    def failed_everywhere(self, name: str) -> TfstreamError | None:
+        """The workers' error when every live worker failed to load `name` (and none is
+        loading or ready): waiting would not help, the error is the answer."""
+        live = [a for a in self._live() if a.facts.name == name]
+        if live and all(a.facts.state is ModelState.FAILED for a in live):
+            error = max(live, key=lambda a: a.updated_ms).facts.error
+            return TfstreamError.from_dict(error) if error else None
+        return None
+
+    def serving(self, name: str) -> ModelFacts:
         """The view of a model that can take requests now.
 
         Raises:
@@ -154,14 +161,3 @@ class ModelDirectory:
         if view.error:
             raise TfstreamError.from_dict(view.error)
         raise ModelUnavailable(f"model '{name}' is {view.state.value} on every worker")
-
-    def resolve(self, name_or_hash: str) -> str:
-        """A model name from a name or a model hash.
-
-        Raises:
-            ModelNotFound: neither.
-        """
-        for a in self._latest.values():
-            if name_or_hash in (a.model, a.hash):
-                return a.model
-        raise ModelNotFound(f"no model named or hashed '{name_or_hash[:200]}'")

@@ -2,13 +2,19 @@
 
 Answers carry no pixels, so the frames come from the request topics: one
 reader, outside any consumer group (it takes nothing away from the workers or
-from `tfstream-results`), follows every `<prefix>.requests.*` and
-`<prefix>.results.*` topic from their end. A request without `reply-to` (a
+from `tfstream-results`), follows every `<prefix>.requests.*`,
+`<prefix>.results.*` and `<prefix>.shadow.*` topic from their end. A request without `reply-to` (a
 camera frame; request/reply calls answer elsewhere) is kept, per camera key,
 until its answer arrives with the same `correlation-id`; the answer then
 becomes the camera's view. Joining by correlation id, not by key and order,
 stays right when answers come out of order (errors go ahead of queued frames)
 or twice (a redelivery after a rebalance: the second is ignored).
+
+A shadow group running for the model (`tfstream-consumer --shadow NAME`)
+answers the same frames on `<prefix>.shadow.NAME.<model>`: its answer to the
+frame on show is drawn dashed over it, with its own latency (request record
+to shadow answer). Shadow answers wait, a few per camera, for their frame's
+serving answer, as early answers do.
 
 Frames/s counts the camera's answers over the last few seconds; latency is
 the answer record's timestamp minus the request record's (`tfstream-stream`
@@ -31,6 +37,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from consumer import kafka_io
+from consumer.answer_log import LoggedAnswer
 from consumer.protocol import CORRELATION_ID, REPLY_TO, Reply, Topics, header_map
 from consumer.settings import KafkaClientSettings
 from engines.errors import InvalidRequest, ServiceUnavailable
@@ -42,6 +49,9 @@ PENDING_PER_CAMERA = 64
 #: Answers kept (per camera) whose frame has not been read yet.
 EARLY_PER_CAMERA = 64
 FPS_WINDOW_S = 5.0
+#: Shadow answers kept per camera key, and camera keys kept, until their frame shows.
+SHADOW_PER_CAMERA = 64
+SHADOW_CAMERAS = 1024
 NO_KEY = "(no key)"
 
 
@@ -73,6 +83,8 @@ class CameraView:
     pending: OrderedDict[str, _Frame] = field(default_factory=OrderedDict)
     early: OrderedDict[str, tuple[Reply, int]] = field(default_factory=OrderedDict)
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    shadows: dict[str, LoggedAnswer] = field(default_factory=dict)
+    """Each shadow's answer to the frame on show, by shadow name."""
 
     def fps(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -101,6 +113,16 @@ class CameraView:
             "errors": self.errors,
             "last_error": self.last_error,
             "worker": self.worker,
+            "shadows": [
+                {
+                    "name": name,
+                    "boxes": list((a.reply.data or {}).get("bounding-boxes") or []),
+                    "error": a.reply.error.code if a.reply.error else None,
+                    "latency_ms": None if a.latency_ms is None else round(a.latency_ms, 1),
+                    "worker": a.reply.worker,
+                }
+                for name, a in sorted(self.shadows.items())
+            ],
         }
 
 
@@ -124,6 +146,10 @@ class LiveStreams:
         prefix = re.escape(settings.topic_prefix)
         self._requests = re.compile(rf"^{prefix}\.requests\.(.+)$")
         self._results = re.compile(rf"^{prefix}\.results\.(.+)$")
+        self._shadow = re.compile(rf"^{prefix}\.shadow\.([^.]+)\.(.+)$")
+        self._shadow_answers: OrderedDict[
+            tuple[str, str], OrderedDict[str, dict[str, LoggedAnswer]]
+        ] = OrderedDict()
 
     # -- joining -----------------------------------------------------------------------
 
@@ -141,6 +167,8 @@ class LiveStreams:
             return self._observe_frame(match.group(1), camera, value, headers, timestamp_ms)
         if match := self._results.match(topic):
             return self._observe_answer(match.group(1), camera, value, timestamp_ms)
+        if match := self._shadow.match(topic):
+            return self._observe_shadow(match.group(1), match.group(2), camera, value)
         return False
 
     def _view(self, model: str, camera: str) -> CameraView:
@@ -184,6 +212,35 @@ class LiveStreams:
             return False
         return self._show(view, reply, frame, timestamp_ms)
 
+    def _observe_shadow(self, name: str, model: str, camera: str, value: bytes | None) -> bool:
+        """Keep a shadow's answer for its frame; True when that frame is on show."""
+        try:
+            answer = LoggedAnswer.from_json(value or b"")
+        except InvalidRequest:
+            return False
+        correlation_id = answer.correlation_id
+        if not correlation_id:
+            return False
+        table = self._shadow_answers.setdefault((model, camera), OrderedDict())
+        self._shadow_answers.move_to_end((model, camera))
+        while len(self._shadow_answers) > SHADOW_CAMERAS:
+            self._shadow_answers.popitem(last=False)
+        by_name = table.setdefault(correlation_id, {})
+        by_name[name] = answer
+        while len(table) > SHADOW_PER_CAMERA:
+            table.popitem(last=False)
+        view = self.cameras.get((model, camera))
+        if view is None or view.correlation_id != correlation_id:
+            return False
+        view.shadows[name] = answer
+        self._bump(view)
+        return True
+
+    def _bump(self, view: CameraView) -> None:
+        self.version += 1
+        view.version = self.version
+        self._changed.set()
+
     def _show(self, view: CameraView, reply: Reply, frame: _Frame | None, answered_ms: int) -> bool:
         _bounded_put(view.seen, reply.correlation_id or "", None, 4 * PENDING_PER_CAMERA)
         view.answers += 1
@@ -201,9 +258,9 @@ class LiveStreams:
             view.width = int(data.get("width") or 0)
             view.height = int(data.get("height") or 0)
             view.correlation_id = reply.correlation_id or ""
-        self.version += 1
-        view.version = self.version
-        self._changed.set()
+            table = self._shadow_answers.get((view.model, view.camera), {})
+            view.shadows = dict(table.get(view.correlation_id, {}))
+        self._bump(view)
         return True
 
     def changed_since(self, version: int) -> list[CameraView]:
@@ -248,7 +305,7 @@ class LiveStreams:
             raise ServiceUnavailable(
                 f"cannot reach Kafka at {self.settings.bootstrap}: {exc}"
             ) from exc
-        consumer.subscribe(pattern=rf"^{prefix}\.(requests|results)\..+")
+        consumer.subscribe(pattern=rf"^{prefix}\.(requests|results|shadow)\..+")
         self._consumer = consumer
         self._reader = asyncio.create_task(self._read(), name="live-streams")
 

@@ -70,7 +70,7 @@ class ReplaySettings(KafkaClientSettings):
     """Requests sent and awaited before the measurement starts, not counted."""
     key_by: Literal["none", "source"] = "none"
     """'source': the file name (or video name) is the Kafka key."""
-    timeout_s: float = Field(default=30.0, gt=0)
+    answer_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait for one answer; a request without an answer by then counts as a timeout."""
     confidence: float | None = Field(default=None, ge=0, le=100)
     """Minimum box confidence in percent (default: the model's config.json)."""
@@ -186,7 +186,7 @@ async def run_replay(
     """
     source = open_source(settings.source)
     own = client is None
-    client = client or DetectClient(settings, timeout_s=settings.timeout_s)
+    client = client or DetectClient(settings, timeout_s=settings.answer_timeout_s)
     if own:
         await client.start()
     try:
@@ -195,7 +195,10 @@ async def run_replay(
         if settings.warmup:
             warm = [(f.name, f.data) for f in frame_stream(source, settings.warmup)]
             await client.detect_many(
-                settings.model, warm, concurrency=settings.concurrency, timeout_s=settings.timeout_s
+                settings.model,
+                warm,
+                concurrency=settings.concurrency,
+                timeout_s=settings.answer_timeout_s,
             )
         duplicates_before = client.stats.duplicates
         report = await _measure(settings, client, source, progress)
@@ -238,7 +241,7 @@ async def _measure(
                 frame.data,
                 image_name=frame.name,
                 key=key,
-                timeout_s=settings.timeout_s,
+                timeout_s=settings.answer_timeout_s,
                 confidence=settings.confidence,
                 predictions=settings.predictions,
             )
@@ -328,7 +331,7 @@ def _describe(settings: ReplaySettings) -> dict[str, object]:
         "count": settings.count,
         "duration_s": settings.duration_s,
         "key_by": settings.key_by,
-        "timeout_s": settings.timeout_s,
+        "timeout_s": settings.answer_timeout_s,
         "topic_prefix": settings.topic_prefix,
         "title": f"{settings.model} from {Path(settings.source).name}: "
         + (

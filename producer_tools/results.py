@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TextIO
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import Field
 
@@ -31,6 +31,7 @@ from consumer import kafka_io
 from consumer.access import explain
 from consumer.protocol import Reply, Topics
 from consumer.settings import KafkaClientSettings
+from consumer.startup import until_ready
 from engines.errors import InvalidRequest, TfstreamError
 from engines.settings import cli_config, parse_cli
 from producer_tools.stream import parse_correlation_id
@@ -127,18 +128,24 @@ async def follow(
         ServiceUnavailable: the broker cannot be reached.
     """
     topic = Topics(settings.topic_prefix).results(settings.model)
-    consumer = kafka_io.consumer(
-        settings,
-        "results",
-        group_id=None,
-        auto_offset_reset="earliest" if settings.from_beginning else "latest",
-    )
-    try:
-        await consumer.start()
-    except (KafkaError, OSError) as exc:
-        with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
-            await consumer.stop()
-        raise await explain(exc, settings) from exc
+
+    async def connect() -> AIOKafkaConsumer:
+        """One attempt, retried while the brokers are not there yet (`until_ready`)."""
+        consumer = kafka_io.consumer(
+            settings,
+            "results",
+            group_id=None,
+            auto_offset_reset="earliest" if settings.from_beginning else "latest",
+        )
+        try:
+            await consumer.start()
+        except (KafkaError, OSError) as exc:
+            with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
+                await consumer.stop()
+            raise await explain(exc, settings) from exc
+        return consumer
+
+    consumer = await until_ready("connecting", connect, settings)
     printed = 0
     try:
         # Without a group, aiokafka assigns every partition of a subscribed topic to us,

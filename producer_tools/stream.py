@@ -24,8 +24,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import Field
 
@@ -33,6 +34,7 @@ from consumer import kafka_io
 from consumer.access import check_access, explain
 from consumer.protocol import Request, Topics
 from consumer.settings import KafkaClientSettings
+from consumer.startup import until_ready
 from engines.errors import ModelNotFound, TfstreamError
 from engines.settings import cli_config, parse_cli
 from producer_tools.sources import Frame, frame_stream, open_source
@@ -123,18 +125,26 @@ async def run_stream(
     """
     source = open_source(settings.source, settings.jpeg_quality)
     topic = Topics(settings.topic_prefix).requests(settings.model)
-    producer = kafka_io.producer(settings, "stream")
+
+    async def connect() -> tuple[AIOKafkaProducer, Any]:
+        """One attempt, retried while the brokers are not there yet (`until_ready`)."""
+        producer = kafka_io.producer(settings, "stream")
+        try:
+            await check_access(settings, {topic: ["Write"]})
+            await producer.start()
+            return producer, await producer.client.fetch_all_metadata()
+        except (KafkaError, OSError, TfstreamError) as exc:
+            with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
+                await producer.stop()
+            if isinstance(exc, TfstreamError):
+                raise
+            raise await explain(exc, settings) from exc
+
     try:
-        await check_access(settings, {topic: ["Write"]})
-        await producer.start()
-        metadata = await producer.client.fetch_all_metadata()
-    except (KafkaError, OSError, TfstreamError) as exc:
+        producer, metadata = await until_ready("connecting", connect, settings)
+    except TfstreamError:
         source.close()
-        with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
-            await producer.stop()
-        if isinstance(exc, TfstreamError):
-            raise
-        raise await explain(exc, settings) from exc
+        raise
     summary = StreamSummary()
     acks: set[asyncio.Future[object]] = set()
     try:

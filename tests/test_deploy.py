@@ -11,6 +11,7 @@ and the Makefile and both Dockerfiles share deploy/install.sh.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import functools
 import json
@@ -28,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
@@ -38,7 +40,10 @@ from consumer.metrics import WorkerMetrics
 from consumer.protocol import Topics
 from consumer.settings import ConsumerSettings
 from engines.cli import ModelsSettings
+from engines.settings import OTHER_VARIABLES
+from http_bridge.app import create_app
 from http_bridge.settings import BridgeSettings
+from tests.http_bridge.test_middleware import FakeBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -58,7 +63,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "tfstream-models": ModelsSettings,
 }
 # Variables the deployment files add for the image itself, read by no settings class.
-IMAGE_ONLY_ENV = {"TFSTREAM_HEALTH_URL"}  # deploy/healthcheck.py
+IMAGE_ONLY_ENV = {"TFSTREAM_HEALTH_URL"} & OTHER_VARIABLES  # deploy/healthcheck.py
 HEALTH_PATHS = {"/health/live", "/health/ready"}
 ENV_NAME = re.compile(r"\bTFSTREAM_[A-Z0-9_]+\b")
 
@@ -338,7 +343,6 @@ def test_every_option_after_a_command_in_examples_and_docs_exists() -> None:
 def test_image_ports_and_healthcheck_defaults() -> None:
     bridge_port = _default(BridgeSettings, "port")
     metrics_port = _default(ConsumerSettings, "metrics_port")
-    assert (bridge_port, metrics_port) == (4343, 9400)
     for path in DOCKERFILES.values():
         final = _final_stage(_dockerfile_instructions(path))
         exposed = {int(p.split("/")[0]) for w, a in final if w == "EXPOSE" for p in a.split()}
@@ -420,7 +424,8 @@ def test_k8s_ports_and_probes() -> None:
     assert service["spec"]["selector"].items() <= bridge["metadata"]["labels"].items()
     (service_port,) = service["spec"]["ports"]
     assert service_port["port"] == _default(BridgeSettings, "port")
-    assert _port_number(bridge["spec"]["containers"][0], service_port["targetPort"]) == 4343
+    target = _port_number(bridge["spec"]["containers"][0], service_port["targetPort"])
+    assert target == _default(BridgeSettings, "port")
 
 
 class _Checks:
@@ -466,15 +471,29 @@ def test_consumer_serves_the_probe_paths(consumer_health: tuple[int, _Checks]) -
     assert _status(base + "/metrics") == 200
 
 
-def test_bridge_serves_the_probe_paths() -> None:
-    if not (ROOT / "http_bridge" / "app.py").exists():
-        pytest.skip("http_bridge/app.py is not written yet")
-    sources = [
-        p for p in (ROOT / "http_bridge").glob("*.py") if p.name not in {"cli.py", "settings.py"}
-    ]
-    text = "\n".join(p.read_text() for p in sources)
-    for path in HEALTH_PATHS:
-        assert path in text, f"the bridge does not serve {path}"
+def test_the_bridge_answers_its_probes_and_prometheus_with_an_api_key_set() -> None:
+    """The bridge Deployment sets TFSTREAM_API_KEY, probes /health/* and asks Prometheus
+    to scrape prometheus.io/path: the real app, keyed, answers all of them without the
+    key, and still refuses an API call without it."""
+    pod = _k8s("Deployment", "tfstream-bridge")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert "TFSTREAM_API_KEY" in {e["name"] for e in container.get("env", [])}
+    paths = {
+        container[kind]["httpGet"]["path"]
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe")
+        if kind in container
+    }
+    assert paths == HEALTH_PATHS
+    scrape = pod["metadata"]["annotations"]["prometheus.io/path"]
+
+    async def statuses() -> dict[str, int]:
+        app = create_app(BridgeSettings(api_key="k8s-secret"), backend=FakeBackend())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
+            return {p: (await client.get(p)).status_code for p in [*paths, scrape, "/models"]}
+
+    answered = asyncio.run(statuses())
+    assert answered == {**dict.fromkeys([*paths, scrape], 200), "/models": 401}, answered
 
 
 # -- the image's HEALTHCHECK script --------------------------------------------------------
@@ -614,8 +633,18 @@ def test_dockerfiles_install_through_install_sh() -> None:
         instructions = _dockerfile_instructions(path)
         assert sum(1 for w, _ in instructions if w == "FROM") >= 2, f"{path}: multi-stage"
         runs = [a for w, a in instructions if w == "RUN" and "install.sh" in a]
-        assert len(runs) == 1, f"{path}: one install step"
-        assert re.search(rf"\bbash deploy/install\.sh /opt/venv/bin/pip {extra}$", runs[0]), runs[0]
+        # The dependencies in a layer of their own, then the project: both by install.sh.
+        assert len(runs) == 2, f"{path}: dependencies, then the project"
+        assert re.search(
+            rf"\bbash deploy/install\.sh /opt/venv/bin/pip {extra} --dependencies$", runs[0]
+        ), runs[0]
+        assert re.search(rf"\bbash deploy/install\.sh /opt/venv/bin/pip {extra}$", runs[1]), runs[1]
+        # ... and before the code is copied in, so a code change keeps that layer.
+        dependencies = next(
+            i for i, (w, a) in enumerate(instructions) if w == "RUN" and "--dependencies" in a
+        )
+        code = next(i for i, (w, a) in enumerate(instructions) if w == "COPY" and "engines" in a)
+        assert dependencies < code, path
         assert extra in _extras()
         copies = [a for w, a in instructions if w == "COPY"]
         assert any(a.split()[0] == "deploy/install.sh" for a in copies), f"{path}: COPY install.sh"
@@ -639,11 +668,24 @@ def fake_pip(tmp_path: Path) -> Path:
 MODEL_GARDEN = ["install", "--quiet", "--no-deps", "-r", "deploy/model-garden-requirements.txt"]
 
 
+def _project_dependencies() -> dict[str, list[str]]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)["project"]
+    return {
+        extra: [*project["dependencies"], *extras]
+        for extra, extras in project["optional-dependencies"].items()
+    }
+
+
+PROJECT_DEPENDENCIES = _project_dependencies()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["cpu,dev", "--editable"], [["install", "--quiet", "-e", ".[cpu,dev]"], MODEL_GARDEN]),
         (["gpu"], [["install", "--quiet", ".[gpu]"]]),  # no Model Garden in images
+        (["cpu", "--dependencies"], [["install", "--quiet", *PROJECT_DEPENDENCIES["cpu"]]]),
     ],
 )
 def test_install_sh_runs_pip(

@@ -152,6 +152,7 @@ async def test_manual_commit_is_where_the_group_resumes(kafka_bootstrap: str) ->
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(240)
+@pytest.mark.kafka_itself
 async def test_replicated_topic_survives_a_broker_crash(kafka_cluster3: LocalKafkaCluster) -> None:
     """kill -9 the leader of a RF=3 topic: committed data, new writes (acks=all,
     min ISR 2) and the consumer group all carry on with fresh clients."""

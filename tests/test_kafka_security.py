@@ -228,7 +228,7 @@ def start_bridge(secured: Secured, env: dict[str, str], https: bool = False) -> 
         )
     return BridgeProcess(
         secured.log_dir,
-        env={**extra, "TFSTREAM_LOG_LEVEL": "DEBUG", "TFSTREAM_REQUEST_TIMEOUT_S": "60"},
+        env={**extra, "TFSTREAM_LOG_LEVEL": "DEBUG", "TFSTREAM_ANSWER_TIMEOUT_S": "60"},
         ca_file=secured.cluster.tls.ca if https else None,
     ).start()
 

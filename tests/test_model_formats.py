@@ -47,7 +47,7 @@ def bridge(
     request: pytest.FixtureRequest, repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[BridgeProcess, ConsumerProcess | None]]:
     logs = tmp_path_factory.mktemp("format-logs")
-    env = {"TFSTREAM_REQUEST_TIMEOUT_S": "60"}
+    env = {"TFSTREAM_ANSWER_TIMEOUT_S": "60"}
     # Three Model Garden graphs load (and warm up) before the process is ready:
     # about 15 s each on a quiet 2-core machine, several times that on a busy one.
     with running_bridge(request, repository, logs, env, ready_timeout_s=360) as pair:

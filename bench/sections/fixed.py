@@ -26,6 +26,7 @@ from bench.measure import Planned, compared, http
 from bench.processes import bridge
 from bench.results import Measurement, Row, Target
 from engines.detector import load_detector
+from engines.modelgen.generate import generate_models
 from engines.repository import ModelRepository
 
 MODEL_B1 = "ssd_mobilenet_v2_bench_b1"
@@ -51,6 +52,7 @@ def mean_batch(url: str) -> float:
 
 
 async def fixed_batch(ctx: Context) -> list[Row]:
+    generate_models(ctx.repository, [MODEL_B1])  # named only: `make run` does not serve it
     detector = load_detector(ModelRepository(ctx.repository).spec(MODEL_B1))
     rows: list[Row] = []
     for instances in (1, 2):

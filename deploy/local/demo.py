@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         bridge = BridgeProcess(
             logs,
-            env={"TFSTREAM_BOOTSTRAP": bootstrap, "TFSTREAM_REQUEST_TIMEOUT_S": "5"},
+            env={"TFSTREAM_BOOTSTRAP": bootstrap, "TFSTREAM_ANSWER_TIMEOUT_S": "5"},
             port=args.port or free_port(),
         ).start()
         for worker in workers:

@@ -6,8 +6,9 @@ semantics or leader fail-over. Docker is not available everywhere this suite
 runs, so the broker is launched straight from the jars that
 ``deploy/kafka-local/fetch-jars.sh`` caches outside the repository.
 
-The module only uses the standard library, so it can be imported (and the CLI
-run) without any Kafka client installed. ``security=BrokerSecurity(users)``
+Readiness is asked through aiokafka's admin client (describe_cluster,
+find_coordinator), a dependency of the project, imported only when a cluster
+starts. ``security=BrokerSecurity(users)``
 starts it the way production clusters run: SASL_SSL (SCRAM-SHA-512) and mTLS
 listeners and the StandardAuthorizer (deploy/local/security.py, which needs
 the ``cryptography`` package for the certificates).
@@ -22,6 +23,7 @@ prints the bootstrap string on stdout and runs until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import ctypes
@@ -30,7 +32,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,10 +40,11 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from deploy.local.security import AclBinding, BrokerSecurity, TlsFiles
@@ -160,96 +162,86 @@ def _run_fetch_script() -> Path:
     return Path(lines[-1])
 
 
-# ------------------------------------------------------------------ wire protocol
+# ------------------------------------------------------------------ admin requests
 
 
-class KafkaProtocolError(OSError):
-    """A broker answered, but not with the response this module expects."""
+class BrokerNotReady(OSError):
+    """A broker did not answer an admin request (yet): not started, not caught up."""
 
 
-_API_METADATA = 3
-_API_FIND_COORDINATOR = 10
-_CLIENT_ID = b"tfstream-kafka-local"
-_CORRELATION_ID = 0x7F5
 COORDINATOR_GROUP = 0
 COORDINATOR_TRANSACTION = 1
+_CLIENT_ID = "tfstream-kafka-local"
 
 
-def kafka_request(
-    host: str, port: int, api_key: int, api_version: int, body: bytes, timeout_s: float = 1.0
-) -> bytes:
-    """Send one non-flexible request on a fresh connection; return the response body.
+def _admin_call(host: str, port: int, timeout_s: float, call: Callable[[Any], Any]) -> Any:
+    """`call(admin)` with aiokafka's admin client bootstrapped from this one broker.
 
-    Only old, non-flexible API versions (plain struct encoding, request header
-    v1, response header v0) are used: every broker from Kafka 2.x to 4.x serves
-    them, and a few lines of struct code keep this module free of client libraries.
+    Run on an event loop in a thread of its own: the cluster's callers are plain
+    functions, sometimes called from an async test whose loop is running.
     """
-    header = struct.pack(">hhih", api_key, api_version, _CORRELATION_ID, len(_CLIENT_ID))
-    request = header + _CLIENT_ID + body
-    with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sock.sendall(struct.pack(">i", len(request)) + request)
-        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-        payload = _recv_exact(sock, size)
-    (correlation_id,) = struct.unpack_from(">i", payload, 0)
-    if correlation_id != _CORRELATION_ID:
-        raise KafkaProtocolError(f"correlation id {correlation_id} != {_CORRELATION_ID}")
-    return payload[4:]
+
+    async def run() -> Any:
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.errors import KafkaError
+
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=f"{host}:{port}",
+            client_id=_CLIENT_ID,
+            request_timeout_ms=max(1000, int(timeout_s * 1000)),
+        )
+        try:
+            await asyncio.wait_for(admin.start(), timeout_s)
+            return await asyncio.wait_for(call(admin), timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerNotReady(f"{host}:{port}: {exc!r}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    try:  # a closed port needs no client (whose connection errors would fill the log)
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BrokerNotReady(f"{host}:{port}: {exc}") from exc
+    with ThreadPoolExecutor(1, thread_name_prefix="kafka-admin") as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
-def fetch_broker_ids(host: str, port: int, timeout_s: float = 1.0) -> set[int]:
-    """Ask one broker which brokers it currently considers alive (Metadata v4).
+def fetch_broker_ids(host: str, port: int, timeout_s: float = 5.0) -> set[int]:
+    """Ask one broker which brokers it currently considers alive.
 
     An open TCP port is not readiness: a KRaft broker only serves requests once it
     has caught up with the metadata log and been unfenced, and its view of the
     cluster is what clients will get.
+
+    Raises:
+        BrokerNotReady: it does not answer (yet).
     """
-    body = struct.pack(">i?", 0, False)  # empty topic list (null would mean all), no auto-create
-    return _parse_broker_ids(kafka_request(host, port, _API_METADATA, 4, body, timeout_s))
+
+    async def brokers(admin: Any) -> set[int]:
+        return {int(b["node_id"]) for b in (await admin.describe_cluster())["brokers"]}
+
+    return set(_admin_call(host, port, timeout_s, brokers))
 
 
 def find_coordinator_error(
-    host: str, port: int, key: str, key_type: int, timeout_s: float = 1.0
+    host: str, port: int, key: str, key_type: int, timeout_s: float = 5.0
 ) -> int:
-    """Return the error code of a FindCoordinator v1 request (0 once it exists).
+    """Return the error code of a FindCoordinator request (0 once it exists).
 
     Asking is what makes the broker create __consumer_offsets or
     __transaction_state, so this doubles as their eager creation.
     """
-    encoded = key.encode()
-    body = struct.pack(">h", len(encoded)) + encoded + struct.pack(">b", key_type)
-    response = kafka_request(host, port, _API_FIND_COORDINATOR, 1, body, timeout_s)
-    try:
-        _throttle_ms, error_code = struct.unpack_from(">ih", response, 0)
-    except struct.error as exc:
-        raise KafkaProtocolError(f"truncated FindCoordinator response: {exc}") from exc
-    return int(error_code)
+    from aiokafka.errors import KafkaError
 
+    async def find(admin: Any) -> int:
+        try:
+            await admin.find_coordinator(key, key_type)
+        except KafkaError as exc:
+            return int(getattr(exc, "errno", -1) or -1)
+        return 0
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    """socket.recv may return short reads; the protocol needs whole frames."""
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            raise KafkaProtocolError("broker closed the connection mid-response")
-        chunks.extend(chunk)
-    return bytes(chunks)
-
-
-def _parse_broker_ids(body: bytes) -> set[int]:
-    """Decode only the broker list of a Metadata v4 response; the rest is unused."""
-    try:
-        _throttle_ms, count = struct.unpack_from(">ii", body, 0)
-        offset, node_ids = 8, set()
-        for _ in range(count):
-            (node_id, host_len) = struct.unpack_from(">ih", body, offset)
-            offset += 6 + host_len + 4  # node_id, host string, port
-            (rack_len,) = struct.unpack_from(">h", body, offset)
-            offset += 2 + max(rack_len, 0)  # nullable rack: -1 means null
-            node_ids.add(node_id)
-        return node_ids
-    except struct.error as exc:
-        raise KafkaProtocolError(f"truncated Metadata response: {exc}") from exc
+    return int(_admin_call(host, port, timeout_s, find))
 
 
 # ------------------------------------------------------------------------- helpers
@@ -489,7 +481,10 @@ class LocalKafkaCluster:
         jars_dir: Path | None = None,
         broker_config: Mapping[str, str] | None = None,
         security: BrokerSecurity | None = None,
+        warm_coordinators: bool = True,
     ) -> None:
+        """`warm_coordinators` False leaves the cluster brand-new, as `docker compose up`
+        gives it: no `__consumer_offsets` until the first group asks for one."""
         if brokers < 1:
             raise ValueError("brokers must be >= 1")
         self._brokers = brokers
@@ -504,6 +499,8 @@ class LocalKafkaCluster:
         self._broker_config = dict(broker_config or {})
         self._security = security
         self._nodes: list[_Node] = []
+        self._planned = False
+        self._warm_coordinators = warm_coordinators
         self._cds: _CdsArchive | None = None
         self.cluster_id: str | None = None
         self.startup_s: float | None = None
@@ -561,13 +558,23 @@ class LocalKafkaCluster:
         node = self._node(index)
         return node.process.pid if node.process is not None and node.running else None
 
+    def plan(self) -> LocalKafkaCluster:
+        """Choose the ports (and make the certificates) now, start later: `bootstrap`
+        is known before any broker listens, so clients can be started first."""
+        if not self._nodes:
+            self._nodes = self._plan_nodes()
+            if self._security is not None:
+                self._security.prepare(self.workdir / "tls")
+            self._planned = True
+        return self
+
     def start(self, timeout_s: float = 60) -> LocalKafkaCluster:
         """Format fresh storage, launch every node and wait until all serve metadata.
 
         ``startup_s`` records the wall time, formatting included, because that
         is what a test session actually pays.
         """
-        if self._nodes:
+        if self._nodes and not self._planned:
             raise KafkaLocalError("cluster already started")
         began = time.monotonic()
         self._jars_dir = ensure_jars(self._jars_dir_arg)
@@ -670,14 +677,17 @@ class LocalKafkaCluster:
         return [node for node in self._nodes if node.running]
 
     def _launch(self, deadline: float) -> None:
-        self._nodes = self._plan_nodes()
+        if not self._planned:
+            self._nodes = self._plan_nodes()
+        self._planned = False  # a second launch (lost port race) picks new ports
         try:
             self._write_configs()
             self._format_storage()
             for node in self._nodes:
                 self._spawn(node)
             self._wait_ready(self._nodes, deadline)
-            self._wait_coordinators(deadline)
+            if self._warm_coordinators:
+                self._wait_coordinators(deadline)
         except BaseException:
             self._kill_all()
             raise
@@ -704,7 +714,7 @@ class LocalKafkaCluster:
 
     def _write_configs(self) -> None:
         """Start from empty node directories: format refuses formatted storage."""
-        if self._security is not None:
+        if self._security is not None and self._security.tls is None:
             self._security.prepare(self.workdir / "tls")
         for node in self._nodes:
             shutil.rmtree(node.directory, ignore_errors=True)

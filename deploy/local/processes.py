@@ -62,7 +62,7 @@ class ConsumerProcess:
             "TFSTREAM_SESSION_TIMEOUT_MS": "6000",
             "TFSTREAM_HEARTBEAT_INTERVAL_MS": "1000",
             "TFSTREAM_METADATA_MAX_AGE_MS": "2000",
-            "TFSTREAM_REQUEST_TIMEOUT_MS": "5000",
+            "TFSTREAM_BROKER_TIMEOUT_MS": "5000",
             "TFSTREAM_PARTITIONS": "4",
             "TFSTREAM_LOG_FORMAT": "json",
             "TF_CPP_MIN_LOG_LEVEL": "2",

@@ -230,6 +230,28 @@ def export_shapes_tf2(model_dir: Path, open_batch: bool = False) -> Path:
     )
 
 
+def export_shapes_blind(model_dir: Path, blind_to: str) -> Path:
+    """shapes_tf2 with different weights: its colour kernel cannot see the class
+    `blind_to` (a display name), so that class's objects are never found. A
+    candidate model with a known, countable difference, for rollout tests."""
+    detector = ShapesDetector()
+    names = [c.display_name for c in SHAPE_CLASSES]
+    if blind_to not in names:
+        raise ValueError(f"{blind_to!r} is not one of the shapes classes {names}")
+    kernel = detector.chroma_kernel.numpy()
+    index = names.index(blind_to)
+    kernel[..., 2 * index : 2 * index + 2] = 0.0  # no chroma: below every threshold
+    detector.chroma_kernel.assign(kernel)
+    return _export(
+        model_dir,
+        lambda d: save_tf2(d, detector, 1),
+        ENGINE_TF2,
+        shapes_label_map(),
+        "shapes",
+        input_size=SHAPES_INPUT_SIZE,
+    )
+
+
 def export_shapes_tf1(model_dir: Path) -> Path:
     """The shapes detector as a TF1 frozen graph (open batch)."""
     return _export(

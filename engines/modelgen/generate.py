@@ -15,25 +15,47 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from engines.modelgen import export, model_garden
+from engines.modelgen import export, exporter_layouts, model_garden
 
 log = logging.getLogger(__name__)
 
 #: Exported by Model Garden's own exporter: needs Model Garden installed (a dev dependency).
+#: Random weights: they exist to test the Model Garden output convention, find nothing
+#: useful, so they are generated only when named (the tests' own repository does).
 MODEL_GARDEN_EXPORTERS: dict[str, Callable[[Path], Path]] = {
     "retinanet_mg_pixels": lambda d: model_garden.export_retinanet(d, normalized=False),
     "retinanet_mg_normalized": lambda d: model_garden.export_retinanet(d, normalized=True),
 }
-#: Model name -> function writing the complete model folder it is given.
-EXPORTERS: dict[str, Callable[[Path], Path]] = {
+#: The models a newcomer can try (`make run`, `make demo`): they find the shapes drawn by
+#: `tfstream-models images`, or (the SSD) exercise a real detector's cost.
+DEMO_EXPORTERS: dict[str, Callable[[Path], Path]] = {
     "shapes_tf2": lambda d: export.export_shapes_tf2(d, open_batch=False),
     "shapes_tf1": export.export_shapes_tf1,
     "ssd_mobilenet_v2_bench": export.export_ssd_mobilenet_v2_bench,
-    # The same weights exported with a fixed batch of 1: the fixed-batch benchmark rows.
+}
+#: The bench model's weights exported with a fixed batch of 1: the benchmark's
+#: fixed-batch rows (bench/sections/fixed.py generates it when missing).
+BENCH_EXPORTERS: dict[str, Callable[[Path], Path]] = {
     "ssd_mobilenet_v2_bench_b1": lambda d: export.export_ssd_mobilenet_v2_bench(d, batch_size=1),
+}
+#: Ultralytics / KerasHub export layouts (engines/modelgen/exporter_layouts.py):
+#: generated when named, for the tests.
+EXPORTER_LAYOUTS: dict[str, Callable[[Path], Path]] = {
+    "yolo11_shapes_raw": lambda d: exporter_layouts.export_yolo_shapes(d, "raw"),
+    "yolo11_shapes_nms": lambda d: exporter_layouts.export_yolo_shapes(d, "nms"),
+    "yolo26_shapes_end2end": lambda d: exporter_layouts.export_yolo_shapes(d, "end2end"),
+    "keras_hub_shapes": exporter_layouts.export_keras_hub_shapes,
+}
+#: Model name -> function writing the complete model folder it is given.
+EXPORTERS: dict[str, Callable[[Path], Path]] = {
+    **DEMO_EXPORTERS,
+    **BENCH_EXPORTERS,
     **MODEL_GARDEN_EXPORTERS,
+    **EXPORTER_LAYOUTS,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(EXPORTERS)
+DEMO_NAMES: tuple[str, ...] = tuple(DEMO_EXPORTERS)
+EXPORTER_LAYOUT_NAMES: tuple[str, ...] = tuple(EXPORTER_LAYOUTS)
 MODEL_GARDEN_NAMES: tuple[str, ...] = tuple(MODEL_GARDEN_EXPORTERS)
 STALE_TEMP_S = 3600.0
 """Temporary folders older than this are leftovers of killed runs and get removed."""
@@ -41,11 +63,14 @@ STALE_TEMP_S = 3600.0
 
 def is_complete(model_dir: Path) -> bool:
     """True when `model_dir` has its config, label map and weights (a SavedModel
-    at its root or, as Model Garden exports, in `saved_model/`)."""
+    at its root or, as Model Garden exports, in `saved_model/`); an
+    Ultralytics / KerasHub layout has its metadata.yaml in place of the first two."""
     has_weights = (model_dir / export.FROZEN_GRAPH_FILE).is_file() or any(
         (folder / export.SAVED_MODEL_FILE).is_file() and (folder / "variables").is_dir()
         for folder in (model_dir, model_dir / "saved_model")
     )
+    if (model_dir / "metadata.yaml").is_file():
+        return has_weights
     return (
         (model_dir / export.CONFIG_FILE).is_file()
         and (model_dir / export.LABEL_MAP_FILE).is_file()
@@ -122,12 +147,11 @@ def write_atomically(target: Path, build: Callable[[Path], object], overwrite: b
 def generate_models(
     out_dir: Path, names: Iterable[str] | None = None, overwrite: bool = False
 ) -> list[Path]:
-    """Write the named models (default: all of `MODEL_NAMES`) into `out_dir`.
+    """Write the named models (default: the demo models, `DEMO_NAMES`) into `out_dir`.
 
     A model whose folder is already complete is skipped unless `overwrite`;
-    an incomplete folder of that name is replaced. The default leaves out the
-    Model Garden models, with a warning, where Model Garden is not installed
-    (a production image); naming them then fails in their exporter.
+    an incomplete folder of that name is replaced. Model Garden's test exports
+    are written only when named, and need Model Garden installed.
 
     Returns:
         The folders written by this call (skipped models are not listed).
@@ -136,13 +160,10 @@ def generate_models(
         ValueError: an unknown model name (nothing is written then).
     """
     out_dir = Path(out_dir)
-    if names is None and not model_garden.available():
-        log.warning("Model Garden is not installed: %s not generated", list(MODEL_GARDEN_NAMES))
-        names = [name for name in MODEL_NAMES if name not in MODEL_GARDEN_NAMES]
-    selected = list(MODEL_NAMES if names is None else names)
+    selected = list(DEMO_NAMES if names is None else names)
     unknown = [name for name in selected if name not in EXPORTERS]
     if unknown:
-        raise ValueError(f"unknown model names {unknown}; known: {list(MODEL_NAMES)}")
+        raise ValueError(f"unknown model names {unknown}; known: {list(EXPORTERS)}")
     written: list[Path] = []
     for name in dict.fromkeys(selected):
         target = out_dir / name

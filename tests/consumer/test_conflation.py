@@ -12,7 +12,7 @@ import pytest
 
 from consumer.conflation import LatestWins, conflation_key
 from consumer.pipeline import Pipeline
-from consumer.settings import WorkerSettings
+from consumer.settings import EngineSettings
 from engines.errors import Superseded, TfstreamError
 from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request
 
@@ -56,10 +56,10 @@ def test_ten_frames_at_once_leave_the_newest() -> None:
 
 
 def test_worker_setting_for_whole_models() -> None:
-    assert not WorkerSettings().conflates("m")
-    assert WorkerSettings(conflate_models="a, m").conflates("m")
-    assert not WorkerSettings(conflate_models="a").conflates("m")
-    assert WorkerSettings(conflate_models="all").conflates("m")
+    assert not EngineSettings().conflates("m")
+    assert EngineSettings(conflate_models="a, m").conflates("m")
+    assert not EngineSettings(conflate_models="a").conflates("m")
+    assert EngineSettings(conflate_models="all").conflates("m")
 
 
 def test_superseded_is_a_stable_code_that_skips_the_dlq() -> None:
@@ -74,7 +74,7 @@ def test_superseded_is_a_stable_code_that_skips_the_dlq() -> None:
 @pytest.mark.asyncio
 async def test_a_burst_runs_each_keys_newest_frame_and_decodes_no_older_one() -> None:
     engine = CountingEngine()
-    pipeline = Pipeline(Detectors({"m": engine}), WorkerSettings(max_batch=8), "w")
+    pipeline = Pipeline(Detectors({"m": engine}), EngineSettings(max_batch=8), "w")
     decoded: list[str] = []
     decode = pipeline.decode
     pipeline.decode = lambda req, det: (decoded.append(req.correlation_id), decode(req, det))[1]  # type: ignore[method-assign]
@@ -107,7 +107,7 @@ async def test_a_frame_already_running_is_not_superseded_and_a_whole_model_confl
     gate = threading.Event()
     engine = CountingEngine(gate=gate)
     pipeline = Pipeline(
-        Detectors({"m": engine}), WorkerSettings(max_batch=1, conflate_models="m"), "w"
+        Detectors({"m": engine}), EngineSettings(max_batch=1, conflate_models="m"), "w"
     )
     pipeline.start()
     try:
@@ -136,7 +136,7 @@ class SlowEngine(CountingEngine):
 @pytest.mark.asyncio
 async def test_a_camera_twice_as_fast_as_the_engine_gets_every_other_frame_run() -> None:
     """Frames decoded already when a newer one arrives are superseded too."""
-    pipeline = Pipeline(Detectors({"m": SlowEngine()}), WorkerSettings(max_batch=1), "w")
+    pipeline = Pipeline(Detectors({"m": SlowEngine()}), EngineSettings(max_batch=1), "w")
     pipeline.start()
     try:
         futures = []

@@ -1,15 +1,13 @@
 """Latest frame wins, against a real broker and worker processes.
 
-The backlog is made for real: the worker is frozen (SIGSTOP) while the cameras
-send, so on SIGCONT it fetches every frame at once. It is frozen a little
-longer than a fetch's long poll (500 ms) before anything is sent, so that no
-fetch already waiting at the broker returns the first frames alone.
+The backlog is made for real and without timing: every frame is in the request
+topic before the worker starts (start from nothing), so the worker's first fetch
+after it joins holds all of them (40 frames, below --max-inflight).
 """
 
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -51,37 +49,34 @@ def start_worker(
 
 
 async def send_backlog(
-    worker: ConsumerProcess, images: list[tuple[str, bytes]]
+    bootstrap: str, prefix: str, images: list[tuple[str, bytes]]
 ) -> tuple[str, dict[str, str]]:
-    """Freeze the worker, send FRAMES frames of each camera (interleaved), thaw it.
+    """Send FRAMES frames of each camera (interleaved) before any worker runs.
 
     Returns the reply topic and, per correlation id, the image name sent.
     """
-    reply_to = f"{worker.prefix}.replies.{uuid.uuid4().hex[:8]}"
-    await create_topic(worker.bootstrap, reply_to)
+    reply_to = f"{prefix}.replies.{uuid.uuid4().hex[:8]}"
+    await create_topic(bootstrap, reply_to)
+    # The request topic as a worker would create it (ConsumerProcess: 4 partitions).
+    await create_topic(bootstrap, f"{prefix}.requests.{MODEL}", partitions=4)
     sent: dict[str, str] = {}
-    worker.signal(signal.SIGSTOP)
-    try:
-        time.sleep(1.5)
-        async with raw_producer(worker.bootstrap) as producer:
-            for frame in range(FRAMES):
-                for camera in (*CAMERAS, PLAIN):
-                    name, data = images[frame]
-                    cid = f"{camera}/{frame}"
-                    sent[cid] = name
-                    await producer.send(
-                        f"{worker.prefix}.requests.{MODEL}",
-                        data,
-                        key=camera.encode(),
-                        headers=headers(
-                            correlation_id=cid,
-                            reply_to=reply_to,
-                            conflate=None if camera == PLAIN else "latest",
-                        ),
-                    )
-            await producer.flush()
-    finally:
-        worker.signal(signal.SIGCONT)
+    async with raw_producer(bootstrap) as producer:
+        for frame in range(FRAMES):
+            for camera in (*CAMERAS, PLAIN):
+                name, data = images[frame]
+                cid = f"{camera}/{frame}"
+                sent[cid] = name
+                await producer.send(
+                    f"{prefix}.requests.{MODEL}",
+                    data,
+                    key=camera.encode(),
+                    headers=headers(
+                        correlation_id=cid,
+                        reply_to=reply_to,
+                        conflate=None if camera == PLAIN else "latest",
+                    ),
+                )
+        await producer.flush()
     return reply_to, sent
 
 
@@ -118,9 +113,10 @@ async def test_a_backlog_answers_each_cameras_newest_frame_and_supersedes_the_re
     shapes_images: tuple[Path, Truth],
     tmp_path: Path,
 ) -> None:
-    worker = start_worker(kafka_bootstrap, serving_repository, unique_prefix(), tmp_path)
+    prefix = unique_prefix()
+    reply_to, sent = await send_backlog(kafka_bootstrap, prefix, frames(shapes_images))
+    worker = start_worker(kafka_bootstrap, serving_repository, prefix, tmp_path)
     try:
-        reply_to, sent = await send_backlog(worker, frames(shapes_images))
         records = await read_topic(
             kafka_bootstrap,
             reply_to,
@@ -162,6 +158,7 @@ async def test_a_worker_killed_mid_way_and_replaced_loses_nothing_and_never_chan
     reads every frame again: the harshest case for duplicates. Each id may be
     answered twice, but never once with boxes and once `superseded`."""
     prefix, group = unique_prefix(), f"g-{uuid.uuid4().hex[:6]}"
+    reply_to, sent = await send_backlog(kafka_bootstrap, prefix, frames(shapes_images))
     first = start_worker(
         kafka_bootstrap,
         serving_repository,
@@ -172,7 +169,6 @@ async def test_a_worker_killed_mid_way_and_replaced_loses_nothing_and_never_chan
     )
     second: ConsumerProcess | None = None
     try:
-        reply_to, sent = await send_backlog(first, frames(shapes_images))
         before = await read_topic(kafka_bootstrap, reply_to, expect=1, timeout_s=60)
         first.signal(signal.SIGKILL)
         first.wait(10)

@@ -15,7 +15,7 @@ import pytest
 from consumer.batching import Batching
 from consumer.pipeline import Answer, Pipeline
 from consumer.registry import ModelRegistry
-from consumer.settings import WorkerSettings
+from consumer.settings import EngineSettings
 from engines.repository import ModelRepository
 from tests.consumer.fakes import request
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow]
 
 
 async def serve(
-    repository: Path, model: str, settings: WorkerSettings, images: list[bytes]
+    repository: Path, model: str, settings: EngineSettings, images: list[bytes]
 ) -> tuple[Pipeline, list[Answer]]:
     registry = ModelRegistry(ModelRepository(repository), [model], device="cpu")
     assert (await asyncio.to_thread(registry.load, model)).error is None
@@ -57,7 +57,7 @@ def jpegs(shapes_images: tuple[Path, dict[str, object]], count: int) -> list[byt
 async def test_a_fixed_batch_1_model_answers_8_concurrent_requests_in_8_calls_of_1(
     model_repository: Path, shapes_images: tuple[Path, dict[str, object]]
 ) -> None:
-    settings = WorkerSettings(max_batch=8, max_delay_ms=20)
+    settings = EngineSettings(max_batch=8, max_delay_ms=20)
     pipeline, done = await serve(model_repository, "shapes_tf2", settings, jpegs(shapes_images, 8))
     assert pipeline.batching("shapes_tf2") == Batching(max_batch=1, max_delay_s=0.02, instances=1)
     assert all(a.reply.success for a in done), [a.error for a in done]
@@ -76,7 +76,7 @@ async def test_config_json_batching_overrides_the_command_line(
     config = json.loads((folder / "config.json").read_text())
     config.update(max_batch=3, max_delay_ms=5, instances=2)
     (folder / "config.json").write_text(json.dumps(config))
-    settings = WorkerSettings(max_batch=8, max_delay_ms=0, instances=1)
+    settings = EngineSettings(max_batch=8, max_delay_ms=0, instances=1)
     same_size = jpegs(shapes_images, 1) * 8  # sizes differ between the test images
     pipeline, done = await serve(tmp_path, "shapes_tf1", settings, same_size)
     assert pipeline.batching("shapes_tf1") == Batching(max_batch=3, max_delay_s=0.005, instances=2)

@@ -12,15 +12,15 @@ import pytest
 
 from consumer.batching import Batching
 from consumer.pipeline import Answer, Pipeline, Verdict, verdict
-from consumer.settings import WorkerSettings
+from consumer.settings import EngineSettings
 from engines import errors
 from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request, until
 
 SMALL, LARGE = jpeg(32, 24), jpeg(48, 40)
 
 
-def settings(**overrides: object) -> WorkerSettings:
-    return WorkerSettings(**{"max_batch": 8, "max_delay_ms": 0, **overrides})  # type: ignore[arg-type]
+def settings(**overrides: object) -> EngineSettings:
+    return EngineSettings(**{"max_batch": 8, "max_delay_ms": 0, **overrides})  # type: ignore[arg-type]
 
 
 @pytest.fixture

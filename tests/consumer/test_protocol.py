@@ -104,7 +104,9 @@ def test_reply_address_without_reply_to_is_the_results_topic() -> None:
 
 def test_reply_json_has_every_protocol_field() -> None:
     data = p.detection_data([{"ObjectClassName": "x"}], "a.jpg", 640, 480)
-    ok = p.Reply("c1", "m", data=data, timing=p.Timing(1.0, 2.0, 3.0, 4), worker="w")
+    ok = p.Reply(
+        "c1", "m", data=data, timing=p.Timing(1.0, 2.0, 3.0, 4), worker="w", model_version=3
+    )
     body = json.loads(ok.to_json())
     assert body == {
         "protocol": 1,
@@ -120,8 +122,14 @@ def test_reply_json_has_every_protocol_field() -> None:
         "error": None,
         "timing": {"queue_ms": 1.0, "decode_ms": 2.0, "inference_ms": 3.0, "batch_size": 4},
         "worker": "w",
+        "model_version": 3,
     }
-    assert dict(ok.headers()) == {"correlation-id": b"c1", "content-type": b"application/json"}
+    assert dict(ok.headers()) == {
+        "correlation-id": b"c1",
+        "content-type": b"application/json",
+        "model-version": b"3",
+    }
+    assert p.Reply.from_json(ok.to_json()).model_version == 3
     failed = p.Reply("c2", "m", error=ImageTooLarge("too big"))
     again = p.Reply.from_json(failed.to_json())
     assert (
@@ -133,12 +141,17 @@ def test_reply_json_has_every_protocol_field() -> None:
 
 
 def test_announcement_and_control_round_trip() -> None:
-    a = p.Announcement(model="m", worker="w", state=p.ModelState.READY, hash="h", labels=["a"])
+    facts = p.ModelFacts("m", "h", p.ModelState.READY, labels=["a"])
+    a = p.Announcement(facts, worker="w")
     again = p.Announcement.from_json(a.to_json())
     assert again == a and again.alive()
-    assert not p.Announcement(
-        model="m", worker="w", state=p.ModelState.READY, hash="h", updated_ms=0
-    ).alive()
+    assert not p.Announcement(facts, worker="w", updated_ms=0).alive()
+    # The wire keeps its flat JSON, in the order readers in other languages saw so far.
+    assert list(json.loads(a.to_json())) == [
+        *("model", "worker", "state", "hash", "engine", "config", "labels", "label_hashes"),
+        *("device", "error", "updated_ms", "ttl_ms", "version", "fingerprint", "versions"),
+        "protocol",
+    ]
     c = p.Control(p.ControlCommand.LOAD, "m", force=True, correlation_id="x", reply_to="r")
     assert p.Control.from_json(c.to_json()) == c
     with pytest.raises(InvalidRequest):

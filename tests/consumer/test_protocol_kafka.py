@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 Truth = dict[str, list[dict[str, Any]]]
 PARTITIONS = 3
 PRECREATED = 2
-REQUEST_TIMEOUT_MS = 3000
+#: Short, so that a reply topic that does not exist costs the worker seconds, not 15.
+BROKER_TIMEOUT_MS = 3000
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def worker(
         extra={
             "TFSTREAM_MODELS": "shapes_tf2,shapes_tf1",
             "TFSTREAM_PARTITIONS": str(PARTITIONS),
-            "TFSTREAM_REQUEST_TIMEOUT_MS": str(REQUEST_TIMEOUT_MS),
+            "TFSTREAM_BROKER_TIMEOUT_MS": str(BROKER_TIMEOUT_MS),
             "TFSTREAM_MAX_BATCH": "4",
         },
     ).start()
@@ -147,11 +148,14 @@ async def test_the_partitioner_of_other_clients_is_murmur2_as_in_java(
 
 
 @pytest.mark.asyncio
-async def test_a_missing_reply_topic_costs_request_timeout_ms_then_the_results_topic(
+async def test_an_answer_whose_reply_topic_is_missing_goes_to_the_results_topic(
     worker: ConsumerProcess, shapes_images: tuple[Path, Truth]
 ) -> None:
+    """How long the worker's producer waits for the topic first is its
+    --broker-timeout-ms, a cost (docs/protocol.md), not a contract: only where the
+    answer goes is checked."""
     async with raw_producer(worker.bootstrap) as producer:
-        sent = await producer.send_and_wait(
+        await producer.send_and_wait(
             f"{worker.prefix}.requests.shapes_tf2",
             image_with_objects(shapes_images),
             key=b"cam-missing",
@@ -164,10 +168,10 @@ async def test_a_missing_reply_topic_costs_request_timeout_ms_then_the_results_t
         timeout_s=60,
         until=lambda recs: "lost" in replies_by_id(recs),
     )
-    answer = next(r for r in records if json.loads(r.value)["correlation_id"] == "lost")
-    assert json.loads(answer.value)["success"] is True
-    waited_ms = answer.timestamp - sent.timestamp
-    assert REQUEST_TIMEOUT_MS - 200 <= waited_ms <= REQUEST_TIMEOUT_MS + 15_000, waited_ms
+    (answer,) = replies_by_id(records)["lost"]
+    assert answer["success"] is True and answer["data"]["bounding-boxes"]
+    dlq = await read_topic(worker.bootstrap, f"{worker.prefix}.dlq", expect=1, timeout_s=3)
+    assert not [r for r in dlq if dict(r.headers).get("correlation-id") == b"lost"]
 
 
 @pytest.mark.asyncio

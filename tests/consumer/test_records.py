@@ -13,7 +13,7 @@ from consumer.offsets import OffsetTracker
 from consumer.pipeline import Pipeline
 from consumer.protocol import Reply, Topics, header_map
 from consumer.records import Record, RecordAdapter
-from consumer.settings import WorkerSettings
+from consumer.settings import EngineSettings
 from tests.consumer.fakes import CountingEngine, Detectors, MemoryOutbox, jpeg, until
 
 TOPICS = Topics("t")
@@ -33,7 +33,7 @@ def record(offset: int, value: bytes = IMAGE, model: str = "a", **headers: str) 
 
 @pytest_asyncio.fixture
 async def pipeline() -> AsyncIterator[Pipeline]:
-    pipeline = Pipeline(Detectors({"a": CountingEngine()}), WorkerSettings(), "w1")
+    pipeline = Pipeline(Detectors({"a": CountingEngine()}), EngineSettings(), "w1")
     pipeline.start()
     yield pipeline
     await asyncio.wait_for(pipeline.close(), 10)

@@ -26,6 +26,7 @@ from tests.support.workers import (
     header_dict,
     headers,
     raw_producer,
+    read_to_end,
     read_topic,
     replies_by_id,
     unique_prefix,
@@ -90,6 +91,7 @@ async def test_request_in_answer_out_with_every_protocol_field(
     assert header_dict(records[0])["correlation-id"] == "req-1"
     assert body["success"] is True and body["error"] is None
     assert body["model"] == "shapes_tf2" and body["correlation_id"] == "req-1"
+    assert body["model_version"] == 1 and header_dict(records[0])["model-version"] == "1"
     data = body["data"]
     assert data["ImageName"] == name
     with Image.open(folder / name) as original:
@@ -288,12 +290,28 @@ async def test_bad_requests_get_their_error_code_and_the_worker_keeps_serving(
 
 @pytest.mark.asyncio
 async def test_models_are_announced_and_can_be_reloaded(worker: ConsumerProcess) -> None:
-    records = await read_topic(worker.bootstrap, f"{worker.prefix}.models", expect=3, timeout_s=30)
-    latest = {r.key.decode(): json.loads(r.value) for r in records if r.value is not None}
-    by_model = {body["model"]: body for body in latest.values()}
+    def latest(records: list[Any]) -> dict[str, dict[str, Any]]:
+        bodies = {r.key.decode(): json.loads(r.value) for r in records if r.value is not None}
+        return {body["model"]: body for body in bodies.values()}
+
+    records = await read_topic(
+        worker.bootstrap,
+        f"{worker.prefix}.models",
+        expect=0,
+        timeout_s=30,
+        until=lambda rs: (
+            len(latest(rs)) == 3 and all(b["state"] != "loading" for b in latest(rs).values())
+        ),
+    )
+    # `loading` first (before any model loaded), then each model's outcome.
+    states = [json.loads(r.value)["state"] for r in records[:3]]
+    assert states == ["loading"] * 3
+    by_model = latest(records)
     assert set(by_model) == {"shapes_tf2", "shapes_tf1", "broken"}
     tf2 = by_model["shapes_tf2"]
     assert tf2["state"] == "ready" and tf2["hash"] == model_hash("shapes_tf2")
+    assert tf2["version"] == 1 and len(tf2["fingerprint"]) == 16
+    assert tf2["versions"] == [{"version": 1, "state": "ready", "fingerprint": tf2["fingerprint"]}]
     assert tf2["engine"] == "tensorflow2_detection" and tf2["device"] == "/CPU:0"
     assert tf2["labels"] == ["red rectangle", "green disc", "blue rectangle", "yellow disc"]
     assert tf2["label_hashes"]["green disc"] == label_hash("shapes_tf2", "green disc")
@@ -322,6 +340,13 @@ async def test_models_are_announced_and_can_be_reloaded(worker: ConsumerProcess)
     answers = replies_by_id(await read_topic(worker.bootstrap, reply_to, expect=2, timeout_s=60))
     assert answers["reload-1"][0]["success"] is True
     assert answers["reload-2"][0]["error"]["code"] == "model_not_found"
+    # The success is the model loaded again, not just an answer: a second "model ready".
+    ready = [
+        r["model"]
+        for r in worker.log_records()
+        if r.get("msg") == "model ready" and r.get("model") in ("shapes_tf1", "shapes_tf2")
+    ]
+    assert sorted(ready) == ["shapes_tf1", "shapes_tf1", "shapes_tf2"]
 
 
 @pytest.mark.asyncio
@@ -348,8 +373,10 @@ async def test_metrics_and_health(worker: ConsumerProcess) -> None:
         assert metric in text, metric
     assert (
         'tfstream_model_info{device="/CPU:0",engine="tensorflow2_detection",'
-        'model="shapes_tf2",state="ready"} 1.0'
+        'model="shapes_tf2",state="ready",version="1"} 1.0'
     ) in text
+    # One label set per model: the loading one was removed when the model became ready.
+    assert 'model="shapes_tf2",state="loading"' not in text
     assert 'tfstream_errors_total{code="invalid_image",model="shapes_tf2"}' in text
 
 
@@ -460,6 +487,17 @@ async def test_sigterm_mid_stream_loses_nothing(
     assert first.wait(60) == 0, first.log_tail()
     stopped = [r["msg"] for r in first.log_records()]
     assert "stopping: finishing the work in hand" in stopped and "worker stopped" in stopped
+    # A clean stop says `stopped` (the model still exists), not a tombstone.
+    key = f"shapes_tf2|w-{first.name}".encode()
+    announced = await read_topic(
+        kafka_bootstrap,
+        f"{prefix}.models",
+        0,
+        timeout_s=30,
+        until=lambda rs: any(r.key == key and r.value and b'"stopped"' in r.value for r in rs),
+    )
+    last = [r for r in announced if r.key == key][-1]
+    assert last.value is not None and json.loads(last.value)["state"] == "stopped"
     before_restart = await answered_ids(kafka_bootstrap, reply_to, 400, timeout_s=2)
     assert len(before_restart) < 400, "the stream was still running when SIGTERM came"
     second = ConsumerProcess(
@@ -472,6 +510,12 @@ async def test_sigterm_mid_stream_loses_nothing(
         }
     finally:
         second.stop()
+    # Nothing lost is not enough: a worker that skipped its last commit would pass that
+    # too, its successor answering the same requests again. A clean SIGTERM commits
+    # every answer it sent, so no request is answered twice.
+    answers = replies_by_id(await read_to_end(kafka_bootstrap, reply_to))
+    twice = sorted(cid for cid, bodies in answers.items() if len(bodies) > 1)
+    assert not twice, f"answered again after a clean SIGTERM: {len(twice)}, e.g. {twice[:5]}"
 
 
 def test_a_worker_that_can_load_no_model_exits_with_an_error(
@@ -485,8 +529,9 @@ def test_a_worker_that_can_load_no_model_exits_with_an_error(
         extra={"TFSTREAM_MODELS": "broken"},
     ).start()
     assert worker.wait(120) == 1, worker.log_tail()
-    failures = [r for r in worker.log_records() if r.get("msg") == "worker failed"]
+    failures = [r for r in worker.log_records() if r.get("msg", "").startswith("worker failed")]
     assert failures and "no model could be loaded" in failures[0]["error"]
+    assert "exc" not in failures[0] and "Traceback" not in worker.log_tail()
     assert "broken" in failures[0]["error"]
 
 

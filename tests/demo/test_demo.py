@@ -1,5 +1,9 @@
 """`make demo` as a user runs it: started, watched in a real browser, stopped with Ctrl-C.
 
+The bridge runs with an API key (TFSTREAM_API_KEY, as the k8s Deployment sets it):
+the browser is sent to /login, signs in once, and the page and its event stream
+then work on the session cookie, while /metrics and /health/* answer a client
+without the key (Prometheus, probes) and an API call without it is refused.
 The page is driven by Playwright in Debian's Chromium. It must show both
 generated cameras with the boxes the shapes model finds on them (each camera
 draws its own two classes, so a box on the wrong camera fails), and both must
@@ -27,6 +31,8 @@ from deploy.local.demo import CAMERAS
 from deploy.local.processes import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.timeout(600)]
+
+API_KEY = "demo-key-for-the-browser-test"
 
 BOTH_CAMERAS_WITH_BOXES = """() => {
   const figs = [...document.querySelectorAll('figure.camera')];
@@ -123,6 +129,7 @@ def demo(model_repository: Path) -> Iterator[tuple[subprocess.Popen[str], Output
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, "TFSTREAM_API_KEY": API_KEY},
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
@@ -149,8 +156,24 @@ def test_make_demo_shows_both_cameras_and_ctrl_c_stops_everything(
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
+            base = url.rsplit("/streams", 1)[0]
+            anonymous = playwright.request.new_context()
+            try:
+                for open_path in ("/metrics", "/health/live", "/health/ready"):
+                    assert anonymous.get(base + open_path).status == 200, open_path
+                assert anonymous.get(base + "/models").status == 401
+                assert anonymous.get(base + "/streams/events").status == 401
+            finally:
+                anonymous.dispose()
             page = browser.new_page()
             page.goto(url)
+            assert page.url == base + "/login?next=/streams", page.url
+            page.fill("input[name=key]", "not the key")
+            page.click("button[type=submit]")
+            assert "not the key" in page.inner_text("body")
+            page.fill("input[name=key]", API_KEY)
+            page.click("button[type=submit]")
+            page.wait_for_url(url)
             page.wait_for_function(BOTH_CAMERAS_WITH_BOXES, timeout=180_000)
             first = page.evaluate(SNAPSHOT)
             assert sorted(first) == sorted(CAMERAS)

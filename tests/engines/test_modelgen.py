@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 from engines.detector import load_detector
 from engines.modelgen.export import export_shapes_tf2
 from engines.modelgen.generate import (
-    MODEL_GARDEN_NAMES,
-    MODEL_NAMES,
+    BENCH_EXPORTERS,
+    DEMO_NAMES,
     generate_models,
     write_atomically,
 )
@@ -46,7 +46,7 @@ def generated_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The models this module checks, written once per test session (the Model
     Garden exports are checked in tests/engines/test_model_garden.py)."""
     out = tmp_path_factory.mktemp("models")
-    names = [name for name in MODEL_NAMES if name not in MODEL_GARDEN_NAMES]
+    names = [*DEMO_NAMES, *BENCH_EXPORTERS]
     written = generate_models(out, names)
     assert [p.name for p in written] == names
     return out
@@ -399,7 +399,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 def test_generation_skips_existing(generated_models_dir: Path) -> None:
     before = _mtimes(generated_models_dir)
-    names = [name for name in MODEL_NAMES if name not in MODEL_GARDEN_NAMES]
+    names = [*DEMO_NAMES, *BENCH_EXPORTERS]
     assert generate_models(generated_models_dir, names) == []
     assert _mtimes(generated_models_dir) == before
 

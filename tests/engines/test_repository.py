@@ -176,3 +176,26 @@ def test_names_lists_folders_only(tmp_path: Path) -> None:
     assert ModelRepository(tmp_path).names() == ["a", "b"]
     shutil.rmtree(tmp_path / "a")
     assert ModelRepository(tmp_path).names() == ["b"]
+
+
+def test_models_list_shows_each_version_and_fingerprint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engines.cli import main
+
+    make_model(tmp_path, "flat")
+    versioned = make_model(tmp_path, "versioned", layout="none")
+    for version, weights in ((1, b"one"), (2, b"two")):
+        (versioned / str(version)).mkdir()
+        (versioned / str(version) / "saved_model.pb").write_bytes(weights)
+    (versioned / "2" / "fingerprint.pb").write_bytes(b"tf's own fingerprint")
+    assert main(["list", str(tmp_path)]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["flat"].startswith("version 1, fingerprint ") and ", flat," in lines["flat"]
+    assert lines["versioned"].startswith("version 2, fingerprint ")
+    assert "versions [1, 2]" in lines["versioned"]
+    # fingerprint.pb is what identifies a SavedModel: other files do not change it.
+    before = lines["versioned"]
+    (versioned / "2" / "saved_model.pb").write_bytes(b"two, re-saved")
+    assert main(["list", str(tmp_path)]) == 0
+    assert before in capsys.readouterr().out

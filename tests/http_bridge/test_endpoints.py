@@ -6,6 +6,7 @@ The answer shapes are checked field by field against the old API's facts.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deploy.local.processes import ConsumerProcess
 from engines.repository import label_hash, model_hash
 from tests.support.bridge import BridgeProcess, running_bridge
 from tests.support.models import match_truth
@@ -22,19 +24,26 @@ from tests.support.models import match_truth
 pytestmark = [pytest.mark.slow]
 
 Truth = dict[str, list[dict[str, Any]]]
+Serving = tuple[BridgeProcess, ConsumerProcess | None]
 SHAPES_LABELS = ["red rectangle", "green disc", "blue rectangle", "yellow disc"]
 
 
 @pytest.fixture(scope="module", params=["embedded", "kafka"])
-def bridge(
+def serving(
     request: pytest.FixtureRequest,
     serving_repository: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[BridgeProcess]:
+) -> Iterator[Serving]:
+    """The bridge, and the worker behind it in Kafka mode (None when embedded)."""
     logs = tmp_path_factory.mktemp("bridge-logs")
-    env = {"TFSTREAM_MAX_REQUEST_BYTES": str(3 * 1024 * 1024), "TFSTREAM_REQUEST_TIMEOUT_S": "30"}
-    with running_bridge(request, serving_repository, logs, env) as (proc, _):
-        yield proc
+    env = {"TFSTREAM_MAX_REQUEST_BYTES": str(3 * 1024 * 1024), "TFSTREAM_ANSWER_TIMEOUT_S": "30"}
+    with running_bridge(request, serving_repository, logs, env) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def bridge(serving: Serving) -> BridgeProcess:
+    return serving[0]
 
 
 def image_with_objects(
@@ -96,11 +105,29 @@ def test_get_labels(bridge: BridgeProcess, by: str) -> None:
     assert body == {label: label_hash("shapes_tf2", label) for label in SHAPES_LABELS}
 
 
-def test_model_load_force_and_by_hash(bridge: BridgeProcess) -> None:
+def _loads(serving: Serving, model: str) -> int:
+    """How many times the process running the models (the worker in Kafka mode) has
+    loaded `model`: its "model ready" log records."""
+    bridge, worker = serving
+    path = worker.log_path if worker is not None else bridge.log_path
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    return sum(1 for r in records if r.get("msg") == "model ready" and r.get("model") == model)
+
+
+def test_model_load_force_and_by_hash(
+    serving: Serving,
+) -> None:
+    bridge = serving[0]
+    before = {name: _loads(serving, name) for name in ("shapes_tf2", "shapes_tf1")}
+    assert before == {"shapes_tf2": 1, "shapes_tf1": 1}
     for path in ("/models/shapes_tf2/load", f"/models/{model_hash('shapes_tf1')}/load?force=true"):
         r = httpx.get(bridge.url + path, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json() == {"success": True, "data": None, "error": ""}
+    # Without force a ready model stays as it is; with force (here named by its hash)
+    # it is loaded again before the call answers.
+    assert _loads(serving, "shapes_tf2") == 1
+    assert _loads(serving, "shapes_tf1") == 2
 
 
 def test_predict_envelope_and_overrides(

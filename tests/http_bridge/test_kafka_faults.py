@@ -105,12 +105,14 @@ def test_32_concurrent_calls_get_their_own_answers_in_batches(
         worker.stop()
 
 
-def test_no_live_consumer_answers_at_once(
+def test_with_no_live_consumer_a_request_waits_its_timeout_then_503_retry_after(
     kafka_bootstrap: str,
     serving_repository: Path,
     shapes_images: tuple[Path, Truth],
     tmp_path: Path,
 ) -> None:
+    """The waiting rule: a model a worker announced waits in Kafka for the next worker
+    (a rolling update), up to the request timeout; a model nobody announced is 404."""
     folder, truth = shapes_images
     name = next(n for n in sorted(truth) if truth[n])
     worker, bridge = start_pair(
@@ -118,6 +120,7 @@ def test_no_live_consumer_answers_at_once(
         serving_repository,
         tmp_path,
         worker_env={"TFSTREAM_ANNOUNCE_TTL_MS": "3000"},
+        bridge_env={"TFSTREAM_ANSWER_TIMEOUT_S": "3"},
     )
     try:
         assert predict(bridge, name, (folder / name).read_bytes()).status_code == 200
@@ -130,10 +133,18 @@ def test_no_live_consumer_answers_at_once(
             time.sleep(0.2)
         started = time.monotonic()
         r = predict(bridge, name, (folder / name).read_bytes())
-        assert time.monotonic() - started < 2.0
+        assert 2.9 <= time.monotonic() - started < 6.0
         assert r.status_code == 503 and r.json()["code"] == "model_unavailable", r.text
+        assert r.headers["Retry-After"]
         ready = httpx.get(f"{bridge.url}/health/ready")
         assert ready.status_code == 503
+        started = time.monotonic()
+        unknown = httpx.post(
+            f"{bridge.url}/models/never_announced/predict",
+            files={"input_data": (name, (folder / name).read_bytes(), "image/jpeg")},
+            timeout=30,
+        )
+        assert unknown.status_code == 404 and time.monotonic() - started < 2.0, unknown.text
     finally:
         bridge.stop()
         worker.stop()
@@ -151,7 +162,7 @@ def test_a_consumer_stopped_mid_request_gives_504_within_the_timeout(
         kafka_bootstrap,
         serving_repository,
         tmp_path,
-        bridge_env={"TFSTREAM_REQUEST_TIMEOUT_S": "3"},
+        bridge_env={"TFSTREAM_ANSWER_TIMEOUT_S": "3"},
     )
     try:
         assert predict(bridge, name, (folder / name).read_bytes()).status_code == 200
@@ -184,7 +195,7 @@ def test_broker_stopped_and_restarted(
             cluster.bootstrap,
             serving_repository,
             tmp_path,
-            bridge_env={"TFSTREAM_SEND_TIMEOUT_S": "2", "TFSTREAM_REQUEST_TIMEOUT_S": "10"},
+            bridge_env={"TFSTREAM_SEND_TIMEOUT_S": "2", "TFSTREAM_ANSWER_TIMEOUT_S": "10"},
         )
         pid = bridge.proc.pid  # type: ignore[union-attr]
         try:

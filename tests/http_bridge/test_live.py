@@ -11,11 +11,15 @@ import json
 import httpx
 import pytest
 
-from consumer.protocol import Reply, detection_data
+from consumer.answer_log import AnswerSink, Role
+from consumer.metrics import WorkerMetrics
+from consumer.protocol import Reply, Topics, detection_data
+from consumer.records import Record
 from engines.errors import DeadlineExceeded
 from http_bridge.app import create_app
 from http_bridge.settings import BridgeSettings
 from producer_tools.live import PENDING_PER_CAMERA, LiveStreams
+from tests.consumer.fakes import MemoryOutbox
 from tests.http_bridge.test_middleware import FakeBackend
 
 BOX = {
@@ -77,6 +81,39 @@ def test_duplicates_errors_and_request_reply_calls() -> None:
     assert not live.observe("tfstream.dlq", b"cam-1", b"x", [], 1)
     assert [v.camera for v in live.changed_since(0)] == ["cam-1"]
     assert live.changed_since(live.version) == []
+
+
+def shadow_answer(live: LiveStreams, camera: str, cid: str, boxes: list, name: str = "v2") -> bool:
+    sink = AnswerSink(Topics("tfstream"), MemoryOutbox(), WorkerMetrics(), Role.SHADOW, name)
+    request = Record("tfstream.requests.m", 0, 1, camera.encode(), b"", (), timestamp_ms=1000)
+    reply = Reply(cid, "m", data=detection_data(boxes, None, 64, 48), worker="shadow-w")
+    logged = sink.entry(request, "m", reply, None)
+    topic = f"tfstream.shadow.{name}.m"
+    return live.observe(topic, camera.encode(), logged.to_json(), logged.headers(), 1500)
+
+
+def test_a_shadow_s_answer_to_the_frame_on_show_is_shown_with_it() -> None:
+    live = LiveStreams(BridgeSettings(bootstrap="unused:9092"))
+    other = {**BOX, "ObjectClassName": "green disc"}
+    # A shadow answer before its frame's serving answer waits for it.
+    assert not shadow_answer(live, "cam-1", "a", [other])
+    frame(live, "cam-1", "a", b"jpeg-a", 1000)
+    assert answer(live, "cam-1", "a", 1010)
+    view = live.cameras[("m", "cam-1")]
+    shown = view.to_dict()["shadows"]
+    assert [(s["name"], s["boxes"], s["worker"]) for s in shown] == [("v2", [other], "shadow-w")]
+    assert shown[0]["latency_ms"] is not None and shown[0]["latency_ms"] >= 0
+    # One after it updates the view; an answer to another frame does not.
+    assert shadow_answer(live, "cam-1", "a", [BOX, other], name="v3")
+    assert [s["name"] for s in view.to_dict()["shadows"]] == ["v2", "v3"]
+    assert not shadow_answer(live, "cam-1", "zzz", [BOX])
+    # The next frame shows only the shadows that answered it.
+    frame(live, "cam-1", "b", b"jpeg-b", 1100)
+    assert answer(live, "cam-1", "b", 1110)
+    assert view.to_dict()["shadows"] == []
+    # A shadow answering a camera nobody shows creates no camera.
+    assert not shadow_answer(live, "cam-9", "q", [BOX])
+    assert ("m", "cam-9") not in live.cameras
 
 
 def test_frames_waiting_for_answers_are_bounded() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.exporter_layouts import LAYOUT_MODELS
 from tests.support.models import MODEL_GARDEN, build_images, build_repository
 
 
@@ -21,6 +22,12 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def model_garden_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The two Model Garden RetinaNet exports (pixel and normalised boxes)."""
     return build_repository(tmp_path_factory.mktemp("model_garden"), MODEL_GARDEN)
+
+
+@pytest.fixture(scope="session")
+def exporter_layouts_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shapes detector in Ultralytics' three layouts and KerasHub's (metadata.yaml only)."""
+    return build_repository(tmp_path_factory.mktemp("exporter_layouts"), LAYOUT_MODELS)
 
 
 @pytest.fixture(scope="session")

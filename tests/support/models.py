@@ -1,14 +1,17 @@
 """Generated models and images for the tests.
 
-The models are generated once into the project's `models/` folder (as
+The demo models are generated once into the project's `models/` folder (as
 `make test` does before pytest), then copied into a per-session repository so
-that tests never depend on, or change, what a user keeps in `models/`.
+that tests never depend on, or change, what a user keeps in `models/`. Model
+Garden's random-weight exports are test fixtures only: they are generated into
+the tests' own cache (`TEST_MODELS`), never into `models/`, which `make run` serves.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,13 +24,18 @@ GENERATED = ("shapes_tf2", "shapes_tf1", "ssd_mobilenet_v2_bench")
 MODEL_GARDEN = ("retinanet_mg_pixels", "retinanet_mg_normalized")
 
 
+TEST_MODELS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / (
+    "tfstream/test-models"
+)
+
+
 def build_repository(dest: Path, names: tuple[str, ...] = GENERATED) -> Path:
     from engines.modelgen.generate import generate_models
 
-    source = REPO_ROOT / "models"
-    generate_models(source, list(names))
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
+        source = TEST_MODELS if name in MODEL_GARDEN else REPO_ROOT / "models"
+        generate_models(source, [name])
         shutil.copytree(source / name, dest / name, dirs_exist_ok=True)
     return dest
 
@@ -188,3 +196,17 @@ def run_validate(repository: Path, *args: str) -> subprocess.CompletedProcess[st
         cwd=REPO_ROOT,
         timeout=300,
     )
+
+
+def candidate_repository(dest: Path, blind_to: str = "yellow disc") -> Path:
+    """A repository whose shapes_tf2 is the candidate that cannot see `blind_to`."""
+    from engines.modelgen.export import export_shapes_blind
+
+    export_shapes_blind(dest / "shapes_tf2", blind_to)
+    return dest
+
+
+def serving_copy(model_repository: Path, dest: Path, name: str = "shapes_tf2") -> Path:
+    """A repository holding only `name`, copied from the session's repository."""
+    shutil.copytree(model_repository / name, dest / name)
+    return dest

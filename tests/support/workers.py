@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 MAX_BYTES = 16 * 1024 * 1024
@@ -86,6 +86,40 @@ async def read_topic(
         while time.monotonic() < deadline and not done(records):
             batch = await consumer.getmany(timeout_ms=200)
             for recs in batch.values():
+                records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Any]:
+    """Every record of `topic` up to its end offsets as they are now: for counting
+    what is there (duplicates), where waiting for an expected number would stop early."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert described["error_code"] == 0, described
+    assigned = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        max_partition_fetch_bytes=MAX_BYTES,
+        fetch_max_bytes=4 * MAX_BYTES,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        deadline = time.monotonic() + timeout_s
+        while [tp for tp in assigned if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout_s}s"
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
                 records.extend(recs)
     finally:
         await consumer.stop()

@@ -1,0 +1,262 @@
+"""The answer log and shadow answers: every answer a worker gave, as a record anyone
+can read later.
+
+A reply goes to whoever asked: a client's reply topic, gone with the client, or
+the results topic, where camera readers take it. Neither says afterwards what the
+service answered to whom. With `--answer-log` a serving worker also writes each
+answer, success or error, to `<prefix>.answers.<model>`; a shadow worker
+(`consumer.shadow`) writes its answers there only, on `<prefix>.shadow.<name>.<model>`.
+Both record kinds have the same body (`LoggedAnswer`), so `tfstream-diff`
+compares any two of them by correlation id.
+
+A logged answer keeps where its request was (topic, partition, offset, time), so
+a reader can fetch the very frame it answered, and the latency from the request's
+record time to the answer. The record key is the request's key: a camera's
+answers stay in order on one partition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from consumer.metrics import WorkerMetrics
+from consumer.protocol import (
+    ANSWER_ROLE,
+    CONTENT_TYPE,
+    CORRELATION_ID,
+    ERROR_CODE,
+    MODEL_VERSION,
+    PROTOCOL_VERSION,
+    SHADOW_NAME,
+    Headers,
+    Reply,
+    Topics,
+)
+from engines.errors import InvalidRequest, ReplyUndeliverable
+
+log = logging.getLogger(__name__)
+
+
+class Role(StrEnum):
+    SERVING = "serving"
+    """Answered the client: the record is a copy of what the client got."""
+    SHADOW = "shadow"
+    """Answered nobody: a candidate model's answer, kept for comparison."""
+
+
+@dataclass(frozen=True)
+class RequestPosition:
+    """Where the answered request was: enough to read its frame again."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+    """The request record's timestamp (the producer's send time by default)."""
+
+    @property
+    def ident(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class LoggedAnswer:
+    """The body of an answer-log or shadow record."""
+
+    role: Role
+    model: str
+    reply: Reply
+    request: RequestPosition
+    answered_ms: int
+    shadow: str | None = None
+    key: str | None = None
+    """The request's key as text (undecodable bytes replaced)."""
+    reply_to: str | None = None
+    """Where the serving answer was sent; None for a shadow, which sends none."""
+    model_version: int | None = None
+    """The version of the model that answered, when the reply names one; None otherwise."""
+    latency_ms: float | None = None
+    """From the request record's timestamp to the answer: what a client would have waited,
+    less the reply's trip back."""
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.reply.correlation_id
+
+    @property
+    def ident(self) -> str:
+        """What pairs two answers to the same request: the correlation id, or for a
+        request without one (answered with an error), where it was."""
+        return self.correlation_id or self.request.ident
+
+    def to_json(self) -> bytes:
+        reply = json.loads(self.reply.to_json())
+        return json.dumps(
+            {
+                "protocol": PROTOCOL_VERSION,
+                "role": self.role.value,
+                "shadow": self.shadow,
+                "model": self.model,
+                "model_version": self.model_version,
+                "correlation_id": self.reply.correlation_id,
+                "key": self.key,
+                "reply_to": self.reply_to,
+                "request": {
+                    "topic": self.request.topic,
+                    "partition": self.request.partition,
+                    "offset": self.request.offset,
+                    "timestamp_ms": self.request.timestamp_ms,
+                },
+                "answered_ms": self.answered_ms,
+                "latency_ms": self.latency_ms,
+                "reply": reply,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        out = [(CONTENT_TYPE, b"application/json"), (ANSWER_ROLE, self.role.value.encode())]
+        if self.reply.correlation_id is not None:
+            out.insert(0, (CORRELATION_ID, self.reply.correlation_id.encode()))
+        if self.reply.error is not None:
+            out.append((ERROR_CODE, self.reply.error.code.encode()))
+        if self.shadow is not None:
+            out.append((SHADOW_NAME, self.shadow.encode()))
+        if self.model_version is not None:
+            out.append((MODEL_VERSION, str(self.model_version).encode()))
+        return out
+
+    @staticmethod
+    def from_json(value: bytes) -> LoggedAnswer:
+        """Raises: InvalidRequest for anything but an answer-log or shadow record."""
+        try:
+            body = json.loads(value)
+            request = body["request"]
+            latency = body.get("latency_ms")
+            return LoggedAnswer(
+                role=Role(body["role"]),
+                model=str(body["model"]),
+                reply=Reply.from_json(json.dumps(body["reply"]).encode()),
+                request=RequestPosition(
+                    str(request["topic"]),
+                    int(request["partition"]),
+                    int(request["offset"]),
+                    request.get("timestamp_ms"),
+                ),
+                answered_ms=int(body["answered_ms"]),
+                shadow=body.get("shadow"),
+                key=body.get("key"),
+                reply_to=body.get("reply_to"),
+                model_version=_version(body.get("model_version")),
+                latency_ms=None if latency is None else float(latency),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, InvalidRequest) as exc:
+            raise InvalidRequest(f"not a tfstream answer-log record: {exc!r}") from None
+
+
+def _version(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def version_of(reply: Reply) -> int | None:
+    """The model version a reply names (None when no model ran, e.g. a bad image)."""
+    return reply.model_version
+
+
+class Outbox(Protocol):
+    def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+    ) -> Awaitable[None]: ...
+
+
+class RequestRecord(Protocol):
+    """What the log needs of the answered record (`consumer.records.Record`)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int | None
+
+
+class AnswerSink:
+    """Writes the answers of one role to their topics through the worker's outbox.
+
+    A topic this worker did not create at start (a request topic for a model it does
+    not serve, answered with an error) is created before its first record by
+    `ensure`. A record the topic refuses is logged and counted, and the request is
+    still committed: the log is a copy, and re-reading the request would not cure it.
+    """
+
+    def __init__(
+        self,
+        topics: Topics,
+        outbox: Outbox,
+        metrics: WorkerMetrics,
+        role: Role = Role.SERVING,
+        shadow: str | None = None,
+        ensure: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.topics = topics
+        self.outbox = outbox
+        self.metrics = metrics
+        self.role = role
+        self.shadow = shadow
+        self._ensure = ensure
+        self._ensured: set[str] = set()
+
+    def topic(self, model: str) -> str:
+        if self.role is Role.SHADOW:
+            assert self.shadow is not None
+            return self.topics.shadow(self.shadow, model)
+        return self.topics.answers(model)
+
+    def created(self, *topics: str) -> None:
+        """Topics that already exist (made at start): no need to ensure them again."""
+        self._ensured.update(topics)
+
+    def entry(
+        self, record: RequestRecord, model: str, reply: Reply, reply_to: str | None
+    ) -> LoggedAnswer:
+        now_ms = int(time.time() * 1000)
+        return LoggedAnswer(
+            role=self.role,
+            model=model,
+            reply=reply,
+            request=RequestPosition(
+                record.topic, record.partition, record.offset, record.timestamp_ms
+            ),
+            answered_ms=now_ms,
+            shadow=self.shadow,
+            key=None if record.key is None else record.key.decode("utf-8", "replace"),
+            reply_to=reply_to if self.role is Role.SERVING else None,
+            model_version=version_of(reply),
+            latency_ms=None if record.timestamp_ms is None else float(now_ms - record.timestamp_ms),
+        )
+
+    async def write(
+        self, record: RequestRecord, model: str, reply: Reply, reply_to: str | None
+    ) -> None:
+        logged = self.entry(record, model, reply, reply_to)
+        topic = self.topic(model)
+        if topic not in self._ensured and self._ensure is not None:
+            await self._ensure(topic)
+            self._ensured.add(topic)
+        try:
+            await self.outbox.send(topic, logged.to_json(), record.key, logged.headers())
+        except ReplyUndeliverable as exc:
+            self.metrics.answers_not_logged.labels(model).inc()
+            log.error(
+                "answer not logged",
+                extra={
+                    "topic": topic,
+                    "error": exc.message,
+                    "correlation_id": reply.correlation_id,
+                },
+            )

@@ -1,0 +1,171 @@
+"""The answer log and the shadow's output without Kafka: which records go where,
+what a logged answer holds, the shadow's settings and its metrics labels.
+
+The same rules against a real broker and worker processes: tests/consumer/test_shadow_kafka.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from prometheus_client import generate_latest
+from pydantic import ValidationError
+
+from consumer.answer_log import AnswerSink, LoggedAnswer, Role
+from consumer.metrics import WorkerMetrics
+from consumer.pipeline import Pipeline
+from consumer.protocol import Reply, Topics
+from consumer.records import Record, RecordAdapter
+from consumer.settings import ConsumerSettings, EngineSettings
+from consumer.shadow import ShadowAdapter, parse_from, shadow_registry
+from engines.errors import InvalidRequest
+from tests.consumer.fakes import CountingEngine, Detectors, MemoryOutbox, jpeg
+
+TOPICS = Topics("t")
+IMAGE = jpeg(32, 24)
+
+
+def record(offset: int, value: bytes = IMAGE, model: str = "a", **headers: str) -> Record:
+    return Record(
+        TOPICS.requests(model),
+        2,
+        offset,
+        b"camera-1",
+        value,
+        tuple((k.replace("_", "-"), v.encode()) for k, v in headers.items()),
+        timestamp_ms=1_000,
+    )
+
+
+@pytest_asyncio.fixture
+async def pipeline() -> AsyncIterator[Pipeline]:
+    pipeline = Pipeline(Detectors({"a": CountingEngine()}), EngineSettings(), "w1")
+    pipeline.start()
+    yield pipeline
+    await asyncio.wait_for(pipeline.close(), 10)
+
+
+async def handled(adapter: RecordAdapter, *records: Record) -> None:
+    await asyncio.wait_for(asyncio.gather(*(adapter.submit(r) for r in records)), 10)
+
+
+def serving(pipeline: Pipeline, outbox: MemoryOutbox) -> RecordAdapter:
+    sink = AnswerSink(TOPICS, outbox, pipeline.metrics)
+    return RecordAdapter(pipeline, TOPICS, outbox, "w1", answer_log=sink)
+
+
+def shadow(pipeline: Pipeline, outbox: MemoryOutbox) -> ShadowAdapter:
+    sink = AnswerSink(TOPICS, outbox, pipeline.metrics, Role.SHADOW, "v2")
+    return ShadowAdapter(pipeline, TOPICS, sink, "w1")
+
+
+@pytest.mark.asyncio
+async def test_every_answer_is_logged_beside_its_reply_whoever_asked(pipeline: Pipeline) -> None:
+    outbox = MemoryOutbox()
+    await handled(
+        serving(pipeline, outbox),
+        record(5, correlation_id="asked", reply_to="t.replies.me"),
+        record(6, correlation_id="camera"),  # no reply-to: answered on the results topic
+        record(7, b"not an image", correlation_id="broken", reply_to="t.replies.me"),
+    )
+    logged = {
+        LoggedAnswer.from_json(s.value or b"").correlation_id: s for s in outbox.to("t.answers.a")
+    }
+    assert sorted(logged) == ["asked", "broken", "camera"]
+    assert [s.headers["correlation-id"] for s in outbox.to("t.results.a")] == ["camera"]
+    assert len(outbox.to("t.dlq")) == 1  # the broken image, as without the log
+    ok = LoggedAnswer.from_json(logged["asked"].value or b"")
+    assert (ok.role, ok.model, ok.key, ok.reply_to) == (
+        Role.SERVING,
+        "a",
+        "camera-1",
+        "t.replies.me",
+    )
+    assert (ok.request.topic, ok.request.partition, ok.request.offset) == ("t.requests.a", 2, 5)
+    assert ok.request.timestamp_ms == 1_000 and ok.latency_ms == ok.answered_ms - 1_000
+    assert ok.reply.success and len((ok.reply.data or {})["bounding-boxes"]) == 1
+    assert ok.reply.timing.batch_size >= 1 and ok.reply.timing.inference_ms > 0
+    # The weights that answered: the flat layout is version 1.
+    assert ok.model_version == 1 and logged["asked"].headers["model-version"] == "1"
+    assert logged["asked"].key == b"camera-1"
+    assert logged["asked"].headers["answer-role"] == "serving"
+    camera = LoggedAnswer.from_json(logged["camera"].value or b"")
+    assert camera.reply_to == "t.results.a"
+    broken = logged["broken"]
+    assert broken.headers["error-code"] == "invalid_image"
+    assert LoggedAnswer.from_json(broken.value or b"").reply.error is not None
+
+
+@pytest.mark.asyncio
+async def test_a_refused_log_record_is_counted_and_the_request_still_answered(
+    pipeline: Pipeline,
+) -> None:
+    outbox = MemoryOutbox(refuse={"t.answers.a"})
+    adapter = serving(pipeline, outbox)
+    await handled(adapter, record(0, correlation_id="c1", reply_to="t.r"))  # does not raise
+    assert [s.headers["correlation-id"] for s in outbox.to("t.r")] == ["c1"]
+    assert pipeline.metrics.answers_not_logged.labels("a")._value.get() == 1
+
+
+@pytest.mark.asyncio
+async def test_a_shadow_answers_only_on_its_own_topic(pipeline: Pipeline) -> None:
+    outbox = MemoryOutbox()
+    await handled(
+        shadow(pipeline, outbox),
+        record(0, correlation_id="asked", reply_to="t.replies.me"),
+        record(1, correlation_id="camera"),
+        record(2, b"not an image", correlation_id="broken", reply_to="t.replies.me"),
+        record(3, model="ghost", correlation_id="unknown"),
+        record(4, reply_to="t.replies.me"),  # no correlation id
+    )
+    assert {s.topic for s in outbox.sent} == {"t.shadow.v2.a", "t.shadow.v2.ghost"}
+    found = [LoggedAnswer.from_json(s.value or b"") for s in outbox.sent]
+    by_id = {a.ident: a for a in found}
+    assert set(by_id) == {"asked", "camera", "broken", "unknown", "t.requests.a:2:4"}
+    assert all(a.role is Role.SHADOW and a.shadow == "v2" and a.reply_to is None for a in found)
+    assert by_id["asked"].reply.success
+    assert by_id["broken"].reply.error is not None
+    assert by_id["unknown"].reply.error is not None
+    assert by_id["unknown"].reply.error.code == "model_not_found"
+    assert all(s.headers["shadow-name"] == "v2" for s in outbox.sent)
+    assert pipeline.metrics.dlq.labels("a", "invalid_image")._value.get() == 0
+
+
+def test_a_logged_answer_round_trips_and_junk_is_refused() -> None:
+    sink = AnswerSink(Topics("t"), MemoryOutbox(), WorkerMetrics(), Role.SHADOW, "v2")
+    logged = sink.entry(record(9), "a", Reply("c9", "a", data={"bounding-boxes": []}), None)
+    again = LoggedAnswer.from_json(logged.to_json())
+    assert again == logged
+    with pytest.raises(InvalidRequest, match="answer-log record"):
+        LoggedAnswer.from_json(b'{"role": "serving"}')
+    with pytest.raises(InvalidRequest):
+        LoggedAnswer.from_json(b"\xff")
+
+
+def test_shadow_settings_are_checked() -> None:
+    assert ConsumerSettings(shadow="v2").consumer_group() == "tfstream-workers.shadow.v2"
+    assert ConsumerSettings(group="g").consumer_group() == "g"
+    assert ConsumerSettings(shadow="v2", shadow_from="1700000000000").shadow_start_ms() == (
+        1_700_000_000_000
+    )
+    assert parse_from("2026-01-01T00:00:00") == parse_from("2026-01-01T01:00:00+01:00")
+    assert parse_from("") is None
+    for bad in (
+        {"shadow": "v.2"},
+        {"shadow": "v2", "answer_log": True},
+        {"shadow_from": "0"},
+        {"shadow": "v2", "shadow_from": "yesterday"},
+    ):
+        with pytest.raises(ValidationError):
+            ConsumerSettings(**bad)
+
+
+def test_shadow_metrics_carry_the_role() -> None:
+    metrics = WorkerMetrics(shadow_registry("v2"))
+    metrics.answered("a")
+    text = generate_latest(metrics.registry).decode()
+    assert 'tfstream_requests_total{model="a",role="shadow",shadow="v2"} 1.0' in text
+    assert "role=" not in generate_latest(WorkerMetrics().registry).decode()

@@ -1,0 +1,223 @@
+"""tfstream-diff without Kafka: the box matching and its figures, and the offline
+diff of two generated model repositories as a CI gate (`--min-agreement`).
+
+The live diff against a real broker: tests/consumer/test_shadow_kafka.py; the
+report page in a browser: tests/demo/test_diff_report.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producer_tools.diff import DiffSettings, parse_time
+from producer_tools.diff_match import FrameAnswer, compare, match_boxes, table
+from tests.support.models import REPO_ROOT, candidate_repository, serving_copy
+
+
+def box(name: str, left: float, top: float, right: float, bottom: float, conf: float = 90) -> dict:
+    return {
+        "ObjectClassName": name,
+        "ObjectClassId": 1,
+        "confidence": conf,
+        "coordinates": {"left": left, "top": top, "right": right, "bottom": bottom},
+    }
+
+
+def test_boxes_pair_within_their_class_best_overlap_first() -> None:
+    baseline = [box("car", 0, 0, 10, 10), box("car", 20, 0, 30, 10), box("dog", 0, 0, 10, 10)]
+    candidate = [box("car", 21, 0, 31, 10), box("car", 0, 0, 10, 10), box("cat", 0, 0, 10, 10)]
+    pairs = match_boxes(baseline, candidate, 0.5)
+    assert sorted((p.baseline, p.candidate) for p in pairs) == [(0, 1), (1, 0)]
+    assert max(p.iou for p in pairs) == 1.0
+    assert min(p.iou for p in pairs) == pytest.approx(90 / 110)
+    # Below the IoU threshold: no pair.
+    assert match_boxes([box("car", 0, 0, 10, 10)], [box("car", 6, 0, 16, 10)], 0.5) == []
+
+
+def test_the_figures_per_class_overall_errors_and_latency() -> None:
+    base = [
+        FrameAnswer(
+            "f1", [box("car", 0, 0, 10, 10, 80), box("dog", 50, 50, 60, 60)], latency_ms=10
+        ),
+        FrameAnswer("f2", [box("car", 0, 0, 10, 10)], latency_ms=20),
+        FrameAnswer("f3", [], error="invalid_image", latency_ms=5),
+        FrameAnswer("f4", [box("car", 0, 0, 10, 10)], latency_ms=30),
+        FrameAnswer("only-base", [box("car", 0, 0, 10, 10)]),
+    ]
+    cand = [
+        FrameAnswer("f1", [box("car", 0, 0, 10, 11, 85)], latency_ms=100),
+        FrameAnswer("f2", [box("car", 0, 0, 10, 10), box("cat", 5, 5, 9, 9)], latency_ms=200),
+        FrameAnswer("f3", [], error="invalid_image", latency_ms=6),
+        FrameAnswer("f4", [], error="deadline_exceeded", latency_ms=300),
+    ]
+    result = compare(base, cand)
+    assert (len(result.frames), result.compared) == (4, 2)
+    assert (result.only_baseline_frames, result.only_candidate_frames) == (1, 0)
+    car, dog, cat = result.classes["car"], result.classes["dog"], result.classes["cat"]
+    assert (car.baseline, car.candidate, car.matched) == (2, 2, 2)
+    assert car.mean_iou == pytest.approx((100 / 110 + 1) / 2)
+    assert car.mean_confidence_change == pytest.approx(2.5)  # (+5 + 0) / 2
+    assert (dog.only_baseline, dog.only_candidate, cat.only_candidate) == (1, 0, 1)
+    overall = result.overall
+    assert (overall.matched, overall.only_baseline, overall.only_candidate) == (2, 1, 1)
+    assert result.agreement == pytest.approx(2 / 4)
+    assert result.errors["baseline"] == {"invalid_image": 1}
+    assert result.errors["candidate"] == {"invalid_image": 1, "deadline_exceeded": 1}
+    assert result.latency("baseline") == {"p50": 10.0, "p99": 30.0, "count": 4}
+    assert result.latency("candidate")["p50"] == 100.0
+    # One side failing ranks first; both failing alike is no disagreement.
+    ranked = [f.baseline.ident for f in result.most_disagreeing(10)]
+    assert ranked == ["f4", "f1", "f2"]
+    text = table(result)
+    assert "agreement: 0.500" in text and "deadline_exceeded 1" in text
+    assert json.loads(result.to_json(3))["most_disagreeing"][0]["candidate_error"] == (
+        "deadline_exceeded"
+    )
+
+
+def test_identical_answers_agree_fully_and_empty_frames_count_as_agreeing() -> None:
+    answers = [FrameAnswer("a", [box("car", 0, 0, 10, 10)]), FrameAnswer("b", [])]
+    result = compare(answers, answers)
+    assert result.agreement == 1.0 and result.most_disagreeing(5) == []
+
+
+def test_times_and_modes_are_checked() -> None:
+    assert parse_time("15m", now_ms=1_000_000) == 100_000
+    assert parse_time("2026-01-01T00:00:00Z") == 1_767_225_600_000
+    assert parse_time("1767225600000") == 1_767_225_600_000
+    with pytest.raises(ValueError):
+        parse_time("soon")
+    for bad in (
+        {},
+        {"baseline": "a"},
+        {"baseline": "a", "candidate": "b"},  # live without a broker
+        {"baseline": "a", "candidate": "b", "bootstrap": "k:9092", "images": "x"},
+        {"images": "x", "baseline_repo": "a"},
+    ):
+        with pytest.raises(ValueError):
+            DiffSettings(**bad)
+
+
+# -- offline, as a model's CI runs it ----------------------------------------------------
+
+
+def run_diff(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "producer_tools.diff", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def repositories(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("diff_repos")
+    return {
+        "baseline": serving_copy(model_repository, root / "baseline"),
+        "same": serving_copy(model_repository, root / "same"),
+        "blind": candidate_repository(root / "blind", "yellow disc"),
+    }
+
+
+@pytest.fixture(scope="module")
+def images(
+    shapes_images: tuple[Path, dict[str, list[dict[str, Any]]]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
+    source, truth = shapes_images
+    dest = tmp_path_factory.mktemp("diff_images")
+    names = sorted(n for n in truth if n.endswith(".jpg"))[:24]
+    for name in names:
+        shutil.copy(source / name, dest / name)
+    return dest, {n: truth[n] for n in names}
+
+
+@pytest.mark.slow
+def test_offline_diff_is_a_ci_gate(repositories: dict, images: tuple, tmp_path: Path) -> None:
+    folder, truth = images
+    yellow = sum(1 for objs in truth.values() for o in objs if o["label"] == "yellow disc")
+    total = sum(len(objs) for objs in truth.values())
+    assert yellow > 0
+
+    same = run_diff(
+        "--images", str(folder),
+        "--baseline-repo", str(repositories["baseline"]),
+        "--candidate-repo", str(repositories["same"]),
+        "--min-agreement", "1.0",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert same.returncode == 0, same.stderr
+    assert "agreement: 1.000" in same.stdout
+
+    blind = run_diff(
+        "--images", str(folder),
+        "--baseline-repo", str(repositories["baseline"]),
+        "--candidate-repo", str(repositories["blind"]),
+        "--min-agreement", "0.95",
+        "--json",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert blind.returncode == 1, blind.stderr
+    assert "below --min-agreement 0.95" in blind.stderr
+    report = json.loads(blind.stdout)
+    assert report["frames"] == {
+        "paired": 24,
+        "compared": 24,
+        "only_baseline": 0,
+        "only_candidate": 0,
+    }
+    missing = report["classes"]["yellow disc"]
+    assert missing == {
+        "baseline": yellow,
+        "candidate": 0,
+        "matched": 0,
+        "only_baseline": yellow,
+        "only_candidate": 0,
+        "mean_iou": None,
+        "mean_confidence_change": None,
+        "agreement": 0.0,
+    }
+    for name in ("red rectangle", "green disc", "blue rectangle"):
+        kept = report["classes"][name]
+        assert kept["matched"] == kept["baseline"] == kept["candidate"] > 0
+        assert kept["mean_iou"] == 1.0 and kept["mean_confidence_change"] == 0.0
+    assert report["overall"]["baseline"] == total
+    assert report["agreement"] == round((total - yellow) / total, 4)
+    assert report["latency_ms"]["candidate"]["count"] == 24
+    # A looser gate passes the same candidate.
+    loose = run_diff(
+        "--images", str(folder),
+        "--baseline-repo", str(repositories["baseline"]),
+        "--candidate-repo", str(repositories["blind"]),
+        "--min-agreement", f"{(total - yellow) / total - 0.01:.3f}",
+        "--report", str(tmp_path / "report"),
+        "--device", "cpu",
+    )  # fmt: skip
+    assert loose.returncode == 0, loose.stderr
+    page = (tmp_path / "report" / "index.html").read_text()
+    frames_with_yellow = sum(
+        1 for objs in truth.values() if any(o["label"] == "yellow disc" for o in objs)
+    )
+    assert page.count('<figure class="frame"') == min(12, frames_with_yellow)
+    assert 'class="baseline" data-label="yellow disc" data-matched="no"' in page
+    assert len(list((tmp_path / "report" / "frames").glob("*.jpg"))) == min(12, frames_with_yellow)
+
+
+def test_a_missing_folder_is_a_precise_error(repositories: dict, tmp_path: Path) -> None:
+    result = run_diff(
+        "--images", str(tmp_path / "nowhere"),
+        "--baseline-repo", str(repositories["baseline"]),
+        "--candidate-repo", str(repositories["same"]),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "[invalid_request]" in result.stderr and "is not a folder" in result.stderr

@@ -1,0 +1,142 @@
+"""Start with the cluster: workers started at the same moment as a brand-new broker.
+
+`docker compose up` and a new Kubernetes cluster start workers before the broker
+listens, and the broker then has no `__consumer_offsets` (the first group to ask
+creates it), no leaders yet, topics being created. The harness here does not
+warm anything up: its broker starts with `warm_coordinators=False`, and nothing
+joins a group before the workers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from consumer.settings import KafkaClientSettings
+from deploy.local.kafka import LocalKafkaCluster
+from deploy.local.processes import BridgeProcess, ConsumerProcess, free_port
+from deploy.local.security import HARNESS_PRINCIPAL, SCRAM_MECHANISM, BrokerSecurity, client_env
+from producer_tools.client import DetectClient
+from tests.support.models import shapes_png
+from tests.support.workers import unique_prefix
+
+pytestmark = [pytest.mark.slow]
+
+MODEL = "shapes_tf2"
+USER = "tfstream-worker"
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_SSL"])
+def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restart(
+    protocol: str, model_repository: Path, tmp_path: Path
+) -> None:
+    password = f"pw-{secrets.token_hex(8)}"
+    secured = protocol == "SASL_SSL"
+    cluster = LocalKafkaCluster(
+        workdir=tmp_path / "kafka",
+        warm_coordinators=False,
+        security=BrokerSecurity({USER: password}) if secured else None,
+        # ACLs can only be granted once a cluster runs; on a brand-new one the worker
+        # is an operator-made super user, as the first service of a cluster often is.
+        broker_config={"super.users": f"{HARNESS_PRINCIPAL};User:{USER}"} if secured else None,
+    ).plan()
+    if secured:
+        password_file = tmp_path / "worker.password"
+        password_file.write_text(password)
+        bootstrap = cluster.sasl_ssl_bootstrap
+        env = client_env(bootstrap, cluster.tls, USER, protocol, password_file)
+    else:
+        bootstrap, env = cluster.bootstrap, {}
+    prefix = unique_prefix()
+    workers = [
+        ConsumerProcess(
+            bootstrap,
+            model_repository,
+            prefix,
+            tmp_path,
+            extra={**env, "TFSTREAM_MODELS": MODEL, "TFSTREAM_START_TIMEOUT_S": "300"},
+        ).start()
+        for _ in range(2)
+    ]
+    try:
+        cluster.start(timeout_s=180)  # the workers are already trying
+        for worker in workers:
+            worker.wait_ready(timeout_s=300)
+        for worker in workers:
+            assert worker.proc is not None and worker.proc.poll() is None
+            records = worker.log_records()
+            waiting = [r for r in records if r.get("msg") == "waiting for Kafka"]
+            assert waiting, "the worker never had to wait: the broker was not brand-new"
+            # Once per change of what it waits for, not once per attempt.
+            reasons = [(r["step"], r["reason"]) for r in waiting]
+            assert len(reasons) == len(set(reasons))
+            assert "Traceback" not in worker.log_path.read_text()
+            connected = next(r for r in records if r.get("msg") == "connected to Kafka")
+            print(f"{protocol}: {worker.name} waited {connected['waited_s']} s for the cluster")
+        settings = KafkaClientSettings(bootstrap=bootstrap, topic_prefix=prefix)
+        if secured:
+            settings = settings.model_copy(
+                update={
+                    "security_protocol": "SASL_SSL",
+                    "sasl_mechanism": SCRAM_MECHANISM,
+                    "sasl_username": USER,
+                    "sasl_password": SecretStr(password),
+                    "ssl_cafile": cluster.tls.ca,
+                }
+            )
+
+        async def ask() -> None:
+            async with DetectClient(settings, timeout_s=60) as client:
+                reply = await client.detect(MODEL, shapes_png(320, 240))
+            assert reply.success, reply.error
+            assert reply.model_version == 1
+
+        asyncio.run(ask())
+    finally:
+        for worker in workers:
+            worker.stop()
+        cluster.stop()
+
+
+def test_a_worker_and_a_bridge_that_never_see_a_broker_give_up_with_one_line(
+    tmp_path: Path,
+) -> None:
+    """Readiness false (liveness true) while waiting; at --start-timeout-s one line, exit 1."""
+    nobody = f"127.0.0.1:{free_port()}"
+    worker = ConsumerProcess(
+        nobody,
+        tmp_path,
+        unique_prefix(),
+        tmp_path,
+        extra={"TFSTREAM_START_TIMEOUT_S": "8"},
+    ).start()
+    bridge = BridgeProcess(
+        tmp_path, {"TFSTREAM_BOOTSTRAP": nobody, "TFSTREAM_START_TIMEOUT_S": "8"}
+    ).start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                if worker.health("/health/ready")[0] == 503:
+                    break
+            assert time.monotonic() < deadline and worker.proc.poll() is None, worker.log_tail()  # type: ignore[union-attr]
+            time.sleep(0.2)
+        assert worker.health("/health/live")[0] == 200
+        assert worker.wait(120) == 1
+        assert bridge.proc is not None and bridge.proc.wait(120) == 1, bridge.log_tail()
+    finally:
+        worker.stop()
+        bridge.stop()
+    for log in (worker.log_path.read_text(), bridge.log_path.read_text()):
+        assert "Traceback" not in log
+        assert "not ready after 8s" in log, log[-2000:]
+    failed = [r for r in worker.log_records() if r.get("msg", "").startswith("worker failed")]
+    assert len(failed) == 1 and failed[0]["code"] == "service_unavailable"
