@@ -153,7 +153,7 @@ def test_replay_through_kafka_from_the_host(
         [
             replay, "--bootstrap", stack.kafka_bootstrap, "--model", MODEL,
             "--source", str(source), "--count", "40", "--max", "--concurrency", "4",
-            "--timeout-s", "60", "--report", str(report), "--no-progress",
+            "--answer-timeout-s", "60", "--report", str(report), "--no-progress",
         ],
         env={k: v for k, v in os.environ.items() if not k.startswith("TFSTREAM_")},
         capture_output=True, text=True, timeout=600, check=False,
