@@ -108,7 +108,10 @@ def test_replay_max_reports_numbers_that_add_up_and_right_answers(
     report = json.loads((tmp_path / "run.json").read_text())
     check_adds_up(report)
     assert report["sent"] == 40 and report["answered"] == 40 and report["errors"] == {}
-    assert max(int(size) for size in report["batch_sizes"]) >= 2  # 8 in flight make batches
+    # Sizes of the engine calls the answers were in: one call per image size, so with
+    # the folder's mixed sizes a call may well hold one image (batching itself is
+    # tested in tests/consumer/test_pipeline.py and test_model_batching.py).
+    assert all(1 <= int(size) <= 8 for size in report["batch_sizes"])
     names = [r["name"] for r in rows(report)]
     assert sorted(names) == sorted(
         list(truth) * 2
