@@ -10,10 +10,10 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidTopicError,
@@ -196,3 +196,15 @@ async def delete_topics(settings: KafkaClientSettings, names: list[str]) -> None
         await admin.delete_topics(names)
     finally:
         await admin.close()
+
+
+async def seek_to_time(
+    consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], from_ms: int
+) -> None:
+    """Each partition to its first record at or after `from_ms` (epoch ms), or to its
+    end where there is none: where a shadow or a diff starts reading "from then on"."""
+    found = await consumer.offsets_for_times({tp: from_ms for tp in partitions})
+    ends = await consumer.end_offsets(list(partitions))
+    for tp in partitions:
+        hit = found.get(tp)
+        consumer.seek(tp, hit.offset if hit is not None else ends[tp])

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
+from consumer import kafka_io
 from consumer.answer_log import AnswerSink
 from consumer.pipeline import Answer, Pipeline
 from consumer.protocol import Topics, epoch_ms
@@ -79,11 +80,7 @@ async def start_positions(
     if from_ms is None:
         await consumer.seek_to_end(*fresh)
     else:
-        found = await consumer.offsets_for_times({tp: from_ms for tp in fresh})
-        ends = await consumer.end_offsets(fresh)
-        for tp in fresh:
-            hit = found.get(tp)
-            consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+        await kafka_io.seek_to_time(consumer, fresh, from_ms)
     log.info(
         "shadow starts",
         extra={

@@ -170,11 +170,7 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
         if since is None:
             await consumer.seek_to_beginning(*partitions)
         else:
-            starts = await consumer.offsets_for_times({tp: since for tp in partitions})
-            ends_now = await consumer.end_offsets(partitions)
-            for tp in partitions:
-                hit = starts.get(tp)
-                consumer.seek(tp, hit.offset if hit is not None else ends_now[tp])
+            await kafka_io.seek_to_time(consumer, partitions, since)
         ends = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + settings.wait_s
 
