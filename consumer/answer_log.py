@@ -164,11 +164,6 @@ def _version(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def version_of(reply: Reply) -> int | None:
-    """The model version a reply names (None when no model ran, e.g. a bad image)."""
-    return reply.model_version
-
-
 class Outbox(Protocol):
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
@@ -236,7 +231,7 @@ class AnswerSink:
             shadow=self.shadow,
             key=None if record.key is None else record.key.decode("utf-8", "replace"),
             reply_to=reply_to if self.role is Role.SERVING else None,
-            model_version=version_of(reply),
+            model_version=reply.model_version,
             latency_ms=None if record.timestamp_ms is None else float(now_ms - record.timestamp_ms),
         )
 

@@ -118,6 +118,15 @@ class ClassStats:
     confidence_change_sum: float = 0.0
     """Sum over matches of candidate minus baseline confidence (percentage points)."""
 
+    def shown(self) -> tuple[str, str]:
+        """Mean IoU and mean confidence change as the table and the report page show
+        them: '-' where nothing matched."""
+        mean_iou = "-" if self.mean_iou is None else f"{self.mean_iou:.3f}"
+        change = (
+            "-" if self.mean_confidence_change is None else f"{self.mean_confidence_change:+.1f}"
+        )
+        return mean_iou, change
+
     @property
     def only_baseline(self) -> int:
         return self.baseline - self.matched
@@ -225,6 +234,14 @@ class DiffResult:
     @property
     def agreement(self) -> float:
         return self.overall.agreement
+
+    def side_summary(self, side: str) -> tuple[str, str]:
+        """A side's error codes and latency as the table and the report page show them."""
+        codes = self.errors[side]
+        errors = ", ".join(f"{code} {n}" for code, n in sorted(codes.items())) or "none"
+        lat = self.latency(side)
+        latency = "-" if lat["p50"] is None else f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
+        return errors, latency
 
     def latency(self, side: str) -> dict[str, float | None]:
         values = self.latencies[side]
@@ -354,8 +371,7 @@ def table(result: DiffResult) -> str:
     lines += [header, "-" * len(header)]
     rows = [*sorted(result.classes.items()), (OVERALL, result.overall)]
     for name, s in rows:
-        mean_iou = "-" if s.mean_iou is None else f"{s.mean_iou:.3f}"
-        change = "-" if s.mean_confidence_change is None else f"{s.mean_confidence_change:+.1f}"
+        mean_iou, change = s.shown()
         lines.append(
             f"{name[:22]:<22} {s.baseline:>8} {s.candidate:>9} {s.matched:>7} "
             f"{s.only_baseline:>9} {s.only_candidate:>9} {mean_iou:>8} {change:>7} "
@@ -363,14 +379,9 @@ def table(result: DiffResult) -> str:
         )
     lines.append("")
     for side in ("baseline", "candidate"):
-        codes = result.errors[side]
-        errors = ", ".join(f"{code} {n}" for code, n in sorted(codes.items())) or "none"
-        lat = result.latency(side)
-        latency = (
-            "-"
-            if lat["p50"] is None
-            else f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms ({lat['count']} answers)"
-        )
+        errors, latency = result.side_summary(side)
+        if latency != "-":
+            latency += f" ({result.latency(side)['count']} answers)"
         versions = ", ".join(str(v) for v in result.versions[side])
         lines.append(
             f"{side:<9}  errors: {errors}; latency {latency}"

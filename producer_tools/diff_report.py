@@ -140,8 +140,7 @@ def _frame(
 def _summary(result: DiffResult) -> str:
     rows = []
     for name, s in [*sorted(result.classes.items()), (OVERALL, result.overall)]:
-        mean_iou = "-" if s.mean_iou is None else f"{s.mean_iou:.3f}"
-        change = "-" if s.mean_confidence_change is None else f"{s.mean_confidence_change:+.1f}"
+        mean_iou, change = s.shown()
         rows.append(
             f'<tr class="{"overall" if name == OVERALL else "class"}"><td>{html.escape(name)}</td>'
             f"<td>{s.baseline}</td><td>{s.candidate}</td><td>{s.matched}</td>"
@@ -150,10 +149,7 @@ def _summary(result: DiffResult) -> str:
         )
     sides = []
     for side in ("baseline", "candidate"):
-        codes = result.errors[side]
-        errors = ", ".join(f"{k} {n}" for k, n in sorted(codes.items())) or "none"
-        lat = result.latency(side)
-        latency = "-" if lat["p50"] is None else f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
+        errors, latency = result.side_summary(side)
         sides.append(f"<li>{side}: errors {html.escape(errors)}; latency {latency}</li>")
     return (
         "<table><tr><th>class</th><th>baseline</th><th>candidate</th><th>matched</th>"
