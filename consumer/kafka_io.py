@@ -7,11 +7,13 @@ Sizes are raised together (producer request size, consumer fetch sizes, topic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -26,6 +28,8 @@ from aiokafka.errors import (
 from consumer.protocol import Headers
 from consumer.settings import KafkaClientSettings
 from engines.errors import NotAuthorized, ReplyUndeliverable
+
+ClientT = TypeVar("ClientT", AIOKafkaConsumer, AIOKafkaProducer)
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +212,16 @@ async def seek_to_time(
     for tp in partitions:
         hit = found.get(tp)
         consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+
+
+async def started(client: ClientT) -> ClientT:
+    """`client` started, or stopped again before the error propagates: a client whose
+    start failed half-way still holds connections and background tasks, and a caller
+    retrying at start-up would leak one such client per attempt."""
+    try:
+        await client.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise
+    return client

@@ -175,14 +175,9 @@ class Worker:
         )
 
     async def _start_producer(self) -> AIOKafkaProducer:
-        producer = kafka_io.producer(self.settings, "worker", self.settings.linger_ms)
-        try:
-            await producer.start()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise
-        return producer
+        return await kafka_io.started(
+            kafka_io.producer(self.settings, "worker", self.settings.linger_ms)
+        )
 
     async def _serve(self) -> None:
         s = self.settings
@@ -252,13 +247,7 @@ class Worker:
         else:
             consumer.subscribe([self.topics.requests(m) for m in served], listener=_Rebalance(self))
         self.consumer = consumer  # a shadow's listener places the partitions it is assigned
-        try:
-            await consumer.start()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            raise
-        return consumer
+        return await kafka_io.started(consumer)
 
     async def _check_access(self, served: list[str]) -> None:
         """Refuse to start, naming every missing ACL, rather than fail record by record.

@@ -160,9 +160,8 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
     until = parse_time(settings.until)
     consumer = kafka_io.consumer(settings, "diff", group_id=None, enable_auto_commit=False)
     try:
-        await consumer.start()
+        await kafka_io.started(consumer)
     except (KafkaError, OSError) as exc:
-        await consumer.stop()
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
     sides: dict[str, dict[str, LoggedAnswer]] = {settings.baseline: {}, settings.candidate: {}}
     try:

@@ -298,10 +298,8 @@ class LiveStreams:
             metadata_max_age_ms=2_000,  # see a new camera's model within seconds
         )
         try:
-            await consumer.start()
+            await kafka_io.started(consumer)
         except (KafkaError, OSError) as exc:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
             raise ServiceUnavailable(
                 f"cannot reach Kafka at {self.settings.bootstrap}: {exc}"
             ) from exc

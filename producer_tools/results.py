@@ -138,12 +138,9 @@ async def follow(
             auto_offset_reset="earliest" if settings.from_beginning else "latest",
         )
         try:
-            await consumer.start()
+            return await kafka_io.started(consumer)
         except (KafkaError, OSError) as exc:
-            with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
-                await consumer.stop()
             raise await explain(exc, settings) from exc
-        return consumer
 
     consumer = await until_ready("connecting", connect, settings)
     printed = 0
