@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from consumer.protocol import Headers, Request, header_map
+from consumer.protocol import Headers, Request, Topics, header_map
+from consumer.records import Record, RecordAdapter
 from engines.base import Engine
 from engines.config import ModelConfig
 from engines.detector import Detector
@@ -158,3 +159,31 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"condition not met within {timeout_s}s"
         await asyncio.sleep(0.005)
+
+
+TOPICS = Topics("t")
+IMAGE = jpeg(32, 24)
+
+
+def record(
+    offset: int,
+    value: bytes = IMAGE,
+    model: str = "a",
+    partition: int = 0,
+    timestamp_ms: int | None = None,
+    **headers: str,
+) -> Record:
+    """A request record of topic prefix `t`; header names with `-` for `_`."""
+    return Record(
+        TOPICS.requests(model),
+        partition,
+        offset,
+        b"camera-1",
+        value,
+        tuple((k.replace("_", "-"), v.encode()) for k, v in headers.items()),
+        timestamp_ms=timestamp_ms,
+    )
+
+
+async def handled(adapter: RecordAdapter, *records: Record) -> None:
+    await asyncio.wait_for(asyncio.gather(*(adapter.submit(r) for r in records)), 10)

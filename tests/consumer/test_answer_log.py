@@ -6,11 +6,9 @@ The same rules against a real broker and worker processes: tests/consumer/test_s
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
-import pytest_asyncio
 from prometheus_client import generate_latest
 from pydantic import ValidationError
 
@@ -18,38 +16,15 @@ from consumer.answer_log import AnswerSink, LoggedAnswer, Role
 from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Pipeline
 from consumer.protocol import Reply, Topics
-from consumer.records import Record, RecordAdapter
-from consumer.settings import ConsumerSettings, EngineSettings
+from consumer.records import RecordAdapter
+from consumer.settings import ConsumerSettings
 from consumer.shadow import ShadowAdapter, parse_from, shadow_registry
 from engines.errors import InvalidRequest
-from tests.consumer.fakes import CountingEngine, Detectors, MemoryOutbox, jpeg
+from tests.consumer import fakes
+from tests.consumer.fakes import TOPICS, MemoryOutbox, handled
 
-TOPICS = Topics("t")
-IMAGE = jpeg(32, 24)
-
-
-def record(offset: int, value: bytes = IMAGE, model: str = "a", **headers: str) -> Record:
-    return Record(
-        TOPICS.requests(model),
-        2,
-        offset,
-        b"camera-1",
-        value,
-        tuple((k.replace("_", "-"), v.encode()) for k, v in headers.items()),
-        timestamp_ms=1_000,
-    )
-
-
-@pytest_asyncio.fixture
-async def pipeline() -> AsyncIterator[Pipeline]:
-    pipeline = Pipeline(Detectors({"a": CountingEngine()}), EngineSettings(), "w1")
-    pipeline.start()
-    yield pipeline
-    await asyncio.wait_for(pipeline.close(), 10)
-
-
-async def handled(adapter: RecordAdapter, *records: Record) -> None:
-    await asyncio.wait_for(asyncio.gather(*(adapter.submit(r) for r in records)), 10)
+# Partition 2 and a record timestamp, which the answer log carries on.
+record = partial(fakes.record, partition=2, timestamp_ms=1_000)
 
 
 def serving(pipeline: Pipeline, outbox: MemoryOutbox) -> RecordAdapter:

@@ -4,43 +4,14 @@ out through an in-memory outbox, and the offsets that may be committed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from consumer.offsets import OffsetTracker
 from consumer.pipeline import Pipeline
-from consumer.protocol import Reply, Topics, header_map
+from consumer.protocol import Reply, header_map
 from consumer.records import Record, RecordAdapter
-from consumer.settings import EngineSettings
-from tests.consumer.fakes import CountingEngine, Detectors, MemoryOutbox, jpeg, until
-
-TOPICS = Topics("t")
-IMAGE = jpeg(32, 24)
-
-
-def record(offset: int, value: bytes = IMAGE, model: str = "a", **headers: str) -> Record:
-    return Record(
-        TOPICS.requests(model),
-        0,
-        offset,
-        b"camera-1",
-        value,
-        tuple((k.replace("_", "-"), v.encode()) for k, v in headers.items()),
-    )
-
-
-@pytest_asyncio.fixture
-async def pipeline() -> AsyncIterator[Pipeline]:
-    pipeline = Pipeline(Detectors({"a": CountingEngine()}), EngineSettings(), "w1")
-    pipeline.start()
-    yield pipeline
-    await asyncio.wait_for(pipeline.close(), 10)
-
-
-async def handled(adapter: RecordAdapter, *records: Record) -> None:
-    await asyncio.wait_for(asyncio.gather(*(adapter.submit(r) for r in records)), 10)
+from tests.consumer.fakes import IMAGE, TOPICS, MemoryOutbox, handled, record, until
 
 
 @pytest.mark.asyncio
