@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.cpu import snapshot, usage
 from bench.http_load import drive
 from bench.lone import Served, http_served, pairs
@@ -154,9 +152,9 @@ async def kafka_lone_served(bootstrap: str, prefix: str) -> AsyncIterator[Served
 
 @contextlib.asynccontextmanager
 async def http_lone_served(url: str) -> AsyncIterator[Served]:
-    """One multipart POST per call on one keep-alive connection."""
-    async with httpx.AsyncClient(timeout=60) as client:
-        yield http_served(client, f"{url}/models/{MODEL}/predict")
+    """One multipart POST per call on one keep-alive connection (`bench.lone.PlainHttp`)."""
+    async with http_served(f"{url}/models/{MODEL}/predict") as served:
+        yield served
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 
 from bench.context import Context
@@ -101,7 +102,9 @@ TARGETS = [
 
 def decode_costs(jpegs: list[bytes], repeats: int = 3) -> tuple[float, float, str]:
     """(full-resolution ms, model-size ms, decoded size) per frame: CPU time of this
-    thread, medians (CPU time, not wall time, so other tenants' load counts less)."""
+    thread (not wall time, so other tenants' load counts less), means over every
+    frame: the replay sends each frame as often, and the consumer's CPU per frame
+    it is set against is a mean too."""
     from engines.images import decode_for_model, decode_image
     from engines.resizer import FixedShape
 
@@ -118,7 +121,7 @@ def decode_costs(jpegs: list[bytes], repeats: int = 3) -> tuple[float, float, st
             pixels = decode_for_model(data, resizer=resizer).pixels
             scaled.append(time.thread_time() - started)
             size = f"{pixels.shape[1]}x{pixels.shape[0]}"
-    return 1000 * sorted(full)[len(full) // 2], 1000 * sorted(scaled)[len(scaled) // 2], size
+    return 1000 * statistics.fmean(full), 1000 * statistics.fmean(scaled), size
 
 
 async def ceiling(ctx: Context) -> list[Row]:

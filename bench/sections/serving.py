@@ -10,6 +10,7 @@ overhead on this shared machine."""
 from __future__ import annotations
 
 from bench.context import Context
+from bench.lone import client_costs
 from bench.measure import (
     Planned,
     compared,
@@ -66,7 +67,13 @@ TARGETS = [
 
 async def _http_lone(ctx: Context, url: str) -> Measurement:
     async with http_lone_served(url) as served:
-        return await lone(ctx.bench, ctx.detector, ctx.jpegs, served)
+        measured = await lone(ctx.bench, ctx.detector, ctx.jpegs, served)
+    by_httpx, by_plain = await client_costs(url)
+    measured.note += (
+        f"; client: one keep-alive connection, request built by hand (GET /health/live "
+        f"p50 {by_plain:.2f} ms with it, {by_httpx:.2f} ms with httpx)"
+    )
+    return measured
 
 
 async def _kafka_lone(ctx: Context) -> Measurement:
