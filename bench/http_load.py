@@ -2,20 +2,22 @@
 as the previous answer is in, for a fixed time.
 
 Every client is one keep-alive connection, as a real service client would
-hold. Latency is per request, from the start of the POST to the parsed answer;
-throughput is successful answers over the time from the first request to the
-last answer.
+hold, driven by `PlainHttp`: the load generator shares the machine's two cores
+with the bridge, so it should take as little of them as it can. Latency is per
+request, from the start of the POST to the parsed answer; throughput is
+successful answers over the time from the first request to the last answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import httpx
-
+from bench.plain_http import PlainHttp
 from producer_tools.report import percentile
 
 
@@ -49,21 +51,21 @@ async def drive(
     """POST multipart `input_data` to `url` from `clients` concurrent clients for `seconds`
     (after `warmup` requests; `on_start` is called when the measured window opens)."""
     result = HttpLoadResult(clients)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        connections = [await stack.enter_async_context(PlainHttp(url)) for _ in range(clients)]
 
-        async def post(index: int) -> tuple[bool, str]:
+        async def post(index: int, connection: PlainHttp) -> tuple[bool, str]:
             name, data = images[index % len(images)]
             try:
-                response = await client.post(url, files={"input_data": (name, data, "image/jpeg")})
-            except httpx.HTTPError as exc:
+                status, answer = await connection.predict(name, data)
+            except (OSError, asyncio.IncompleteReadError) as exc:
                 return False, type(exc).__name__
-            if response.status_code != 200:
-                return False, f"http_{response.status_code}"
-            return bool(response.json().get("success")), "ok"
+            if status != 200:
+                return False, f"http_{status}"
+            return bool(json.loads(answer).get("success")), "ok"
 
         if warmup:
-            await asyncio.gather(*(post(i) for i in range(warmup)))
+            await asyncio.gather(*(post(i, connections[i % clients]) for i in range(warmup)))
         if on_start is not None:
             on_start()
         started = time.perf_counter()
@@ -75,7 +77,7 @@ async def drive(
             index = first
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                ok, code = await post(index)
+                ok, code = await post(index, connections[first])
                 t1 = time.perf_counter()
                 last_done = max(last_done, t1)
                 if ok:

@@ -25,13 +25,13 @@ import contextlib
 import json
 import statistics
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
 
 from bench.cpu import snapshot, usage
+from bench.plain_http import PlainHttp
 from engines.detector import Detector
 from engines.images import DecodeLimits, decode_for_model
 
@@ -139,76 +139,6 @@ async def pairs(
     )
 
 
-class PlainHttp:
-    """One keep-alive HTTP/1.1 connection that sends a multipart predict built by hand.
-
-    The raw call has no client; the served call's client is timed with it. httpx
-    spends about 0.6 ms of CPU per call on this machine (a `GET /health/live`
-    round trip takes ~0.9 ms through httpx against ~0.3 ms here), more than a
-    fifth of the 3 ms budget, and none of it is the server's. So lone requests
-    are sent with the least a client can do: the body joined from its parts, the
-    answer's length read from its head, its JSON parsed and checked
-    (`client_costs` puts both clients side by side in the same run)."""
-
-    BOUNDARY = b"tfstream-bench-boundary"
-
-    def __init__(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or parts.hostname is None:
-            raise ValueError(f"plain HTTP only: {url}")
-        self.host, self.port = parts.hostname, parts.port or 80
-        self.path = parts.path or "/"
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def __aenter__(self) -> PlainHttp:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
-
-    def _head(self, method: str, path: str, extra: bytes = b"") -> bytes:
-        return f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n".encode() + extra + b"\r\n"
-
-    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(request)
-        head = await self._reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return status, await self._reader.readexactly(length)
-
-    async def predict(self, name: str, data: bytes) -> None:
-        body = b"".join(
-            (
-                b"--" + self.BOUNDARY + b"\r\n",
-                b'Content-Disposition: form-data; name="input_data"; filename="',
-                name.encode(),
-                b'"\r\nContent-Type: image/jpeg\r\n\r\n',
-                data,
-                b"\r\n--" + self.BOUNDARY + b"--\r\n",
-            )
-        )
-        headers = (
-            b"Content-Type: multipart/form-data; boundary=" + self.BOUNDARY + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
-        )
-        status, answer = await self._exchange(self._head("POST", self.path, headers) + body)
-        if status != 200 or not json.loads(answer).get("success"):
-            raise RuntimeError(f"served call failed: {status} {answer[:300]!r}")
-
-    async def get(self, path: str) -> int:
-        status, _ = await self._exchange(self._head("GET", path))
-        return status
-
-
 @contextlib.asynccontextmanager
 async def http_served(url: str) -> AsyncIterator[Served]:
     """One multipart POST per call to `url` (a predict endpoint) on one keep-alive
@@ -216,7 +146,9 @@ async def http_served(url: str) -> AsyncIterator[Served]:
     async with PlainHttp(url) as plain:
 
         async def call(index: int, data: bytes) -> None:
-            await plain.predict(f"frame_{index:03d}.jpg", data)
+            status, answer = await plain.predict(f"frame_{index:03d}.jpg", data)
+            if status != 200 or not json.loads(answer).get("success"):
+                raise RuntimeError(f"served call failed: {status} {answer[:300]!r}")
 
         yield call
 
