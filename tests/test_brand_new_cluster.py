@@ -1,4 +1,5 @@
-"""Start with the cluster: workers started at the same moment as a brand-new broker.
+"""Start with the cluster: workers and a client started at the same moment as a
+brand-new broker.
 
 `docker compose up` and a new Kubernetes cluster start workers before the broker
 listens, and the broker then has no `__consumer_offsets` (the first group to ask
@@ -12,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
+from consumer.protocol import Reply
 from consumer.settings import KafkaClientSettings
 from deploy.local.kafka import LocalKafkaCluster
 from deploy.local.processes import BridgeProcess, ConsumerProcess, free_port
@@ -66,8 +69,38 @@ def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restar
         ).start()
         for _ in range(2)
     ]
+    settings = KafkaClientSettings(bootstrap=bootstrap, topic_prefix=prefix, start_timeout_s=300)
+    if secured:
+        settings = settings.model_copy(
+            update={
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": SCRAM_MECHANISM,
+                "sasl_username": USER,
+                "sasl_password": SecretStr(password),
+                "ssl_cafile": cluster.tls.ca,
+            }
+        )
+    # A client (what tfstream-replay, tfstream-stream and the Kafka-mode bridge
+    # build on) connects before the broker listens too, and asks once the
+    # workers are ready.
+    workers_ready = threading.Event()
+    outcome: dict[str, object] = {}
+
+    async def early_client() -> None:
+        async with DetectClient(settings, timeout_s=60) as client:
+            await asyncio.to_thread(workers_ready.wait, 600)
+            outcome["reply"] = await client.detect(MODEL, shapes_png(320, 240))
+
+    def run_client() -> None:
+        try:
+            asyncio.run(early_client())
+        except Exception as exc:  # reported by the test's thread
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    client = threading.Thread(target=run_client, name="early-client", daemon=True)
+    client.start()
     try:
-        cluster.start(timeout_s=180)  # the workers are already trying
+        cluster.start(timeout_s=180)  # the workers and the client are already trying
         for worker in workers:
             worker.wait_ready(timeout_s=300)
         for worker in workers:
@@ -81,26 +114,15 @@ def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restar
             assert "Traceback" not in worker.log_path.read_text()
             connected = next(r for r in records if r.get("msg") == "connected to Kafka")
             print(f"{protocol}: {worker.name} waited {connected['waited_s']} s for the cluster")
-        settings = KafkaClientSettings(bootstrap=bootstrap, topic_prefix=prefix)
-        if secured:
-            settings = settings.model_copy(
-                update={
-                    "security_protocol": "SASL_SSL",
-                    "sasl_mechanism": SCRAM_MECHANISM,
-                    "sasl_username": USER,
-                    "sasl_password": SecretStr(password),
-                    "ssl_cafile": cluster.tls.ca,
-                }
-            )
-
-        async def ask() -> None:
-            async with DetectClient(settings, timeout_s=60) as client:
-                reply = await client.detect(MODEL, shapes_png(320, 240))
-            assert reply.success, reply.error
-            assert reply.model_version == 1
-
-        asyncio.run(ask())
+        workers_ready.set()
+        client.join(timeout=300)
+        assert not client.is_alive(), "the early client never finished"
+        assert "error" not in outcome, outcome.get("error")
+        reply = outcome["reply"]
+        assert isinstance(reply, Reply) and reply.success, reply
+        assert reply.model_version == 1
     finally:
+        workers_ready.set()
         for worker in workers:
             worker.stop()
         cluster.stop()

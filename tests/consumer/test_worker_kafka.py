@@ -350,7 +350,20 @@ async def test_models_are_announced_and_can_be_reloaded(worker: ConsumerProcess)
 
 
 @pytest.mark.asyncio
-async def test_metrics_and_health(worker: ConsumerProcess) -> None:
+async def test_metrics_and_health(
+    worker: ConsumerProcess, shapes_images: tuple[Path, Truth]
+) -> None:
+    # Its own traffic, whatever ran before: one answer, one invalid_image error.
+    folder, truth = shapes_images
+    image = (folder / next(n for n in sorted(truth) if n.endswith(".jpg"))).read_bytes()
+    _, replies, _ = await ask(
+        worker.bootstrap,
+        worker.prefix,
+        "shapes_tf2",
+        [("metrics-ok", image, {}), ("metrics-bad", b"not an image at all", {})],
+    )
+    assert replies["metrics-ok"][0]["success"] is True
+    assert replies["metrics-bad"][0]["error"]["code"] == "invalid_image"
     status, body = worker.health("/health/ready")
     assert (
         status == 200
