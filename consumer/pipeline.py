@@ -145,6 +145,9 @@ class Job:
     """Its decode has started (in the decode pool, or with its engine call)."""
     arrived_s: float = field(default_factory=time.perf_counter)
     """`time.perf_counter()` at `submit`: the start of its queue time."""
+    after: asyncio.Future[Answer] | None = None
+    """The answer of the previous request with the same model and key, still pending
+    when this one came: this one's answer waits for it (`Pipeline._settle`)."""
 
 
 @dataclass
@@ -159,6 +162,11 @@ class Lane:
     threads: ThreadPoolExecutor | None = None
     idle: int = 0
     """Runners waiting for the next batch: a request arriving now is taken at once."""
+    running_groups: set[Key] = field(default_factory=set)
+    """Conflation groups with a job in an engine round now (`instances` > 1)."""
+    parked: dict[Key, Job] = field(default_factory=dict)
+    """Per running group, the job taken while it ran: still waiting (a newer frame
+    supersedes it), run next by the runner that frees the group."""
 
 
 class Pipeline:
@@ -185,6 +193,7 @@ class Pipeline:
         self._wake_pending = False
         self._decoders: dict[str, ImageDecoder] = {}
         self._decoders_lock = threading.Lock()
+        self._last_answer: dict[tuple[str, bytes], asyncio.Future[Answer]] = {}
 
     @property
     def inflight(self) -> int:
@@ -259,6 +268,8 @@ class Pipeline:
             request.model, request.key, request.conflate, self.settings.conflates(request.model)
         )
         job = Job(request, detector, loop.create_future(), answer, spans, group)
+        if request.key is not None:
+            job.after = self._in_order(request.model, request.key, answer)
         older = self._waiting.arrive(group, job)
         if older is not None:
             older.superseded = True
@@ -275,6 +286,25 @@ class Pipeline:
             self._start_decode(job)
         # else: an idle runner takes it in this loop turn and decides (`_run_batch`)
         return answer
+
+    def _in_order(
+        self, model: str, key: bytes, answer: asyncio.Future[Answer]
+    ) -> asyncio.Future[Answer] | None:
+        """Make `answer` the last of its model and key; the one before it, if pending.
+
+        Answers of one key keep the order of their requests (a camera's frames on
+        its partition) even when batches of them run at once (`instances` > 1) or
+        one batch makes several engine calls (one per image size)."""
+        chain = (model, key)
+        before = self._last_answer.get(chain)
+        self._last_answer[chain] = answer
+
+        def forget(done: asyncio.Future[Answer]) -> None:
+            if self._last_answer.get(chain) is done:
+                del self._last_answer[chain]
+
+        answer.add_done_callback(forget)
+        return before if before is not None and not before.done() else None
 
     def _start_decode(self, job: Job) -> None:
         if job.decoded.done() or job.decoding:  # superseded, or taken with its engine call
@@ -365,10 +395,35 @@ class Pipeline:
             if not jobs:
                 return []
             jobs = [job for job in jobs if not job.superseded]  # while collect waited
-            for job in jobs:
-                self._waiting.start(job.group, job)
-            if jobs:
-                return jobs
+            ready = [job for job in jobs if self._take(lane, job)]
+            if ready:
+                return ready
+
+    def _take(self, lane: Lane, job: Job) -> bool:
+        """Start `job`, unless a job of its conflation group is running: then it is
+        parked, still waiting. So a camera has one frame in an engine round at a
+        time whatever the `instances`, and the frame that runs next is the newest
+        when a round ends, not one a second instance took a round earlier."""
+        if job.group is not None and job.group in lane.running_groups:
+            lane.parked[job.group] = job  # the one it replaces was superseded on arrival
+            return False
+        self._waiting.start(job.group, job)
+        if job.group is not None:
+            lane.running_groups.add(job.group)
+        return True
+
+    def _release(self, lane: Lane, jobs: list[Job]) -> list[Job]:
+        """The round of `jobs` is over: free their groups; the parked jobs of those
+        groups that are still waiting, started, for this runner to run next."""
+        after: list[Job] = []
+        for job in jobs:
+            if job.group is None:
+                continue
+            lane.running_groups.discard(job.group)
+            parked = lane.parked.pop(job.group, None)
+            if parked is not None and not parked.superseded and self._take(lane, parked):
+                after.append(parked)
+        return after
 
     def failed(self, model: str, correlation_id: str | None, error: TfstreamError) -> Answer:
         """The answer to a request that will not run (or ran and failed). Transports
@@ -395,13 +450,15 @@ class Pipeline:
             jobs = await self.next_batch(lane)
             if not jobs:
                 return
-            try:
-                await self._run_batch(lane, jobs)
-            except Exception as exc:  # never let one batch stop the worker
-                log.exception("batch failed unexpectedly")
-                error = InferenceFailed(f"internal error: {type(exc).__name__}")
-                for job in jobs:
-                    self._fail(job, error)
+            while jobs:
+                try:
+                    await self._run_batch(lane, jobs)
+                except Exception as exc:  # never let one batch stop the worker
+                    log.exception("batch failed unexpectedly")
+                    error = InferenceFailed(f"internal error: {type(exc).__name__}")
+                    for job in jobs:
+                        self._fail(job, error)
+                jobs = self._release(lane, jobs)
 
     async def _run_batch(self, lane: Lane, jobs: list[Job]) -> None:
         """The lane's jobs (one model), one engine call per image size."""
@@ -574,5 +631,13 @@ class Pipeline:
 
     @staticmethod
     def _settle(job: Job, answer: Answer) -> None:
-        if not job.answer.done():
-            job.answer.set_result(answer)
+        """Answer the job, once the answer of the request of its key before it is out."""
+
+        def now(_: object = None) -> None:
+            if not job.answer.done():
+                job.answer.set_result(answer)
+
+        if job.after is not None and not job.after.done():
+            job.after.add_done_callback(now)
+        else:
+            now()

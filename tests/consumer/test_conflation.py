@@ -14,7 +14,7 @@ from consumer.conflation import LatestWins, conflation_key
 from consumer.pipeline import Pipeline
 from consumer.settings import EngineSettings
 from engines.errors import Superseded, TfstreamError
-from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request
+from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request, until
 
 IMAGE = jpeg(32, 24)
 
@@ -134,9 +134,16 @@ class SlowEngine(CountingEngine):
 
 
 @pytest.mark.asyncio
-async def test_a_camera_twice_as_fast_as_the_engine_gets_every_other_frame_run() -> None:
-    """Frames decoded already when a newer one arrives are superseded too."""
-    pipeline = Pipeline(Detectors({"m": SlowEngine()}), EngineSettings(max_batch=1), "w")
+@pytest.mark.parametrize("instances", [1, 2])
+async def test_a_camera_twice_as_fast_as_the_engine_gets_every_other_frame_run(
+    instances: int,
+) -> None:
+    """Frames decoded already when a newer one arrives are superseded too. With two
+    instances a camera still has one frame in an engine call at a time: the second
+    instance does not take the next frame early (it would be one call older when
+    answered, and never superseded)."""
+    settings = EngineSettings(max_batch=1, instances=instances)
+    pipeline = Pipeline(Detectors({"m": SlowEngine()}), settings, "w")
     pipeline.start()
     try:
         futures = []
@@ -149,3 +156,24 @@ async def test_a_camera_twice_as_fast_as_the_engine_gets_every_other_frame_run()
     ran = sum(1 for answer in done if answer.error is None)
     assert done[-1].error is None
     assert 8 <= ran <= 32, ran  # about 20: one run per engine call, not 2 in all
+
+
+@pytest.mark.asyncio
+async def test_two_cameras_use_two_instances_at_once() -> None:
+    """One frame per camera at a time, but different cameras run side by side."""
+    gate = threading.Event()
+    engine = CountingEngine(gate=gate, fixed_batch=1)
+    pipeline = Pipeline(Detectors({"m": engine}), EngineSettings(instances=2), "w")
+    pipeline.start()
+    try:
+        futures = [
+            pipeline.submit(request("m", cam, IMAGE, key=cam.encode(), conflate=True))
+            for cam in ("a", "b")
+        ]
+        await until(lambda: engine.running == 2)  # both cameras' frames at once
+        gate.set()
+        done = await asyncio.wait_for(asyncio.gather(*futures), 20)
+    finally:
+        await asyncio.wait_for(pipeline.close(), 10)
+    assert engine.most_running == 2
+    assert all(answer.error is None for answer in done)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 
 from consumer.batching import Batching
@@ -20,7 +21,10 @@ SMALL, LARGE = jpeg(32, 24), jpeg(48, 40)
 
 
 def settings(**overrides: object) -> EngineSettings:
-    return EngineSettings(**{"max_batch": 8, "max_delay_ms": 0, **overrides})  # type: ignore[arg-type]
+    """One instance unless a test says otherwise: most tests here count engine calls
+    made one after the other."""
+    fields = {"max_batch": 8, "max_delay_ms": 0, "instances": 1, **overrides}
+    return EngineSettings(**fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -251,6 +255,47 @@ async def test_one_instance_runs_one_call_at_a_time() -> None:
         gate.set()
         await answers(futures)
     assert engines["m"].most_running == 1
+
+
+class FirstCallHeld(CountingEngine):
+    """Holds its first call until `hold` is set; later calls run at once."""
+
+    def __init__(self, hold: threading.Event, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.hold = hold
+        self.held = False
+
+    def _answer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with self._lock:
+            first, self.held = not self.held, True
+        if first:
+            assert self.hold.wait(10), "the test never let the first call go"
+        return super()._answer(batch)
+
+
+@pytest.mark.asyncio
+async def test_answers_of_one_key_keep_their_order_across_instances() -> None:
+    """With two instances the second frame of a camera finishes first; its answer
+    waits for the first frame's. Another camera's frame does not wait."""
+    gate = threading.Event()
+    engines = {"m": FirstCallHeld(gate, fixed_batch=1)}
+    finished: list[str] = []
+    async with running(Pipeline(Detectors(engines), settings(instances=2), "w")) as pipeline:
+        first = pipeline.submit(request("m", "cam1-frame1", SMALL, key=b"cam1"))
+        await until(lambda: engines["m"].held)  # frame 1 holds instance 1
+        later = [
+            pipeline.submit(request("m", "cam1-frame2", SMALL, key=b"cam1")),
+            pipeline.submit(request("m", "cam2-frame1", SMALL, key=b"cam2")),
+        ]
+        for future in (first, *later):
+            future.add_done_callback(lambda f: finished.append(f.result().reply.correlation_id))
+        await until(lambda: len(engines["m"].calls) == 2)  # both ran on instance 2 meanwhile
+        await asyncio.sleep(0.05)
+        assert finished == ["cam2-frame1"]  # cam1's second frame waits for its first
+        gate.set()
+        done = await answers([first, *later])
+    assert finished == ["cam2-frame1", "cam1-frame1", "cam1-frame2"]
+    assert all(a.reply.success for a in done)
 
 
 class ThreadNoting(Pipeline):
