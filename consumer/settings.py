@@ -33,13 +33,13 @@ CPU_MAX_BATCH = 8
 #: batch can fill while the previous one runs, and the latency a request waits behind
 #: a full batch stays a few milliseconds for a 300x300 detector.
 GPU_MAX_BATCH = 32
-#: Default engine calls of one model at once on the CPU. One call already uses every
-#: core (TensorFlow's intra-op threads), so a second one only competes with it
-#: (measured: docs/benchmarks.md, the fixed-batch rows).
-CPU_INSTANCES = 1
-#: Default engine calls of one model at once on a GPU: while one call's results come
-#: back to the host, the next one keeps the device busy (a batch-1 model above all).
-GPU_INSTANCES = 2
+#: Default engine calls of one model at once, on any device. On a GPU, while one
+#: call's results come back to the host, the next one keeps the device busy. On the
+#: CPU a one-image call leaves cores idle between its operations and around it
+#: (decode hand-off, boxes): two instances of a batch-1 model served 31 images/s
+#: against 27 with one on this project's 2-core machine, and a batching model the
+#: same either way (docs/benchmarks.md, section 3b; docs/profile.md).
+DEFAULT_INSTANCES = 2
 
 
 def usable_cores() -> int:
@@ -178,8 +178,8 @@ class EngineSettings(ImageLimitSettings):
     ms) where a bigger batch costs little more than a small one, as on GPUs. A model's
     config.json `max_delay_ms` wins over this default."""
     instances: int = Field(default=0, ge=0)
-    """Engine calls of one model running at once; 0 = by device: 1 on the CPU, 2 on a
-    GPU. A model's config.json `instances` wins over this default."""
+    """Engine calls of one model running at once; 0 = the default, 2 (on the CPU as
+    on a GPU). A model's config.json `instances` wins over this default."""
     inference_retries: int = Field(default=1, ge=0)
     """How many more times a failed engine call is run when its error is retriable
     (inference_failed) before its requests are answered with the error."""
@@ -212,11 +212,9 @@ class EngineSettings(ImageLimitSettings):
             return self.max_batch
         return GPU_MAX_BATCH if device.upper().startswith("/GPU") else CPU_MAX_BATCH
 
-    def instance_limit(self, device: str) -> int:
-        """`instances`, or the default for the device models run on."""
-        if self.instances:
-            return self.instances
-        return GPU_INSTANCES if device.upper().startswith("/GPU") else CPU_INSTANCES
+    def instance_limit(self) -> int:
+        """`instances`, or the default."""
+        return self.instances or DEFAULT_INSTANCES
 
     def conflates(self, model: str) -> bool:
         """Whether every request for `model` conflates, header or not."""

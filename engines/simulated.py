@@ -5,10 +5,16 @@ well below saturation) and sleeps instead of computing, so that several
 worker processes on this 2-core machine scale as they would on several GPUs.
 It finds nothing: its answers have no boxes. Never used unless asked for
 with `--simulate-batch-ms` (see `engines.detector.engine_factory`).
+
+One device runs one call at a time: with `--instances 2` a second call waits
+for the first, and only what happens around the calls (decoding, answers)
+overlaps, as on a real accelerator. Without that lock two sleeping calls
+would double a worker's throughput, which no device does.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,12 +31,14 @@ class SimulatedEngine(Engine):
     def __init__(self, batch_ms: float) -> None:
         self.batch_ms = batch_ms
         self.device = "/SIMULATED:0"
+        self._busy = threading.Lock()
 
     def _call(self, tensor: Any) -> Any:  # pragma: no cover - _run is overridden
         raise NotImplementedError
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        time.sleep(self.batch_ms / 1000)
+        with self._busy:
+            time.sleep(self.batch_ms / 1000)
         size = batch.shape[0]
         return {
             "detection_boxes": np.zeros((size, 1, 4), np.float32),

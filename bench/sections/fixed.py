@@ -10,9 +10,10 @@ with the raw engine's one-image calls of the same export, measured before and
 after. The mean batch is read from the bridge's `tfstream_batch_size`
 histogram: it must be 1.
 
-On a CPU one engine call already uses every core (TensorFlow's intra-op
-threads), so a second instance can only win what the hand-offs between calls
-leave idle; that ratio is what sets the CPU default of `--instances`.
+On a CPU one engine call uses every core for its big operations (TensorFlow's
+intra-op threads), so a second instance can only win what a one-image call and
+the hand-offs around it leave idle; that ratio is what sets the CPU default of
+`--instances` (2: it won 16% on the 2-core machine of docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -66,10 +66,9 @@ def test_batch_limit_defaults_by_device(device: str, expected: int) -> None:
     assert EngineSettings(max_batch=5).batch_limit(device) == 5
 
 
-@pytest.mark.parametrize(("device", "expected"), [("/CPU:0", 1), ("/GPU:0", 2), ("/GPU:1", 2)])
-def test_instances_default_by_device(device: str, expected: int) -> None:
-    assert EngineSettings().instance_limit(device) == expected
-    assert EngineSettings(instances=3).instance_limit(device) == 3
+def test_instances_default_and_override() -> None:
+    assert EngineSettings().instance_limit() == 2
+    assert EngineSettings(instances=3).instance_limit() == 3
 
 
 def test_the_batch_limit_help_states_the_defaults_the_code_uses() -> None:
