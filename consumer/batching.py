@@ -55,7 +55,7 @@ def batching_for(settings: EngineSettings, detector: Detector) -> Batching:
     else:
         max_batch = config.max_batch or settings.batch_limit(detector.device)
     delay_ms = settings.max_delay_ms if config.max_delay_ms is None else config.max_delay_ms
-    instances = config.instances or settings.instance_limit()
+    instances = config.instances or settings.instance_limit(detector.device, fixed)
     return Batching(max_batch=max_batch, max_delay_s=delay_ms / 1000, instances=instances)
 
 

@@ -33,13 +33,19 @@ CPU_MAX_BATCH = 8
 #: batch can fill while the previous one runs, and the latency a request waits behind
 #: a full batch stays a few milliseconds for a 300x300 detector.
 GPU_MAX_BATCH = 32
-#: Default engine calls of one model at once, on any device. On a GPU, while one
-#: call's results come back to the host, the next one keeps the device busy. On the
-#: CPU a one-image call leaves cores idle between its operations and around it
-#: (decode hand-off, boxes): two instances of a batch-1 model served 31 images/s
-#: against 27 with one on this project's 2-core machine, and a batching model the
-#: same either way (docs/benchmarks.md, section 3b; docs/profile.md).
-DEFAULT_INSTANCES = 2
+#: Default engine calls of one model at once on a GPU: while one call's results come
+#: back to the host, the next one keeps the device busy (a batch-1 model above all).
+GPU_INSTANCES = 2
+#: Default on the CPU for a model whose graph takes a fixed batch (most Object
+#: Detection API exports take 1): a one-image call leaves cores idle between its
+#: operations and around it, and a second call fills them. Two instances of the
+#: batch-1 bench export served 31 images/s against 27 with one on this project's
+#: 2-core machine (docs/benchmarks.md, section 3b).
+CPU_FIXED_BATCH_INSTANCES = 2
+#: Default on the CPU for a model that batches: its batches already fill the cores,
+#: and a second instance only splits them (mean batch 6.1 instead of 7.9 under the
+#: Kafka benchmark's 16 in flight, and no more throughput).
+CPU_INSTANCES = 1
 
 
 def usable_cores() -> int:
@@ -178,8 +184,10 @@ class EngineSettings(ImageLimitSettings):
     ms) where a bigger batch costs little more than a small one, as on GPUs. A model's
     config.json `max_delay_ms` wins over this default."""
     instances: int = Field(default=0, ge=0)
-    """Engine calls of one model running at once; 0 = the default, 2 (on the CPU as
-    on a GPU). A model's config.json `instances` wins over this default."""
+    """Engine calls of one model running at once; 0 = by device and model: 2 on a GPU;
+    on the CPU 2 for a model whose graph takes a fixed batch (most Object Detection
+    API exports take 1), 1 for a model that batches. A model's config.json
+    `instances` wins over this default."""
     inference_retries: int = Field(default=1, ge=0)
     """How many more times a failed engine call is run when its error is retriable
     (inference_failed) before its requests are answered with the error."""
@@ -212,9 +220,13 @@ class EngineSettings(ImageLimitSettings):
             return self.max_batch
         return GPU_MAX_BATCH if device.upper().startswith("/GPU") else CPU_MAX_BATCH
 
-    def instance_limit(self) -> int:
-        """`instances`, or the default."""
-        return self.instances or DEFAULT_INSTANCES
+    def instance_limit(self, device: str, fixed_batch: int | None) -> int:
+        """`instances`, or the default for the device and the model's batching."""
+        if self.instances:
+            return self.instances
+        if device.upper().startswith("/GPU"):
+            return GPU_INSTANCES
+        return CPU_INSTANCES if fixed_batch is None else CPU_FIXED_BATCH_INSTANCES
 
     def conflates(self, model: str) -> bool:
         """Whether every request for `model` conflates, header or not."""

@@ -59,7 +59,7 @@ async def test_a_fixed_batch_1_model_answers_8_concurrent_requests_in_8_calls_of
 ) -> None:
     settings = EngineSettings(max_batch=8, max_delay_ms=20)
     pipeline, done = await serve(model_repository, "shapes_tf2", settings, jpegs(shapes_images, 8))
-    # The default instances (2): two calls of 1 may run at once, each still of 1.
+    # The CPU default for a fixed-batch graph (2): two calls of 1 at once, each still of 1.
     assert pipeline.batching("shapes_tf2") == Batching(max_batch=1, max_delay_s=0.02, instances=2)
     assert all(a.reply.success for a in done), [a.error for a in done]
     assert [a.reply.timing.batch_size for a in done] == [1] * 8  # type: ignore[union-attr]

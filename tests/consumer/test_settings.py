@@ -66,9 +66,15 @@ def test_batch_limit_defaults_by_device(device: str, expected: int) -> None:
     assert EngineSettings(max_batch=5).batch_limit(device) == 5
 
 
-def test_instances_default_and_override() -> None:
-    assert EngineSettings().instance_limit() == 2
-    assert EngineSettings(instances=3).instance_limit() == 3
+@pytest.mark.parametrize(
+    ("device", "fixed_batch", "expected"),
+    [("/CPU:0", None, 1), ("/CPU:0", 1, 2), ("/GPU:0", None, 2), ("/GPU:1", 1, 2)],
+)
+def test_instances_default_by_device_and_batching(
+    device: str, fixed_batch: int | None, expected: int
+) -> None:
+    assert EngineSettings().instance_limit(device, fixed_batch) == expected
+    assert EngineSettings(instances=3).instance_limit(device, fixed_batch) == 3
 
 
 def test_the_batch_limit_help_states_the_defaults_the_code_uses() -> None:
