@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from deploy.local.kafka import MAX_MESSAGE_BYTES, LocalKafkaCluster
+from tests.support.workers import describe_partitions
 
 pytestmark = pytest.mark.kafka
 
@@ -43,16 +44,6 @@ async def _create_topic(bootstrap: str, name: str, partitions: int, replication:
         await admin.close()
     errors = [(topic, code) for topic, code, *_ in response.topic_errors if code != 0]
     assert not errors, f"create_topics failed: {errors}"
-
-
-async def _describe_partitions(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (description,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    return sorted(description["partitions"], key=lambda p: p["partition"])
 
 
 def _large_producer(bootstrap: str) -> AIOKafkaProducer:
@@ -162,7 +153,7 @@ async def test_replicated_topic_survives_a_broker_crash(kafka_cluster3: LocalKaf
     await _produce(cluster.bootstrap, topic, [b"before-%d" % i for i in range(6)], partitions=3)
     await _consume_and_commit(cluster.bootstrap, topic, group, count=6)
 
-    partitions = await _describe_partitions(cluster.bootstrap, topic)
+    partitions = await describe_partitions(cluster.bootstrap, topic)
     assert all(len(p["isr"]) == 3 for p in partitions), partitions
     victim = partitions[0]["leader"] - 1  # node ids are index + 1
     cluster.kill_broker(victim)
@@ -192,7 +183,7 @@ async def _wait_for_full_isr(bootstrap: str, topic: str, replicas: int, timeout_
     """A restarted broker must catch up and rejoin every ISR, or the cluster stays degraded."""
     deadline = time.monotonic() + timeout_s
     while True:
-        partitions = await _describe_partitions(bootstrap, topic)
+        partitions = await describe_partitions(bootstrap, topic)
         if all(len(p["isr"]) == replicas for p in partitions):
             return
         assert time.monotonic() < deadline, f"ISR not restored: {partitions}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -83,18 +84,37 @@ class CountingEngine(Engine):
         }
 
 
+#: The config.json of a fake model: the required fields, nothing else.
+FAKE_CONFIG: dict[str, object] = {
+    "inference_engine_name": "tensorflow2_detection",
+    "confidence": 50,
+    "predictions": 10,
+    "number_of_classes": 1,
+    "framework": "tensorflow",
+    "type": "detection",
+    "network": "fake",
+}
+FAKE_LABELS = 'item { id: 1 name: "thing" }\n'
+
+
 def fake_spec(name: str, **fields: object) -> ModelSpec:
-    config = ModelConfig(
-        inference_engine_name="tensorflow2_detection",  # type: ignore[arg-type]
-        confidence=50,
-        predictions=10,
-        number_of_classes=1,
-        framework="tensorflow",
-        type="detection",
-        network="fake",
-        **fields,  # type: ignore[arg-type]
-    )
+    config = ModelConfig(**{**FAKE_CONFIG, **fields})  # type: ignore[arg-type]
     return ModelSpec(name, Path(name), config, {1: "thing"}, Path(name))
+
+
+def write_fake_model(
+    root: Path, name: str, config: dict[str, object] | None = None, version: int | None = None
+) -> Path:
+    """A model folder whose weights no engine could load (a factory stands in for one):
+    config.json and labels at the model's top, the weights in `version`'s folder when
+    given. Returns the weights' folder."""
+    top = root / name
+    weights = top / str(version) if version is not None else top
+    weights.mkdir(parents=True)
+    (top / "config.json").write_text(json.dumps(FAKE_CONFIG if config is None else config))
+    (top / "object-detection.pbtxt").write_text(FAKE_LABELS)
+    (weights / "saved_model.pb").write_bytes(b"weights")
+    return weights
 
 
 @dataclass

@@ -17,34 +17,15 @@ from engines import errors
 from engines.base import Engine
 from engines.repository import ModelRepository, ModelSpec, model_hash
 from engines.simulated import SimulatedEngine
-from tests.consumer.fakes import CountingEngine
-
-LABELS = 'item { id: 1 name: "thing" }\n'
-
-
-def write_model(root: Path, name: str, config: dict[str, object] | None = None) -> None:
-    folder = root / name
-    folder.mkdir(parents=True)
-    body = config or {
-        "inference_engine_name": "tensorflow2_detection",
-        "confidence": 50,
-        "predictions": 10,
-        "number_of_classes": 1,
-        "framework": "tensorflow",
-        "type": "detection",
-        "network": "fake",
-    }
-    (folder / "config.json").write_text(json.dumps(body))
-    (folder / "object-detection.pbtxt").write_text(LABELS)
-    (folder / "saved_model.pb").write_bytes(b"")
+from tests.consumer.fakes import CountingEngine, write_fake_model
 
 
 @pytest.fixture
 def repository(tmp_path: Path) -> ModelRepository:
-    write_model(tmp_path, "good")
-    write_model(tmp_path, "other")
-    write_model(tmp_path, "bad_config", {"inference_engine_name": "tensorflow2_detection"})
-    write_model(tmp_path, "crashes")
+    write_fake_model(tmp_path, "good")
+    write_fake_model(tmp_path, "other")
+    write_fake_model(tmp_path, "bad_config", {"inference_engine_name": "tensorflow2_detection"})
+    write_fake_model(tmp_path, "crashes")
     return ModelRepository(tmp_path)
 
 
@@ -152,7 +133,7 @@ def test_settings_with_simulate_batch_ms_give_every_model_the_simulated_engine(
 def write_versions(root: Path, name: str, versions: list[int], **config: object) -> Path:
     """A versioned model: config.json and labels beside the version folders."""
     folder = root / name
-    write_model(root, name)
+    write_fake_model(root, name)
     (folder / "saved_model.pb").unlink()
     if config:
         body = json.loads((folder / "config.json").read_text())
@@ -188,7 +169,7 @@ def test_the_highest_complete_version_is_served_unless_pinned(tmp_path: Path) ->
     assert repository.versions("m") == [1, 2, 10, 11]
     assert repository.spec("m").version == 10
     assert repository.spec("m").path == folder / "10"
-    write_model(tmp_path, "flat")
+    write_fake_model(tmp_path, "flat")
     assert repository.spec("flat").version == 1
     pinned = write_versions(tmp_path, "p", [1, 2], version=1)
     assert repository.spec("p").path == pinned / "1"

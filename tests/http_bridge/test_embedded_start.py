@@ -8,7 +8,6 @@ factory is the seam), so the test controls when loading ends: no sleeps decide.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from pathlib import Path
 
@@ -22,17 +21,7 @@ from engines.repository import ModelRepository, ModelSpec
 from http_bridge.app import create_app
 from http_bridge.embedded import EmbeddedBackend
 from http_bridge.settings import BridgeSettings
-from tests.consumer.fakes import CountingEngine, jpeg
-
-CONFIG = {
-    "inference_engine_name": "tensorflow2_detection",
-    "confidence": 50,
-    "predictions": 10,
-    "number_of_classes": 1,
-    "framework": "tensorflow",
-    "type": "detection",
-    "network": "fake",
-}
+from tests.consumer.fakes import CountingEngine, jpeg, write_fake_model
 
 
 class GatedFactory:
@@ -50,11 +39,7 @@ class GatedFactory:
 async def test_docs_and_liveness_answer_while_models_load_and_requests_wait(
     tmp_path: Path,
 ) -> None:
-    folder = tmp_path / "m" / "1"
-    folder.mkdir(parents=True)
-    (tmp_path / "m" / "config.json").write_text(json.dumps(CONFIG))
-    (tmp_path / "m" / "object-detection.pbtxt").write_text('item { id: 1 name: "thing" }\n')
-    (folder / "saved_model.pb").write_bytes(b"weights")
+    write_fake_model(tmp_path, "m", version=1)
     settings = BridgeSettings(repository=tmp_path, poll_interval_s=0, answer_timeout_s=30)
     factory = GatedFactory()
     registry = ModelRegistry(ModelRepository(tmp_path), None, "cpu", factory)

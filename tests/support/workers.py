@@ -61,6 +61,30 @@ def headers(**values: object) -> list[tuple[str, bytes]]:
     return [(k.replace("_", "-"), str(v).encode()) for k, v in values.items() if v is not None]
 
 
+def _reader(bootstrap: str, *topics: str) -> AIOKafkaConsumer:
+    """A group-less consumer from the beginning, with room for the largest records."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        max_partition_fetch_bytes=MAX_BYTES,
+        fetch_max_bytes=4 * MAX_BYTES,
+    )
+
+
+async def describe_partitions(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """The topic's partitions as the broker describes them, by partition number."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert described["error_code"] == 0, described
+    return sorted(described["partitions"], key=lambda p: p["partition"])
+
+
 async def read_topic(
     bootstrap: str,
     topic: str,
@@ -71,14 +95,7 @@ async def read_topic(
     """Read `topic` from the beginning until `expect` records arrived (or `until(records)`
     holds, when given) or the time is up."""
     done = until or (lambda records: len(records) >= expect)
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-        max_partition_fetch_bytes=MAX_BYTES,
-        fetch_max_bytes=4 * MAX_BYTES,
-    )
+    consumer = _reader(bootstrap, topic)
     await consumer.start()
     records: list[Any] = []
     try:
@@ -95,21 +112,9 @@ async def read_topic(
 async def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Any]:
     """Every record of `topic` up to its end offsets as they are now: for counting
     what is there (duplicates), where waiting for an expected number would stop early."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    assert described["error_code"] == 0, described
-    assigned = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-        max_partition_fetch_bytes=MAX_BYTES,
-        fetch_max_bytes=4 * MAX_BYTES,
-    )
+    partitions = await describe_partitions(bootstrap, topic)
+    assigned = [TopicPartition(topic, p["partition"]) for p in partitions]
+    consumer = _reader(bootstrap)
     await consumer.start()
     records: list[Any] = []
     try:
