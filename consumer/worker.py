@@ -116,7 +116,9 @@ class Worker:
         self.supervisor = Supervisor(self.metrics.registry)
         self.producer: AIOKafkaProducer | None = None
         self._created_at_s = time.monotonic()
-        self._connect_deadline = 0.0
+        self._served: list[str] = []
+        """The models listed once at start: their topics exist; a model folder that
+        appears later gets its topics from the poll loop."""
         self._model_info: dict[str, tuple[str, ...]] = {}
         self._lag_models: set[str] = set()
 
@@ -131,8 +133,9 @@ class Worker:
         """
         health = self._start_health()  # readiness stays false until the group is joined
         try:
-            await self._connect(self.registry.served_names())
-            await self._serve()
+            self._served = self.registry.served_names()
+            deadline = await self._connect(self._served)
+            await self._serve(self._served, deadline)
         finally:
             await self.supervisor.stop()
             if health is not None:
@@ -141,9 +144,17 @@ class Worker:
                 with contextlib.suppress(KafkaError, OSError):
                     await self.producer.stop()
 
-    async def _connect(self, served: list[str]) -> None:
+    def _model_topic_specs(self, models: list[str]) -> list[kafka_io.TopicSpec]:
+        """The request and results topics of `models`."""
+        p = self.settings.partitions
+        return [kafka_io.TopicSpec(self.topics.requests(m), p) for m in models] + [
+            kafka_io.TopicSpec(self.topics.results(m), p) for m in models
+        ]
+
+    async def _connect(self, served: list[str]) -> float:
         """Topics, permissions and the producer, each retried while the cluster is
-        still coming up (`consumer.startup`), within one `start_timeout_s`."""
+        still coming up (`consumer.startup`), within one `start_timeout_s`; returns
+        that deadline (`time.monotonic()`), which joining the group shares."""
         s = self.settings
         deadline = time.monotonic() + s.start_timeout_s
         specs = [
@@ -151,8 +162,7 @@ class Worker:
             kafka_io.TopicSpec(self.topics.models, 1, compacted=True),
             kafka_io.TopicSpec(self.topics.control, 1),
         ]
-        specs += [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in served]
-        specs += [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in served]
+        specs += self._model_topic_specs(served)
         specs += [kafka_io.TopicSpec(topic, s.partitions) for topic in self._log_topics(served)]
         await until_ready(
             "creating topics",
@@ -165,7 +175,6 @@ class Worker:
             "starting the producer", self._start_producer, s, deadline
         )
         self.outbox = kafka_io.KafkaOutbox(self.producer)
-        self._connect_deadline = deadline
         log.info(
             "connected to Kafka",
             extra={
@@ -173,13 +182,14 @@ class Worker:
                 "waited_s": round(time.monotonic() - self._created_at_s, 1),
             },
         )
+        return deadline
 
     async def _start_producer(self) -> AIOKafkaProducer:
         return await kafka_io.started(
             kafka_io.producer(self.settings, "worker", self.settings.linger_ms)
         )
 
-    async def _serve(self) -> None:
+    async def _serve(self, served: list[str], deadline: float) -> None:
         s = self.settings
         # Announce `loading` first: a bridge then knows a worker is coming for these
         # models and lets their requests wait in Kafka instead of answering 404.
@@ -198,13 +208,12 @@ class Worker:
             )
         self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics)
         self.pipeline.start()
-        served = self.registry.served_names()
         self.adapter = self._adapter(served)
         self.consumer = await until_ready(
             "joining the group",
             lambda: self._start_consumer(served),
             s,
-            max(self._connect_deadline, time.monotonic() + 10),
+            max(deadline, time.monotonic() + 10),
         )
         self._joined = True
         log.info(
@@ -542,17 +551,14 @@ class Worker:
         """Roll in new version folders (`ModelRegistry.refresh`) as they appear; a model
         folder new to a worker serving every model gets its topics first."""
         s = self.settings
-        known = set(self.registry.served_names())
+        known = set(self._served)
         while True:
             await asyncio.sleep(s.poll_interval_s)
             fresh = [name for name in self.registry.served_names() if name not in known]
             if fresh:
                 try:
                     await kafka_io.ensure_topics(
-                        s,
-                        [kafka_io.TopicSpec(self.topics.requests(m), s.partitions) for m in fresh]
-                        + [kafka_io.TopicSpec(self.topics.results(m), s.partitions) for m in fresh],
-                        s.replication_factor,
+                        s, self._model_topic_specs(fresh), s.replication_factor
                     )
                 except (KafkaError, TfstreamError) as exc:  # broker away: the next turn tries again
                     log.warning("cannot create topics", extra={"models": fresh, "error": repr(exc)})

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from consumer.protocol import ModelFacts
+from consumer.startup import until_ready
 from consumer.supervision import Supervisor
 from engines.errors import (
     ModelNotFound,
@@ -59,22 +60,26 @@ class KafkaBackend:
             await asyncio.wait_for(asyncio.shield(self._started.wait()), 15)
 
     async def _connect(self) -> None:
+        """Each step retries on its own (`until_ready`) within one `start_timeout_s`;
+        a ServiceUnavailable out of one has waited that long, or was a refusal (an
+        untrusted certificate). Only refused credentials are tried again here,
+        without end: ACLs can be granted while the bridge runs."""
         delay_s = 0.5
         deadline = time.monotonic() + self.settings.start_timeout_s
         while True:
             try:
-                await self.client.start()
-                await self.directory.start()
+                await self.client.start(deadline)
+                await until_ready(
+                    "reading announcements", self.directory.start, self.settings, deadline
+                )
             except NotAuthorized as exc:
                 # The bridge's own credentials: 503 for every call (not 403, which says
-                # "this model is closed to the bridge"); retried, as ACLs can be granted live.
+                # "this model is closed to the bridge").
                 self._refused = exc
                 log.error("Kafka refused the bridge; retrying", extra={"error": exc.message})
             except ServiceUnavailable as exc:
-                if not exc.retriable or time.monotonic() + delay_s > deadline:
-                    self._give_up(exc)
-                    return
-                log.warning("Kafka not reachable yet; retrying", extra={"error": exc.message})
+                self._give_up(exc)
+                return
             else:
                 self._refused = None
                 self._started.set()
@@ -94,8 +99,7 @@ class KafkaBackend:
     def _give_up(self, error: TfstreamError) -> None:
         """Kafka not ready in time, or an untrusted certificate: stop the server; the
         command exits 1 with one line (http_bridge.cli)."""
-        waited = f"not ready after {self.settings.start_timeout_s:g}s: " if error.retriable else ""
-        self.gave_up = ServiceUnavailable(f"{waited}{error.message}")
+        self.gave_up = error  # its message says how long it waited, and for what
         log.error("giving up on Kafka", extra={"error": self.gave_up.message})
         if self.on_give_up is not None:
             self.on_give_up()

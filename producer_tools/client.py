@@ -86,16 +86,17 @@ class DetectClient:
     ) -> None:
         await self.stop()
 
-    async def start(self) -> None:
+    async def start(self, deadline_s: float | None = None) -> None:
         """Create the reply topic and start reading it before any request is sent,
-        retrying while the brokers are not there yet (up to `start_timeout_s`).
+        retrying while the brokers are not there yet (up to `start_timeout_s`, or
+        the `time.monotonic()` instant `deadline_s` a caller's steps share).
 
         Raises:
             NotAuthorized: Kafka refused the credentials, or Create/Read on the reply topic.
             ServiceUnavailable: the broker cannot be reached (within `start_timeout_s`),
                 or its certificate is not trusted.
         """
-        await until_ready("connecting", self._start_once, self.settings)
+        await until_ready("connecting", self._start_once, self.settings, deadline_s)
         self._reader = asyncio.create_task(self._read_replies(), name="replies")
 
     async def _start_once(self) -> None:

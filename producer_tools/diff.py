@@ -35,6 +35,7 @@ from consumer.access import explain
 from consumer.answer_log import LoggedAnswer
 from consumer.protocol import epoch_ms
 from consumer.settings import KafkaClientSettings
+from consumer.startup import until_ready
 from engines.errors import InvalidRequest, ServiceUnavailable, TfstreamError
 from engines.settings import cli_config, parse_cli
 from producer_tools.diff_match import (
@@ -153,16 +154,22 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
     """Both topics' answers in the window; with --count, until that many pair up.
 
     Raises:
-        ServiceUnavailable: the broker cannot be reached.
+        NotAuthorized: Kafka refused the credentials.
+        ServiceUnavailable: the broker cannot be reached (within --start-timeout-s).
         InvalidRequest: a topic does not exist.
     """
     since = parse_time(settings.since)
     until = parse_time(settings.until)
-    consumer = kafka_io.consumer(settings, "diff", group_id=None, enable_auto_commit=False)
-    try:
-        await kafka_io.started(consumer)
-    except (KafkaError, OSError) as exc:
-        raise ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+
+    async def connect() -> AIOKafkaConsumer:
+        """One attempt, retried while the brokers are not there yet (`until_ready`)."""
+        consumer = kafka_io.consumer(settings, "diff", group_id=None, enable_auto_commit=False)
+        try:
+            return await kafka_io.started(consumer)
+        except (KafkaError, OSError) as exc:
+            raise await explain(exc, settings) from exc
+
+    consumer = await until_ready("connecting", connect, settings)
     sides: dict[str, dict[str, LoggedAnswer]] = {settings.baseline: {}, settings.candidate: {}}
     try:
         partitions = await _assigned(consumer, list(sides), settings)

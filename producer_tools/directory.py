@@ -51,7 +51,7 @@ class ModelDirectory(Catalogue):
             metadata_max_age_ms=2000,
         )
         self._consumer.subscribe([self.topics.models])
-        await self._consumer.start()
+        await kafka_io.started(self._consumer)  # stopped again if it fails: start may be retried
         self._task = asyncio.create_task(self._follow(), name="directory")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._caught_up.wait(), timeout_s)

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -99,6 +100,16 @@ def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restar
 
     client = threading.Thread(target=run_client, name="early-client", daemon=True)
     client.start()
+    # And the Kafka-mode bridge, whose connection loop is its own (announcements too).
+    bridge = BridgeProcess(
+        tmp_path,
+        {
+            **env,
+            "TFSTREAM_BOOTSTRAP": bootstrap,
+            "TFSTREAM_TOPIC_PREFIX": prefix,
+            "TFSTREAM_START_TIMEOUT_S": "300",
+        },
+    ).start()
     try:
         cluster.start(timeout_s=180)  # the workers and the client are already trying
         for worker in workers:
@@ -121,7 +132,17 @@ def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restar
         reply = outcome["reply"]
         assert isinstance(reply, Reply) and reply.success, reply
         assert reply.model_version == 1
+        bridge.wait_ready(timeout_s=300)
+        answer = httpx.post(
+            f"{bridge.url}/models/{MODEL}/predict",
+            files={"input_data": ("frame.png", shapes_png(320, 240), "image/png")},
+            timeout=120,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["success"] is True and answer.headers["model-version"] == "1"
+        assert "Traceback" not in bridge.log_path.read_text()
     finally:
+        bridge.stop()
         workers_ready.set()
         for worker in workers:
             worker.stop()
@@ -131,7 +152,11 @@ def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restar
 def test_a_worker_and_a_bridge_that_never_see_a_broker_give_up_with_one_line(
     tmp_path: Path,
 ) -> None:
-    """Readiness false (liveness true) while waiting; at --start-timeout-s one line, exit 1."""
+    """Readiness false (liveness true) while waiting; at --start-timeout-s one line, exit 1.
+
+    The bridge waits up to 15 s for Kafka before it serves at all (a bridge
+    started beside a running broker answers its first call connected), so its
+    timeout here is 20 s: long enough to be seen waiting."""
     nobody = f"127.0.0.1:{free_port()}"
     worker = ConsumerProcess(
         nobody,
@@ -141,24 +166,31 @@ def test_a_worker_and_a_bridge_that_never_see_a_broker_give_up_with_one_line(
         extra={"TFSTREAM_START_TIMEOUT_S": "8"},
     ).start()
     bridge = BridgeProcess(
-        tmp_path, {"TFSTREAM_BOOTSTRAP": nobody, "TFSTREAM_START_TIMEOUT_S": "8"}
+        tmp_path, {"TFSTREAM_BOOTSTRAP": nobody, "TFSTREAM_START_TIMEOUT_S": "20"}
     ).start()
     try:
+        # Both probed in one loop: each gives up on its own clock.
+        live: dict[str, int] = {}
         deadline = time.monotonic() + 60
-        while True:
+        while len(live) < 2:
             with contextlib.suppress(OSError, ValueError):
-                if worker.health("/health/ready")[0] == 503:
-                    break
-            assert time.monotonic() < deadline and worker.proc.poll() is None, worker.log_tail()  # type: ignore[union-attr]
-            time.sleep(0.2)
-        assert worker.health("/health/live")[0] == 200
+                if "worker" not in live and worker.health("/health/ready")[0] == 503:
+                    live["worker"] = worker.health("/health/live")[0]
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(f"{bridge.url}/health/ready")
+                if "bridge" not in live and ready.status_code == 503:
+                    live["bridge"] = httpx.get(f"{bridge.url}/health/live").status_code
+            assert time.monotonic() < deadline, (live, worker.log_tail(), bridge.log_tail())
+            time.sleep(0.1)
+        assert live == {"worker": 200, "bridge": 200}
         assert worker.wait(120) == 1
         assert bridge.proc is not None and bridge.proc.wait(120) == 1, bridge.log_tail()
     finally:
         worker.stop()
         bridge.stop()
-    for log in (worker.log_path.read_text(), bridge.log_path.read_text()):
+    for log, waited in ((worker.log_path.read_text(), 8), (bridge.log_path.read_text(), 20)):
         assert "Traceback" not in log
-        assert "not ready after 8s" in log, log[-2000:]
+        assert f"not ready after {waited}s" in log, log[-2000:]
+        assert f"not ready after {waited}s: " not in log  # said once, not prefixed to itself
     failed = [r for r in worker.log_records() if r.get("msg", "").startswith("worker failed")]
     assert len(failed) == 1 and failed[0]["code"] == "service_unavailable"

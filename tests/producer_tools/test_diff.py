@@ -7,16 +7,20 @@ report page in a browser: tests/demo/test_diff_report.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from producer_tools.diff import DiffSettings, parse_time
+from deploy.local.processes import free_port
+from engines.errors import ServiceUnavailable
+from producer_tools.diff import DiffSettings, parse_time, read_answers
 from producer_tools.diff_match import FrameAnswer, compare, match_boxes, table
 from tests.support.models import REPO_ROOT, candidate_repository, serving_copy
 
@@ -103,6 +107,17 @@ def test_times_and_modes_are_checked() -> None:
     ):
         with pytest.raises(ValueError):
             DiffSettings(**bad)
+
+
+def test_a_live_diff_waits_for_the_broker_until_start_timeout_s() -> None:
+    """Started with the cluster, it retries as every tool does, then says for how long."""
+    settings = DiffSettings(
+        baseline="a", candidate="b", bootstrap=f"127.0.0.1:{free_port()}", start_timeout_s=2
+    )
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match=r"not ready after 2s \(connecting\)"):
+        asyncio.run(read_answers(settings))
+    assert time.monotonic() - started >= 1  # it waited, not failed on the first refusal
 
 
 # -- offline, as a model's CI runs it ----------------------------------------------------
