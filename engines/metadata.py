@@ -43,11 +43,6 @@ class ExportMetadata:
     nms: bool | None = None
     bounding_box_format: str = "yxyx"
     """Column order of a KerasHub export's `boxes` (its `bounding_box_format`)."""
-    source: str = METADATA_FILE
-
-    @property
-    def exporter(self) -> str:
-        return "Ultralytics" if self.ultralytics else "KerasHub"
 
 
 def metadata_path(folder: Path) -> Path | None:
@@ -119,7 +114,6 @@ def read_metadata(path: Path) -> ExportMetadata:
         end2end=raw.get("end2end") if isinstance(raw.get("end2end"), bool) else None,
         nms=args.get("nms") if isinstance(args.get("nms"), bool) else None,
         bounding_box_format=box_format,
-        source=source,
     )
 
 

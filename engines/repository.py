@@ -34,14 +34,12 @@ from pathlib import Path
 from engines.catalogue import HASH_NAMESPACE, Catalogue, model_hash
 from engines.config import EngineName, ModelConfig, load_config
 from engines.errors import InvalidModelConfig, ModelNotFound
-from engines.metadata import export_resizer, load_config_and_labels
+from engines.metadata import CONFIG_FILE, export_resizer, load_config_and_labels
 from engines.resizer import FixedShape, Resizer, read_pipeline_config
 
 #: Folder names we accept as model names: no separators, no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
-CONFIG_FILE = "config.json"
-LABEL_MAP_FILE = "object-detection.pbtxt"
 FROZEN_GRAPH_FILE = "frozen_inference_graph.pb"
 SAVED_MODEL_FILE = "saved_model.pb"
 #: Written by TensorFlow (2.12+) beside saved_model.pb: its own fingerprint of the export.

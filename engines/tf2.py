@@ -82,7 +82,14 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
 
     config = spec.config
     if convention.family is OutputConvention.ULTRALYTICS:
-        from engines.yolo import UltralyticsAdapter
+        from engines.yolo import RAW, UltralyticsAdapter
+
+        if convention.variant != RAW and config.iou_threshold is not None:
+            raise InvalidModelConfig(
+                f"{spec.name}: iou_threshold is set in config.json, but this Ultralytics "
+                f"export ({convention.variant}) has its NMS inside the graph, with the IoU it "
+                "was exported with; remove iou_threshold, or export without nms=True"
+            )
 
         height, width = input_spec.shape[1], input_spec.shape[2]
         if height is None or width is None:
@@ -94,15 +101,12 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
                     "metadata.yaml has no imgsz: export with a fixed imgsz"
                 )
             height, width = size
-        try:
-            return UltralyticsAdapter(
-                convention,
-                (int(height), int(width)),
-                config.iou_threshold,
-                max(config.predictions, MAX_DETECTIONS),
-            )
-        except InvalidModelConfig as exc:
-            raise InvalidModelConfig(f"{spec.name}: {exc.message}") from None
+        return UltralyticsAdapter(
+            convention,
+            (int(height), int(width)),
+            config.iou_threshold,
+            max(config.predictions, MAX_DETECTIONS),
+        )
     if config.iou_threshold is not None:
         raise InvalidModelConfig(
             f"{spec.name}: iou_threshold is set in config.json, but tfstream runs no NMS for "
