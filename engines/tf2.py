@@ -56,6 +56,7 @@ class TF2Engine(Engine):
             takes,
             {name: _spec_text(s) for name, s in signature.structured_outputs.items()},
             spec.path,
+            spec.metadata,
         )
         self._adapter = _adapter(spec, self.convention, input_spec)
 
@@ -78,7 +79,7 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
         InvalidModelConfig: iou_threshold on a model whose NMS is not ours, or
             an input whose size cannot be known.
     """
-    from engines.metadata import MAX_DETECTIONS, metadata_path, read_metadata
+    from engines.metadata import MAX_DETECTIONS
 
     config = spec.config
     if convention.family is OutputConvention.ULTRALYTICS:
@@ -93,8 +94,7 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
 
         height, width = input_spec.shape[1], input_spec.shape[2]
         if height is None or width is None:
-            path = metadata_path(spec.path)
-            size = read_metadata(path).imgsz if path is not None else None
+            size = spec.metadata.imgsz if spec.metadata is not None else None
             if size is None:
                 raise InvalidModelConfig(
                     f"{spec.name}: the Ultralytics export's input size is open and its "
@@ -115,8 +115,7 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
     if convention.family is OutputConvention.KERAS_HUB:
         from engines.keras_hub import KerasHubAdapter, target_size
 
-        path = metadata_path(spec.path)
-        meta = read_metadata(path) if path is not None else None
+        meta = spec.metadata
         size = target_size(config.input_size, meta)
         assert size is not None  # keras_hub_convention refused the model otherwise
         xyxy = meta is not None and meta.bounding_box_format == "xyxy"
