@@ -114,8 +114,10 @@ def to_pixels(
     the first and scaled, unrounded, to the second.
 
     The only clamping left is to the image's edges, of coordinates that are
-    legitimately past them: rounding, or the padding Model Garden adds to
-    fit the model's input (a box may reach into it).
+    legitimately past them: rounding, the padding Model Garden adds to fit
+    the model's input, the letterbox padding of an Ultralytics export (a box
+    may reach into either), or the margin a convention allows regressed boxes
+    (`Convention.margin`: that many input sizes past the model input).
 
     Raises:
         InvalidModelOutput: the outputs break the convention; the message says how.

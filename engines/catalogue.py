@@ -7,6 +7,7 @@ wherever it takes a model, and all of them must answer alike.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable
 
@@ -16,7 +17,9 @@ from engines.errors import ModelNotFound
 HASH_NAMESPACE = uuid.UUID("6f0c5a4e-2b1d-5c8e-9a57-3f4be1d0c7a2")
 
 
+@functools.lru_cache(maxsize=4096)
 def model_hash(name: str) -> str:
+    """The stable hash (uuid5) of a model name; pure, so cached."""
     return str(uuid.uuid5(HASH_NAMESPACE, f"model/{name}"))
 
 
@@ -37,7 +40,7 @@ class Catalogue:
         Raises:
             ModelNotFound: neither a model name nor the hash of one.
         """
-        for name in self.known():
-            if name_or_hash in (name, model_hash(name)):
+        for name in self.known():  # lazy: cheapest first, stop at the first match
+            if name_or_hash == name or name_or_hash == model_hash(name):
                 return name
         raise ModelNotFound(f"no model named or hashed '{name_or_hash[:200]}'")

@@ -42,10 +42,11 @@ class ModelsSettings(BaseSettings):
     command: CliPositionalArg[Command]
     """generate, images, list or validate."""
     dir: CliPositionalArg[Path]
-    """The model repository (generate, validate) or the image folder (images)."""
+    """The model repository (generate, list, validate) or the image folder (images)."""
     models: str = "all"
     """generate: comma-separated model names, or 'all': the demo models (shapes_tf2,
-    shapes_tf1, ssd_mobilenet_v2_bench; Model Garden's random-weight test exports
+    shapes_tf1, ssd_mobilenet_v2_bench; the fixed-batch bench model
+    ssd_mobilenet_v2_bench_b1, Model Garden's random-weight test exports
     retinanet_mg_* and the Ultralytics / KerasHub layouts yolo11_shapes_raw,
     yolo11_shapes_nms, yolo26_shapes_end2end and keras_hub_shapes only when named).
     list/validate: names, or 'all': every model of DIR."""

@@ -24,9 +24,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engines.config import OUTPUT_NAMES, BoxFormat, ModelConfig, OutputConvention
 from engines.errors import InvalidModelConfig
+
+if TYPE_CHECKING:
+    from engines.metadata import ExportMetadata
 
 #: The outputs every convention needs (Model Garden adds image_info).
 REQUIRED_OUTPUTS = OUTPUT_NAMES[:4]
@@ -79,17 +83,14 @@ def parse_spec(text: str) -> tuple[str, tuple[int | None, ...]]:
 
 
 def _exporter_convention(
-    model: str, config: ModelConfig, outputs: Signature, model_dir: Path
+    model: str, config: ModelConfig, outputs: Signature, meta: ExportMetadata | None
 ) -> Convention | None:
     """Ultralytics or KerasHub, where the outputs (or config.json) say so."""
     from engines import keras_hub, yolo
-    from engines.metadata import metadata_path, read_metadata
 
     forced = config.output_convention
     if forced in (OutputConvention.OD_API, OutputConvention.MODEL_GARDEN):
         return None
-    path = metadata_path(model_dir)
-    meta = read_metadata(path) if path is not None else None
     found = dict(outputs)
     if forced in (None, OutputConvention.KERAS_HUB):
         convention = keras_hub.keras_hub_convention(
@@ -134,19 +135,21 @@ def resolve_convention(
     inputs: Signature,
     outputs: Signature,
     model_dir: Path,
+    metadata: ExportMetadata | None = None,
 ) -> Convention:
     """Decide how to read `model`'s outputs: config.json first, then the signature.
 
     `inputs` and `outputs` describe the serving signature (name -> "dtype[shape]");
     `model_dir` is the model's folder, where a Model Garden export keeps
-    params.yaml next to saved_model/.
+    params.yaml next to saved_model/; `metadata` its parsed metadata.yaml, if any
+    (`ModelSpec.metadata`: read once, by the repository).
 
     Raises:
         InvalidModelConfig: the outputs match no convention, or a convention
             that cannot hold for them; the message lists what was found and
             the config.json fields that map it.
     """
-    exported = _exporter_convention(model, config, outputs, model_dir)
+    exported = _exporter_convention(model, config, outputs, metadata)
     if exported is not None:
         return exported
     names = {key: config.output_names.get(key, key) for key in OUTPUT_NAMES}

@@ -43,11 +43,6 @@ class ExportMetadata:
     nms: bool | None = None
     bounding_box_format: str = "yxyx"
     """Column order of a KerasHub export's `boxes` (its `bounding_box_format`)."""
-    source: str = METADATA_FILE
-
-    @property
-    def exporter(self) -> str:
-        return "Ultralytics" if self.ultralytics else "KerasHub"
 
 
 def metadata_path(folder: Path) -> Path | None:
@@ -56,6 +51,16 @@ def metadata_path(folder: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def load_metadata(folder: Path) -> ExportMetadata | None:
+    """The export's metadata.yaml (`metadata_path`), parsed; None without one.
+
+    Raises:
+        InvalidModelConfig: see `read_metadata`.
+    """
+    path = metadata_path(folder)
+    return read_metadata(path) if path is not None else None
 
 
 def _names(raw: Any, source: str) -> dict[int, str]:
@@ -119,7 +124,6 @@ def read_metadata(path: Path) -> ExportMetadata:
         end2end=raw.get("end2end") if isinstance(raw.get("end2end"), bool) else None,
         nms=args.get("nms") if isinstance(args.get("nms"), bool) else None,
         bounding_box_format=box_format,
-        source=source,
     )
 
 
@@ -139,12 +143,13 @@ def exporter_defaults(meta: ExportMetadata) -> ModelConfig:
 
 
 def load_config_and_labels(
-    home: Path, shared: Path | None = None
+    home: Path, shared: Path | None = None, *, meta: ExportMetadata | None
 ) -> tuple[ModelConfig, dict[int, str]]:
     """config.json and the label map of a model, with metadata.yaml standing in for
-    either where it is missing. `home` holds the export (and metadata.yaml); each file
-    is taken from it, else from `shared` (the model folder beside TF Serving's version
-    folders: a version's own file wins).
+    either where it is missing. `home` holds the export; `meta` is its metadata.yaml,
+    parsed once by the caller (`load_metadata(home)`); each file is taken from `home`,
+    else from `shared` (the model folder beside TF Serving's version folders: a
+    version's own file wins).
 
     Raises:
         InvalidModelConfig: a file is broken, or config.json / the label map is
@@ -156,8 +161,6 @@ def load_config_and_labels(
     def find(file: str) -> Path | None:
         return next((f / file for f in folders if (f / file).is_file()), None)
 
-    meta_file = metadata_path(home)
-    meta = read_metadata(meta_file) if meta_file is not None else None
     config_file, labels_file = find(CONFIG_FILE), find(LABEL_MAP_FILE)
     if meta is None and (config_file is None or labels_file is None):
         missing = " and ".join(
@@ -179,12 +182,10 @@ def load_config_and_labels(
     return config, dict(meta.names)
 
 
-def export_resizer(folder: Path) -> Resizer | None:
+def export_resizer(meta: ExportMetadata | None) -> Resizer | None:
     """What an export with metadata.yaml `imgsz` resizes images to, for JPEG
     decoding at model resolution: Ultralytics letterboxes (the long side fits);
     KerasHub crops to the input's aspect ratio, which needs both sides covered."""
-    path = metadata_path(folder)
-    meta = read_metadata(path) if path is not None else None
     if meta is None or meta.imgsz is None:
         return None
     height, width = meta.imgsz

@@ -34,14 +34,18 @@ from pathlib import Path
 from engines.catalogue import HASH_NAMESPACE, Catalogue, model_hash
 from engines.config import EngineName, ModelConfig, load_config
 from engines.errors import InvalidModelConfig, ModelNotFound
-from engines.metadata import export_resizer, load_config_and_labels
+from engines.metadata import (
+    CONFIG_FILE,
+    ExportMetadata,
+    export_resizer,
+    load_config_and_labels,
+    load_metadata,
+)
 from engines.resizer import FixedShape, Resizer, read_pipeline_config
 
 #: Folder names we accept as model names: no separators, no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
-CONFIG_FILE = "config.json"
-LABEL_MAP_FILE = "object-detection.pbtxt"
 FROZEN_GRAPH_FILE = "frozen_inference_graph.pb"
 SAVED_MODEL_FILE = "saved_model.pb"
 #: Written by TensorFlow (2.12+) beside saved_model.pb: its own fingerprint of the export.
@@ -79,6 +83,8 @@ class ModelSpec:
     """What the graph resizes images to, if known: JPEGs decode no larger than that."""
     version: int = 1
     """The version folder served (1 for the flat layout)."""
+    metadata: ExportMetadata | None = None
+    """The export's metadata.yaml (Ultralytics / KerasHub), parsed once here, if any."""
     hash: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -224,7 +230,8 @@ class ModelRepository(Catalogue):
     def _spec(self, name: str, folder: Path, home: Path, version: int) -> ModelSpec:
         """`home` holds the weights; config and labels come from it, else from `folder`."""
         # metadata.yaml of an Ultralytics / KerasHub export stands in for both.
-        config, labels = load_config_and_labels(home, folder)
+        meta = load_metadata(home)  # read once; the engine's convention uses it too
+        config, labels = load_config_and_labels(home, folder, meta=meta)
         weights = find_weights(home, config.inference_engine_name)
         return ModelSpec(
             name=name,
@@ -232,8 +239,9 @@ class ModelRepository(Catalogue):
             config=config,
             labels=labels,
             weights=weights,
-            resizer=model_resizer(home, config) or export_resizer(home),
+            resizer=model_resizer(home, config) or export_resizer(meta),
             version=version,
+            metadata=meta,
         )
 
     @staticmethod

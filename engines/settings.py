@@ -120,13 +120,14 @@ def unknown_variables(
     if not given:
         return []
     known = _all_env_names()
+    # Compared without the prefix, which every candidate shares.
+    words = {n.removeprefix(ENV_PREFIX): n for n in known}
+    candidates = sorted(words)
     messages = []
     for name in given:
         if name in known:
             continue
-        # Compared without the prefix, which every candidate shares.
-        words = {n.removeprefix(ENV_PREFIX): n for n in known}
-        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), sorted(words), n=1)
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), candidates, n=1)
         hint = f"; did you mean {words[close[0]]}?" if close else ""
         messages.append(f"{name} is not a tfstream setting{hint}")
     return messages

@@ -56,6 +56,7 @@ class TF2Engine(Engine):
             takes,
             {name: _spec_text(s) for name, s in signature.structured_outputs.items()},
             spec.path,
+            spec.metadata,
         )
         self._adapter = _adapter(spec, self.convention, input_spec)
 
@@ -78,31 +79,34 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
         InvalidModelConfig: iou_threshold on a model whose NMS is not ours, or
             an input whose size cannot be known.
     """
-    from engines.metadata import MAX_DETECTIONS, metadata_path, read_metadata
+    from engines.metadata import MAX_DETECTIONS
 
     config = spec.config
     if convention.family is OutputConvention.ULTRALYTICS:
-        from engines.yolo import UltralyticsAdapter
+        from engines.yolo import RAW, UltralyticsAdapter
+
+        if convention.variant != RAW and config.iou_threshold is not None:
+            raise InvalidModelConfig(
+                f"{spec.name}: iou_threshold is set in config.json, but this Ultralytics "
+                f"export ({convention.variant}) has its NMS inside the graph, with the IoU it "
+                "was exported with; remove iou_threshold, or export without nms=True"
+            )
 
         height, width = input_spec.shape[1], input_spec.shape[2]
         if height is None or width is None:
-            path = metadata_path(spec.path)
-            size = read_metadata(path).imgsz if path is not None else None
+            size = spec.metadata.imgsz if spec.metadata is not None else None
             if size is None:
                 raise InvalidModelConfig(
                     f"{spec.name}: the Ultralytics export's input size is open and its "
                     "metadata.yaml has no imgsz: export with a fixed imgsz"
                 )
             height, width = size
-        try:
-            return UltralyticsAdapter(
-                convention,
-                (int(height), int(width)),
-                config.iou_threshold,
-                max(config.predictions, MAX_DETECTIONS),
-            )
-        except InvalidModelConfig as exc:
-            raise InvalidModelConfig(f"{spec.name}: {exc.message}") from None
+        return UltralyticsAdapter(
+            convention,
+            (int(height), int(width)),
+            config.iou_threshold,
+            max(config.predictions, MAX_DETECTIONS),
+        )
     if config.iou_threshold is not None:
         raise InvalidModelConfig(
             f"{spec.name}: iou_threshold is set in config.json, but tfstream runs no NMS for "
@@ -111,8 +115,7 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
     if convention.family is OutputConvention.KERAS_HUB:
         from engines.keras_hub import KerasHubAdapter, target_size
 
-        path = metadata_path(spec.path)
-        meta = read_metadata(path) if path is not None else None
+        meta = spec.metadata
         size = target_size(config.input_size, meta)
         assert size is not None  # keras_hub_convention refused the model otherwise
         xyxy = meta is not None and meta.bounding_box_format == "xyxy"

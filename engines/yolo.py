@@ -36,6 +36,7 @@ from engines.config import BoxFormat, OutputConvention
 from engines.conventions import OUTPUT_NAMES, Convention, parse_spec
 from engines.errors import InvalidModelConfig
 from engines.metadata import ExportMetadata
+from engines.resizer import Letterbox
 
 #: Ultralytics' predict default IoU threshold of its NMS.
 DEFAULT_IOU = 0.7
@@ -55,8 +56,7 @@ END2END = "end2end"
 
 def _paddings(height: int, width: int, in_h: int, in_w: int) -> tuple[int, int, int, int]:
     """(new height, new width, top, left) of Ultralytics' LetterBox(auto=False)."""
-    gain = min(in_h / height, in_w / width)
-    new_w, new_h = max(round(width * gain), 1), max(round(height * gain), 1)
+    new_w, new_h = Letterbox(height=in_h, width=in_w).target(width, height)
     top = round((in_h - new_h) / 2 - 0.1)
     left = round((in_w - new_w) / 2 - 0.1)
     return new_h, new_w, top, left
@@ -159,12 +159,8 @@ class UltralyticsAdapter:
         iou_threshold: float | None,
         max_detections: int,
     ) -> None:
-        if convention.variant != RAW and iou_threshold is not None:
-            raise InvalidModelConfig(
-                f"iou_threshold is set in config.json, but this Ultralytics export "
-                f"({convention.variant}) has its NMS inside the graph, with the IoU it was "
-                "exported with; remove iou_threshold, or export without nms=True"
-            )
+        # iou_threshold on an export with its NMS inside is refused by
+        # engines/tf2.py `_adapter`, which names the model.
         self.convention = convention
         self.input_size = input_size
         self.iou_threshold = DEFAULT_IOU if iou_threshold is None else iou_threshold

@@ -1,8 +1,9 @@
 """Generated TensorFlow detection models for tests, demos and benchmarks.
 
-Real TF graphs, exported exactly like the TF Object Detection API exports
-(TF2 SavedModel, TF1 frozen graph), because model weights cannot be
-downloaded here:
+Real TF graphs, because model weights cannot be downloaded here. Most are
+exported exactly like the TF Object Detection API exports (TF2 SavedModel,
+TF1 frozen graph); the others in the layout of the exporter they stand for
+(Model Garden's, Ultralytics', KerasHub's):
 
 * ``shapes_tf2`` / ``shapes_tf1``: a hand-designed detector of the synthetic
   shapes images drawn by `images.draw_shapes_image` (4 classes);
@@ -11,7 +12,10 @@ downloaded here:
   exported with a fixed batch of 1, as most Object Detection API exports are;
 * ``retinanet_mg_pixels`` / ``retinanet_mg_normalized``: a tiny RetinaNet with
   random weights, exported by Model Garden's own exporter in both of its box
-  conventions (`model_garden.py`; needs Model Garden, a dev dependency).
+  conventions (`model_garden.py`; needs Model Garden, a dev dependency);
+* ``yolo11_shapes_raw`` / ``yolo11_shapes_nms`` / ``yolo26_shapes_end2end`` /
+  ``keras_hub_shapes``: the shapes detector in the layouts of Ultralytics' and
+  KerasHub's exports, with their `metadata.yaml` (`exporter_layouts.py`).
 
 Attributes are imported lazily so that ``import engines.modelgen`` does not
 load TensorFlow.
@@ -24,7 +28,6 @@ from typing import Any
 
 _EXPORTS = {
     "generate_models": "engines.modelgen.generate",
-    "MODEL_NAMES": "engines.modelgen.generate",
     "export_shapes_tf2": "engines.modelgen.export",
     "export_shapes_tf1": "engines.modelgen.export",
     "export_ssd_mobilenet_v2_bench": "engines.modelgen.export",

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from engines.metadata import metadata_path
 from engines.modelgen import export, exporter_layouts, model_garden
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,7 @@ EXPORTERS: dict[str, Callable[[Path], Path]] = {
     **MODEL_GARDEN_EXPORTERS,
     **EXPORTER_LAYOUTS,
 }
-MODEL_NAMES: tuple[str, ...] = tuple(EXPORTERS)
 DEMO_NAMES: tuple[str, ...] = tuple(DEMO_EXPORTERS)
-EXPORTER_LAYOUT_NAMES: tuple[str, ...] = tuple(EXPORTER_LAYOUTS)
-MODEL_GARDEN_NAMES: tuple[str, ...] = tuple(MODEL_GARDEN_EXPORTERS)
 STALE_TEMP_S = 3600.0
 """Temporary folders older than this are leftovers of killed runs and get removed."""
 
@@ -69,7 +67,7 @@ def is_complete(model_dir: Path) -> bool:
         (folder / export.SAVED_MODEL_FILE).is_file() and (folder / "variables").is_dir()
         for folder in (model_dir, model_dir / "saved_model")
     )
-    if (model_dir / "metadata.yaml").is_file():
+    if metadata_path(model_dir) is not None:
         return has_weights
     return (
         (model_dir / export.CONFIG_FILE).is_file()
