@@ -28,8 +28,6 @@ from consumer import kafka_requests
 from consumer.settings import KafkaClientSettings
 from engines.errors import NotAuthorized, ServiceUnavailable, TfstreamError
 
-_TOPIC_AUTHORIZATION_FAILED = 29
-
 
 def _principal(settings: KafkaClientSettings) -> str:
     if settings.security_protocol.startswith("SASL"):
@@ -71,7 +69,7 @@ async def _missing(
             f"{operation} on topic '{answer.name}'"
             for answer in await kafka_requests.topic_operations(client, sorted(topics))
             for operation in topics.get(answer.name, ())
-            if answer.error_code == _TOPIC_AUTHORIZATION_FAILED
+            if answer.error_code == TopicAuthorizationFailedError.errno
             or (answer.error_code == 0 and not answer.allows(operation))
         ]
         if group is not None and not await _may_read_group(client, group):

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from consumer.metrics import WorkerMetrics
 from consumer.protocol import (
@@ -79,8 +79,6 @@ class LoggedAnswer:
     """The request's key as text (undecodable bytes replaced)."""
     reply_to: str | None = None
     """Where the serving answer was sent; None for a shadow, which sends none."""
-    model_version: int | None = None
-    """The version of the model that answered, when the reply names one; None otherwise."""
     latency_ms: float | None = None
     """From the request record's timestamp to the answer: what a client would have waited,
     less the reply's trip back."""
@@ -88,6 +86,12 @@ class LoggedAnswer:
     @property
     def correlation_id(self) -> str | None:
         return self.reply.correlation_id
+
+    @property
+    def model_version(self) -> int | None:
+        """The version of the model that answered, when the reply names one (written
+        at the record's top too, for readers that skip the reply)."""
+        return self.reply.model_version
 
     @property
     def ident(self) -> str:
@@ -153,15 +157,10 @@ class LoggedAnswer:
                 shadow=body.get("shadow"),
                 key=body.get("key"),
                 reply_to=body.get("reply_to"),
-                model_version=_version(body.get("model_version")),
                 latency_ms=None if latency is None else float(latency),
             )
         except (ValueError, KeyError, TypeError, AttributeError, InvalidRequest) as exc:
             raise InvalidRequest(f"not a tfstream answer-log record: {exc!r}") from None
-
-
-def _version(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class Outbox(Protocol):
@@ -231,7 +230,6 @@ class AnswerSink:
             shadow=self.shadow,
             key=None if record.key is None else record.key.decode("utf-8", "replace"),
             reply_to=reply_to if self.role is Role.SERVING else None,
-            model_version=reply.model_version,
             latency_ms=None if record.timestamp_ms is None else float(now_ms - record.timestamp_ms),
         )
 

@@ -157,6 +157,8 @@ class Lane:
     batching: Batching
     detector: Detector
     """The detector `batching` was decided for."""
+    conflates: bool = False
+    """Every request of the model conflates (`--conflate-models`), header or not."""
     queue: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
     runners: list[asyncio.Task[None]] = field(default_factory=list)
     threads: ThreadPoolExecutor | None = None
@@ -167,6 +169,19 @@ class Lane:
     parked: dict[Key, Job] = field(default_factory=dict)
     """Per running group, the job taken while it ran: still waiting (a newer frame
     supersedes it), run next by the runner that frees the group."""
+
+
+def _unrunnable(request: Request, decode_error: BaseException | None) -> TfstreamError | None:
+    """Why a request taken from the queue will not run: its decoding failed (an
+    untyped failure wrapped as inference_failed), or its deadline passed while it
+    waited; None when it can run."""
+    if decode_error is not None:
+        if isinstance(decode_error, TfstreamError):
+            return decode_error
+        return InferenceFailed(f"decoding failed: {type(decode_error).__name__}: {decode_error}")
+    if request.expired():
+        return DeadlineExceeded("the request's deadline passed while it was queued")
+    return None
 
 
 class Pipeline:
@@ -187,7 +202,6 @@ class Pipeline:
         self._waiting: LatestWins[Job] = LatestWins()
         self._inflight = 0
         self._started = False
-        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._decoded_lock = threading.Lock()
         self._decoded_ready: list[tuple[Job, Decoded | BaseException]] = []
         self._wake_pending = False
@@ -202,7 +216,6 @@ class Pipeline:
 
     def start(self) -> None:
         self._started = True
-        self._event_loop = asyncio.get_running_loop()
         for name, lane in self._lanes.items():
             self._start_lane(name, lane)
 
@@ -222,7 +235,9 @@ class Pipeline:
             lane.batching = replace(decided, instances=lane.batching.instances)
             lane.detector = detector
         if lane is None:
-            lane = self._lanes[model] = Lane(batching_for(self.settings, detector), detector)
+            lane = self._lanes[model] = Lane(
+                batching_for(self.settings, detector), detector, self.settings.conflates(model)
+            )
             log.info(
                 "batching",
                 extra={
@@ -252,7 +267,6 @@ class Pipeline:
         `spans`, owned (and ended) by the caller, gets the queue, decode and
         inference steps as child spans."""
         loop = asyncio.get_running_loop()
-        self._event_loop = loop
         answer: asyncio.Future[Answer] = loop.create_future()
         self._inflight += 1
         answer.add_done_callback(self._one_less)
@@ -264,9 +278,7 @@ class Pipeline:
             answer.set_result(self.failed(request.model, request.correlation_id, exc))
             return answer
         lane = self._lane(request.model, detector)
-        group = conflation_key(
-            request.model, request.key, request.conflate, self.settings.conflates(request.model)
-        )
+        group = conflation_key(request.model, request.key, request.conflate, lane.conflates)
         job = Job(request, detector, loop.create_future(), answer, spans, group)
         if request.key is not None:
             job.after = self._in_order(request.model, request.key, answer)
@@ -326,7 +338,7 @@ class Pipeline:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        self._loop.call_soon_threadsafe(self._settle_decoded)
+        job.decoded.get_loop().call_soon_threadsafe(self._settle_decoded)
 
     def _settle_decoded(self) -> None:
         with self._decoded_lock:
@@ -472,14 +484,9 @@ class Pipeline:
         # or the new ones, and each group runs on its first job's detector.
         groups: dict[tuple[int, tuple[int, ...]], list[Job]] = defaultdict(list)
         for job in jobs:
-            error = job.decoded.exception()
-            if error is not None:
-                if not isinstance(error, TfstreamError):
-                    error = InferenceFailed(f"decoding failed: {type(error).__name__}: {error}")
-                self._fail(job, error)
-            elif job.request.expired():
-                late = DeadlineExceeded("the request's deadline passed while it was queued")
-                self._fail(job, late)
+            unrunnable = _unrunnable(job.request, job.decoded.exception())
+            if unrunnable is not None:
+                self._fail(job, unrunnable)
             else:
                 shape = tuple(job.decoded.result().pixels.shape)
                 groups[(id(job.detector.engine), shape)].append(job)
@@ -557,16 +564,14 @@ class Pipeline:
             _NotDecoded: the image could not be decoded, or the deadline passed.
             _EngineFailed: the engine call failed (with the pixels, for a retry).
         """
+        decode_error: Exception | None = None
         try:
             decoded = self.decode(job.request, job.detector)
-        except TfstreamError as exc:
-            raise _NotDecoded(exc) from None
         except Exception as exc:
-            raise _NotDecoded(
-                InferenceFailed(f"decoding failed: {type(exc).__name__}: {exc}")
-            ) from None
-        if job.request.expired():
-            raise _NotDecoded(DeadlineExceeded("the request's deadline passed while it was queued"))
+            decode_error = exc
+        unrunnable = _unrunnable(job.request, decode_error)
+        if unrunnable is not None:
+            raise _NotDecoded(unrunnable) from None
         started_s = time.perf_counter()
         size = [(decoded.width, decoded.height)]
         try:
@@ -619,12 +624,6 @@ class Pipeline:
     ) -> list[list[Box]]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(lane.threads, detector.detect, images, options, sizes)
-
-    @property
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        if self._event_loop is None:
-            raise RuntimeError("the pipeline has not started")
-        return self._event_loop
 
     def _fail(self, job: Job, error: TfstreamError) -> None:
         self._settle(job, self.failed(job.request.model, job.request.correlation_id, error))

@@ -501,6 +501,8 @@ _ANNOUNCEMENT_KEYS = (
     "versions",
 )
 _FACT_KEYS = {"model": "name"} | {f: f for f in ModelFacts.__dataclass_fields__ if f != "name"}
+# A fact added to ModelFacts must be written too, not only read (its order is fixed).
+assert set(_FACT_KEYS) <= set(_ANNOUNCEMENT_KEYS), set(_FACT_KEYS) - set(_ANNOUNCEMENT_KEYS)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ GPU_INSTANCES = 2
 #: Detection API exports take 1): a one-image call leaves cores idle between its
 #: operations and around it, and a second call fills them. Two instances of the
 #: batch-1 bench export served 31 images/s against 27 with one on this project's
-#: 2-core machine (docs/benchmarks.md, section 3b).
+#: 2-core machine (docs/profile.md, "Instances"; docs/benchmarks.md, section 3b).
 CPU_FIXED_BATCH_INSTANCES = 2
 #: Default on the CPU for a model that batches: its batches already fill the cores,
 #: and a second instance only splits them (mean batch 6.1 instead of 7.9 under the

@@ -424,9 +424,6 @@ class Worker:
     # -- announcements, control, lag ------------------------------------------------
 
     async def _announce(self, entry: Entry) -> None:
-        announcement = self.registry.announcement(
-            entry, self.worker_id, self.settings.announce_ttl_ms
-        )
         labels = (
             entry.name,
             entry.state.value,
@@ -442,6 +439,9 @@ class Worker:
         self.metrics.model_info.labels(*labels).set(1)
         if self.settings.shadow:  # never offered to clients
             return
+        announcement = self.registry.announcement(
+            entry, self.worker_id, self.settings.announce_ttl_ms
+        )
         assert self.producer is not None
         try:
             await self.producer.send_and_wait(

@@ -20,6 +20,7 @@ from tests.support.workers import (
     create_topic,
     headers,
     raw_producer,
+    read_to_end,
     read_topic,
     replies_by_id,
     unique_prefix,
@@ -140,7 +141,7 @@ async def test_a_backlog_answers_each_cameras_newest_frame_and_supersedes_the_re
         )
         assert decoded == FRAMES + len(CAMERAS), metrics
         # ...and none of them is a dead letter.
-        dlq = await read_topic(kafka_bootstrap, f"{worker.prefix}.dlq", expect=1, timeout_s=3)
+        dlq = await read_to_end(kafka_bootstrap, f"{worker.prefix}.dlq")  # all there is
         assert dlq == []
     finally:
         worker.stop()

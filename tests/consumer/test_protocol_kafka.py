@@ -25,6 +25,7 @@ from tests.support.workers import (
     create_topic,
     header_dict,
     raw_producer,
+    read_to_end,
     read_topic,
     replies_by_id,
     unique_prefix,
@@ -170,7 +171,7 @@ async def test_an_answer_whose_reply_topic_is_missing_goes_to_the_results_topic(
     )
     (answer,) = replies_by_id(records)["lost"]
     assert answer["success"] is True and answer["data"]["bounding-boxes"]
-    dlq = await read_topic(worker.bootstrap, f"{worker.prefix}.dlq", expect=1, timeout_s=3)
+    dlq = await read_to_end(worker.bootstrap, f"{worker.prefix}.dlq")  # all there is
     assert not [r for r in dlq if dict(r.headers).get("correlation-id") == b"lost"]
 
 
