@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from deploy.local.processes import BridgeProcess, ConsumerProcess
-from tests.support.bridge import running_bridge
+from tests.support.bridge import predict, running_bridge
 from tests.support.exporter_layouts import (
     LAYOUT_MODELS,
     SCENES,
@@ -51,14 +51,6 @@ def bridge(
     env = {"TFSTREAM_ANSWER_TIMEOUT_S": "60"}
     with running_bridge(request, repository, logs, env, ready_timeout_s=360) as pair:
         yield pair
-
-
-def predict(bridge: tuple[BridgeProcess, object], model: str, png: bytes) -> httpx.Response:
-    return httpx.post(
-        f"{bridge[0].url}/models/{model}/predict",
-        files={"input_data": ("image.png", png, "image/png")},
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize("model", LAYOUT_MODELS)

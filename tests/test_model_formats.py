@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from deploy.local.processes import BridgeProcess, ConsumerProcess
+from tests.support.bridge import predict as served_predict
 from tests.support.bridge import running_bridge
 from tests.support.models import (
     MODEL_GARDEN,
@@ -55,12 +56,8 @@ def bridge(
 
 
 def predict(bridge: tuple[BridgeProcess, object], model: str, png: bytes) -> httpx.Response:
-    return httpx.post(
-        f"{bridge[0].url}/models/{model}/predict",
-        files={"input_data": ("image.png", png, "image/png")},
-        data={"confidence": "0", "predictions": "100"},
-        timeout=120,
-    )
+    """Every box the model finds: confidence 0, up to 100."""
+    return served_predict(bridge, model, png, form={"confidence": "0", "predictions": "100"})
 
 
 @pytest.mark.parametrize("model", MODEL_GARDEN)

@@ -16,6 +16,7 @@ from consumer.settings import HEADER_ROOM_BYTES, KafkaClientSettings
 from engines.errors import ImageTooLarge
 from producer_tools.client import DetectClient
 from tests.support.bridge import BridgeProcess, running_bridge
+from tests.support.bridge import predict as served_predict
 
 MIB = 1024 * 1024
 
@@ -41,11 +42,7 @@ def jpeg_padded_to(size: int) -> bytes:
 
 
 def predict(bridge: BridgeProcess, data: bytes) -> httpx.Response:
-    return httpx.post(
-        f"{bridge.url}/models/shapes_tf1/predict",
-        files={"input_data": ("big.jpg", data)},
-        timeout=120,
-    )
+    return served_predict(bridge, "shapes_tf1", data, filename="big.jpg")
 
 
 @pytest.mark.slow

@@ -7,12 +7,31 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from deploy.local.processes import BridgeProcess, ConsumerProcess
 from tests.support.workers import unique_prefix
 
-__all__ = ["BridgeProcess", "running_bridge"]
+__all__ = ["BridgeProcess", "predict", "running_bridge"]
+
+
+def predict(
+    bridge: BridgeProcess | tuple[BridgeProcess, object],
+    model: str,
+    image: bytes,
+    filename: str = "image.png",
+    form: dict[str, str] | None = None,
+    timeout_s: float = 120,
+) -> httpx.Response:
+    """One `POST /models/<model>/predict` of `image` (a `running_bridge` pair works too)."""
+    process = bridge[0] if isinstance(bridge, tuple) else bridge
+    return httpx.post(
+        f"{process.url}/models/{model}/predict",
+        files={"input_data": (filename, image)},
+        data=form,
+        timeout=timeout_s,
+    )
 
 
 @contextlib.contextmanager
