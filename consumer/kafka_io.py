@@ -154,42 +154,77 @@ class KafkaOutbox:
     other failure (broker down, leader moving, timeouts) is retried with
     backoff until it succeeds: an accepted request's answer is never dropped
     because the broker was away.
+
+    Records of one topic and key reach the producer in the order they were
+    sent here. The producer keeps a partition's order, but its `send` first
+    waits for the topic's metadata: a record sent to a reply topic it has not
+    written to yet could wait for it while the next record, sent when the
+    metadata had come, went ahead.
     """
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
         self._closing = False
+        self._queued: dict[tuple[str, bytes], asyncio.Future[None]] = {}
+        """Per topic and key, when the last record sent is in the producer's queue."""
 
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
     ) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self._deliver(topic, value, key, list(headers)))
+        queued = asyncio.get_running_loop().create_future()
+        before = None
+        if key is not None:
+            chain = (topic, key)
+            before = self._queued.get(chain)
+            self._queued[chain] = queued
+
+            def forget(done: asyncio.Future[None]) -> None:
+                if self._queued.get(chain) is done:
+                    del self._queued[chain]
+
+            queued.add_done_callback(forget)
+        record = (topic, value, key, list(headers))
+        return asyncio.ensure_future(self._deliver(record, before, queued))
 
     def close(self) -> None:
         """Stop retrying (used at the end of a shutdown that ran out of time)."""
         self._closing = True
 
     async def _deliver(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+        self,
+        record: tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]],
+        before: asyncio.Future[None] | None,
+        queued: asyncio.Future[None],
     ) -> None:
+        """Queue the record once `before` (the previous record of its key) is queued,
+        then wait for the broker's acknowledgement, retrying until it comes."""
+        topic, value, key, headers = record
         delay_s, failures = 0.1, 0
-        while True:
-            try:
-                ack = await self._producer.send(topic, value=value, key=key, headers=headers)
-                await ack
-                return
-            except _UNDELIVERABLE as exc:
-                raise ReplyUndeliverable(f"cannot deliver to topic '{topic}': {exc!r}") from exc
-            except KafkaError as exc:
-                failures += 1
-                if self._closing:
-                    raise
-                log.warning(
-                    "send failed, retrying",
-                    extra={"topic": topic, "error": repr(exc), "attempt": failures},
-                )
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
+        try:
+            if before is not None:
+                await asyncio.wait([before])
+            while True:
+                try:
+                    ack = await self._producer.send(topic, value=value, key=key, headers=headers)
+                    if not queued.done():
+                        queued.set_result(None)
+                    await ack
+                    return
+                except _UNDELIVERABLE as exc:
+                    raise ReplyUndeliverable(f"cannot deliver to topic '{topic}': {exc!r}") from exc
+                except KafkaError as exc:
+                    failures += 1
+                    if self._closing:
+                        raise
+                    log.warning(
+                        "send failed, retrying",
+                        extra={"topic": topic, "error": repr(exc), "attempt": failures},
+                    )
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, 5.0)
+        finally:
+            if not queued.done():  # given up: the records after it go on
+                queued.set_result(None)
 
 
 async def delete_topics(settings: KafkaClientSettings, names: list[str]) -> None:
