@@ -26,7 +26,7 @@ from aiokafka.errors import (
 
 from consumer import kafka_requests
 from consumer.settings import KafkaClientSettings
-from engines.errors import NotAuthorized, ServiceUnavailable, TfstreamError
+from engines.errors import NotAuthorized, ServiceUnavailable, TfstreamError, UntrustedBroker
 
 
 def _principal(settings: KafkaClientSettings) -> str:
@@ -133,12 +133,10 @@ async def explain(exc: BaseException, settings: KafkaClientSettings) -> Tfstream
                 f"({settings.sasl_mechanism}): {cause}"
             )
         if isinstance(cause, ssl.SSLCertVerificationError):
-            untrusted = ServiceUnavailable(
+            return UntrustedBroker(
                 f"cannot reach Kafka at {settings.bootstrap}: the broker's TLS certificate "
                 f"is not trusted (--ssl-cafile {settings.ssl_cafile}): {cause.verify_message}"
             )
-            untrusted.retriable = False  # type: ignore[misc]  # waiting does not fix a CA
-            return untrusted
         elif cause is not None:
             reason = f"{type(cause).__name__}: {cause}"
     return ServiceUnavailable(f"cannot reach Kafka at {settings.bootstrap}: {reason}")

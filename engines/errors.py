@@ -44,7 +44,9 @@ class TfstreamError(Exception):
     ) -> None:
         """A subclass states what differs from its parent in its class line
         (`class Superseded(TfstreamError, code="superseded", http_status=409)`),
-        and is registered under its code for `from_dict`."""
+        and is registered under its code for `from_dict`. A subclass that keeps
+        its parent's code is a variant the receiver need not tell apart: the
+        code's own class stays registered."""
         super().__init_subclass__(**kwargs)
         given = {
             "code": code,
@@ -56,7 +58,8 @@ class TfstreamError(Exception):
         for name, value in given.items():
             if value is not None:
                 setattr(cls, name, value)
-        TfstreamError._by_code[cls.code] = cls
+        if "code" in cls.__dict__:
+            TfstreamError._by_code[cls.code] = cls
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
@@ -158,6 +161,11 @@ class ServiceUnavailable(
     TfstreamError, code="service_unavailable", http_status=503, retriable=True
 ):
     """The broker (or another dependency) cannot be reached."""
+
+
+class UntrustedBroker(ServiceUnavailable, retriable=False):
+    """The broker's TLS certificate is not one the configured CA vouches for:
+    waiting does not fix that, so a starting process gives up at once."""
 
 
 class RequestTimeout(TfstreamError, code="timeout", http_status=504, retriable=True):

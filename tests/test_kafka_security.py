@@ -38,7 +38,7 @@ from deploy.local.security import (
     client_env,
     parse_acl_commands,
 )
-from engines.errors import NotAuthorized, ServiceUnavailable
+from engines.errors import NotAuthorized, UntrustedBroker
 from engines.settings import parse_cli
 from producer_tools.client import DetectClient
 from producer_tools.replay import main as replay_main
@@ -480,7 +480,7 @@ async def test_clients_refused_at_connection_say_why_within_seconds(
     with pytest.raises(NotAuthorized, match="refused the credentials of User:tfstream-bridge"):
         await DetectClient(wrong).start()
     untrusted = secured.settings("tfstream-bridge", ssl_cafile=secured.cluster.tls.untrusted_ca)
-    with pytest.raises(ServiceUnavailable, match="TLS certificate is not trusted"):
+    with pytest.raises(UntrustedBroker, match="TLS certificate is not trusted"):
         await DetectClient(untrusted).start()
     assert time.monotonic() - began < 20
 

@@ -29,16 +29,16 @@ from tensorflow.python.framework.convert_to_constants import (
     convert_variables_to_constants_v2,
 )
 
+from engines.config import EngineName
+from engines.metadata import CONFIG_FILE, LABEL_MAP_FILE
 from engines.modelgen.shapes import SHAPE_CLASSES, ShapesDetector
 from engines.modelgen.ssd_bench import COCO_LABELS, INPUT_SIZE, SsdMobileNetV2Bench
+from engines.repository import FROZEN_GRAPH_FILE
+from engines.resizer import PIPELINE_CONFIG_FILE
 
-ENGINE_TF2 = "tensorflow2_detection"
-ENGINE_TF1 = "tensorflow_detection"
-CONFIG_FILE = "config.json"
-LABEL_MAP_FILE = "object-detection.pbtxt"
-FROZEN_GRAPH_FILE = "frozen_inference_graph.pb"
-SAVED_MODEL_FILE = "saved_model.pb"
-PIPELINE_CONFIG_FILE = "pipeline.config"
+# The engines' names and the file names they read, written here from the same constants.
+ENGINE_TF2 = EngineName.TF2.value
+ENGINE_TF1 = EngineName.TF1.value
 #: [height, width] the shapes models declare. Their graph has no resize (it works at
 #: any size), but its objects stay detectable down to this size, so larger JPEGs
 #: decode at a DCT scale: a 1080p or 4K frame becomes 960x540.

@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from engines.metadata import metadata_path
+from engines.metadata import CONFIG_FILE, LABEL_MAP_FILE, metadata_path
 from engines.modelgen import export, exporter_layouts, model_garden
+from engines.repository import FROZEN_GRAPH_FILE, SAVED_MODEL_FILE
+from engines.resizer import PIPELINE_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +65,15 @@ def is_complete(model_dir: Path) -> bool:
     """True when `model_dir` has its config, label map and weights (a SavedModel
     at its root or, as Model Garden exports, in `saved_model/`); an
     Ultralytics / KerasHub layout has its metadata.yaml in place of the first two."""
-    has_weights = (model_dir / export.FROZEN_GRAPH_FILE).is_file() or any(
-        (folder / export.SAVED_MODEL_FILE).is_file() and (folder / "variables").is_dir()
+    has_weights = (model_dir / FROZEN_GRAPH_FILE).is_file() or any(
+        (folder / SAVED_MODEL_FILE).is_file() and (folder / "variables").is_dir()
         for folder in (model_dir, model_dir / "saved_model")
     )
     if metadata_path(model_dir) is not None:
         return has_weights
     return (
-        (model_dir / export.CONFIG_FILE).is_file()
-        and (model_dir / export.LABEL_MAP_FILE).is_file()
+        (model_dir / CONFIG_FILE).is_file()
+        and (model_dir / LABEL_MAP_FILE).is_file()
         and has_weights
         and _declares_input_size(model_dir)
     )
@@ -85,12 +87,12 @@ def _declares_input_size(model_dir: Path) -> bool:
     size in `params.yaml`, which tfstream does not read for decoding (their
     resize pads to a square, and their tests compare served boxes with the raw
     signature on the full-resolution image), so they always decode in full."""
-    if (model_dir / export.PIPELINE_CONFIG_FILE).is_file():
+    if (model_dir / PIPELINE_CONFIG_FILE).is_file():
         return True
     if (model_dir / "params.yaml").is_file():
         return True
     try:
-        config = json.loads((model_dir / export.CONFIG_FILE).read_text(encoding="utf-8"))
+        config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and "input_size" in config
