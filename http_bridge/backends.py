@@ -49,7 +49,8 @@ class Backend(Protocol):
 
     async def detect(self, call: DetectCall) -> dict[str, Any]:
         """The reply's data: bounding-boxes, ImageName, width, height, and model_version
-        (the version of the weights that answered). Raises TfstreamError."""
+        (the version of the weights that answered). `call.model` is a name `resolve`
+        returned: an unknown model has had its 404 there. Raises TfstreamError."""
         ...
 
     async def ready(self) -> tuple[bool, dict[str, Any]]: ...

@@ -152,11 +152,10 @@ class KafkaBackend:
         update, a worker loading): it waits in Kafka for the next one, bounded by
         the request timeout, and only then answers 503 with Retry-After. A model
         nobody ever announced and without a request topic is 404 at once, and one
-        that failed to load on every live worker answers that error at once."""
+        that failed to load on every live worker answers that error at once (the
+        404 is `resolve`'s)."""
         self._require_started()
         name = call.model
-        if not self.directory.expected(name):
-            self.directory.view(name)  # raises ModelNotFound
         failed = self.directory.failed_everywhere(name)
         if failed is not None:
             raise failed
