@@ -44,6 +44,7 @@ from producer_tools.client import DetectClient
 from producer_tools.replay import main as replay_main
 from producer_tools.results import ResultsSettings, follow
 from producer_tools.stream import main as stream_main
+from tests.support.bridge import predict as served_predict
 from tests.support.models import REPO_ROOT
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -234,12 +235,8 @@ def start_bridge(secured: Secured, env: dict[str, str], https: bool = False) -> 
 
 
 def predict(bridge: BridgeProcess, image: Path, **headers: str) -> httpx.Response:
-    return httpx.post(
-        f"{bridge.url}/models/{MODEL}/predict",
-        files={"input_data": (image.name, image.read_bytes(), "image/jpeg")},
-        headers=headers,
-        timeout=90,
-        verify=bridge.verify,
+    return served_predict(
+        bridge, MODEL, image.read_bytes(), filename=image.name, headers=headers, timeout_s=90
     )
 
 

@@ -4,8 +4,9 @@ models init service, two CPU workers and the bridge in Kafka mode.
 
 Predictions through the bridge and a replay through Kafka's host listener;
 then three workers (CONSUMERS=3), one killed with SIGKILL under load, and
-every request still answered; `down -v` leaves no container, volume, network
-or pod.
+every request still answered; a worker started while the broker is stopped
+waits for it, then serves; `down -v` leaves no container, volume, network or
+pod.
 """
 
 from __future__ import annotations
@@ -229,17 +230,8 @@ def test_three_workers_and_one_killed_under_load(
     stack.compose("-f", "compose.yaml", "up", "-d", "--no-build")
     consumers = stack.containers("consumer")
     assert len(consumers) == 3, consumers
-    for consumer in consumers:  # ready: in the group with its models loaded
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            probe = stack.podman.run(
-                "exec", "-e", "TFSTREAM_HEALTH_URL=http://127.0.0.1:9400/health/ready",
-                consumer, "python", "/opt/tfstream/healthcheck.py", check=False,
-            )  # fmt: skip
-            if probe.returncode == 0:
-                break
-            time.sleep(2)
-        assert probe.returncode == 0, f"{consumer} not ready: {probe.stdout}\n{stack.logs()}"
+    for consumer in consumers:
+        _wait_worker_ready(stack, consumer)
 
     folder, truth = shapes_images
     images = [(n, (folder / n).read_bytes(), truth[n]) for n in sorted(truth) if n.endswith(".png")]
@@ -258,6 +250,70 @@ def test_three_workers_and_one_killed_under_load(
     )
     assert load.failures == [], load.failures[:10]
     assert load.outcomes["answered"] == load.sent, load.outcomes
+
+
+def test_a_worker_started_while_the_broker_is_down_waits_then_serves(
+    stack: Stack, shapes_images: tuple[Path, dict[str, Any]]
+) -> None:
+    """The sure form of "workers started before the broker": with the stack's broker
+    stopped, a worker container like the file's starts on the stack's network. It
+    waits (still running, never restarted), and once the broker is back it joins
+    the group and the bridge answers through the stack again."""
+    template = stack.podman.inspect("container", stack.containers("consumer")[0])
+    env = [a for e in template["Config"]["Env"] if e.startswith("TFSTREAM_") for a in ("-e", e)]
+    network = next(iter(template["NetworkSettings"]["Networks"]))
+    models = next(m["Name"] for m in template["Mounts"] if m["Destination"] == "/models")
+    kafka = stack.containers("kafka")[0]
+    late = f"{stack.project}-late-worker"
+    stack.podman.run("stop", "-t", "10", kafka, timeout_s=120)
+    try:
+        stack.podman.run(
+            "run", "-d", "--init", "--name", late, "--network", network,
+            "-v", f"{models}:/models:ro", *env, template["ImageName"], "tfstream-consumer",
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while "waiting for Kafka" not in (text := _container_log(stack, late)):
+            assert time.monotonic() < deadline, f"no wait logged:\n{text[-3000:]}"
+            time.sleep(2)
+        time.sleep(5)  # a few more attempts against the stopped broker
+        state = stack.podman.inspect("container", late)["State"]
+        assert state["Running"], f"exited {state['ExitCode']}:\n{_container_log(stack, late)}"
+        stack.podman.run("start", kafka)
+        _wait_worker_ready(stack, late)
+        info = stack.podman.inspect("container", late)
+        assert info["State"]["Running"] and info["RestartCount"] == 0
+        assert "worker failed" not in _container_log(stack, late)
+        folder, truth = shapes_images
+        name = next(n for n in sorted(truth) if n.endswith(".png") and truth[n])
+        deadline = time.monotonic() + 120
+        while (answer := _predict(stack.bridge_url, name, (folder / name).read_bytes()))[
+            "status"
+        ] != 200:
+            assert time.monotonic() < deadline, f"bridge after the broker's restart: {answer}"
+            time.sleep(3)
+        assert match_truth(answer["data"]["bounding-boxes"], truth[name]) == [], answer
+    finally:
+        stack.podman.run("rm", "-f", "-t", "5", late, check=False)
+        stack.podman.run("start", kafka, check=False)
+
+
+def _container_log(stack: Stack, name: str) -> str:
+    result = stack.podman.run("logs", name, check=False)
+    return result.stdout + result.stderr
+
+
+def _wait_worker_ready(stack: Stack, consumer: str, timeout_s: float = 300) -> None:
+    """In the group with its models loaded: the image's health check on /health/ready."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        probe = stack.podman.run(
+            "exec", "-e", "TFSTREAM_HEALTH_URL=http://127.0.0.1:9400/health/ready",
+            consumer, "python", "/opt/tfstream/healthcheck.py", check=False,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"{consumer} not ready: {probe.stdout}\n{stack.logs()}"
+        time.sleep(2)
 
 
 def test_down_removes_everything(stack: Stack) -> None:

@@ -15,6 +15,7 @@ import pytest
 from deploy.local.kafka import LocalKafkaCluster
 from deploy.local.processes import ConsumerProcess
 from tests.support.bridge import BridgeProcess
+from tests.support.bridge import predict as served_predict
 from tests.support.models import match_truth
 from tests.support.workers import unique_prefix
 
@@ -48,11 +49,7 @@ def start_pair(
 
 
 def predict(bridge: BridgeProcess, name: str, data: bytes, timeout_s: float = 60) -> httpx.Response:
-    return httpx.post(
-        f"{bridge.url}/models/shapes_tf1/predict",
-        files={"input_data": (name, data)},
-        timeout=timeout_s,
-    )
+    return served_predict(bridge, "shapes_tf1", data, filename=name, timeout_s=timeout_s)
 
 
 def test_32_concurrent_calls_get_their_own_answers_in_batches(

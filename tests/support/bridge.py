@@ -23,14 +23,18 @@ def predict(
     filename: str = "image.png",
     form: dict[str, str] | None = None,
     timeout_s: float = 120,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    """One `POST /models/<model>/predict` of `image` (a `running_bridge` pair works too)."""
+    """One `POST /models/<model>/predict` of `image` (a `running_bridge` pair works too),
+    over HTTPS where the bridge serves it."""
     process = bridge[0] if isinstance(bridge, tuple) else bridge
     return httpx.post(
         f"{process.url}/models/{model}/predict",
         files={"input_data": (filename, image)},
         data=form,
+        headers=headers,
         timeout=timeout_s,
+        verify=process.verify,
     )
 
 
