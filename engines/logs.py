@@ -14,6 +14,30 @@ import time
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    return {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _STANDARD and not key.startswith("_")
+    }
+
+
+class TextFormatter(logging.Formatter):
+    """A line for people: the extra fields follow the message as key=value, since
+    they often carry what the message is about (what a process waits for, why)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(f"{key}={_text(value)}" for key, value in _extras(record).items())
+        return f"{line} {extras}" if extras else line
+
+
+def _text(value: object) -> str:
+    """A value as one token: quoted where it has spaces."""
+    text = str(value)
+    return json.dumps(text) if not text or " " in text else text
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, object] = {
@@ -23,22 +47,30 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                body[key] = value
+        body.update(_extras(record))
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return json.dumps(body, default=str)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """The services' logs: JSON lines, or (`fmt="text"`) timestamped text lines."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def configure_tool_logging() -> None:
+    """The command-line tools': warnings and errors only, as short text lines (their
+    results go to stdout). Like `logging.basicConfig`, it leaves a root logger that
+    already has handlers alone (a tool's `main` called inside another program)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])

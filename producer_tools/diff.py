@@ -37,6 +37,7 @@ from consumer.protocol import epoch_ms
 from consumer.settings import KafkaClientSettings
 from consumer.startup import until_ready
 from engines.errors import InvalidRequest, ServiceUnavailable, TfstreamError
+from engines.logs import configure_tool_logging
 from engines.settings import cli_config, parse_cli
 from producer_tools.diff_match import (
     DEFAULT_MIN_IOU,
@@ -335,7 +336,7 @@ async def run_diff(settings: DiffSettings) -> tuple[DiffResult, dict[str, bytes]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_tool_logging()
     settings = parse_cli(DiffSettings, argv)
     try:
         result, images = asyncio.run(run_diff(settings))

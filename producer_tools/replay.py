@@ -34,9 +34,11 @@ from pydantic import Field, model_validator
 from consumer.access import check_access
 from consumer.protocol import Timing
 from consumer.settings import KafkaClientSettings
-from engines.errors import ModelNotFound, RequestTimeout, TfstreamError
+from engines.errors import RequestTimeout, TfstreamError
+from engines.logs import configure_tool_logging
 from engines.settings import cli_config, parse_cli
 from producer_tools.client import DetectClient
+from producer_tools.model_topic import wait_for_model_topic
 from producer_tools.report import OK, TIMEOUT, Outcome, RunReport
 from producer_tools.sources import Frame, FrameSource, frame_stream, open_source
 
@@ -157,20 +159,6 @@ async def _next_frame(frames: Iterator[Frame], source: FrameSource) -> Frame | N
     return next(frames, None)
 
 
-async def check_topic(client: DetectClient, model: str) -> None:
-    """Fail at once, not with one timeout per request, when no worker ever served `model`.
-
-    Raises:
-        ModelNotFound: the model's request topic does not exist.
-    """
-    topic = client.topics.requests(model)
-    if topic not in await client.consumer.topics():
-        raise ModelNotFound(
-            f"topic {topic} does not exist: no tfstream-consumer serves model "
-            f"'{model}' with topic prefix '{client.topics.prefix}'"
-        )
-
-
 async def run_replay(
     settings: ReplaySettings,
     client: DetectClient | None = None,
@@ -180,18 +168,22 @@ async def run_replay(
 
     Raises:
         SourceError: the source cannot be read.
-        ModelNotFound: no worker ever created the model's request topic.
+        ModelNotFound: workers serve other models under the prefix, not this one.
         NotAuthorized: Kafka refused the credentials, or Write on the request topic.
-        ServiceUnavailable: the broker cannot be reached.
+        ServiceUnavailable: the broker cannot be reached, or no worker created the
+            model's request topic, within `--start-timeout-s`.
     """
     source = open_source(settings.source)
+    deadline = time.monotonic() + settings.start_timeout_s
     own = client is None
     client = client or DetectClient(settings, timeout_s=settings.answer_timeout_s)
     if own:
-        await client.start()
+        await client.start(deadline)
     try:
         await check_access(settings, {client.topics.requests(settings.model): ["Write"]})
-        await check_topic(client, settings.model)
+        await wait_for_model_topic(
+            client.consumer.topics, client.topics, settings.model, settings, deadline
+        )
         if settings.warmup:
             warm = [(f.name, f.data) for f in frame_stream(source, settings.warmup)]
             await client.detect_many(
@@ -343,7 +335,7 @@ def _describe(settings: ReplaySettings) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_tool_logging()
     settings = parse_cli(ReplaySettings, argv, required=["bootstrap"])
     try:
         report = asyncio.run(run_replay(settings))

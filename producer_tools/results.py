@@ -33,6 +33,7 @@ from consumer.protocol import Reply, Topics
 from consumer.settings import KafkaClientSettings
 from consumer.startup import until_ready
 from engines.errors import InvalidRequest, TfstreamError
+from engines.logs import configure_tool_logging
 from engines.settings import cli_config, parse_cli
 from producer_tools.stream import parse_correlation_id
 
@@ -203,7 +204,7 @@ async def _assigned(consumer: Any, topic: str, give_up_s: float) -> list[TopicPa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_tool_logging()
     logging.getLogger("aiokafka.cluster").setLevel(
         logging.CRITICAL
     )  # "topic not found" while we wait

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -35,8 +35,10 @@ from consumer.access import check_access, explain
 from consumer.protocol import Request, Topics
 from consumer.settings import KafkaClientSettings
 from consumer.startup import until_ready
-from engines.errors import ModelNotFound, TfstreamError
+from engines.errors import TfstreamError
+from engines.logs import configure_tool_logging
 from engines.settings import cli_config, parse_cli
+from producer_tools.model_topic import wait_for_model_topic
 from producer_tools.sources import Frame, frame_stream, open_source
 
 log = logging.getLogger(__name__)
@@ -119,20 +121,23 @@ async def run_stream(
 
     Raises:
         SourceError: the source cannot be read.
-        ModelNotFound: no worker ever created the model's request topic.
+        ModelNotFound: workers serve other models under the prefix, not this one.
         NotAuthorized: Kafka refused the credentials, or Write on the request topic.
-        ServiceUnavailable: the broker cannot be reached.
+        ServiceUnavailable: the broker cannot be reached, or no worker created the
+            model's request topic, within `--start-timeout-s`.
     """
     source = open_source(settings.source, settings.jpeg_quality)
-    topic = Topics(settings.topic_prefix).requests(settings.model)
+    deadline = time.monotonic() + settings.start_timeout_s
+    topics = Topics(settings.topic_prefix)
+    topic = topics.requests(settings.model)
 
-    async def connect() -> tuple[AIOKafkaProducer, Any]:
+    async def connect() -> AIOKafkaProducer:
         """One attempt, retried while the brokers are not there yet (`until_ready`)."""
         producer = kafka_io.producer(settings, "stream")
         try:
             await check_access(settings, {topic: ["Write"]})
             await producer.start()
-            return producer, await producer.client.fetch_all_metadata()
+            return producer
         except (KafkaError, OSError, TfstreamError) as exc:
             with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
                 await producer.stop()
@@ -141,18 +146,18 @@ async def run_stream(
             raise await explain(exc, settings) from exc
 
     try:
-        producer, metadata = await until_ready("connecting", connect, settings)
+        producer = await until_ready("connecting", connect, settings, deadline)
     except TfstreamError:
         source.close()
         raise
+
+    async def topic_names() -> set[str]:
+        return set((await producer.client.fetch_all_metadata()).topics())
+
     summary = StreamSummary()
     acks: set[asyncio.Future[object]] = set()
     try:
-        if topic not in metadata.topics():
-            raise ModelNotFound(
-                f"topic {topic} does not exist: no tfstream-consumer serves model "
-                f"'{settings.model}' with topic prefix '{settings.topic_prefix}'"
-            )
+        await wait_for_model_topic(topic_names, topics, settings.model, settings, deadline)
         loop = asyncio.get_running_loop()
         frames = frame_stream(source, settings.count, loop=settings.loop or source.live)
         interval_s = 1.0 / settings.fps
@@ -220,7 +225,7 @@ def _settled(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_tool_logging()
     settings = parse_cli(StreamSettings, argv, required=["bootstrap"])
     try:
         summary = asyncio.run(run_stream(settings))

@@ -26,7 +26,7 @@ from producer_tools.replay import main as replay_main
 from producer_tools.results import ResultsSettings, follow
 from producer_tools.stream import StreamSettings, parse_correlation_id, run_stream
 from tests.support.models import REPO_ROOT
-from tests.support.workers import read_topic
+from tests.support.workers import read_topic, unique_prefix
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -313,3 +313,62 @@ def test_stream_and_results_command_lines(
     assert f"boxes={len(truth[first])} " in lines[0] and "latency_ms=" in lines[0]
     shown_labels = lines[0].split("labels=[", 1)[1].split("]", 1)[0]
     assert ", ".join(sorted(shown_labels.split(", "))) == labels
+
+
+def test_a_model_no_worker_serves_fails_at_once(
+    worker: ConsumerProcess, folder: tuple[Path, Truth]
+) -> None:
+    """Workers serve the prefix, not this model: model_not_found in seconds, not after
+    waiting --start-timeout-s (180 s) for a topic no worker will create."""
+    images, _ = folder
+    common = ["--bootstrap", worker.bootstrap, "--topic-prefix", worker.prefix, "--model", "ghost"]
+    began = time.monotonic()
+    replay = cli("producer_tools.replay", *common, "--source", str(images), "--max")
+    stream = cli(
+        "producer_tools.stream", *common, "--camera", "c1", "--source", str(images), "--count", "1"
+    )
+    assert time.monotonic() - began < 90
+    for run in (replay, stream):
+        assert run.returncode == 1, run.stderr
+        assert "error: [model_not_found]" in run.stderr and MODEL in run.stderr, run.stderr
+
+
+def test_a_stream_started_before_any_worker_waits_for_its_topic(
+    kafka_bootstrap: str, model_repository: Path, folder: tuple[Path, Truth], tmp_path: Path
+) -> None:
+    """Start from nothing: a camera streamer started before the first worker of its
+    prefix waits for the worker to create the model's topic, then sends."""
+    images, _ = folder
+    prefix = unique_prefix()
+    errors = tmp_path / "stream.err"
+    with errors.open("w") as sink:
+        stream = subprocess.Popen(
+            [
+                sys.executable, "-m", "producer_tools.stream",
+                "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix, "--model", MODEL,
+                "--camera", "early", "--source", str(images), "--fps", "25", "--count", "3",
+                "--deadline-ms", "120000",  # the worker is still to load its model
+            ],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=sink, text=True,
+        )  # fmt: skip
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while f'step="a worker to create {prefix}.requests.{MODEL}"' not in errors.read_text():
+            assert stream.poll() is None, errors.read_text()
+            assert time.monotonic() < deadline, errors.read_text()
+            time.sleep(0.2)
+        worker = ConsumerProcess(
+            kafka_bootstrap, model_repository, prefix, tmp_path, extra={"TFSTREAM_MODELS": MODEL}
+        ).start()
+        out, _ = stream.communicate(timeout=180)
+        assert stream.returncode == 0, errors.read_text()
+        assert "camera early: sent 3 frames" in out
+        records = asyncio.run(read_topic(kafka_bootstrap, f"{prefix}.results.{MODEL}", expect=3))
+        answers = [json.loads(r.value) for r in records]
+        assert len(answers) == 3 and all(a["success"] for a in answers), answers
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+        if worker is not None:
+            worker.stop()
