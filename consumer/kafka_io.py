@@ -25,6 +25,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
+from consumer.ordering import Chains
 from consumer.protocol import Headers
 from consumer.settings import KafkaClientSettings
 from engines.errors import NotAuthorized, ReplyUndeliverable
@@ -165,24 +166,14 @@ class KafkaOutbox:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
         self._closing = False
-        self._queued: dict[tuple[str, bytes], asyncio.Future[None]] = {}
+        self._queued: Chains[tuple[str, bytes], None] = Chains()
         """Per topic and key, when the last record sent is in the producer's queue."""
 
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
     ) -> asyncio.Future[None]:
-        queued = asyncio.get_running_loop().create_future()
-        before = None
-        if key is not None:
-            chain = (topic, key)
-            before = self._queued.get(chain)
-            self._queued[chain] = queued
-
-            def forget(done: asyncio.Future[None]) -> None:
-                if self._queued.get(chain) is done:
-                    del self._queued[chain]
-
-            queued.add_done_callback(forget)
+        queued: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before = None if key is None else self._queued.follow((topic, key), queued)
         record = (topic, value, key, list(headers))
         return asyncio.ensure_future(self._deliver(record, before, queued))
 

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple, Protocol
 from consumer.batching import CLOSED, Batching, batching_for, collect
 from consumer.conflation import Key, LatestWins, conflation_key
 from consumer.metrics import WorkerMetrics
+from consumer.ordering import Chains
 from consumer.protocol import Reply, Request, Timing, detection_data
 from consumer.settings import EngineSettings
 from consumer.spans import RequestSpans
@@ -207,7 +208,11 @@ class Pipeline:
         self._wake_pending = False
         self._decoders: dict[str, ImageDecoder] = {}
         self._decoders_lock = threading.Lock()
-        self._last_answer: dict[tuple[str, bytes], asyncio.Future[Answer]] = {}
+        self._last_answer: Chains[tuple[str, bytes], Answer] = Chains()
+        """Per model and key, the last answer: answers of one key keep the order of
+        their requests (a camera's frames on its partition) even when batches of
+        them run at once (`instances` > 1) or one batch makes several engine calls
+        (one per image size)."""
 
     @property
     def inflight(self) -> int:
@@ -280,8 +285,8 @@ class Pipeline:
         lane = self._lane(request.model, detector)
         group = conflation_key(request.model, request.key, request.conflate, lane.conflates)
         job = Job(request, detector, loop.create_future(), answer, spans, group)
-        if request.key is not None:
-            job.after = self._in_order(request.model, request.key, answer)
+        if request.key is not None:  # answered after the previous request of its key
+            job.after = self._last_answer.follow((request.model, request.key), answer)
         older = self._waiting.arrive(group, job)
         if older is not None:
             older.superseded = True
@@ -298,25 +303,6 @@ class Pipeline:
             self._start_decode(job)
         # else: an idle runner takes it in this loop turn and decides (`_run_batch`)
         return answer
-
-    def _in_order(
-        self, model: str, key: bytes, answer: asyncio.Future[Answer]
-    ) -> asyncio.Future[Answer] | None:
-        """Make `answer` the last of its model and key; the one before it, if pending.
-
-        Answers of one key keep the order of their requests (a camera's frames on
-        its partition) even when batches of them run at once (`instances` > 1) or
-        one batch makes several engine calls (one per image size)."""
-        chain = (model, key)
-        before = self._last_answer.get(chain)
-        self._last_answer[chain] = answer
-
-        def forget(done: asyncio.Future[Answer]) -> None:
-            if self._last_answer.get(chain) is done:
-                del self._last_answer[chain]
-
-        answer.add_done_callback(forget)
-        return before if before is not None and not before.done() else None
 
     def _start_decode(self, job: Job) -> None:
         if job.decoded.done() or job.decoding:  # superseded, or taken with its engine call
