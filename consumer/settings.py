@@ -104,8 +104,10 @@ class KafkaClientSettings(KafkaSecuritySettings):
     refused with image_too_large before they are sent."""
     start_timeout_s: float = Field(default=180.0, gt=0)
     """At start-up, how long to keep retrying while the brokers are not there yet or
-    not ready (not listening, no group coordinator, no leader, topic being created);
-    then exit 1. A refusal (not_authorized, an untrusted certificate) exits at once."""
+    not ready (not listening, no group coordinator, no leader, topic being created;
+    for tfstream-replay and tfstream-stream, no worker has created a request topic
+    yet); then exit 1. A refusal (not_authorized, an untrusted certificate) exits at
+    once."""
 
     def max_record_image_bytes(self) -> int:
         """The largest image a request record can carry (`--max-message-bytes` minus
