@@ -58,14 +58,20 @@ async def drive(
             name, data = images[index % len(images)]
             try:
                 status, answer = await connection.predict(name, data)
-            except (OSError, asyncio.IncompleteReadError) as exc:
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 return False, type(exc).__name__
             if status != 200:
                 return False, f"http_{status}"
             return bool(json.loads(answer).get("success")), "ok"
 
+        async def warm(indices: range, connection: PlainHttp) -> None:
+            for index in indices:  # one call at a time per connection
+                await post(index, connection)
+
         if warmup:
-            await asyncio.gather(*(post(i, connections[i % clients]) for i in range(warmup)))
+            await asyncio.gather(
+                *(warm(range(k, warmup, clients), c) for k, c in enumerate(connections))
+            )
         if on_start is not None:
             on_start()
         started = time.perf_counter()

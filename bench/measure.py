@@ -152,7 +152,7 @@ async def kafka_lone_served(bootstrap: str, prefix: str) -> AsyncIterator[Served
 
 @contextlib.asynccontextmanager
 async def http_lone_served(url: str) -> AsyncIterator[Served]:
-    """One multipart POST per call on one keep-alive connection (`bench.lone.PlainHttp`)."""
+    """A predict of the bench model per call, by `bench.lone.http_served` (`PlainHttp`)."""
     async with http_served(f"{url}/models/{MODEL}/predict") as served:
         yield served
 

@@ -13,8 +13,8 @@ histogram: it must be 1.
 On a CPU one engine call uses every core for its big operations (TensorFlow's
 intra-op threads), so a second instance can only win what a one-image call and
 the hand-offs around it leave idle; that ratio is what sets the CPU default of
-`--instances` for fixed-batch models (2: it won 16% on the 2-core machine of
-docs/benchmarks.md).
+`--instances` for fixed-batch models (2: docs/profile.md, "Instances", gives the
+alternated measurement it was chosen from).
 """
 
 from __future__ import annotations
