@@ -119,6 +119,9 @@ class Topics:
     def control(self) -> str:
         return f"{self.prefix}.control"
 
+    def is_request_topic(self, topic: str) -> bool:
+        return re.match(self.requests_pattern, topic) is not None
+
     def model_of(self, request_topic: str) -> str:
         """The model a request topic belongs to (the suffix; see `topic_suffix`)."""
         return request_topic.removeprefix(f"{self.prefix}.requests.")

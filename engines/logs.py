@@ -26,16 +26,18 @@ class TextFormatter(logging.Formatter):
     """A line for people: the extra fields follow the message as key=value, since
     they often carry what the message is about (what a process waits for, why)."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)  # a traceback, if any, follows on its own lines
         extras = " ".join(f"{key}={_text(value)}" for key, value in _extras(record).items())
         return f"{line} {extras}" if extras else line
 
 
 def _text(value: object) -> str:
-    """A value as one token: quoted where it has spaces."""
+    """A value as one token: quoted (JSON) where it is empty or has spaces, quotes,
+    '=' or line breaks."""
     text = str(value)
-    return json.dumps(text) if not text or " " in text else text
+    plain = text and not any(c.isspace() or c in '"=' for c in text)
+    return text if plain else json.dumps(text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -74,3 +76,6 @@ def configure_tool_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    # aiokafka logs an error per failed connection attempt; `consumer.startup` says
+    # once what a tool waits for, and the tools report failed sends themselves.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

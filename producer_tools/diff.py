@@ -162,15 +162,13 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
     since = parse_time(settings.since)
     until = parse_time(settings.until)
 
-    async def connect() -> AIOKafkaConsumer:
-        """One attempt, retried while the brokers are not there yet (`until_ready`)."""
-        consumer = kafka_io.consumer(settings, "diff", group_id=None, enable_auto_commit=False)
-        try:
-            return await kafka_io.started(consumer)
-        except (KafkaError, OSError) as exc:
-            raise await explain(exc, settings) from exc
-
-    consumer = await until_ready("connecting", connect, settings)
+    consumer = await until_ready(
+        "connecting",
+        lambda: kafka_io.started(
+            kafka_io.consumer(settings, "diff", group_id=None, enable_auto_commit=False)
+        ),
+        settings,
+    )
     sides: dict[str, dict[str, LoggedAnswer]] = {settings.baseline: {}, settings.candidate: {}}
     try:
         partitions = await _assigned(consumer, list(sides), settings)

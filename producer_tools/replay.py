@@ -31,7 +31,6 @@ from typing import Literal, TextIO
 
 from pydantic import Field, model_validator
 
-from consumer.access import check_access
 from consumer.protocol import Timing
 from consumer.settings import KafkaClientSettings
 from engines.errors import RequestTimeout, TfstreamError
@@ -168,19 +167,20 @@ async def run_replay(
 
     Raises:
         SourceError: the source cannot be read.
-        ModelNotFound: workers serve other models under the prefix, not this one.
+        ModelNotFound: no worker created the model's request topic within
+            `--start-timeout-s`.
         NotAuthorized: Kafka refused the credentials, or Write on the request topic.
-        ServiceUnavailable: the broker cannot be reached, or no worker created the
-            model's request topic, within `--start-timeout-s`.
+        ServiceUnavailable: the broker cannot be reached within `--start-timeout-s`.
     """
     source = open_source(settings.source)
     deadline = time.monotonic() + settings.start_timeout_s
     own = client is None
     client = client or DetectClient(settings, timeout_s=settings.answer_timeout_s)
-    if own:
-        await client.start(deadline)
+    started = not own
     try:
-        await check_access(settings, {client.topics.requests(settings.model): ["Write"]})
+        if own:
+            await client.start(deadline)
+            started = True
         await wait_for_model_topic(
             client.consumer.topics, client.topics, settings.model, settings, deadline
         )
@@ -198,7 +198,7 @@ async def run_replay(
         return report
     finally:
         source.close()
-        if own:
+        if own and started:
             await client.stop()
 
 

@@ -205,9 +205,6 @@ async def _assigned(consumer: Any, topic: str, give_up_s: float) -> list[TopicPa
 
 def main(argv: Sequence[str] | None = None) -> int:
     configure_tool_logging()
-    logging.getLogger("aiokafka.cluster").setLevel(
-        logging.CRITICAL
-    )  # "topic not found" while we wait
     settings = parse_cli(ResultsSettings, argv, required=["bootstrap"])
     try:
         asyncio.run(follow(settings))

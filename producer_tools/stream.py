@@ -18,7 +18,6 @@ results reader can compute each frame's latency from the answer alone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import time
@@ -26,12 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import Field
 
 from consumer import kafka_io
-from consumer.access import check_access, explain
 from consumer.protocol import Request, Topics
 from consumer.settings import KafkaClientSettings
 from consumer.startup import until_ready
@@ -121,32 +118,22 @@ async def run_stream(
 
     Raises:
         SourceError: the source cannot be read.
-        ModelNotFound: workers serve other models under the prefix, not this one.
+        ModelNotFound: no worker created the model's request topic within
+            `--start-timeout-s`.
         NotAuthorized: Kafka refused the credentials, or Write on the request topic.
-        ServiceUnavailable: the broker cannot be reached, or no worker created the
-            model's request topic, within `--start-timeout-s`.
+        ServiceUnavailable: the broker cannot be reached within `--start-timeout-s`.
     """
     source = open_source(settings.source, settings.jpeg_quality)
     deadline = time.monotonic() + settings.start_timeout_s
     topics = Topics(settings.topic_prefix)
     topic = topics.requests(settings.model)
-
-    async def connect() -> AIOKafkaProducer:
-        """One attempt, retried while the brokers are not there yet (`until_ready`)."""
-        producer = kafka_io.producer(settings, "stream")
-        try:
-            await check_access(settings, {topic: ["Write"]})
-            await producer.start()
-            return producer
-        except (KafkaError, OSError, TfstreamError) as exc:
-            with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
-                await producer.stop()
-            if isinstance(exc, TfstreamError):
-                raise
-            raise await explain(exc, settings) from exc
-
     try:
-        producer = await until_ready("connecting", connect, settings, deadline)
+        producer = await until_ready(
+            "connecting",
+            lambda: kafka_io.started(kafka_io.producer(settings, "stream")),
+            settings,
+            deadline,
+        )
     except TfstreamError:
         source.close()
         raise

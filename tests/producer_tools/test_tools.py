@@ -315,13 +315,17 @@ def test_stream_and_results_command_lines(
     assert ", ".join(sorted(shown_labels.split(", "))) == labels
 
 
-def test_a_model_no_worker_serves_fails_at_once(
+def test_a_model_no_worker_serves_ends_model_not_found_naming_the_served(
     worker: ConsumerProcess, folder: tuple[Path, Truth]
 ) -> None:
-    """Workers serve the prefix, not this model: model_not_found in seconds, not after
-    waiting --start-timeout-s (180 s) for a topic no worker will create."""
+    """Workers serve the prefix, not this model: the tools wait --start-timeout-s for a
+    worker that may still come (here 5 s), saying which models are served, then
+    exit with model_not_found."""
     images, _ = folder
-    common = ["--bootstrap", worker.bootstrap, "--topic-prefix", worker.prefix, "--model", "ghost"]
+    common = [
+        "--bootstrap", worker.bootstrap, "--topic-prefix", worker.prefix, "--model", "ghost",
+        "--start-timeout-s", "5",
+    ]  # fmt: skip
     began = time.monotonic()
     replay = cli("producer_tools.replay", *common, "--source", str(images), "--max")
     stream = cli(
@@ -331,6 +335,9 @@ def test_a_model_no_worker_serves_fails_at_once(
     for run in (replay, stream):
         assert run.returncode == 1, run.stderr
         assert "error: [model_not_found]" in run.stderr and MODEL in run.stderr, run.stderr
+        waiting = run.stderr.split("error:")[0]  # the log, before the last line
+        assert "waiting for Kafka" in waiting and MODEL in waiting, run.stderr
+        assert "not 'ghost' (yet)" in waiting, run.stderr
 
 
 def test_a_stream_started_before_any_worker_waits_for_its_topic(
