@@ -28,10 +28,11 @@ from engines.repository import ModelSpec
 class SimulatedEngine(Engine):
     fixed_batch = None
 
-    def __init__(self, batch_ms: float) -> None:
+    def __init__(self, batch_ms: float, busy: threading.Lock | None = None) -> None:
+        """`busy`: the simulated device's lock, shared by every model on it."""
         self.batch_ms = batch_ms
         self.device = "/SIMULATED:0"
-        self._busy = threading.Lock()
+        self._busy = busy or threading.Lock()
 
     def _call(self, tensor: Any) -> Any:  # pragma: no cover - _run is overridden
         raise NotImplementedError
@@ -49,10 +50,11 @@ class SimulatedEngine(Engine):
 
 
 def simulated_engines(batch_ms: float) -> Callable[[ModelSpec, str], Engine]:
-    """An `EngineFactory` that gives every model a simulated accelerator; the
-    requested device is ignored (nothing runs on it)."""
+    """An `EngineFactory` that puts every model of the process on one simulated
+    accelerator (the requested device is ignored): their calls take turns."""
+    device = threading.Lock()
 
-    def build(spec: ModelSpec, device: str) -> Engine:
-        return SimulatedEngine(batch_ms)
+    def build(spec: ModelSpec, device_name: str) -> Engine:
+        return SimulatedEngine(batch_ms, device)
 
     return build

@@ -63,12 +63,16 @@ class KafkaBackend:
         """Each step retries on its own (`until_ready`) within one `start_timeout_s`;
         a ServiceUnavailable out of one has waited that long, or was a refusal (an
         untrusted certificate). Only refused credentials are tried again here,
-        without end: ACLs can be granted while the bridge runs."""
+        without end: ACLs can be granted while the bridge runs. Each such round
+        gets a fresh `start_timeout_s` (the broker answered, so it is there), and
+        starts only what is not started yet: a client whose announcements were
+        refused stays up."""
         delay_s = 0.5
         deadline = time.monotonic() + self.settings.start_timeout_s
         while True:
             try:
-                await self.client.start(deadline)
+                if self.client.reader is None:
+                    await self.client.start(deadline)
                 await until_ready(
                     "reading announcements", self.directory.start, self.settings, deadline
                 )
@@ -77,6 +81,7 @@ class KafkaBackend:
                 # "this model is closed to the bridge").
                 self._refused = exc
                 log.error("Kafka refused the bridge; retrying", extra={"error": exc.message})
+                deadline = time.monotonic() + delay_s + self.settings.start_timeout_s
             except ServiceUnavailable as exc:
                 self._give_up(exc)
                 return
