@@ -135,14 +135,15 @@ def resolve_convention(
     inputs: Signature,
     outputs: Signature,
     model_dir: Path,
-    metadata: ExportMetadata | None = None,
+    metadata: ExportMetadata | None,
 ) -> Convention:
     """Decide how to read `model`'s outputs: config.json first, then the signature.
 
     `inputs` and `outputs` describe the serving signature (name -> "dtype[shape]");
     `model_dir` is the model's folder, where a Model Garden export keeps
-    params.yaml next to saved_model/; `metadata` its parsed metadata.yaml, if any
-    (`ModelSpec.metadata`: read once, by the repository).
+    params.yaml next to saved_model/; `metadata` its parsed metadata.yaml, None
+    when there is none (`ModelSpec.metadata`: read once, by the repository; no
+    default, so that no caller skips it by forgetting it).
 
     Raises:
         InvalidModelConfig: the outputs match no convention, or a convention

@@ -43,7 +43,7 @@ def config(**extra: Any) -> ModelConfig:
 
 def resolve(outputs: dict[str, str], model_dir: Path, **extra: Any):  # type: ignore[no-untyped-def]
     return resolve_convention(
-        "m", config(**extra), {"inputs": "uint8[?, ?, ?, 3]"}, outputs, model_dir
+        "m", config(**extra), {"inputs": "uint8[?, ?, ?, 3]"}, outputs, model_dir, None
     )
 
 

@@ -348,5 +348,5 @@ def test_output_convention_forced_on_outputs_that_do_not_fit(tmp_path: Path) -> 
     od_api = {"detection_boxes": "float32[1, 100, 4]", "num_detections": "float32[1]"}
     for forced, fragment in (("ultralytics", "4 + classes"), ("keras_hub", "predict_step")):
         with pytest.raises(InvalidModelConfig, match="output_convention") as info:
-            resolve_convention("m", config(output_convention=forced), {}, od_api, tmp_path)
+            resolve_convention("m", config(output_convention=forced), {}, od_api, tmp_path, None)
         assert fragment in info.value.message
