@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +30,8 @@ from deploy.local.kafka import LocalKafkaCluster
 from deploy.local.processes import BridgeProcess, ConsumerProcess, free_port
 from deploy.local.security import HARNESS_PRINCIPAL, SCRAM_MECHANISM, BrokerSecurity, client_env
 from producer_tools.client import DetectClient
-from tests.support.models import shapes_png
+from tests.support.bridge import predict
+from tests.support.models import REPO_ROOT, shapes_png
 from tests.support.workers import unique_prefix
 
 pytestmark = [pytest.mark.slow]
@@ -100,6 +104,23 @@ def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restar
 
     client = threading.Thread(target=run_client, name="early-client", daemon=True)
     client.start()
+    # And a camera streamer, which waits for the broker, then for a worker to create
+    # the model's request topic (the workers are still waiting for the broker too).
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        (frames / f"frame_{i}.png").write_bytes(shapes_png(320, 240))
+    stream_log = tmp_path / "stream.err"
+    with stream_log.open("w") as sink:
+        stream = subprocess.Popen(
+            [
+                sys.executable, "-m", "producer_tools.stream", "--topic-prefix", prefix,
+                "--model", MODEL, "--camera", "early", "--source", str(frames),
+                "--count", "3", "--deadline-ms", "600000", "--start-timeout-s", "300",
+            ],
+            cwd=REPO_ROOT, env={**os.environ, **env, "TFSTREAM_BOOTSTRAP": bootstrap},
+            stdout=subprocess.PIPE, stderr=sink, text=True,
+        )  # fmt: skip
     # And the Kafka-mode bridge, whose connection loop is its own (announcements too).
     bridge = BridgeProcess(
         tmp_path,
@@ -132,16 +153,21 @@ def test_workers_started_before_a_brand_new_broker_become_ready_without_a_restar
         reply = outcome["reply"]
         assert isinstance(reply, Reply) and reply.success, reply
         assert reply.model_version == 1
+        out, _ = stream.communicate(timeout=300)
+        waits = stream_log.read_text()
+        assert stream.returncode == 0, waits
+        assert "camera early: sent 3 frames" in out and "Traceback" not in waits
+        assert "waiting for Kafka step=connecting" in waits, waits  # the broker was not up
         bridge.wait_ready(timeout_s=300)
-        answer = httpx.post(
-            f"{bridge.url}/models/{MODEL}/predict",
-            files={"input_data": ("frame.png", shapes_png(320, 240), "image/png")},
-            timeout=120,
-        )
+        answer = predict(bridge, MODEL, shapes_png(320, 240), filename="frame.png")
         assert answer.status_code == 200, answer.text
         assert answer.json()["success"] is True and answer.headers["model-version"] == "1"
         assert "Traceback" not in bridge.log_path.read_text()
+        bridge_waits = [r for r in bridge.log_records() if r.get("msg") == "waiting for Kafka"]
+        assert bridge_waits, "the bridge never had to wait: the broker was not brand-new"
     finally:
+        if stream.poll() is None:
+            stream.kill()
         bridge.stop()
         workers_ready.set()
         for worker in workers:
@@ -156,7 +182,8 @@ def test_a_worker_and_a_bridge_that_never_see_a_broker_give_up_with_one_line(
 
     The bridge waits up to 15 s for Kafka before it serves at all (a bridge
     started beside a running broker answers its first call connected), so its
-    timeout here is 20 s: long enough to be seen waiting."""
+    timeout here is 30 s: its last retry before giving up comes at about 27.75 s
+    (0.25 s doubling to 5 s), about 12 s in which it is seen waiting."""
     nobody = f"127.0.0.1:{free_port()}"
     worker = ConsumerProcess(
         nobody,
@@ -166,7 +193,7 @@ def test_a_worker_and_a_bridge_that_never_see_a_broker_give_up_with_one_line(
         extra={"TFSTREAM_START_TIMEOUT_S": "8"},
     ).start()
     bridge = BridgeProcess(
-        tmp_path, {"TFSTREAM_BOOTSTRAP": nobody, "TFSTREAM_START_TIMEOUT_S": "20"}
+        tmp_path, {"TFSTREAM_BOOTSTRAP": nobody, "TFSTREAM_START_TIMEOUT_S": "30"}
     ).start()
     try:
         # Both probed in one loop: each gives up on its own clock.
@@ -188,7 +215,7 @@ def test_a_worker_and_a_bridge_that_never_see_a_broker_give_up_with_one_line(
     finally:
         worker.stop()
         bridge.stop()
-    for log, waited in ((worker.log_path.read_text(), 8), (bridge.log_path.read_text(), 20)):
+    for log, waited in ((worker.log_path.read_text(), 8), (bridge.log_path.read_text(), 30)):
         assert "Traceback" not in log
         assert f"not ready after {waited}s" in log, log[-2000:]
         assert f"not ready after {waited}s: " not in log  # said once, not prefixed to itself

@@ -35,6 +35,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def json_log_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of a process started with TFSTREAM_LOG_FORMAT=json."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
 @dataclass
 class ConsumerProcess:
     """A `python -m consumer` child process with its own metrics port and log file."""
@@ -91,11 +100,7 @@ class ConsumerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def log_records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
+        return json_log_records(self.log_path)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -200,6 +205,9 @@ class BridgeProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def log_records(self) -> list[dict[str, Any]]:
+        return json_log_records(self.log_path)
 
     def stop(self) -> int | None:
         return terminate(self.proc)

@@ -128,9 +128,9 @@ async def test_a_frame_already_running_is_not_superseded_and_a_whole_model_confl
 
 
 class SlowEngine(CountingEngine):
-    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        time.sleep(0.04)
-        return super()._run(batch)
+    def _answer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(0.04)  # inside the call, where `running` counts it
+        return super()._answer(batch)
 
 
 @pytest.mark.asyncio
@@ -143,7 +143,8 @@ async def test_a_camera_twice_as_fast_as_the_engine_gets_every_other_frame_run(
     instance does not take the next frame early (it would be one call older when
     answered, and never superseded)."""
     settings = EngineSettings(max_batch=1, instances=instances)
-    pipeline = Pipeline(Detectors({"m": SlowEngine()}), settings, "w")
+    engine = SlowEngine()
+    pipeline = Pipeline(Detectors({"m": engine}), settings, "w")
     pipeline.start()
     try:
         futures = []
@@ -156,6 +157,7 @@ async def test_a_camera_twice_as_fast_as_the_engine_gets_every_other_frame_run(
     ran = sum(1 for answer in done if answer.error is None)
     assert done[-1].error is None
     assert 8 <= ran <= 32, ran  # about 20: one run per engine call, not 2 in all
+    assert engine.most_running == 1  # the camera's frames never ran side by side
 
 
 @pytest.mark.asyncio
@@ -174,6 +176,7 @@ async def test_two_cameras_use_two_instances_at_once() -> None:
         gate.set()
         done = await asyncio.wait_for(asyncio.gather(*futures), 20)
     finally:
+        gate.set()  # a failed wait must not leave the engine threads held
         await asyncio.wait_for(pipeline.close(), 10)
     assert engine.most_running == 2
     assert all(answer.error is None for answer in done)

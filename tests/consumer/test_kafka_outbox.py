@@ -51,7 +51,7 @@ async def test_a_record_held_back_keeps_the_later_records_of_its_key_behind_it()
     await asyncio.sleep(0.01)  # d0 now waits for the topic's metadata
     later = [outbox.send("replies", f"d{i}".encode(), b"cam", []) for i in (1, 2)]
     other = outbox.send("replies", b"x0", b"other-cam", [])
-    await other  # another key does not wait
+    await asyncio.wait_for(other, 5)  # another key does not wait
     await asyncio.sleep(0.01)
     assert producer.queued == [b"x0"]
     gate.set()
@@ -76,7 +76,7 @@ async def test_records_without_a_key_are_not_held_back() -> None:
     gate = producer.hold("replies")
     first = outbox.send("replies", b"a", None, [])
     await asyncio.sleep(0.01)
-    await outbox.send("replies", b"b", None, [])
+    await asyncio.wait_for(outbox.send("replies", b"b", None, []), 5)
     assert producer.queued == [b"b"]
     gate.set()
     await first

@@ -290,7 +290,8 @@ async def test_answers_of_one_key_keep_their_order_across_instances() -> None:
         for future in (first, *later):
             future.add_done_callback(lambda f: finished.append(f.result().reply.correlation_id))
         await until(lambda: len(engines["m"].calls) == 2)  # both ran on instance 2 meanwhile
-        await asyncio.sleep(0.05)
+        await until(lambda: "cam2-frame1" in finished)
+        await asyncio.sleep(0.05)  # room for cam1's second answer to come out, were it free
         assert finished == ["cam2-frame1"]  # cam1's second frame waits for its first
         gate.set()
         done = await answers([first, *later])

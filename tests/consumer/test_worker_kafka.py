@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.processes import ConsumerProcess
 from engines.repository import label_hash, model_hash
@@ -356,6 +357,7 @@ async def test_metrics_and_health(
     # Its own traffic, whatever ran before: one answer, one invalid_image error.
     folder, truth = shapes_images
     image = (folder / next(n for n in sorted(truth) if n.endswith(".jpg"))).read_bytes()
+    before = worker.metrics()
     _, replies, _ = await ask(
         worker.bootstrap,
         worker.prefix,
@@ -391,6 +393,20 @@ async def test_metrics_and_health(
     # One label set per model: the loading one was removed when the model became ready.
     assert 'model="shapes_tf2",state="loading"' not in text
     assert 'tfstream_errors_total{code="invalid_image",model="shapes_tf2"}' in text
+    # And the counters moved by this test's two requests, not only by earlier tests'.
+    requests = ("tfstream_requests_total", {"model": "shapes_tf2"})
+    invalid = ("tfstream_errors_total", {"model": "shapes_tf2", "code": "invalid_image"})
+    assert sample(text, *requests) >= sample(before, *requests) + 2
+    assert sample(text, *invalid) >= sample(before, *invalid) + 1
+
+
+def sample(text: str, name: str, labels: dict[str, str]) -> float:
+    """A sample's value in Prometheus text (0 when absent: a counter not yet counted)."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and labels.items() <= found.labels.items():
+                return found.value
+    return 0.0
 
 
 # -- crashes and shutdown ---------------------------------------------------------------

@@ -268,7 +268,8 @@ def test_a_worker_started_while_the_broker_is_down_waits_then_serves(
     stack.podman.run("stop", "-t", "10", kafka, timeout_s=120)
     try:
         stack.podman.run(
-            "run", "-d", "--init", "--name", late, "--network", network,
+            "run", "-d", "--init", "--restart", "unless-stopped", "--name", late,
+            "--network", network,
             "-v", f"{models}:/models:ro", *env, template["ImageName"], "tfstream-consumer",
         )  # fmt: skip
         deadline = time.monotonic() + 120
