@@ -17,6 +17,7 @@ answers stay in order on one partition.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -203,7 +204,9 @@ class AnswerSink:
         self.role = role
         self.shadow = shadow
         self._ensure = ensure
-        self._ensured: set[str] = set()
+        self._ensured: dict[str, asyncio.Future[None]] = {}
+        """Per topic, its creation: made once, awaited by every record that needs it, in
+        the order they came (so records of one key stay in order behind it)."""
 
     def topic(self, model: str) -> str:
         if self.role is Role.SHADOW:
@@ -213,7 +216,10 @@ class AnswerSink:
 
     def created(self, *topics: str) -> None:
         """Topics that already exist (made at start): no need to ensure them again."""
-        self._ensured.update(topics)
+        for topic in topics:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            self._ensured[topic] = done
 
     def entry(
         self, record: RequestRecord, model: str, reply: Reply, reply_to: str | None
@@ -233,14 +239,22 @@ class AnswerSink:
             latency_ms=None if record.timestamp_ms is None else float(now_ms - record.timestamp_ms),
         )
 
+    async def _create(self, topic: str, ensure: Callable[[str], Awaitable[None]]) -> None:
+        try:
+            await ensure(topic)
+        except BaseException:
+            del self._ensured[topic]  # the next record tries again
+            raise
+
     async def write(
         self, record: RequestRecord, model: str, reply: Reply, reply_to: str | None
     ) -> None:
         logged = self.entry(record, model, reply, reply_to)
         topic = self.topic(model)
-        if topic not in self._ensured and self._ensure is not None:
-            await self._ensure(topic)
-            self._ensured.add(topic)
+        if self._ensure is not None:
+            if topic not in self._ensured:
+                self._ensured[topic] = asyncio.ensure_future(self._create(topic, self._ensure))
+            await self._ensured[topic]
         try:
             await self.outbox.send(topic, logged.to_json(), record.key, logged.headers())
         except ReplyUndeliverable as exc:

@@ -6,6 +6,7 @@ The same rules against a real broker and worker processes: tests/consumer/test_s
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
 import pytest
@@ -144,3 +145,30 @@ def test_shadow_metrics_carry_the_role() -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'tfstream_requests_total{model="a",role="shadow",shadow="v2"} 1.0' in text
     assert "role=" not in generate_latest(WorkerMetrics().registry).decode()
+
+
+@pytest.mark.asyncio
+async def test_a_topic_made_on_first_need_is_made_once_and_keeps_the_order() -> None:
+    """Two answers of one camera for a model whose log topic was not made at start:
+    one creation, both waiting for it, written in the order they came."""
+    made: list[str] = []
+    gate = asyncio.Event()
+
+    async def ensure(topic: str) -> None:
+        made.append(topic)
+        await gate.wait()
+
+    outbox = MemoryOutbox()
+    sink = AnswerSink(TOPICS, outbox, WorkerMetrics(), ensure=ensure)
+    writes = [
+        asyncio.ensure_future(
+            sink.write(record(i), "new", Reply(f"c{i}", "new", data={}), None)  # one key
+        )
+        for i in range(3)
+    ]
+    await asyncio.sleep(0.01)
+    assert made == [TOPICS.answers("new")] and outbox.sent == []
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*writes), 5)
+    ids = [LoggedAnswer.from_json(s.value or b"").correlation_id for s in outbox.sent]
+    assert ids == ["c0", "c1", "c2"] and made == [TOPICS.answers("new")]
