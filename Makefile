@@ -32,7 +32,8 @@ test: setup models kafka-jars
 setup: $(VENV)/.installed
 
 # The install step: deploy/install.sh, shared with deploy/Dockerfile and Dockerfile.gpu.
-$(VENV)/.installed: pyproject.toml deploy/install.sh deploy/model-garden-requirements.txt
+$(VENV)/.installed: pyproject.toml deploy/install.sh deploy/model-garden-requirements.txt \
+		deploy/tracking-requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	bash deploy/install.sh $(BIN)/pip '$(TF_EXTRA),dev' --editable

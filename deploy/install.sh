@@ -69,10 +69,14 @@ print("\n".join(wanted))
 PY
   )
   "$pip" install --quiet "${requirements[@]}"
+  "$pip" install --quiet --no-deps -r deploy/tracking-requirements.txt
   exit 0
 fi
 
 "$pip" install --quiet ${editable[@]+"${editable[@]}"} ".[$extras]"
+
+# The tracker library, without its opencv-python requirement (see the file).
+"$pip" install --quiet --no-deps -r deploy/tracking-requirements.txt
 
 # Tests only: Model Garden's exporter, without its dependency pins (see the file).
 if [[ ",$extras," == *",dev,"* ]]; then

@@ -648,6 +648,8 @@ def test_dockerfiles_install_through_install_sh() -> None:
         assert extra in _extras()
         copies = [a for w, a in instructions if w == "COPY"]
         assert any(a.split()[0] == "deploy/install.sh" for a in copies), f"{path}: COPY install.sh"
+        # install.sh installs the tracker library from this file in both layers.
+        assert any(a.split()[0] == "deploy/tracking-requirements.txt" for a in copies), path
         runs = [a for w, a in instructions if w == "RUN"]
         assert not any(re.search(r"pip install[^\n]*\s\.", a) for a in runs)
         final = _final_stage(instructions)
@@ -666,6 +668,7 @@ def fake_pip(tmp_path: Path) -> Path:
 
 
 MODEL_GARDEN = ["install", "--quiet", "--no-deps", "-r", "deploy/model-garden-requirements.txt"]
+TRACKING = ["install", "--quiet", "--no-deps", "-r", "deploy/tracking-requirements.txt"]
 
 
 def _project_dependencies() -> dict[str, list[str]]:
@@ -683,9 +686,15 @@ PROJECT_DEPENDENCIES = _project_dependencies()
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["cpu,dev", "--editable"], [["install", "--quiet", "-e", ".[cpu,dev]"], MODEL_GARDEN]),
-        (["gpu"], [["install", "--quiet", ".[gpu]"]]),  # no Model Garden in images
-        (["cpu", "--dependencies"], [["install", "--quiet", *PROJECT_DEPENDENCIES["cpu"]]]),
+        (
+            ["cpu,dev", "--editable"],
+            [["install", "--quiet", "-e", ".[cpu,dev]"], TRACKING, MODEL_GARDEN],
+        ),
+        (["gpu"], [["install", "--quiet", ".[gpu]"], TRACKING]),  # no Model Garden in images
+        (
+            ["cpu", "--dependencies"],
+            [["install", "--quiet", *PROJECT_DEPENDENCIES["cpu"]], TRACKING],
+        ),
     ],
 )
 def test_install_sh_runs_pip(
