@@ -159,6 +159,7 @@ def _idf1(frames: list[Frame], answers: list[list[TrackedBox]]) -> float:
     return float(summary["idf1"].iloc[0])
 
 
+@pytest.mark.slow
 def test_id_consistency_through_restores_equals_the_uninterrupted_run(
     scene_frames: tuple[Scene, list[Frame]],
 ) -> None:
@@ -219,7 +220,6 @@ def test_state_is_bounded_and_shrinks_when_the_scene_empties(
     scene_frames: tuple[Scene, list[Frame]],
 ) -> None:
     scene, frames = scene_frames
-    state, _, _ = _run(_config(scene), frames)
     sizes = []
     state = CameraState.new(_config(scene))
     for frame in frames:

@@ -27,6 +27,7 @@ def frames() -> list[Frame]:
     return noisy_frames(make_scene(seed=11, frames=500), seed=12)
 
 
+@pytest.mark.slow
 def test_restored_tracker_gives_the_same_ids_at_every_cut(frames: list[Frame]) -> None:
     config = TrackerConfig()
     a = CameraTracker(config)
