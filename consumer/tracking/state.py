@@ -174,6 +174,8 @@ def apply(
         if track_id >= 0
     ]
     alive = state.tracker.alive_ids()
+    # Stays are measured on the tracker's clock, which never goes back.
+    now = state.tracker.clock_s if state.tracker.clock_s is not None else timestamp_s
 
     events: list[Event] = []
 
@@ -197,10 +199,10 @@ def apply(
 
     for name, line in state.lines.items():
         emit(name, line.observe(observations))
-        emit(name, line.forget(alive, timestamp_s))
+        emit(name, line.forget(alive, now))
     for name, zone in state.zones.items():
-        emit(name, zone.observe(observations, timestamp_s))
-        emit(name, zone.forget(alive, timestamp_s))
+        emit(name, zone.observe(observations, now))
+        emit(name, zone.forget(alive, now))
 
     tracked = [
         TrackedBox(**box, track_id=i if i >= 0 else None) for box, i in zip(boxes, ids, strict=True)

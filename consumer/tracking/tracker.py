@@ -88,6 +88,11 @@ class CameraTracker:
         return {t.tracker_id for t in self._bytetrack.tracks if t.tracker_id >= 0}
 
     @property
+    def clock_s(self) -> float | None:
+        """The time of the last frame as the tracker took it (never going back)."""
+        return self._bytetrack._last_timestamp
+
+    @property
     def track_count(self) -> int:
         return len(self._bytetrack.tracks)
 

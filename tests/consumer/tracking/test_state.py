@@ -267,3 +267,24 @@ def test_unreadable_state_records_are_refused_with_a_stable_code() -> None:
         with pytest.raises(InvalidTrackingState) as caught:
             CameraState.from_bytes(config, bad)
         assert caught.value.code == "invalid_tracking_state"
+
+
+def test_a_camera_clock_stepping_back_never_makes_a_negative_stay() -> None:
+    config = CameraConfig(
+        camera="cam-1",
+        zones=[ZoneConfig(name="bay", polygon=[(0, 0), (200, 0), (200, 160), (0, 160)])],
+    )
+    state = CameraState.new(config)
+    box = {
+        "ObjectClassName": "person",
+        "ObjectClassId": 1,
+        "confidence": 90.0,
+        "coordinates": {"left": 80, "top": 80, "right": 120, "bottom": 150},
+    }
+    outside = {**box, "coordinates": {"left": 80, "top": 100, "right": 120, "bottom": 170}}
+    times = [100.0, 100.1, 100.2, 100.3, 50.0, 50.1, 50.2]  # the clock jumps back
+    events: list[Event] = []
+    for i, (t, b) in enumerate(zip(times, [box] * 4 + [outside] * 3, strict=True)):
+        events += apply(state, Position(TOPIC, 0, i), [b], t)[1]  # type: ignore[list-item]
+    assert [e.kind for e in events] == [EventKind.ENTER, EventKind.LEAVE]
+    assert events[1].dwell_s is not None and events[1].dwell_s > 0
