@@ -35,6 +35,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -156,8 +157,9 @@ class Lane:
     """One model's queue, its runners and the threads its engine calls run in."""
 
     batching: Batching
-    detector: Detector
-    """The detector `batching` was decided for."""
+    decided_for: weakref.ref[Detector]
+    """The detector `batching` was decided for, weakly: a lane must not keep weights
+    a reload replaced (on a GPU, their memory) until its model's next request."""
     conflates: bool = False
     """Every request of the model conflates (`--conflate-models`), header or not."""
     queue: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
@@ -235,13 +237,15 @@ class Pipeline:
         model's batch limits apply from its first request; its instances, which
         are threads already running, from the next start."""
         lane = self._lanes.get(model)
-        if lane is not None and lane.detector is not detector:
+        if lane is not None and lane.decided_for() is not detector:
             decided = batching_for(self.settings, detector)
             lane.batching = replace(decided, instances=lane.batching.instances)
-            lane.detector = detector
+            lane.decided_for = weakref.ref(detector)
         if lane is None:
             lane = self._lanes[model] = Lane(
-                batching_for(self.settings, detector), detector, self.settings.conflates(model)
+                batching_for(self.settings, detector),
+                weakref.ref(detector),
+                self.settings.conflates(model),
             )
             log.info(
                 "batching",
