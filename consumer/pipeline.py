@@ -281,10 +281,13 @@ class Pipeline:
         answer.add_done_callback(self._one_less)
         try:
             detector = self.registry.detector(request.model)
-            if request.expired():
-                raise DeadlineExceeded("the request's deadline passed before it was fetched")
         except TfstreamError as exc:
             answer.set_result(self.failed(request.model, request.correlation_id, exc))
+            return answer
+        if request.expired():
+            expired = DeadlineExceeded("the request's deadline passed before it was fetched")
+            version = detector.spec.version
+            answer.set_result(self.failed(request.model, request.correlation_id, expired, version))
             return answer
         lane = self._lane(request.model, detector)
         group = conflation_key(request.model, request.key, request.conflate, lane.conflates)
@@ -427,9 +430,17 @@ class Pipeline:
                 after.append(parked)
         return after
 
-    def failed(self, model: str, correlation_id: str | None, error: TfstreamError) -> Answer:
+    def failed(
+        self,
+        model: str,
+        correlation_id: str | None,
+        error: TfstreamError,
+        model_version: int | None = None,
+    ) -> Answer:
         """The answer to a request that will not run (or ran and failed). Transports
-        call it too, for what fails before it is a `Request` (a malformed header)."""
+        call it too, for what fails before it is a `Request` (a malformed header).
+        `model_version`: the version the request was given to, once one was (an
+        operator tells a new version's failures from the old one's by it)."""
         self.metrics.errors.labels(model, error.code).inc()
         self.metrics.answered(model)
         log.log(
@@ -442,7 +453,9 @@ class Pipeline:
                 "correlation_id": correlation_id,
             },
         )
-        reply = Reply(correlation_id, model, error=error, worker=self.worker_id)
+        reply = Reply(
+            correlation_id, model, error=error, worker=self.worker_id, model_version=model_version
+        )
         return Answer(reply, dead_letter=verdict(error) is Verdict.DEAD_LETTER)
 
     # -- the inference loop ---------------------------------------------------------------
@@ -616,7 +629,9 @@ class Pipeline:
         return await loop.run_in_executor(lane.threads, detector.detect, images, options, sizes)
 
     def _fail(self, job: Job, error: TfstreamError) -> None:
-        self._settle(job, self.failed(job.request.model, job.request.correlation_id, error))
+        request = job.request
+        version = job.detector.spec.version
+        self._settle(job, self.failed(request.model, request.correlation_id, error, version))
 
     @staticmethod
     def _settle(job: Job, answer: Answer) -> None:

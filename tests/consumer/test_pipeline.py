@@ -7,6 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from consumer.batching import Batching
 from consumer.pipeline import Answer, Pipeline, Verdict, verdict
 from consumer.settings import EngineSettings
 from engines import errors
+from engines.detector import Detector
 from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request, until
 
 SMALL, LARGE = jpeg(32, 24), jpeg(48, 40)
@@ -369,3 +371,38 @@ async def test_a_burst_beyond_one_batch_decodes_while_the_first_batch_runs() -> 
         done = await answers(futures)
     assert all(a.reply.success for a in done)
     assert [shape[0] for shape in engines["a"].calls] == [1, 2, 2, 2]
+
+
+@pytest.mark.asyncio
+async def test_error_answers_carry_the_model_version_once_one_was_resolved() -> None:
+    """An undecodable image, an expired deadline, a failed engine call and a superseded
+    frame were all given to version 3: their answers say so. An unknown model had none."""
+
+    class Version3(Detectors):
+        def detector(self, name: str) -> Detector:
+            found = super().detector(name)
+            return replace(found, spec=replace(found.spec, version=3))
+
+    engines = {"a": CountingEngine(), "broken": CountingEngine(failures=10)}
+    pipeline = Pipeline(Version3(engines), settings(inference_retries=0), "w1")
+    async with running(pipeline):
+        results = await answers(
+            [
+                pipeline.submit(request("a", "bad", b"not an image")),
+                pipeline.submit(request("a", "late", SMALL, deadline_ms=1)),
+                pipeline.submit(request("broken", "engine", SMALL)),
+                pipeline.submit(request("a", "old", SMALL, key=b"cam", conflate=True)),
+                pipeline.submit(request("a", "new", SMALL, key=b"cam", conflate=True)),
+                pipeline.submit(request("nope", "unknown", SMALL)),
+            ]
+        )
+    codes = [(a.reply.correlation_id, a.error and a.error.code) for a in results]
+    assert codes == [
+        ("bad", "invalid_image"),
+        ("late", "deadline_exceeded"),
+        ("engine", "inference_failed"),
+        ("old", "superseded"),
+        ("new", None),
+        ("unknown", "model_not_found"),
+    ]
+    assert [a.reply.model_version for a in results] == [3, 3, 3, 3, 3, None]
