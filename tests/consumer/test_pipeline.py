@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 
 from consumer.batching import Batching
-from consumer.pipeline import Answer, Pipeline, Verdict, verdict
+from consumer.pipeline import RUNNER_RESTARTS, Answer, Pipeline, Verdict, verdict
 from consumer.settings import EngineSettings
+from consumer.supervision import Supervisor
 from engines import errors
 from engines.detector import Detector
 from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request, until
@@ -406,3 +408,71 @@ async def test_error_answers_carry_the_model_version_once_one_was_resolved() -> 
         ("unknown", "model_not_found"),
     ]
     assert [a.reply.model_version for a in results] == [3, 3, 3, 3, 3, None]
+
+
+# -- supervised runners: a runner that dies neither jams its lane nor hides ----------
+
+
+class EngineAbort(BaseException):
+    """What no `except Exception` catches (a library's own control-flow exception)."""
+
+
+class DyingEngine(CountingEngine):
+    """Its first `deaths` calls raise `kind`, out of the inference thread into the
+    runner that awaited them; later calls answer."""
+
+    def __init__(self, deaths: int, kind: type[BaseException] = EngineAbort) -> None:
+        super().__init__()
+        self.deaths = deaths
+        self.kind = kind
+
+    def _answer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.deaths > 0:
+            self.deaths -= 1
+            raise self.kind("device lost")
+        return super()._answer(batch)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [EngineAbort, asyncio.CancelledError])
+async def test_a_runner_that_dies_is_restarted_and_what_it_held_is_answered(
+    kind: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Also a `CancelledError` nobody asked for: it ended the runner just as silently."""
+    supervisor = Supervisor()
+    pipeline = Pipeline(
+        Detectors({"a": DyingEngine(1, kind)}), settings(), "w1", supervisor=supervisor
+    )
+    with caplog.at_level(logging.ERROR, logger="consumer.supervision"):
+        async with running(pipeline):
+            (died,) = await answers([pipeline.submit(request("a", "1", SMALL))])
+            (after,) = await answers([pipeline.submit(request("a", "2", SMALL))])
+    assert died.error is not None and died.error.code == "inference_failed"
+    assert "runner died" in died.error.message and died.reply.model_version == 1
+    assert after.error is None and after.reply.data is not None
+    assert supervisor.healthy  # restarted: the lane serves, the process stays live
+    assert supervisor.failures.labels("pipeline-a-0")._value.get() == 1
+    (logged,) = [r for r in caplog.records if r.getMessage().startswith("background task")]
+    assert logged.exc_info is not None and logged.getMessage().endswith("restarted")
+
+
+@pytest.mark.asyncio
+async def test_a_runner_that_keeps_dying_is_failed_and_its_lane_answers_instead_of_jamming() -> (
+    None
+):
+    supervisor = Supervisor()
+    pipeline = Pipeline(
+        Detectors({"a": DyingEngine(100)}), settings(max_batch=1), "w1", supervisor=supervisor
+    )
+    async with running(pipeline):
+        queued = [pipeline.submit(request("a", str(i), SMALL)) for i in range(6)]
+        results = await answers(queued)
+        later = await answers([pipeline.submit(request("a", "later", SMALL))])
+    died = RUNNER_RESTARTS.limit + 1  # the deaths allowed, and the one too many
+    assert [a.error and a.error.code for a in results] == ["inference_failed"] * died + [
+        "model_unavailable"
+    ] * (6 - died)
+    assert later[0].error is not None and later[0].error.code == "model_unavailable"
+    assert all(a.reply.model_version == 1 for a in results + later)
+    assert not supervisor.healthy and "pipeline-a-0" in supervisor.failed
+    assert supervisor.failures.labels("pipeline-a-0")._value.get() == died

@@ -19,7 +19,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from consumer.settings import ConsumerSettings
-from consumer.supervision import Supervisor
+from consumer.supervision import Restarts, Supervisor
 from consumer.worker import Worker
 from deploy.local.processes import free_port
 from tests.support.workers import unique_prefix, wait_for
@@ -121,3 +121,28 @@ async def test_a_worker_loop_that_raises_turns_liveness_false(
     finally:
         worker.stopping.set()
         await asyncio.wait_for(running, 60)
+
+
+@pytest.mark.asyncio
+async def test_a_guarded_task_is_restarted_within_its_intensity_then_failed() -> None:
+    supervisor = Supervisor()
+    runs: list[int] = []
+    crashes: list[str] = []
+
+    async def dies() -> None:
+        runs.append(len(runs))
+        raise RuntimeError(f"death {len(runs)}")
+
+    ended = await asyncio.wait_for(
+        supervisor.guard(
+            "t", dies, Restarts(limit=2, period_s=60), lambda e: crashes.append(str(e))
+        ),
+        5,
+    )
+    assert not ended and len(runs) == 3  # started, restarted twice, then failed
+    assert crashes == ["death 1", "death 2", "death 3"]  # each death answered what it held
+    assert supervisor.failed == {"t": "RuntimeError('death 3')"}
+    assert supervisor.failures.labels("t")._value.get() == 3
+
+    finished = Supervisor()
+    assert await finished.guard("u", lambda: asyncio.sleep(0), Restarts()) and finished.healthy
