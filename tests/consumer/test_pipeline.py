@@ -19,7 +19,15 @@ from consumer.settings import EngineSettings
 from consumer.supervision import Supervisor
 from engines import errors
 from engines.detector import Detector
-from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request, until
+from tests.consumer.fakes import (
+    CountingEngine,
+    Detectors,
+    DyingEngine,
+    EngineAbort,
+    jpeg,
+    request,
+    until,
+)
 
 SMALL, LARGE = jpeg(32, 24), jpeg(48, 40)
 
@@ -411,26 +419,6 @@ async def test_error_answers_carry_the_model_version_once_one_was_resolved() -> 
 
 
 # -- supervised runners: a runner that dies neither jams its lane nor hides ----------
-
-
-class EngineAbort(BaseException):
-    """What no `except Exception` catches (a library's own control-flow exception)."""
-
-
-class DyingEngine(CountingEngine):
-    """Its first `deaths` calls raise `kind`, out of the inference thread into the
-    runner that awaited them; later calls answer."""
-
-    def __init__(self, deaths: int, kind: type[BaseException] = EngineAbort) -> None:
-        super().__init__()
-        self.deaths = deaths
-        self.kind = kind
-
-    def _answer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if self.deaths > 0:
-            self.deaths -= 1
-            raise self.kind("device lost")
-        return super()._answer(batch)
 
 
 @pytest.mark.asyncio
