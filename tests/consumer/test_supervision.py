@@ -146,3 +146,37 @@ async def test_a_guarded_task_is_restarted_within_its_intensity_then_failed() ->
 
     finished = Supervisor()
     assert await finished.guard("u", lambda: asyncio.sleep(0), Restarts()) and finished.healthy
+
+
+@pytest.mark.asyncio
+async def test_the_embedded_bridges_runners_report_to_its_supervisor(tmp_path: Path) -> None:
+    """The process's supervisor (the one /health/live reads) hears of a runner that
+    keeps dying; the engine comes from the registry's factory, the seam."""
+    from consumer.metrics import WorkerMetrics
+    from consumer.pipeline import RUNNER_RESTARTS
+    from consumer.registry import ModelRegistry
+    from engines import errors
+    from engines.repository import ModelRepository
+    from http_bridge.backends import DetectCall
+    from http_bridge.embedded import EmbeddedBackend
+    from http_bridge.settings import BridgeSettings
+    from tests.consumer.fakes import DyingEngine, jpeg, write_fake_model
+
+    write_fake_model(tmp_path, "m")
+    settings = BridgeSettings(repository=tmp_path, poll_interval_s=0, answer_timeout_s=10)
+    registry = ModelRegistry(
+        ModelRepository(tmp_path), None, "cpu", lambda s, d: DyingEngine(99, spared=1)
+    )
+    supervisor = Supervisor()
+    backend = EmbeddedBackend(settings, WorkerMetrics(), supervisor, registry=registry)
+    await backend.start()
+    try:
+        codes = []
+        for _ in range(RUNNER_RESTARTS.limit + 2):
+            with pytest.raises(errors.TfstreamError) as raised:
+                await backend.detect(DetectCall("m", jpeg(32, 24)))
+            codes.append(raised.value.code)
+    finally:
+        await asyncio.wait_for(backend.stop(), 10)
+    assert codes == ["inference_failed"] * (RUNNER_RESTARTS.limit + 1) + ["model_unavailable"]
+    assert not supervisor.healthy and list(supervisor.failed) == ["pipeline-m-0"]
