@@ -169,6 +169,8 @@ class Job:
     when this one came: this one's answer waits for it (`Pipeline._settle`)."""
     settled: bool = False
     """Its answer is decided (it may still wait for `after`)."""
+    taken: bool = False
+    """Taken into an engine round by a runner (`Pipeline._take`)."""
 
 
 @dataclass
@@ -431,7 +433,8 @@ class Pipeline:
 
         Superseded jobs (already answered) are passed over; the others leave the
         conflation waiting room: from now on they run whatever arrives. `held`
-        gets every job taken from the queue as soon as it is."""
+        gets the jobs this runner answers for: those taken from the queue as soon
+        as they are, then those it runs (not those parked behind another round)."""
         while True:
             lane.idle += 1
             try:
@@ -449,6 +452,8 @@ class Pipeline:
                 return []
             jobs = [job for job in jobs if not job.superseded]  # while collect waited
             ready = [job for job in jobs if self._take(lane, job)]
+            if held is not None:
+                held[:] = ready
             if ready:
                 return ready
 
@@ -463,6 +468,7 @@ class Pipeline:
         self._waiting.start(job.group, job)
         if job.group is not None:
             lane.running_groups.add(job.group)
+        job.taken = True
         return True
 
     def _release(self, lane: Lane, jobs: list[Job]) -> list[Job]:
@@ -546,8 +552,10 @@ class Pipeline:
         lane = runner.lane
         error = InferenceFailed(f"internal error: the model's runner died ({type(exc).__name__})")
         for job in held:
+            if job.group is not None and lane.parked.get(job.group) is job:
+                continue  # behind another runner's round of its group: that runner runs it
             self._abandon(job, error)
-            if job.group is None or job.group not in lane.running_groups:
+            if job.group is None or not job.taken:
                 continue
             lane.running_groups.discard(job.group)
             parked = lane.parked.pop(job.group, None)

@@ -464,3 +464,20 @@ async def test_a_runner_that_keeps_dying_is_failed_and_its_lane_answers_instead_
     assert all(a.reply.model_version == 1 for a in results + later)
     assert not supervisor.healthy and "pipeline-a-0" in supervisor.failed
     assert supervisor.failures.labels("pipeline-a-0")._value.get() == died
+
+
+@pytest.mark.asyncio
+async def test_a_runner_that_died_in_a_cameras_round_leaves_the_camera_free_to_run() -> None:
+    """The conflation group of the round it died in is released: the camera's next
+    frame runs (it would be parked behind a round that never ends)."""
+    engine = DyingEngine(1)
+    pipeline = Pipeline(Detectors({"a": engine}), settings(), "w1")
+    async with running(pipeline):
+        (died,) = await answers(
+            [pipeline.submit(request("a", "1", SMALL, key=b"cam", conflate=True))]
+        )
+        (after,) = await answers(
+            [pipeline.submit(request("a", "2", SMALL, key=b"cam", conflate=True))]
+        )
+    assert died.error is not None and died.error.code == "inference_failed"
+    assert after.error is None and len(engine.calls) == 1
