@@ -25,6 +25,8 @@ from consumer.settings import EngineSettings
 from engines.repository import ModelRepository
 from tests.consumer.fakes import jpeg, request
 
+pytestmark = pytest.mark.slow  # TensorFlow loads the shapes model four times
+
 
 def live_engines() -> list[object]:
     from engines.tf2 import TF2Engine
