@@ -71,11 +71,11 @@ class Supervisor:
 
     def start(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
         """Run `run()` as a supervised task of the running loop."""
-        task = asyncio.get_running_loop().create_task(self._guard(name, run), name=name)
+        task = asyncio.get_running_loop().create_task(self._until_failed(name, run), name=name)
         self._tasks.append(task)
         return task
 
-    async def _guard(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def _until_failed(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         await self.guard(name, run)
 
     async def guard(
