@@ -27,6 +27,13 @@ Requests that conflate (`consumer.conflation`) wait for decoding until the
 loop turns, so the older frames of a burst fetched together are answered
 `superseded` without ever being decoded; one superseded while it is already
 decoding just has its pixels dropped.
+
+A runner is supervised (`consumer.supervision`): one that dies of something a
+failed batch does not cover is logged and counted, the requests it held are
+answered `inference_failed`, and it starts again; a runner that keeps dying is
+failed (the process's liveness turns false) and, once its lane has no runner
+left, the lane answers every request `model_unavailable` instead of queueing it
+for no one. Nothing given to the pipeline stays unanswered.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,12 +57,22 @@ from consumer.ordering import Chains
 from consumer.protocol import Reply, Request, Timing, detection_data
 from consumer.settings import EngineSettings
 from consumer.spans import RequestSpans
+from consumer.supervision import Restarts, Supervisor
 from engines.boxes import Box, Options
 from engines.decoders import ImageDecoder, select_decoder
 from engines.detector import Detector
-from engines.errors import DeadlineExceeded, InferenceFailed, Superseded, TfstreamError
+from engines.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    ModelUnavailable,
+    Superseded,
+    TfstreamError,
+)
 
 log = logging.getLogger(__name__)
+
+#: A runner that dies more often than this is failed, not started again.
+RUNNER_RESTARTS = Restarts(limit=3, period_s=60.0)
 
 
 class Verdict(StrEnum):
@@ -149,6 +167,10 @@ class Job:
     after: asyncio.Future[Answer] | None = None
     """The answer of the previous request with the same model and key, still pending
     when this one came: this one's answer waits for it (`Pipeline._settle`)."""
+    settled: bool = False
+    """Its answer is decided (it may still wait for `after`)."""
+    taken: bool = False
+    """Taken into an engine round by a runner (`Pipeline._take`)."""
 
 
 @dataclass
@@ -156,12 +178,17 @@ class Lane:
     """One model's queue, its runners and the threads its engine calls run in."""
 
     batching: Batching
-    detector: Detector
-    """The detector `batching` was decided for."""
+    decided_for: weakref.ref[Detector]
+    """The detector `batching` was decided for, weakly: a lane must not keep weights
+    a reload replaced (on a GPU, their memory) until its model's next request."""
     conflates: bool = False
     """Every request of the model conflates (`--conflate-models`), header or not."""
     queue: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
     runners: list[asyncio.Task[None]] = field(default_factory=list)
+    live_runners: int = 0
+    """Runners not failed by their supervision."""
+    lost: TfstreamError | None = None
+    """Set once every runner was failed: the lane's requests are answered with it."""
     threads: ThreadPoolExecutor | None = None
     idle: int = 0
     """Runners waiting for the next batch: a request arriving now is taken at once."""
@@ -170,6 +197,16 @@ class Lane:
     parked: dict[Key, Job] = field(default_factory=dict)
     """Per running group, the job taken while it ran: still waiting (a newer frame
     supersedes it), run next by the runner that frees the group."""
+
+
+@dataclass
+class Runner:
+    """One of a lane's runners, and the jobs of the round it is in."""
+
+    model: str
+    lane: Lane
+    held: list[Job] = field(default_factory=list)
+    """Taken from the queue and not yet released: answered if the runner dies."""
 
 
 def _unrunnable(request: Request, decode_error: BaseException | None) -> TfstreamError | None:
@@ -192,11 +229,15 @@ class Pipeline:
         settings: EngineSettings,
         worker_id: str,
         metrics: WorkerMetrics | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
+        """`supervisor`: the process's, whose failures turn its liveness false
+        (default: one of the pipeline's own, which only logs and counts)."""
         self.registry = registry
         self.settings = settings
         self.worker_id = worker_id
         self.metrics = metrics or WorkerMetrics()
+        self.supervisor = supervisor or Supervisor()
         self._limits = settings.decode_limits()
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._lanes: dict[str, Lane] = {}
@@ -235,13 +276,15 @@ class Pipeline:
         model's batch limits apply from its first request; its instances, which
         are threads already running, from the next start."""
         lane = self._lanes.get(model)
-        if lane is not None and lane.detector is not detector:
+        if lane is not None and lane.decided_for() is not detector:
             decided = batching_for(self.settings, detector)
             lane.batching = replace(decided, instances=lane.batching.instances)
-            lane.detector = detector
+            lane.decided_for = weakref.ref(detector)
         if lane is None:
             lane = self._lanes[model] = Lane(
-                batching_for(self.settings, detector), detector, self.settings.conflates(model)
+                batching_for(self.settings, detector),
+                weakref.ref(detector),
+                self.settings.conflates(model),
             )
             log.info(
                 "batching",
@@ -262,8 +305,10 @@ class Pipeline:
         count = lane.batching.instances
         lane.threads = ThreadPoolExecutor(count, thread_name_prefix=f"infer-{model}")
         loop = asyncio.get_running_loop()
+        lane.live_runners = count
         lane.runners = [
-            loop.create_task(self._run(lane), name=f"pipeline-{model}-{i}") for i in range(count)
+            loop.create_task(self._supervised(Runner(model, lane), f"pipeline-{model}-{i}"))
+            for i in range(count)
         ]
 
     def submit(self, request: Request, spans: RequestSpans | None = None) -> asyncio.Future[Answer]:
@@ -277,12 +322,21 @@ class Pipeline:
         answer.add_done_callback(self._one_less)
         try:
             detector = self.registry.detector(request.model)
-            if request.expired():
-                raise DeadlineExceeded("the request's deadline passed before it was fetched")
         except TfstreamError as exc:
             answer.set_result(self.failed(request.model, request.correlation_id, exc))
             return answer
+        if request.expired():
+            expired = DeadlineExceeded("the request's deadline passed before it was fetched")
+            version = detector.spec.version
+            answer.set_result(self.failed(request.model, request.correlation_id, expired, version))
+            return answer
         lane = self._lane(request.model, detector)
+        if lane.lost is not None:
+            failed = self.failed(
+                request.model, request.correlation_id, lane.lost, detector.spec.version
+            )
+            answer.set_result(failed)
+            return answer
         group = conflation_key(request.model, request.key, request.conflate, lane.conflates)
         job = Job(request, detector, loop.create_future(), answer, spans, group)
         if request.key is not None:  # answered after the previous request of its key
@@ -374,11 +428,13 @@ class Pipeline:
                 self._decoders[device] = select_decoder(self.settings.decode_device, device)
             return self._decoders[device]
 
-    async def next_batch(self, lane: Lane) -> list[Job]:
+    async def next_batch(self, lane: Lane, held: list[Job] | None = None) -> list[Job]:
         """The jobs of the lane's next engine round; [] once the pipeline is closed.
 
         Superseded jobs (already answered) are passed over; the others leave the
-        conflation waiting room: from now on they run whatever arrives."""
+        conflation waiting room: from now on they run whatever arrives. `held`
+        gets the jobs this runner answers for: those taken from the queue as soon
+        as they are, then those it runs (not those parked behind another round)."""
         while True:
             lane.idle += 1
             try:
@@ -390,10 +446,14 @@ class Pipeline:
                 )
             finally:
                 lane.idle -= 1
+            if held is not None:
+                held[:] = jobs
             if not jobs:
                 return []
             jobs = [job for job in jobs if not job.superseded]  # while collect waited
             ready = [job for job in jobs if self._take(lane, job)]
+            if held is not None:
+                held[:] = ready
             if ready:
                 return ready
 
@@ -408,6 +468,7 @@ class Pipeline:
         self._waiting.start(job.group, job)
         if job.group is not None:
             lane.running_groups.add(job.group)
+        job.taken = True
         return True
 
     def _release(self, lane: Lane, jobs: list[Job]) -> list[Job]:
@@ -423,9 +484,17 @@ class Pipeline:
                 after.append(parked)
         return after
 
-    def failed(self, model: str, correlation_id: str | None, error: TfstreamError) -> Answer:
+    def failed(
+        self,
+        model: str,
+        correlation_id: str | None,
+        error: TfstreamError,
+        model_version: int | None = None,
+    ) -> Answer:
         """The answer to a request that will not run (or ran and failed). Transports
-        call it too, for what fails before it is a `Request` (a malformed header)."""
+        call it too, for what fails before it is a `Request` (a malformed header).
+        `model_version`: the version the request was given to, once one was (an
+        operator tells a new version's failures from the old one's by it)."""
         self.metrics.errors.labels(model, error.code).inc()
         self.metrics.answered(model)
         log.log(
@@ -438,14 +507,29 @@ class Pipeline:
                 "correlation_id": correlation_id,
             },
         )
-        reply = Reply(correlation_id, model, error=error, worker=self.worker_id)
+        reply = Reply(
+            correlation_id, model, error=error, worker=self.worker_id, model_version=model_version
+        )
         return Answer(reply, dead_letter=verdict(error) is Verdict.DEAD_LETTER)
 
     # -- the inference loop ---------------------------------------------------------------
 
-    async def _run(self, lane: Lane) -> None:
+    async def _supervised(self, runner: Runner, name: str) -> None:
+        """Run `runner` until the pipeline closes, started again after each death
+        while `RUNNER_RESTARTS` allows."""
+        ended = await self.supervisor.guard(
+            name,
+            lambda: self._run(runner),
+            RUNNER_RESTARTS,
+            lambda exc: self._runner_died(runner, exc),
+        )
+        if not ended:
+            self._runner_failed(runner)
+
+    async def _run(self, runner: Runner) -> None:
+        lane = runner.lane
         while True:
-            jobs = await self.next_batch(lane)
+            jobs = await self.next_batch(lane, runner.held)
             if not jobs:
                 return
             while jobs:
@@ -457,6 +541,56 @@ class Pipeline:
                     for job in jobs:
                         self._fail(job, error)
                 jobs = self._release(lane, jobs)
+                runner.held[:] = jobs
+            runner.held.clear()
+
+    def _runner_died(self, runner: Runner, exc: BaseException) -> None:
+        """Answer what a dead runner held and free its conflation groups, so the
+        runner that starts next (or another one) finds the lane as if its round
+        had ended in an error."""
+        held, runner.held = runner.held, []
+        lane = runner.lane
+        error = InferenceFailed(f"internal error: the model's runner died ({type(exc).__name__})")
+        for job in held:
+            if job.group is not None and lane.parked.get(job.group) is job:
+                continue  # behind another runner's round of its group: that runner runs it
+            self._abandon(job, error)
+            if job.group is None or not job.taken:
+                continue
+            lane.running_groups.discard(job.group)
+            parked = lane.parked.pop(job.group, None)
+            if parked is not None and not parked.superseded:
+                lane.queue.put_nowait(parked)  # still waiting: taken again like any other
+
+    def _abandon(self, job: Job, error: TfstreamError) -> None:
+        """Answer `job` with `error` unless it is answered; nothing supersedes it then."""
+        self._waiting.start(job.group, job)
+        if not job.settled:
+            self._fail(job, error)
+
+    def _runner_failed(self, runner: Runner) -> None:
+        """A runner was failed for good; once none of its lane is left, the lane's
+        requests, queued or still to come, are answered instead of waiting."""
+        lane = runner.lane
+        lane.live_runners -= 1
+        if lane.live_runners > 0:
+            return
+        lane.lost = ModelUnavailable(
+            f"model '{runner.model}': its runners kept failing; this worker reports itself "
+            "not live and waits to be restarted"
+        )
+        closed = False
+        while not lane.queue.empty():
+            job = lane.queue.get_nowait()
+            if job is CLOSED:
+                closed = True
+            else:
+                self._abandon(job, lane.lost)
+        for job in lane.parked.values():
+            self._abandon(job, lane.lost)
+        lane.parked.clear()
+        if closed:
+            lane.queue.put_nowait(CLOSED)  # type: ignore[arg-type]
 
     async def _run_batch(self, lane: Lane, jobs: list[Job]) -> None:
         """The lane's jobs (one model), one engine call per image size."""
@@ -612,11 +746,14 @@ class Pipeline:
         return await loop.run_in_executor(lane.threads, detector.detect, images, options, sizes)
 
     def _fail(self, job: Job, error: TfstreamError) -> None:
-        self._settle(job, self.failed(job.request.model, job.request.correlation_id, error))
+        request = job.request
+        version = job.detector.spec.version
+        self._settle(job, self.failed(request.model, request.correlation_id, error, version))
 
     @staticmethod
     def _settle(job: Job, answer: Answer) -> None:
         """Answer the job, once the answer of the request of its key before it is out."""
+        job.settled = True
 
         def now(_: object = None) -> None:
             if not job.answer.done():

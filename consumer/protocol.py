@@ -324,7 +324,8 @@ class Reply:
     timing: Timing = Timing()
     worker: str = ""
     model_version: int | None = None
-    """The version of the weights that answered (None: no weights ran)."""
+    """The version of the weights the request was given to, also when it failed there
+    (None: none was resolved, as for an unknown model or a malformed request)."""
 
     @property
     def success(self) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -158,9 +159,42 @@ class ModelRegistry(Catalogue):
         """Roll in the version the repository now says to serve, if it changed; the new
         entry, or None when nothing was (re)loaded. Blocking.
 
-        A version that failed is not tried again until its folder changes.
+        A version that failed is not tried again until its folder changes. What
+        serves is looked at under the model's lock: a refresh that waited there for
+        another one loading the same folder finds it serving and loads nothing.
+
+        Raises:
+            ModelNotFound: `name` is not in the repository.
+            ModelUnavailable: `name` is in the repository but not served here.
         """
-        current = self._entries.get(name)
+        if not self.serves(name):
+            self.repository.folder(name)  # raises ModelNotFound for unknown names
+            raise ModelUnavailable(f"model '{name}' is not served by this worker group")
+        if not self._needs(name, self._entries.get(name)):
+            return None  # the common case (nothing new) takes no lock
+        with self._model_lock(name):
+            current = self._entries.get(name)
+            spec = self._needs(name, current)
+            if spec is None:
+                return None
+            log.info(
+                "new model version found",
+                extra={
+                    "model": name,
+                    "version": spec.version,
+                    "serving": current and current.version,
+                },
+            )
+            serving = current if current is not None and current.detector is not None else None
+            if serving is None:
+                self._put(Entry(name, ModelState.LOADING))
+            entry = self._load(name, spec.version, serving)
+            self._put(entry)
+            return entry
+
+    def _needs(self, name: str, current: Entry | None) -> ModelSpec | None:
+        """The spec of the version to roll in, or None when `current` serves it, its
+        folder failed as it is now, or nothing loadable is there."""
         try:
             spec = self.repository.spec(name)
         except TfstreamError:  # nothing loadable there now: keep what serves
@@ -175,11 +209,7 @@ class ModelRegistry(Catalogue):
                 return None
             if signature == failed.signature:
                 return None
-        log.info(
-            "new model version found",
-            extra={"model": name, "version": spec.version, "serving": current and current.version},
-        )
-        return self.load(name, force=True, version=spec.version)
+        return spec
 
     def refresh_all(self) -> list[Entry]:
         """`refresh` every served model; the entries that changed."""
@@ -204,7 +234,8 @@ class ModelRegistry(Catalogue):
             spec = self.repository.spec(name, version)
             detector = load_detector(spec, self._device, factory=self._factory)
             fingerprint = weights_fingerprint(spec.weights)
-        except TfstreamError as exc:
+        except TfstreamError as caught:
+            exc = detached(caught)
             failed_version = spec.version if spec is not None else (version or 0)
             log.error(
                 "model failed to load",
@@ -297,6 +328,26 @@ class ModelRegistry(Catalogue):
             ttl_ms=ttl_ms,
             versions=versions(entry),
         )
+
+
+def detached(error: TfstreamError) -> TfstreamError:
+    """`error` without what pins the failed load: the frames of its traceback and of
+    the errors chained to it (`raise ... from exc`) are cleared and let go. Their
+    locals hold the engine being built (its graph; on a GPU, its memory), and the
+    error is kept for as long as the version stays failed. What an answer or an
+    announcement needs, the code and the message, stays."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if link.__traceback__ is not None:
+            traceback.clear_frames(link.__traceback__)
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    error.__cause__ = None
+    error.__context__ = None
+    error.__suppress_context__ = True
+    return error
 
 
 def model_facts(entry: Entry) -> ModelFacts:

@@ -206,7 +206,7 @@ class Worker:
             raise ModelLoadFailed(
                 f"no model could be loaded ({problems or 'no models in the repository'})"
             )
-        self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics)
+        self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics, self.supervisor)
         self.pipeline.start()
         self.adapter = self._adapter(served)
         self.consumer = await until_ready(

@@ -44,7 +44,7 @@ class EmbeddedBackend:
         self.registry = registry or ModelRegistry.from_settings(settings)
         self.metrics = metrics
         self.supervisor = supervisor or Supervisor()
-        self.pipeline = Pipeline(self.registry, settings, "embedded", metrics)
+        self.pipeline = Pipeline(self.registry, settings, "embedded", metrics, self.supervisor)
         self._loaded = asyncio.Event()
 
     async def start(self) -> None:

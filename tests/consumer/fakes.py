@@ -84,6 +84,31 @@ class CountingEngine(Engine):
         }
 
 
+class EngineAbort(BaseException):
+    """What no `except Exception` catches (a library's own control-flow exception)."""
+
+
+class DyingEngine(CountingEngine):
+    """After `spared` calls that answer (a load's warm-up), `deaths` calls raise `kind`,
+    out of the inference thread into the runner that awaited them; later calls answer."""
+
+    def __init__(
+        self, deaths: int, kind: type[BaseException] = EngineAbort, spared: int = 0
+    ) -> None:
+        super().__init__()
+        self.deaths = deaths
+        self.kind = kind
+        self.spared = spared
+
+    def _answer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.spared > 0:
+            self.spared -= 1
+        elif self.deaths > 0:
+            self.deaths -= 1
+            raise self.kind("device lost")
+        return super()._answer(batch)
+
+
 #: The config.json of a fake model: the required fields, nothing else.
 FAKE_CONFIG: dict[str, object] = {
     "inference_engine_name": "tensorflow2_detection",

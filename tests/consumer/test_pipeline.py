@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from consumer.batching import Batching
-from consumer.pipeline import Answer, Pipeline, Verdict, verdict
+from consumer.pipeline import RUNNER_RESTARTS, Answer, Pipeline, Verdict, verdict
 from consumer.settings import EngineSettings
+from consumer.supervision import Supervisor
 from engines import errors
-from tests.consumer.fakes import CountingEngine, Detectors, jpeg, request, until
+from engines.detector import Detector
+from tests.consumer.fakes import (
+    CountingEngine,
+    Detectors,
+    DyingEngine,
+    EngineAbort,
+    jpeg,
+    request,
+    until,
+)
 
 SMALL, LARGE = jpeg(32, 24), jpeg(48, 40)
 
@@ -369,3 +381,103 @@ async def test_a_burst_beyond_one_batch_decodes_while_the_first_batch_runs() -> 
         done = await answers(futures)
     assert all(a.reply.success for a in done)
     assert [shape[0] for shape in engines["a"].calls] == [1, 2, 2, 2]
+
+
+@pytest.mark.asyncio
+async def test_error_answers_carry_the_model_version_once_one_was_resolved() -> None:
+    """An undecodable image, an expired deadline, a failed engine call and a superseded
+    frame were all given to version 3: their answers say so. An unknown model had none."""
+
+    class Version3(Detectors):
+        def detector(self, name: str) -> Detector:
+            found = super().detector(name)
+            return replace(found, spec=replace(found.spec, version=3))
+
+    engines = {"a": CountingEngine(), "broken": CountingEngine(failures=10)}
+    pipeline = Pipeline(Version3(engines), settings(inference_retries=0), "w1")
+    async with running(pipeline):
+        results = await answers(
+            [
+                pipeline.submit(request("a", "bad", b"not an image")),
+                pipeline.submit(request("a", "late", SMALL, deadline_ms=1)),
+                pipeline.submit(request("broken", "engine", SMALL)),
+                pipeline.submit(request("a", "old", SMALL, key=b"cam", conflate=True)),
+                pipeline.submit(request("a", "new", SMALL, key=b"cam", conflate=True)),
+                pipeline.submit(request("nope", "unknown", SMALL)),
+            ]
+        )
+    codes = [(a.reply.correlation_id, a.error and a.error.code) for a in results]
+    assert codes == [
+        ("bad", "invalid_image"),
+        ("late", "deadline_exceeded"),
+        ("engine", "inference_failed"),
+        ("old", "superseded"),
+        ("new", None),
+        ("unknown", "model_not_found"),
+    ]
+    assert [a.reply.model_version for a in results] == [3, 3, 3, 3, 3, None]
+
+
+# -- supervised runners: a runner that dies neither jams its lane nor hides ----------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [EngineAbort, asyncio.CancelledError])
+async def test_a_runner_that_dies_is_restarted_and_what_it_held_is_answered(
+    kind: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Also a `CancelledError` nobody asked for: it ended the runner just as silently."""
+    supervisor = Supervisor()
+    pipeline = Pipeline(
+        Detectors({"a": DyingEngine(1, kind)}), settings(), "w1", supervisor=supervisor
+    )
+    with caplog.at_level(logging.ERROR, logger="consumer.supervision"):
+        async with running(pipeline):
+            (died,) = await answers([pipeline.submit(request("a", "1", SMALL))])
+            (after,) = await answers([pipeline.submit(request("a", "2", SMALL))])
+    assert died.error is not None and died.error.code == "inference_failed"
+    assert "runner died" in died.error.message and died.reply.model_version == 1
+    assert after.error is None and after.reply.data is not None
+    assert supervisor.healthy  # restarted: the lane serves, the process stays live
+    assert supervisor.failures.labels("pipeline-a-0")._value.get() == 1
+    (logged,) = [r for r in caplog.records if r.getMessage().startswith("background task")]
+    assert logged.exc_info is not None and logged.getMessage().endswith("restarted")
+
+
+@pytest.mark.asyncio
+async def test_a_runner_that_keeps_dying_is_failed_and_its_lane_answers_instead_of_jamming() -> (
+    None
+):
+    supervisor = Supervisor()
+    pipeline = Pipeline(
+        Detectors({"a": DyingEngine(100)}), settings(max_batch=1), "w1", supervisor=supervisor
+    )
+    async with running(pipeline):
+        queued = [pipeline.submit(request("a", str(i), SMALL)) for i in range(6)]
+        results = await answers(queued)
+        later = await answers([pipeline.submit(request("a", "later", SMALL))])
+    died = RUNNER_RESTARTS.limit + 1  # the deaths allowed, and the one too many
+    assert [a.error and a.error.code for a in results] == ["inference_failed"] * died + [
+        "model_unavailable"
+    ] * (6 - died)
+    assert later[0].error is not None and later[0].error.code == "model_unavailable"
+    assert all(a.reply.model_version == 1 for a in results + later)
+    assert not supervisor.healthy and "pipeline-a-0" in supervisor.failed
+    assert supervisor.failures.labels("pipeline-a-0")._value.get() == died
+
+
+@pytest.mark.asyncio
+async def test_a_runner_that_died_in_a_cameras_round_leaves_the_camera_free_to_run() -> None:
+    """The conflation group of the round it died in is released: the camera's next
+    frame runs (it would be parked behind a round that never ends)."""
+    engine = DyingEngine(1)
+    pipeline = Pipeline(Detectors({"a": engine}), settings(), "w1")
+    async with running(pipeline):
+        (died,) = await answers(
+            [pipeline.submit(request("a", "1", SMALL, key=b"cam", conflate=True))]
+        )
+        (after,) = await answers(
+            [pipeline.submit(request("a", "2", SMALL, key=b"cam", conflate=True))]
+        )
+    assert died.error is not None and died.error.code == "inference_failed"
+    assert after.error is None and len(engine.calls) == 1

@@ -250,3 +250,28 @@ def test_models_load_concurrently_up_to_load_threads(repository: ModelRepository
 
     registry = ModelRegistry(repository, ["good", "other"], "cpu", Together(), load_threads=2)
     assert {e.state for e in registry.load_all()} == {ModelState.READY}
+
+
+def test_two_refreshes_that_find_the_same_new_folder_load_it_once(tmp_path: Path) -> None:
+    """The poll loop and a control message (or two pollers) see version 2 at once:
+    the second waits on the model's lock, then finds 2 serving and loads nothing."""
+    folder = write_versions(tmp_path, "m", [1])
+    gate = threading.Event()
+    factory = VersionFactory(gate)
+    registry = ModelRegistry(ModelRepository(tmp_path), None, "cpu", factory)
+    gate.set()
+    registry.load("m")
+    (folder / "2").mkdir()
+    (folder / "2" / "saved_model.pb").write_bytes(b"v2")
+    gate.clear()
+    factory.loading.clear()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(registry.refresh, "m")
+        assert factory.loading.wait(10)  # the first is loading version 2
+        second = pool.submit(registry.refresh, "m")
+        gate.set()
+        results = [first.result(10), second.result(10)]
+    assert [name for name, _ in factory.built] == ["m", "m"]  # version 1, version 2 once
+    loaded = [entry for entry in results if entry is not None]
+    assert len(loaded) == 1 and loaded[0].version == 2
+    assert registry.detector("m") is loaded[0].detector
