@@ -14,8 +14,12 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Metric
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from consumer.protocol import ModelFacts
 from consumer.startup import retrying, until_ready
@@ -39,8 +43,43 @@ log = logging.getLogger(__name__)
 CONNECT_FIRST_DELAY_S = 0.5
 
 
+class ReplyCounts(Collector):
+    """The reply client's counts as Prometheus counters, read when scraped. Above all
+    the duplicates: a second answer to one HTTP call (at-least-once delivery after a
+    worker died) is dropped here, so only this counter shows that it happened."""
+
+    def __init__(self, client: DetectClient) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.client.stats
+        sent = CounterMetricFamily(
+            "tfstream_bridge_requests_sent", "Requests and commands the bridge sent to Kafka"
+        )
+        sent.add_metric([], stats.sent)
+        replies = CounterMetricFamily(
+            "tfstream_bridge_replies",
+            "Replies the bridge read: answered (a waiting call took it), or duplicate (for a "
+            "call already answered or given up on: dropped)",
+            labels=["outcome"],
+        )
+        replies.add_metric(["answered"], stats.answered)
+        replies.add_metric(["duplicate"], stats.duplicates)
+        timed_out = CounterMetricFamily(
+            "tfstream_bridge_replies_timed_out", "Calls that had no reply within their timeout"
+        )
+        timed_out.add_metric([], stats.timed_out)
+        yield from (sent, replies, timed_out)
+
+
 class KafkaBackend:
-    def __init__(self, settings: BridgeSettings, supervisor: Supervisor | None = None) -> None:
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        supervisor: Supervisor | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """`registry`: where the reply counts are exposed (the app's /metrics)."""
         self.settings = settings
         self.supervisor = supervisor or Supervisor()
         self.gave_up: TfstreamError | None = None
@@ -51,6 +90,8 @@ class KafkaBackend:
             settings, timeout_s=settings.answer_timeout_s, send_timeout_s=settings.send_timeout_s
         )
         self.directory = ModelDirectory(settings)
+        if registry is not None:
+            registry.register(ReplyCounts(self.client))
         self._started = asyncio.Event()
         self._starter: asyncio.Task[None] | None = None
         self._refused: NotAuthorized | None = None

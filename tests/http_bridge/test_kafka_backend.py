@@ -7,6 +7,8 @@ undone half-way: against a real broker, with a seam that makes a reader raise.
 - The directory follower dies: the same, and calls answer 503 instead of answering
   from announcements that no longer change.
 - `stop` during a start that never finished stops the reply client it started.
+- A second answer to one HTTP call is dropped and counted on the bridge's /metrics
+  (test_day_two asserts that count is 0 on the HTTP path).
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.protocol import Announcement, ModelFacts, ModelState, Topics, announcement_key
+from consumer.protocol import (
+    Announcement,
+    ModelFacts,
+    ModelState,
+    Reply,
+    Timing,
+    Topics,
+    announcement_key,
+    detection_data,
+)
 from http_bridge.app import create_app
 from http_bridge.kafka_backend import KafkaBackend
 from http_bridge.settings import BridgeSettings
@@ -57,14 +68,18 @@ async def bridge(bootstrap: str, prefix: str) -> AsyncIterator[tuple[httpx.Async
         await app.state.supervisor.stop()
 
 
-async def failures(client: httpx.AsyncClient, task: str) -> float | None:
-    """The bridge's own count, as Prometheus reads it."""
+async def metric(client: httpx.AsyncClient, name: str, **labels: str) -> float | None:
+    """One sample of the bridge's /metrics, as Prometheus reads it."""
     metrics = (await client.get("/metrics")).text
     for family in text_string_to_metric_families(metrics):
         for sample in family.samples:
-            if sample.name == "tfstream_task_failures_total" and sample.labels["task"] == task:
+            if sample.name == name and sample.labels == labels:
                 return sample.value
     return None
+
+
+async def failures(client: httpx.AsyncClient, task: str) -> float | None:
+    return await metric(client, "tfstream_task_failures_total", task=task)
 
 
 async def assert_dead(client: httpx.AsyncClient, app: Any, task: str, caplog: Any) -> None:
@@ -180,3 +195,42 @@ async def topic_deleted(bootstrap: str, topic: str) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+@pytest.mark.asyncio
+async def test_a_second_answer_to_an_http_call_is_dropped_and_counted(
+    kafka_bootstrap: str,
+) -> None:
+    prefix = unique_prefix()
+    topics = Topics(prefix)
+    await create_topic(kafka_bootstrap, topics.requests("m"))
+    async with bridge(kafka_bootstrap, prefix) as (client, _):
+        assert await metric(client, "tfstream_bridge_replies_total", outcome="duplicate") == 0
+        call = asyncio.create_task(client.post("/models/m/predict", files=IMAGE))
+        (request,) = await read_topic(kafka_bootstrap, topics.requests("m"), 1, 60)
+        sent = dict(request.headers)
+        replies = [
+            Reply(
+                sent["correlation-id"].decode(),
+                "m",
+                data=detection_data([], None, 1, 1),
+                timing=Timing(batch_size=1),
+                worker=worker,
+            )
+            for worker in ("first", "second")  # at-least-once: a worker died after answering
+        ]
+        async with raw_producer(kafka_bootstrap) as producer:
+            for reply in replies:
+                await producer.send_and_wait(
+                    sent["reply-to"].decode(), reply.to_json(), headers=reply.headers()
+                )
+        answered = await asyncio.wait_for(call, 30)
+        assert answered.status_code == 200 and answered.json()["data"]["bounding-boxes"] == []
+        for _ in range(300):
+            if await metric(client, "tfstream_bridge_replies_total", outcome="duplicate") == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert await metric(client, "tfstream_bridge_replies_total", outcome="duplicate") == 1
+        assert await metric(client, "tfstream_bridge_replies_total", outcome="answered") == 1
+        assert await metric(client, "tfstream_bridge_requests_sent_total") == 1
+        assert await metric(client, "tfstream_bridge_replies_timed_out_total") == 0
