@@ -51,6 +51,30 @@ def waitable(exc: BaseException, error: TfstreamError) -> bool:
     return not broker_refusal and error.retriable
 
 
+async def retrying(
+    attempt: Callable[[], Awaitable[T]],
+    retry_on: type[BaseException] | tuple[type[BaseException], ...],
+    before_wait: Callable[[BaseException, float], Awaitable[None]],
+    first_delay_s: float = FIRST_DELAY_S,
+    max_delay_s: float = MAX_DELAY_S,
+) -> T:
+    """`attempt()` until it succeeds, with exponential backoff between tries: the one
+    retry loop of the project (`until_ready`, the bridge's connection).
+
+    A failure of a type in `retry_on` goes to `before_wait(exc, delay_s)`, which
+    decides: it returns to wait `delay_s` and try again (doubled each time, up to
+    `max_delay_s`), or raises to stop. Any other exception propagates at once.
+    """
+    delay_s = first_delay_s
+    while True:
+        try:
+            return await attempt()
+        except retry_on as exc:
+            await before_wait(exc, delay_s)
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, max_delay_s)
+
+
 async def until_ready(
     step: str,
     attempt: Callable[[], Awaitable[T]],
@@ -69,31 +93,26 @@ async def until_ready(
     """
     began = time.monotonic()
     deadline = deadline_s if deadline_s is not None else began + settings.start_timeout_s
-    delay_s, waiting_for = FIRST_DELAY_S, ""
-    while True:
-        try:
-            return await attempt()
-        except (KafkaError, OSError, TimeoutError, TfstreamError) as exc:
-            error = await typed(exc, settings)
-            if not waitable(exc, error):
-                raise error from exc
-            cause = exc.__cause__ if isinstance(exc, TfstreamError) and exc.__cause__ else exc
-            reason = type(cause).__name__
-            now = time.monotonic()
-            if now + delay_s > deadline:
-                raise ServiceUnavailable(
-                    f"Kafka at {settings.bootstrap} not ready after "
-                    f"{settings.start_timeout_s:g}s ({step}): {error.message}"
-                ) from exc
-            if reason != waiting_for:  # once per change, not once per attempt
-                waiting_for = reason
-                log.warning(
-                    "waiting for Kafka",
-                    extra={
-                        "step": step,
-                        "reason": error.message,
-                        "waited_s": round(now - began, 1),
-                    },
-                )
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, MAX_DELAY_S)
+    waiting_for = ""
+
+    async def before_wait(exc: BaseException, delay_s: float) -> None:
+        nonlocal waiting_for
+        error = await typed(exc, settings)
+        if not waitable(exc, error):
+            raise error from exc
+        cause = exc.__cause__ if isinstance(exc, TfstreamError) and exc.__cause__ else exc
+        reason = type(cause).__name__
+        now = time.monotonic()
+        if now + delay_s > deadline:
+            raise ServiceUnavailable(
+                f"Kafka at {settings.bootstrap} not ready after "
+                f"{settings.start_timeout_s:g}s ({step}): {error.message}"
+            ) from exc
+        if reason != waiting_for:  # once per change, not once per attempt
+            waiting_for = reason
+            log.warning(
+                "waiting for Kafka",
+                extra={"step": step, "reason": error.message, "waited_s": round(now - began, 1)},
+            )
+
+    return await retrying(attempt, (KafkaError, OSError, TimeoutError, TfstreamError), before_wait)

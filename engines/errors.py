@@ -157,6 +157,11 @@ class ModelUnavailable(TfstreamError, code="model_unavailable", http_status=503,
     """The model exists but no worker serves it right now."""
 
 
+class ModelLoading(ModelUnavailable, code="model_loading"):
+    """The model exists and is being loaded, with no weights serving yet: its labels,
+    config and version are not known until it is ready. Retry after a few seconds."""
+
+
 class ServiceUnavailable(
     TfstreamError, code="service_unavailable", http_status=503, retriable=True
 ):

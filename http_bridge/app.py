@@ -30,7 +30,7 @@ def make_backend(
         return EmbeddedBackend(settings, WorkerMetrics(registry), supervisor)
     from http_bridge.kafka_backend import KafkaBackend
 
-    return KafkaBackend(settings, supervisor)
+    return KafkaBackend(settings, supervisor, registry)
 
 
 def create_app(settings: BridgeSettings, backend: Backend | None = None) -> FastAPI:

@@ -20,7 +20,7 @@ from consumer.protocol import ModelFacts, ModelState, Request
 from consumer.registry import ModelRegistry
 from consumer.spans import RequestSpans
 from consumer.supervision import Supervisor
-from engines.errors import RequestTimeout
+from engines.errors import ModelUnavailable, RequestTimeout
 from engines.tracing import tracing_active
 from http_bridge.backends import DetectCall
 from http_bridge.settings import BridgeSettings
@@ -103,6 +103,9 @@ class EmbeddedBackend:
         return self.registry.resolve(name_or_hash)
 
     def info(self, name: str) -> ModelFacts:
+        if not self.registry.serves(name):  # in the folder, left out by --models
+            self.registry.spec(name)  # ModelNotFound, InvalidModelConfig first
+            raise ModelUnavailable(f"model '{name}' is not served by this bridge (--models)")
         return self.registry.facts(name)
 
     async def load(self, name: str | None, force: bool = False) -> None:

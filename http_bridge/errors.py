@@ -28,8 +28,18 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"success": False, "data": None, "error": message, "code": code}
 
 
+#: Seconds a client should wait before asking again after a retryable 503.
+RETRY_AFTER_S = "5"
+
+
+def error_entry(error: TfstreamError) -> dict[str, Any]:
+    """An error inside an answer that is not itself an error (one entry of a list)."""
+    return {"code": error.code, "error": error.message, "retryable": error.retriable}
+
+
 def error_response(error: TfstreamError) -> JSONResponse:
-    headers = {"Retry-After": "5"} if error.retriable and error.http_status == 503 else None
+    retry = error.retriable and error.http_status == 503
+    headers = {"Retry-After": RETRY_AFTER_S} if retry else None
     return JSONResponse(
         error_body(error.code, error.message), status_code=error.http_status, headers=headers
     )

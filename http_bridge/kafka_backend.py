@@ -14,11 +14,15 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Metric
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
 from consumer.protocol import ModelFacts
-from consumer.startup import until_ready
+from consumer.startup import retrying, until_ready
 from consumer.supervision import Supervisor
 from engines.errors import (
     ModelNotFound,
@@ -35,9 +39,47 @@ from producer_tools.directory import ModelDirectory
 
 log = logging.getLogger(__name__)
 
+#: First wait after the broker refused the bridge's credentials (doubling up to 10 s).
+CONNECT_FIRST_DELAY_S = 0.5
+
+
+class ReplyCounts(Collector):
+    """The reply client's counts as Prometheus counters, read when scraped. Above all
+    the duplicates: a second answer to one HTTP call (at-least-once delivery after a
+    worker died) is dropped here, so only this counter shows that it happened."""
+
+    def __init__(self, client: DetectClient) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.client.stats
+        sent = CounterMetricFamily(
+            "tfstream_bridge_requests_sent", "Requests and commands the bridge sent to Kafka"
+        )
+        sent.add_metric([], stats.sent)
+        replies = CounterMetricFamily(
+            "tfstream_bridge_replies",
+            "Replies the bridge read: answered (a waiting call took it), or duplicate (for a "
+            "call already answered or given up on: dropped)",
+            labels=["outcome"],
+        )
+        replies.add_metric(["answered"], stats.answered)
+        replies.add_metric(["duplicate"], stats.duplicates)
+        timed_out = CounterMetricFamily(
+            "tfstream_bridge_replies_timed_out", "Calls that had no reply within their timeout"
+        )
+        timed_out.add_metric([], stats.timed_out)
+        yield from (sent, replies, timed_out)
+
 
 class KafkaBackend:
-    def __init__(self, settings: BridgeSettings, supervisor: Supervisor | None = None) -> None:
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        supervisor: Supervisor | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """`registry`: where the reply counts are exposed (the app's /metrics)."""
         self.settings = settings
         self.supervisor = supervisor or Supervisor()
         self.gave_up: TfstreamError | None = None
@@ -48,6 +90,8 @@ class KafkaBackend:
             settings, timeout_s=settings.answer_timeout_s, send_timeout_s=settings.send_timeout_s
         )
         self.directory = ModelDirectory(settings)
+        if registry is not None:
+            registry.register(ReplyCounts(self.client))
         self._started = asyncio.Event()
         self._starter: asyncio.Task[None] | None = None
         self._refused: NotAuthorized | None = None
@@ -67,39 +111,37 @@ class KafkaBackend:
         gets a fresh `start_timeout_s` (the broker answered, so it is there), and
         starts only what is not started yet: a client whose announcements were
         refused stays up."""
-        delay_s = 0.5
         deadline = time.monotonic() + self.settings.start_timeout_s
-        while True:
-            try:
-                if self.client.reader is None:
-                    await self.client.start(deadline)
-                await until_ready(
-                    "reading announcements", self.directory.start, self.settings, deadline
-                )
-            except NotAuthorized as exc:
-                # The bridge's own credentials: 503 for every call (not 403, which says
-                # "this model is closed to the bridge").
-                self._refused = exc
-                log.error("Kafka refused the bridge; retrying", extra={"error": exc.message})
-                deadline = time.monotonic() + delay_s + self.settings.start_timeout_s
-            except ServiceUnavailable as exc:
-                self._give_up(exc)
-                return
-            else:
-                self._refused = None
-                self._started.set()
-                self.supervisor.watch("replies", self.client.reader)
-                self.supervisor.watch("directory", self.directory.follower)
-                log.info(
-                    "connected to Kafka",
-                    extra={
-                        "bootstrap": self.settings.bootstrap,
-                        "reply_topic": self.client.reply_topic,
-                    },
-                )
-                return
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 10)
+
+        async def connect() -> None:
+            if self.client.reader is None:
+                await self.client.start(deadline)
+            await until_ready(
+                "reading announcements", self.directory.start, self.settings, deadline
+            )
+
+        async def refused(exc: BaseException, delay_s: float) -> None:
+            nonlocal deadline
+            assert isinstance(exc, NotAuthorized)
+            # The bridge's own credentials: 503 for every call (not 403, which says
+            # "this model is closed to the bridge").
+            self._refused = exc
+            log.error("Kafka refused the bridge; retrying", extra={"error": exc.message})
+            deadline = time.monotonic() + delay_s + self.settings.start_timeout_s
+
+        try:
+            await retrying(connect, NotAuthorized, refused, CONNECT_FIRST_DELAY_S, 10.0)
+        except ServiceUnavailable as exc:
+            self._give_up(exc)
+            return
+        self._refused = None
+        self._started.set()
+        self.supervisor.watch("replies", self.client.reader)
+        self.supervisor.watch("directory", self.directory.follower)
+        log.info(
+            "connected to Kafka",
+            extra={"bootstrap": self.settings.bootstrap, "reply_topic": self.client.reply_topic},
+        )
 
     def _give_up(self, error: TfstreamError) -> None:
         """Kafka not ready in time, or an untrusted certificate: stop the server; the
@@ -116,15 +158,33 @@ class KafkaBackend:
             if self._refused is not None:
                 raise ServiceUnavailable(f"Kafka refused the bridge: {self._refused.message}")
             raise ServiceUnavailable(f"Kafka at {self.settings.bootstrap} is not reachable yet")
+        stopped = self._stopped_reading()
+        if stopped:
+            # Liveness is false (the supervisor saw it die): answer at once, never from
+            # announcements that no longer change, until the process is restarted.
+            raise ServiceUnavailable(f"the bridge stopped reading {stopped}; it needs a restart")
+
+    def _stopped_reading(self) -> str:
+        """What the bridge no longer reads ('' while both readers run): a reader ends
+        only by an unexpected exception (or `stop`)."""
+        for what, task in (
+            ("the workers' announcements", self.directory.follower),
+            ("its replies", self.client.reader),
+        ):
+            if task is not None and task.done():
+                return what
+        return ""
 
     async def stop(self) -> None:
+        """Stop whatever started, also when the start never finished (the broker slow
+        or refusing, a shutdown during start-up): the reply client may be up, its
+        reader running and its reply topic made, while announcements are still awaited."""
         if self._starter is not None:
             self._starter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starter
-        if self._started.is_set():
-            await self.directory.stop()
-            await self.client.stop()
+        await self.directory.stop()
+        await self.client.stop()
 
     def names(self) -> list[str]:
         self._require_started()
@@ -187,6 +247,9 @@ class KafkaBackend:
         if not self._started.is_set():
             broker = "not_authorized" if self._refused is not None else "unreachable"
             return False, {"mode": "kafka", "broker": broker}
+        stopped = self._stopped_reading()
+        if stopped:
+            return False, {"mode": "kafka", "stopped_reading": stopped}
         reachable = await self.client.reachable()
         served = [n for n in self.directory.names() if self._is_ready(n)]
         return reachable and bool(served), {

@@ -1,5 +1,6 @@
-"""ASGI middleware: request-size limit, API key (or the live page's session
-cookie, see `http_bridge.session`), and request metrics.
+"""ASGI middleware: request-size limit, API key (or, for the live page and its
+event stream only, the session cookie: see `http_bridge.session`), and request
+metrics.
 
 The size limit is enforced while the body streams in, so an oversize upload
 is refused after `max_bytes`, never read whole into memory (or spooled to disk).
@@ -85,7 +86,7 @@ class ApiKey:
         return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
     def _session(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
-        if scope["method"] not in session.SAFE_METHODS:
+        if not session.opens(scope["method"], scope["path"]):
             return False
         cookies = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
         token = cookies.get(session.COOKIE)
@@ -103,8 +104,10 @@ class ApiKey:
         if hmac.compare_digest(given, self.key) or (not given and self._session(scope, headers)):
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "GET" and b"text/html" in headers.get(b"accept", b""):
-            # A browser on a page: to the form, then back here.
+        page = scope["method"] == "GET" and scope["path"] in session.PAGES
+        if page and b"text/html" in headers.get(b"accept", b""):
+            # A browser on the live page: to the form, then back here (only where the
+            # cookie the form sets will open the page: elsewhere that would be a loop).
             location = session.login_redirect(scope["path"]).encode()
             await send(
                 {"type": "http.response.start", "status": 303, "headers": [(b"location", location)]}

@@ -13,11 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from consumer.protocol import ModelFacts, ModelState
 from engines.drawing import draw_boxes
-from engines.errors import TfstreamError
+from engines.errors import ModelLoading, TfstreamError
 from engines.images import decode_image
 from http_bridge.backends import Backend, DetectCall
-from http_bridge.errors import envelope
+from http_bridge.errors import RETRY_AFTER_S, envelope, error_entry
 
 router = APIRouter()
 
@@ -35,6 +36,20 @@ Predictions = Annotated[
 
 def backend(request: Request) -> Backend:
     return request.app.state.backend  # type: ignore[no-any-return]
+
+
+def described(b: Backend, model: str) -> ModelFacts:
+    """The facts of a model whose labels and config can be answered: a model still
+    loading (no weights serving anywhere yet) is 503 `model_loading`, retryable, not
+    an answer with empty labels that a client would take as the truth.
+
+    Raises:
+        ModelNotFound, ModelUnavailable, ModelLoading: see `Backend.info`.
+    """
+    facts = b.info(b.resolve(model))
+    if facts.state is ModelState.LOADING:
+        raise ModelLoading(f"model '{facts.name}' is still loading; try again in a few seconds")
+    return facts
 
 
 #: Response header naming the version of the weights that answered (the bodies of the
@@ -93,27 +108,35 @@ async def detect(
 async def get_labels(
     request: Request, model: Annotated[str, Form(description="Model name or hash")]
 ) -> dict[str, str]:
-    b = backend(request)
-    return b.info(b.resolve(model)).label_hashes
+    return described(backend(request), model).label_hashes
 
 
 # -- /models (enveloped answers) --------------------------------------------------------
 
 
 @router.get("/models", summary="List the models, with the version serving each")
-async def list_models(request: Request) -> dict[str, Any]:
+async def list_models(request: Request) -> JSONResponse:
     """`data.models` as the old API answered; `data.versions` beside it: per model, the
-    version serving and the fingerprint of its weights (0 and "" before any loaded)."""
+    version serving and the fingerprint of its weights; for a model still loading,
+    version 0 with `code` "model_loading", `error` and `retryable`, and the answer
+    carries `Retry-After`."""
     b = backend(request)
     names = b.names()
     versions: dict[str, dict[str, Any]] = {}
+    loading = False
     for name in names:
         try:
-            info = b.info(name)
+            info = described(b, name)
+        except ModelLoading as exc:  # listed, with the error a call to it would answer now
+            loading = True
+            versions[name] = {"version": 0, "fingerprint": "", **error_entry(exc)}
+            continue
         except TfstreamError:  # too broken to describe: listed, without a version
             continue
         versions[name] = {"version": info.version, "fingerprint": info.fingerprint}
-    return envelope({"models": names, "versions": versions})
+    body = envelope({"models": names, "versions": versions})
+    # The list itself is an answer; Retry-After says when to look again for the rest.
+    return JSONResponse(body, headers={"Retry-After": RETRY_AFTER_S} if loading else None)
 
 
 @router.get("/models/{model_name}/load", summary="Load a model (force: reload it)")
@@ -183,14 +206,12 @@ async def predict_image(
 
 @router.get("/models/{model_name}/labels", summary="A model's labels")
 async def labels(request: Request, model_name: str) -> dict[str, Any]:
-    b = backend(request)
-    return envelope(b.info(b.resolve(model_name)).labels)
+    return envelope(described(backend(request), model_name).labels)
 
 
 @router.get("/models/{model_name}/config", summary="A model's configuration")
 async def config(request: Request, model_name: str) -> dict[str, Any]:
-    b = backend(request)
-    cfg = b.info(b.resolve(model_name)).config
+    cfg = described(backend(request), model_name).config
     return envelope({key: cfg.get(key) for key in ("framework", "type", "network")})
 
 

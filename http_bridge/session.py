@@ -5,8 +5,10 @@ so the key is typed once into /login (same origin), which answers with a
 cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's page
 sends it), Secure over HTTPS. The cookie holds an expiry and an HMAC of it keyed
 by the API key, never the key itself; changing the key ends every session.
-It opens GET and HEAD only: a forged cross-site form could not use it to spend
-the models' time even where SameSite is not enforced.
+It opens the live page and its event stream only (`PAGES`, GET and HEAD):
+everything else, loading or reloading models included, still needs the key, so a
+cookie taken from a browser, or a forged cross-site request where SameSite is not
+enforced, cannot spend the models' time or reload them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ COOKIE = "tfstream_session"
 LIFETIME_S = 12 * 3600
 #: Methods a session cookie authorises: reading pages and event streams.
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: The only paths a session cookie opens: the live page and its event stream.
+PAGES = frozenset({"/streams", "/streams/events"})
+#: Longest expiry a token can carry (seconds since 1970, ten digits until 2286).
+_EXPIRY_DIGITS = 12
 LOGIN_PATH = "/login"
 
 router = APIRouter()
@@ -40,9 +46,20 @@ def issue(key: bytes, now: float | None = None) -> str:
     return f"{expires}.{_mac(key, expires)}"
 
 
+def opens(method: str, path: str) -> bool:
+    """Whether a valid session cookie may authorise this request."""
+    return method in SAFE_METHODS and path in PAGES
+
+
 def valid(key: bytes, token: str, now: float | None = None) -> bool:
+    """Whether `token` is one `issue` made with `key` and not expired; anything else,
+    whatever its characters, is False (never an exception: the token is the client's).
+    `str.isdigit` takes non-ASCII digits that `int` may refuse, and `compare_digest`
+    raises on non-ASCII text, so only ASCII is looked at."""
     expires, _, mac = token.partition(".")
-    if not expires.isdigit():
+    if not (expires.isascii() and expires.isdigit() and mac.isascii()):
+        return False
+    if len(expires) > _EXPIRY_DIGITS:
         return False
     fresh = int(expires) > (time.time() if now is None else now)
     return hmac.compare_digest(mac, _mac(key, int(expires))) and fresh

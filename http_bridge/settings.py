@@ -30,8 +30,8 @@ class HttpServerSettings(SettingsPart):
     """Largest HTTP request body accepted (413 beyond, before reading it all)."""
     api_key: SecretStr = SecretStr("")
     """If set, every call except /docs, /openapi.json, /metrics and /health/* needs this
-    key: in the X-API-Key header, as Authorization: Bearer, or (for a browser on the live
-    page) the session cookie that /login sets for it."""
+    key: in the X-API-Key header or as Authorization: Bearer. A browser signs in once at
+    /login for the live page: its session cookie opens /streams and /streams/events only."""
     cors_origins: str = ""
     """Comma-separated origins allowed by CORS ('*' for any); empty turns CORS off."""
 

@@ -72,6 +72,10 @@ class DetectClient:
         self._reader: asyncio.Task[None] | None = None
         self._started: list[AIOKafkaProducer | AIOKafkaConsumer] = []
         """The clients `start` got running, for `stop`, which may follow a failed start."""
+        self._made_reply_topic = False
+        self._reader_died: BaseException | None = None
+        """What ended the reply reader: every call then fails at once instead of waiting
+        out its timeout for an answer nobody will read."""
         self.stats = ClientStats()
 
     async def __aenter__(self) -> DetectClient:
@@ -98,10 +102,12 @@ class DetectClient:
         """
         await until_ready("connecting", self._start_once, self.settings, deadline_s)
         self._reader = asyncio.create_task(self._read_replies(), name="replies")
+        self._reader.add_done_callback(self._reader_ended)
 
     async def _start_once(self) -> None:
         try:
             await kafka_io.ensure_topics(self.settings, [kafka_io.TopicSpec(self.reply_topic, 1)])
+            self._made_reply_topic = True
             self.producer = kafka_io.producer(self.settings, "client")
             await self.producer.start()
             self._started.append(self.producer)
@@ -119,22 +125,43 @@ class DetectClient:
 
     @property
     def reader(self) -> asyncio.Task[None] | None:
-        """The background task resolving answers (for a supervisor to watch)."""
+        """The background task resolving answers (for a supervisor to watch: an
+        exception that ends it is its to log and count)."""
         return self._reader
 
+    def _reader_ended(self, reader: asyncio.Task[None]) -> None:
+        """The reader stopped: nothing will resolve a waiting call any more, so each
+        fails now with ServiceUnavailable (retryable) instead of at its timeout, and
+        so does every later call."""
+        if reader.cancelled():
+            return
+        self._reader_died = reader.exception() or RuntimeError("the reply reader returned")
+        error = self._reader_gone()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _reader_gone(self) -> ServiceUnavailable:
+        # The type only: an exception's text can hold hosts or data (the log has it all).
+        died = type(self._reader_died).__name__
+        return ServiceUnavailable(f"the reply reader stopped ({died}); restart this client")
+
     async def stop(self) -> None:
+        """Stop what `start` got running; also after a start that failed or was cancelled
+        half-way."""
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # reported already
                 await self._reader
         for future in self._pending.values():
             future.cancel()
         while self._started:
             with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
                 await self._started.pop().stop()
-        if self._delete_reply_topic:
+        if self._delete_reply_topic and self._made_reply_topic:
             with contextlib.suppress(KafkaError, OSError):
                 await kafka_io.delete_topics(self.settings, [self.reply_topic])
+            self._made_reply_topic = False
 
     async def detect(
         self,
@@ -230,6 +257,8 @@ class DetectClient:
         The future is registered before sending, so an answer faster than the
         send's own acknowledgement still finds its caller.
         """
+        if self._reader_died is not None:
+            raise self._reader_gone()
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:

@@ -58,16 +58,21 @@ class ModelDirectory(Catalogue):
 
     @property
     def follower(self) -> asyncio.Task[None] | None:
-        """The background task reading announcements (for a supervisor to watch)."""
+        """The background task reading announcements (for a supervisor to watch: an
+        exception that ends it is its to log and count; a follower that is done no
+        longer updates anything here)."""
         return self._task
 
     async def stop(self) -> None:
+        """Also after a start that never finished (or never began)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # reported already
                 await self._task
-        with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
-            await self._consumer.stop()
+        consumer = getattr(self, "_consumer", None)
+        if consumer is not None:
+            with contextlib.suppress(KafkaError, OSError):  # the broker may be gone
+                await consumer.stop()
 
     async def _follow(self) -> None:
         next_topics_s = 0.0

@@ -8,7 +8,8 @@ reload of every worker, a new version folder dropped in (written beside, then
 renamed into place, as docs/deploy.md says), a rolling restart (SIGTERM one
 worker, start a new one, wait until it is ready, then the other), and last a
 corrupt version 3 that must fail alone. Every request must be answered with
-boxes exactly once, none `model_unavailable`, none in the DLQ, every HTTP call
+boxes exactly once (on the HTTP path too: the bridge counts duplicate answers on
+/metrics), none `model_unavailable`, none in the DLQ, every HTTP call
 200; answers switch from version 1 to 2 and never go back once every worker
 serves 2.
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.settings import KafkaClientSettings
 from deploy.local.processes import BridgeProcess, ConsumerProcess
@@ -264,6 +266,14 @@ async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
         await asyncio.sleep(3)  # room for a duplicate answer to show up
         duplicates = client.stats.duplicates
         await client.stop()
+        # The HTTP path: the bridge's own reply client drops and counts a second answer.
+        scraped = httpx.get(f"{bridge.url}/metrics", timeout=10).text
+        bridge_replies = {
+            sample.labels["outcome"]: sample.value
+            for family in text_string_to_metric_families(scraped)
+            for sample in family.samples
+            if sample.name == "tfstream_bridge_replies_total"
+        }
     finally:
         stop.set()
         if bridge is not None:
@@ -292,6 +302,9 @@ async def test_reload_new_version_and_rolling_restart_under_a_steady_stream(
     ]
     assert not gave_up, gave_up
     assert duplicates == 0  # exactly once: a clean SIGTERM commits what it answered
+    # The same on the HTTP path, and the count is a live one: it saw every HTTP call.
+    assert bridge_replies["duplicate"] == 0, bridge_replies
+    assert bridge_replies["answered"] >= len(run.http), (bridge_replies, len(run.http))
     dlq = await read_to_end(kafka_bootstrap, f"{prefix}.dlq")  # all there is, not a window
     assert dlq == []
     for outcomes in (run.kafka, run.http):
