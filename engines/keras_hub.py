@@ -86,8 +86,8 @@ def geometry(model: str, meta: ExportMetadata | None) -> str:
         )
     if meta.bounding_box_format not in BOX_FORMATS:
         raise InvalidModelConfig(
-            f"{model}: bounding_box_format {meta.bounding_box_format!r} is not served "
-            f"({' or '.join(BOX_FORMATS)}, in pixels): build the detector with "
+            f"{model}: metadata.yaml's bounding_box_format {meta.bounding_box_format!r} is "
+            f"not served ({' or '.join(BOX_FORMATS)}, in pixels): build the detector with "
             "bounding_box_format='yxyx' and export again"
         )
     if meta.crop_to_aspect_ratio and meta.pad_to_aspect_ratio:
