@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from engines import yolo
-from engines.config import EngineName, ModelConfig, load_config
+from engines.config import EngineName, ModelConfig, OutputConvention, load_config
+from engines.convention_types import Convention
 from engines.errors import InvalidModelConfig
 from engines.labels import load_label_map
 from engines.metadata import METADATA_FILE, ExportMetadata
@@ -140,3 +141,18 @@ def model_resizer(
     if size is not None:
         return FixedShape(*size)
     return read_pipeline_config([folder, folder / "saved_model"])
+
+
+#: Conventions whose images are decoded at full resolution: tfstream serves them as
+#: their exporter's own predict does, which resizes the fully decoded image.
+FULL_DECODE = (OutputConvention.ULTRALYTICS, OutputConvention.KERAS_HUB)
+
+
+def decode_resizer(resizer: Resizer | None, convention: Convention) -> Resizer | None:
+    """What a JPEG is decoded for: `resizer` (the smallest DCT scale covering the
+    model's input, a fraction of a full decode) for the Object Detection API and
+    Model Garden, whose graphs resize whatever they are given; None (full decode)
+    for Ultralytics and KerasHub, so that the model sees the pixels their predict
+    gives it. Measured (docs/model-formats.md, "The pixels the model sees"):
+    scaled decode moves boxes of the generated exports by up to 7 px at 4K."""
+    return None if convention.family in FULL_DECODE else resizer

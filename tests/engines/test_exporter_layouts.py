@@ -288,16 +288,24 @@ def test_fixed_batch_exports_are_called_with_exactly_their_batch(
 
 
 @pytest.mark.slow
-def test_a_jpeg_decodes_at_model_resolution_and_boxes_stay_in_its_pixels(
+def test_a_jpeg_decodes_at_full_resolution_for_the_exporters_pixels(
     detectors: dict[str, Detector],
 ) -> None:
+    """Ultralytics and KerasHub resize the fully decoded image: so does tfstream (a DCT
+    scaled decode moves their boxes, docs/model-formats.md); the spec still knows
+    the model's resize."""
     out = io.BytesIO()
     Image.fromarray(scene((1920, 1080))).save(out, format="JPEG", quality=95)
-    detector = detectors["yolo11_shapes_raw"]
-    decoded = decode_for_model(out.getvalue(), resizer=detector.resizer)
-    assert decoded.pixels.shape == (540, 960, 3)  # half scale still covers 640x360
-    (boxes,) = detector.detect([decoded.pixels], sizes=[(decoded.width, decoded.height)])
-    assert box_problems(boxes, SCENES[(1920, 1080)], 4) == []
+    for name, resize in (
+        ("yolo11_shapes_raw", Letterbox(640, 640)),
+        (KERAS_HUB_MODEL, FixedShape(512, 512)),
+    ):
+        detector = detectors[name]
+        assert detector.resizer is None and detector.spec.resizer == resize
+        decoded = decode_for_model(out.getvalue(), resizer=detector.resizer)
+        assert decoded.pixels.shape == (1080, 1920, 3)
+        (boxes,) = detector.detect([decoded.pixels])
+        assert box_problems(boxes, SCENES[(1920, 1080)], 3) == []
 
 
 # --- refused, with the fix named --------------------------------------------------------
