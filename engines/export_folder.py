@@ -154,5 +154,5 @@ def decode_resizer(resizer: Resizer | None, convention: Convention) -> Resizer |
     Model Garden, whose graphs resize whatever they are given; None (full decode)
     for Ultralytics and KerasHub, so that the model sees the pixels their predict
     gives it. Measured (docs/model-formats.md, "The pixels the model sees"):
-    scaled decode moves boxes of the generated exports by up to 7 px at 4K."""
+    scaled decode moved boxes of the generated exports by up to 8 px at 4K."""
     return None if convention.family in FULL_DECODE else resizer

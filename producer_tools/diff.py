@@ -61,9 +61,11 @@ class DiffSettings(KafkaClientSettings):
     --candidate TOPIC (an answer log and a shadow topic) over --since/--until or
     --count. Offline: --images DIR --baseline-repo A --candidate-repo B, both models
     run in this process, no Kafka. Prints per class and overall: boxes on each side,
-    matched, only in one, mean IoU and confidence change of the matches, error codes and
-    latency of each side, and the agreement (matched / union). Every option is also an
-    environment variable TFSTREAM_<OPTION>."""
+    matched, only in one, mean IoU and confidence change of the matches, coverage (frames
+    answered, failed, without an answer), error codes and latency of each side, the
+    agreement (matched / union; a frame one side failed or missed counts the other's boxes
+    as unmatched) and the share of the frames the baseline answered that the candidate
+    answered too. Every option is also an environment variable TFSTREAM_<OPTION>."""
 
     model_config = cli_config("tfstream-diff")
 
