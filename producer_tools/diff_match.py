@@ -18,9 +18,13 @@ figure of its own, gated with the agreement. Errors and coverage are counted
 per side. A frame neither side answered alike (both failed with the same code)
 is no disagreement.
 
-A live frame one side has not answered *yet* (its consumer has not reached
-that request's offset on the partition) is pending, shown but not counted:
-otherwise a shadow lagging by a batch would fail the gate.
+A live frame one side has no answer to because it has not reached that
+request's offset on the partition yet, or because it started after it (a
+shadow starts at the live end), is pending: shown, not counted; otherwise a
+shadow lagging by a batch, or one started an hour after the answer log,
+would fail the gate. A frame inside the span of offsets it answered on the
+partition, or on a partition it answered nothing of, counts as missing. A
+comparison with no frame answered by both sides fails the gate.
 
 Agreement is matched / union, where the union is matched + only in baseline +
 only in candidate: 1.0 when every box of either side has its partner.
@@ -212,7 +216,8 @@ class FrameDiff:
     candidate: FrameAnswer
     pairs: list[Pair]
     pending: bool = False
-    """Live: one side has not reached this request yet; not in the figures."""
+    """Live: one side has not reached this request yet, or started after it; not in
+    the figures."""
 
     @property
     def compared(self) -> bool:
@@ -338,6 +343,8 @@ class DiffResult:
     def gate(self, min_agreement: float) -> list[str]:
         """Why the candidate fails `--min-agreement`, empty when it passes."""
         out = []
+        if self.paired == 0:
+            out.append("no frame was answered by both sides: nothing to compare")
         if self.agreement < min_agreement:
             out.append(f"agreement {self.agreement:.3f} is below --min-agreement {min_agreement:g}")
         if self.answered_share < min_agreement:
@@ -436,19 +443,24 @@ def _by_ident(answers: Iterable[FrameAnswer], coverage: Coverage) -> dict[str, F
     return out
 
 
-def _reached(answers: dict[str, FrameAnswer]) -> dict[tuple[str, int], int]:
-    """Live: the highest request offset each partition was answered up to."""
-    out: dict[tuple[str, int], int] = {}
+def _reached(answers: dict[str, FrameAnswer]) -> dict[tuple[str, int], tuple[int, int]]:
+    """Live: the lowest and highest request offset answered, per partition."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
     for answer in answers.values():
         if (r := answer.request) is not None:
-            key = (r.topic, r.partition)
-            out[key] = max(out.get(key, -1), r.offset)
+            low, high = out.get((r.topic, r.partition), (r.offset, r.offset))
+            out[(r.topic, r.partition)] = (min(low, r.offset), max(high, r.offset))
     return out
 
 
-def _not_reached(answer: FrameAnswer, reached: dict[tuple[str, int], int]) -> bool:
+def _not_reached(answer: FrameAnswer, reached: dict[tuple[str, int], tuple[int, int]]) -> bool:
+    """Outside the span the other side answered on the request's partition (a partition
+    it answered nothing of is not outside: its frames are missing)."""
     r = answer.request
-    return r is not None and r.offset > reached.get((r.topic, r.partition), -1)
+    if r is None or (r.topic, r.partition) not in reached:
+        return False
+    low, high = reached[(r.topic, r.partition)]
+    return not low <= r.offset <= high
 
 
 def compare(
@@ -462,7 +474,7 @@ def compare(
 ) -> DiffResult:
     """Pair the two sides' answers by frame and add up how they differ. A frame
     answered twice on one side (a redelivery) counts once, with its last answer.
-    `live`: a frame one side has not reached yet (`_reached`) is pending."""
+    `live`: a frame one side has not reached yet or started after is pending."""
     result = DiffResult(baseline_name, candidate_name, min_iou)
     base = _by_ident(baseline, result.coverage["baseline"])
     cand = _by_ident(candidate, result.coverage["candidate"])
@@ -528,7 +540,11 @@ def table(result: DiffResult) -> str:
         f"frames: {result.paired} answered by both, {result.compared} compared "
         f"(no error on either side), {result.only_baseline_frames} only by baseline, "
         f"{result.only_candidate_frames} only by candidate"
-        + (f", {result.pending} pending (not reached yet, not counted)" if result.pending else "")
+        + (
+            f", {result.pending} pending (one side not there yet or started later: not counted)"
+            if result.pending
+            else ""
+        )
         + f"; boxes matched per class at IoU >= {result.min_iou:g}; a frame one side "
         "failed or missed counts the other side's boxes as unmatched",
         "",
