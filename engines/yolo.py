@@ -217,14 +217,18 @@ class UltralyticsAdapter:
         boxed = np.stack([letterbox(image, in_h, in_w) for image in images])
         info = np.stack([resize_record(*image.shape[:2], in_h, in_w) for image in images])
         output = call(tf.constant(boxed.astype(np.float32) / 255.0))[self.convention.source_output]
+        scale = np.array([in_w, in_h, in_w, in_h], np.float32)
         if self.convention.variant == RAW:
-            output = self._in_pixels(output, output[:, :4], [in_w, in_h, in_w, in_h], axis=1)
+            self._decide_unit(output[:, :4])
+            if self.normalized:
+                output = tf.concat([output[:, :4] * scale[:, np.newaxis], output[:, 4:]], axis=1)
             boxes, scores, classes, count = (t.numpy() for t in self._raw_nms(output))
         else:
-            rows = output.numpy()
-            real = rows[..., 4] > 0
-            rows = self._in_pixels(rows, rows[..., :4][real], [in_w, in_h, in_w, in_h], axis=-1)
-            boxes, scores, classes, count = _sorted_rows(np.asarray(rows))
+            rows = np.array(output, np.float32)
+            self._decide_unit(rows[..., :4][rows[..., 4] > 0])
+            if self.normalized:
+                rows[..., :4] *= scale
+            boxes, scores, classes, count = _sorted_rows(rows)
         return {
             "detection_boxes": boxes,
             "detection_scores": scores,
@@ -233,27 +237,16 @@ class UltralyticsAdapter:
             "image_info": info,
         }
 
-    def _in_pixels(self, output: Any, coords: Any, size: list[int], axis: int) -> Any:
-        """`output` with its box coordinates in input pixels: scaled where the export
-        normalised them. Unknown from metadata.yaml: decided by the first outputs with
-        any box (all-zero boxes read alike either way)."""
-        if self.normalized is None:
-            import tensorflow as tf
-
-            top = float(tf.reduce_max(tf.abs(coords))) if tf.size(coords) else 0.0
-            if top > 0:
-                self.normalized = top <= NORMALIZED_RANGE
-        if not self.normalized:
-            return output
-        import tensorflow as tf
-
-        shape = [1, 4, 1] if axis == 1 else [1, 1, 4]
-        factor = tf.reshape(tf.constant(size, tf.float32), shape)
-        if axis == 1:
-            return tf.concat([output[:, :4] * factor, output[:, 4:]], axis=1)
-        out = np.array(output, np.float32)
-        out[..., :4] *= np.asarray(size, np.float32)
-        return out
+    def _decide_unit(self, coords: Any) -> None:
+        """Where metadata.yaml did not say whether the boxes are normalised: the first
+        outputs with any box decide (a real head's pixel boxes reach far past
+        NORMALIZED_RANGE; all-zero boxes read alike either way)."""
+        if self.normalized is not None:
+            return
+        values = np.abs(np.asarray(coords))
+        top = float(values.max()) if values.size else 0.0
+        if top > 0:
+            self.normalized = top <= NORMALIZED_RANGE
 
     def _raw_nms(self, output: Any) -> tuple[Any, Any, Any, Any]:
         if self._nms is None:
