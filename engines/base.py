@@ -2,7 +2,8 @@
 
 An engine only knows how to run one uint8 [B, H, W, 3] array (`_run`). This
 class decides how many calls that takes: where the model's batch dimension is
-open, equal-sized images share one call; where it is fixed (most Object
+open, equal-sized images share one call (images of any size, where the
+engine brings them to one input size itself: `uniform_input`); where it is fixed (most Object
 Detection API exports take exactly one image), each image gets its own call.
 Either way the caller gets one `RawDetections` per image, in input order.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from engines.boxes import RawDetections
-from engines.conventions import OD_API, Convention
+from engines.convention_types import OD_API, Convention
 from engines.errors import InferenceFailed, TfstreamError
 
 
@@ -34,6 +35,9 @@ class Engine(ABC):
     input_dtype: Any = None
     #: How to read the outputs, decided at load (engines/conventions.py).
     convention: Convention = OD_API
+    #: Whether `_run` brings every image to one input size itself (an Ultralytics
+    #: letterbox): then images of any sizes share a call, given to `_run` as a list.
+    uniform_input: bool = False
 
     @abstractmethod
     def _call(self, tensor: Any) -> Any:
@@ -71,10 +75,13 @@ class Engine(ABC):
                 results[index] = _row(outputs, row)
         return [r for r in results if r is not None]
 
-    def _batch(self, images: list[np.ndarray]) -> np.ndarray:
-        """Stack equal-sized images; pad a fixed batch > 1 with copies (their rows are dropped)."""
+    def _batch(self, images: list[np.ndarray]) -> Any:
+        """Stack equal-sized images; pad a fixed batch > 1 with copies (their rows are
+        dropped). A `uniform_input` engine gets them as they are, in a list."""
         if self.fixed_batch is not None and len(images) < self.fixed_batch:
             images = images + [images[-1]] * (self.fixed_batch - len(images))
+        if self.uniform_input:
+            return images
         if not all(isinstance(image, np.ndarray) for image in images):
             import tensorflow as tf
 
@@ -90,7 +97,7 @@ class Engine(ABC):
             return [[i] for i in range(len(images))]
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, image in enumerate(images):
-            by_shape[tuple(image.shape)].append(i)
+            by_shape[() if self.uniform_input else tuple(image.shape)].append(i)
         size = self.fixed_batch
         calls: list[list[int]] = []
         for indices in by_shape.values():

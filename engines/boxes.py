@@ -19,7 +19,7 @@ from typing import TypedDict
 import numpy as np
 
 from engines.config import BoxFormat
-from engines.conventions import OD_API, Convention
+from engines.convention_types import OD_API, Convention
 from engines.errors import InvalidModelOutput
 
 #: Rounding a normalised coordinate may do past [0, 1], as a fraction of the image.

@@ -48,7 +48,10 @@ class ModelsSettings(BaseSettings):
     shapes_tf1, ssd_mobilenet_v2_bench; the fixed-batch bench model
     ssd_mobilenet_v2_bench_b1, Model Garden's random-weight test exports
     retinanet_mg_* and the Ultralytics / KerasHub layouts yolo11_shapes_raw,
-    yolo11_shapes_nms, yolo26_shapes_end2end and keras_hub_shapes only when named).
+    yolo11_shapes_nms, yolo26_shapes_end2end, yolo11_shapes_raw_normalized,
+    yolo11_shapes_nms_normalized, yolo11_shapes_raw_b4, keras_hub_shapes,
+    keras_hub_shapes_pad, keras_hub_shapes_stretch and keras_hub_shapes_xyxy only when
+    named).
     list/validate: names, or 'all': every model of DIR."""
     overwrite: bool = False
     """generate: replace models that already exist."""

@@ -21,84 +21,78 @@ call.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from engines import keras_hub, yolo
 from engines.config import OUTPUT_NAMES, BoxFormat, ModelConfig, OutputConvention
+from engines.convention_types import (
+    IMAGE_INFO,
+    OD_API,
+    REQUIRED_OUTPUTS,
+    Convention,
+    Signature,
+    parse_spec,
+)
 from engines.errors import InvalidModelConfig
+from engines.metadata import ExportMetadata
 
-if TYPE_CHECKING:
-    from engines.metadata import ExportMetadata
+__all__ = [
+    "IMAGE_INFO",
+    "OD_API",
+    "OUTPUT_NAMES",
+    "REQUIRED_OUTPUTS",
+    "Convention",
+    "Signature",
+    "parse_spec",
+    "resolve_convention",
+]
 
-#: The outputs every convention needs (Model Garden adds image_info).
-REQUIRED_OUTPUTS = OUTPUT_NAMES[:4]
-IMAGE_INFO = "image_info"
 #: Written by Model Garden's exporter next to saved_model/ (the export directory).
 PARAMS_FILE = "params.yaml"
 _NORMALIZED_FLAG = re.compile(r"^\s*output_normalized_coordinates:\s*(true|false)\s*$", re.M)
 
 
-@dataclass(frozen=True)
-class Convention:
-    """How to read one model's outputs: whose layout, which box unit, which names."""
-
-    family: OutputConvention = OutputConvention.OD_API
-    box_format: BoxFormat = BoxFormat.NORMALIZED
-    outputs: Mapping[str, str] = field(default_factory=lambda: {k: k for k in REQUIRED_OUTPUTS})
-    """Our output name -> the signature's output name."""
-    variant: str = ""
-    """Which of an exporter's layouts (Ultralytics: raw, nms, end2end)."""
-    margin: float = 0.0
-    """How far past the model input a box may reach, in input sizes (regressed
-    boxes that the export does not clip: Ultralytics)."""
-    source_output: str = ""
-    """The signature output an exporter's adapter reads (Ultralytics' only one)."""
-
-    def describe(self) -> str:
-        if self.variant:
-            return f"{self.family.value}, {self.variant} outputs"
-        return f"{self.family.value}, {self.box_format.value} boxes"
-
-    @property
-    def uses_image_info(self) -> bool:
-        return IMAGE_INFO in self.outputs
-
-
-#: What a model gets when nothing else is known (the Object Detection API).
-OD_API = Convention()
-
-#: What a signature output is, for messages: name -> "dtype[shape]".
-Signature = Mapping[str, str]
-
-
-def parse_spec(text: str) -> tuple[str, tuple[int | None, ...]]:
-    """ "float32[1, 84, 8400]" -> ("float32", (1, 84, 8400)); "?" is None."""
-    dtype, _, rest = text.partition("[")
-    dims = rest.rstrip("]").strip()
-    if not dims or dims == "?":
-        return dtype, ()
-    return dtype, tuple(None if d.strip() == "?" else int(d) for d in dims.split(","))
-
-
 def _exporter_convention(
     model: str, config: ModelConfig, outputs: Signature, meta: ExportMetadata | None
 ) -> Convention | None:
-    """Ultralytics or KerasHub, where the outputs (or config.json) say so."""
-    from engines import keras_hub, yolo
+    """Ultralytics or KerasHub, where the outputs (or config.json) say so.
 
+    Raises:
+        InvalidModelConfig: as the exporter's reader says; or config.json sets
+            `box_format` / `output_names`, which an exporter's layout ignores.
+    """
     forced = config.output_convention
     if forced in (OutputConvention.OD_API, OutputConvention.MODEL_GARDEN):
         return None
     found = dict(outputs)
     if forced in (None, OutputConvention.KERAS_HUB):
         convention = keras_hub.keras_hub_convention(
-            model, found, config.input_size, meta, forced is OutputConvention.KERAS_HUB
+            model, found, meta, forced is OutputConvention.KERAS_HUB
         )
         if convention is not None:
-            return convention
-    return yolo.ultralytics_convention(model, found, meta, forced is OutputConvention.ULTRALYTICS)
+            return _no_ignored_fields(model, config, convention)
+    convention = yolo.ultralytics_convention(
+        model, found, meta, forced is OutputConvention.ULTRALYTICS
+    )
+    return None if convention is None else _no_ignored_fields(model, config, convention)
+
+
+def _no_ignored_fields(model: str, config: ModelConfig, convention: Convention) -> Convention:
+    """An exporter's layout fixes the box unit and the outputs: a config.json field
+    saying otherwise would be dropped silently, and whoever wrote it believes it holds.
+
+    Raises:
+        InvalidModelConfig: `box_format` or `output_names` is set.
+    """
+    fields = (("box_format", config.box_format), ("output_names", config.output_names))
+    ignored = [name for name, value in fields if value]
+    if ignored:
+        raise InvalidModelConfig(
+            f"{model}: config.json sets {' and '.join(ignored)}, which a "
+            f"{convention.describe()} export fixes itself (its reader, not config.json, says "
+            f"what its outputs are): remove {' and '.join(ignored)} from config.json"
+        )
+    return convention
 
 
 def _listing(specs: Signature) -> str:

@@ -23,6 +23,7 @@ from engines.errors import (
     ModelLoadFailed,
     TfstreamError,
 )
+from engines.export_folder import decode_resizer
 from engines.repository import ModelSpec
 from engines.resizer import Resizer
 
@@ -98,8 +99,10 @@ class Detector:
 
     @property
     def resizer(self) -> Resizer | None:
-        """What the graph resizes images to: decode no larger (see `decode_for_model`)."""
-        return self.spec.resizer
+        """What images are decoded for (`decode_for_model`): the model's own resize,
+        or None (full resolution) where tfstream promises the exporter's own pixels
+        (`engines.export_folder.decode_resizer`)."""
+        return decode_resizer(self.spec.resizer, self.engine.convention)
 
     def detect(
         self,

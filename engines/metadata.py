@@ -1,34 +1,26 @@
 """`metadata.yaml`: what an Ultralytics export (and a KerasHub one, exported as
-models/README.md says) records about itself, read so that the export folder
-alone is a servable model.
+models/README.md says) records about itself, parsed; what follows from it is
+decided elsewhere (engines/export_folder.py, yolo.py, keras_hub.py).
 
 Ultralytics writes it next to `saved_model.pb`: `names` ({0: person, ...}),
-`imgsz` ([h, w]), `stride`, `batch`, `end2end`, and the export `args`
-(`nms`, `batch`...). Its class names are the labels when the folder has no
-`object-detection.pbtxt` (ids as the model emits them, 0-based), and its
-exporter's own predict defaults stand in for a missing `config.json`, so that
-dropping the export folder into `models/` is enough.
+`imgsz` ([h, w]), `task`, `stride`, `batch`, `end2end`, and the export `args`
+of the format asked for (`saved_model`: batch, int8, keras, nms; `tflite`:
+batch, half, int8, nms, fraction). The KerasHub recipe writes `names`,
+`image_size`, `crop_to_aspect_ratio`, `pad_to_aspect_ratio` and
+`bounding_box_format` as the model's image converter and detector hold them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.config import EngineName, ModelConfig, load_config
 from engines.errors import InvalidModelConfig
-from engines.labels import load_label_map
-from engines.resizer import FixedShape, Letterbox, Resizer
 
 METADATA_FILE = "metadata.yaml"
-CONFIG_FILE = "config.json"
-LABEL_MAP_FILE = "object-detection.pbtxt"
-
-#: Ultralytics' predict defaults (`conf=0.25`, `max_det=300`); its `iou=0.7` is
-#: `engines.yolo.DEFAULT_IOU`.
-ULTRALYTICS_CONFIDENCE = 25.0
-MAX_DETECTIONS = 300
+#: The tasks of Ultralytics' exports; only `detect` gives boxes tfstream can serve.
+ULTRALYTICS_TASKS = ("detect", "segment", "pose", "obb", "classify")
 
 
 @dataclass(frozen=True)
@@ -36,13 +28,32 @@ class ExportMetadata:
     names: dict[int, str]
     """Class id (as the model emits it) -> name."""
     imgsz: tuple[int, int] | None = None
-    """[height, width] of the model input."""
+    """[height, width] of the model input (Ultralytics' `imgsz`, KerasHub's `image_size`)."""
     ultralytics: bool = False
-    """Written by Ultralytics' exporter (it records `stride` and its `author`)."""
+    """Ultralytics' (its exporter records `stride`, `task` and its `author`; a hand-written
+    file with `task: detect` counts too)."""
+    task: str | None = None
     end2end: bool | None = None
     nms: bool | None = None
-    bounding_box_format: str = "yxyx"
-    """Column order of a KerasHub export's `boxes` (its `bounding_box_format`)."""
+    export_args: dict[str, Any] = field(default_factory=dict)
+    """Ultralytics' `args`: the export options of the format it was asked for."""
+    bounding_box_format: str | None = None
+    """KerasHub: the detector's `bounding_box_format` (column order of `boxes`)."""
+    crop_to_aspect_ratio: bool | None = None
+    """KerasHub: the image converter's `crop_to_aspect_ratio`."""
+    pad_to_aspect_ratio: bool | None = None
+    """KerasHub: the image converter's `pad_to_aspect_ratio`."""
+
+    @property
+    def normalized_boxes(self) -> bool | None:
+        """Whether an Ultralytics export's boxes are fractions of the input: the
+        `tflite` / `edgetpu` exports normalise them (their saved_model too), the
+        `saved_model` export does not; None where `args` does not tell."""
+        if "keras" in self.export_args:  # only the saved_model format has it
+            return False
+        if {"half", "fraction"} & self.export_args.keys():  # tflite's, not saved_model's
+            return True
+        return None
 
 
 def metadata_path(folder: Path) -> Path | None:
@@ -82,25 +93,35 @@ def _names(raw: Any, source: str) -> dict[int, str]:
     return names
 
 
-def _imgsz(raw: Any, source: str) -> tuple[int, int] | None:
+def _size(raw: Any, key: str, source: str) -> tuple[int, int] | None:
     if raw is None:
         return None
-    if isinstance(raw, int):
+    if isinstance(raw, int) and not isinstance(raw, bool):
         raw = [raw, raw]
     if (
         not isinstance(raw, list | tuple)
         or len(raw) != 2
-        or not all(isinstance(v, int) and v > 0 for v in raw)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)
     ):
-        raise InvalidModelConfig(f"{source}: 'imgsz' must be [height, width], not {raw!r}")
+        raise InvalidModelConfig(f"{source}: '{key}' must be [height, width], not {raw!r}")
     return int(raw[0]), int(raw[1])
+
+
+def _flag(raw: dict[str, Any], key: str, source: str) -> bool | None:
+    value = raw.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidModelConfig(f"{source}: '{key}' must be true or false, not {value!r}")
 
 
 def read_metadata(path: Path) -> ExportMetadata:
     """Parse an export's metadata.yaml.
 
     Raises:
-        InvalidModelConfig: not YAML, not a mapping, or `names` / `imgsz` malformed.
+        InvalidModelConfig: not YAML, not a mapping, `names` / `imgsz` /
+            `image_size` / a flag malformed, `imgsz` and `image_size` disagreeing,
+            or an Ultralytics `task` other than `detect` (named: a segment, pose,
+            obb or classify export answers with something other than boxes).
     """
     import yaml
 
@@ -112,81 +133,33 @@ def read_metadata(path: Path) -> ExportMetadata:
     if not isinstance(raw, dict):
         raise InvalidModelConfig(f"{source} must hold a YAML mapping")
     args = raw.get("args") if isinstance(raw.get("args"), dict) else {}
-    box_format = str(raw.get("bounding_box_format", "yxyx")).lower()
-    if box_format not in ("yxyx", "xyxy"):
+    task = raw.get("task")
+    if task is not None and task != "detect":
+        kind = f"an Ultralytics {task} export" if task in ULTRALYTICS_TASKS else "an export"
         raise InvalidModelConfig(
-            f"{source}: bounding_box_format {box_format!r} is not supported (yxyx or xyxy)"
+            f"{source}: task {task!r}: {kind} does not answer with detection boxes; tfstream "
+            "serves detect models only (export a detect model, e.g. yolo11n.pt)"
         )
+    imgsz = _size(raw.get("imgsz"), "imgsz", source)
+    image_size = _size(raw.get("image_size"), "image_size", source)
+    if imgsz and image_size and imgsz != image_size:
+        raise InvalidModelConfig(
+            f"{source}: imgsz {list(imgsz)} and image_size {list(image_size)} disagree"
+        )
+    box_format = raw.get("bounding_box_format")
     return ExportMetadata(
         names=_names(raw.get("names"), source),
-        imgsz=_imgsz(raw.get("imgsz"), source),
-        ultralytics="stride" in raw or "ultralytics" in str(raw.get("author", "")).lower(),
+        imgsz=imgsz or image_size,
+        ultralytics=(
+            "stride" in raw
+            or task is not None
+            or "ultralytics" in str(raw.get("author", "")).lower()
+        ),
+        task=task,
         end2end=raw.get("end2end") if isinstance(raw.get("end2end"), bool) else None,
         nms=args.get("nms") if isinstance(args.get("nms"), bool) else None,
-        bounding_box_format=box_format,
+        export_args=dict(args),
+        bounding_box_format=None if box_format is None else str(box_format).lower(),
+        crop_to_aspect_ratio=_flag(raw, "crop_to_aspect_ratio", source),
+        pad_to_aspect_ratio=_flag(raw, "pad_to_aspect_ratio", source),
     )
-
-
-def exporter_defaults(meta: ExportMetadata) -> ModelConfig:
-    """The config.json an export folder without one is served with: the
-    exporter's own predict defaults (Ultralytics: 25 %, at most 300 boxes;
-    KerasHub: its decoder's thresholds are baked into the export, so 0 %)."""
-    return ModelConfig(
-        inference_engine_name=EngineName.TF2,
-        confidence=ULTRALYTICS_CONFIDENCE if meta.ultralytics else 0.0,
-        predictions=MAX_DETECTIONS,
-        number_of_classes=len(meta.names),
-        framework="tensorflow",
-        type="object-detection",
-        network="yolo" if meta.ultralytics else "keras_hub",
-    )
-
-
-def load_config_and_labels(
-    home: Path, shared: Path | None = None, *, meta: ExportMetadata | None
-) -> tuple[ModelConfig, dict[int, str]]:
-    """config.json and the label map of a model, with metadata.yaml standing in for
-    either where it is missing. `home` holds the export; `meta` is its metadata.yaml,
-    parsed once by the caller (`load_metadata(home)`); each file is taken from `home`,
-    else from `shared` (the model folder beside TF Serving's version folders: a
-    version's own file wins).
-
-    Raises:
-        InvalidModelConfig: a file is broken, or config.json / the label map is
-            missing and there is no metadata.yaml to stand in (the message names
-            the files an export brings).
-    """
-    folders = (home,) if shared is None else (home, shared)
-
-    def find(file: str) -> Path | None:
-        return next((f / file for f in folders if (f / file).is_file()), None)
-
-    config_file, labels_file = find(CONFIG_FILE), find(LABEL_MAP_FILE)
-    if meta is None and (config_file is None or labels_file is None):
-        missing = " and ".join(
-            name
-            for name, there in ((CONFIG_FILE, config_file), (LABEL_MAP_FILE, labels_file))
-            if there is None
-        )
-        raise InvalidModelConfig(
-            f"{(shared or home).name}: {missing} {'are' if ' and ' in missing else 'is'} "
-            f"missing (an Ultralytics or KerasHub export needs neither, but then needs its "
-            f"{METADATA_FILE} with the class names: copy the whole export folder)"
-        )
-    if config_file is not None or meta is None:
-        config = load_config(config_file or home / CONFIG_FILE)
-    else:
-        config = exporter_defaults(meta)
-    if labels_file is not None or meta is None:
-        return config, load_label_map(labels_file or home / LABEL_MAP_FILE)
-    return config, dict(meta.names)
-
-
-def export_resizer(meta: ExportMetadata | None) -> Resizer | None:
-    """What an export with metadata.yaml `imgsz` resizes images to, for JPEG
-    decoding at model resolution: Ultralytics letterboxes (the long side fits);
-    KerasHub crops to the input's aspect ratio, which needs both sides covered."""
-    if meta is None or meta.imgsz is None:
-        return None
-    height, width = meta.imgsz
-    return Letterbox(height, width) if meta.ultralytics else FixedShape(height, width)

@@ -34,14 +34,9 @@ from pathlib import Path
 from engines.catalogue import HASH_NAMESPACE, Catalogue, model_hash
 from engines.config import EngineName, ModelConfig, load_config
 from engines.errors import InvalidModelConfig, ModelNotFound
-from engines.metadata import (
-    CONFIG_FILE,
-    ExportMetadata,
-    export_resizer,
-    load_config_and_labels,
-    load_metadata,
-)
-from engines.resizer import FixedShape, Resizer, read_pipeline_config
+from engines.export_folder import CONFIG_FILE, load_config_and_labels, model_resizer
+from engines.metadata import ExportMetadata, load_metadata
+from engines.resizer import Resizer
 
 #: Folder names we accept as model names: no separators, no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -144,15 +139,6 @@ def weights_fingerprint(weights: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def model_resizer(folder: Path, config: ModelConfig) -> Resizer | None:
-    """`input_size` of config.json first, else the export's `pipeline.config`
-    (in the model folder, or in its `saved_model/` parent layout of the Model Zoo)."""
-    if config.input_size is not None:
-        height, width = config.input_size
-        return FixedShape(height=height, width=width)
-    return read_pipeline_config([folder, folder / "saved_model"])
-
-
 class ModelRepository(Catalogue):
     """Read-only view of a model folder; cheap enough to re-read on every call."""
 
@@ -239,7 +225,7 @@ class ModelRepository(Catalogue):
             config=config,
             labels=labels,
             weights=weights,
-            resizer=model_resizer(home, config) or export_resizer(meta),
+            resizer=model_resizer(name, home, config, meta),
             version=version,
             metadata=meta,
         )

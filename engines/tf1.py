@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from engines.base import Engine
-from engines.conventions import REQUIRED_OUTPUTS
+from engines.convention_types import REQUIRED_OUTPUTS
 from engines.errors import ModelLoadFailed
 from engines.repository import ModelSpec
 

@@ -59,6 +59,8 @@ class TF2Engine(Engine):
             spec.metadata,
         )
         self._adapter = _adapter(spec, self.convention, input_spec)
+        # A letterboxing adapter makes every image the one input size: any sizes share a call.
+        self.uniform_input = self.convention.family is OutputConvention.ULTRALYTICS
 
     def _call(self, tensor: Any) -> Any:
         return self._signature(**{self._input_name: tensor})
@@ -77,13 +79,13 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
 
     Raises:
         InvalidModelConfig: iou_threshold on a model whose NMS is not ours, or
-            an input whose size cannot be known.
+            an input whose size cannot be known or is given twice differently.
     """
-    from engines.metadata import MAX_DETECTIONS
+    from engines.export_folder import model_input_size
 
     config = spec.config
     if convention.family is OutputConvention.ULTRALYTICS:
-        from engines.yolo import RAW, UltralyticsAdapter
+        from engines.yolo import MAX_DETECTIONS, RAW, UltralyticsAdapter
 
         if convention.variant != RAW and config.iou_threshold is not None:
             raise InvalidModelConfig(
@@ -91,21 +93,15 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
                 f"export ({convention.variant}) has its NMS inside the graph, with the IoU it "
                 "was exported with; remove iou_threshold, or export without nms=True"
             )
-
-        height, width = input_spec.shape[1], input_spec.shape[2]
-        if height is None or width is None:
-            size = spec.metadata.imgsz if spec.metadata is not None else None
-            if size is None:
-                raise InvalidModelConfig(
-                    f"{spec.name}: the Ultralytics export's input size is open and its "
-                    "metadata.yaml has no imgsz: export with a fixed imgsz"
-                )
-            height, width = size
+        signature = (input_spec.shape[1], input_spec.shape[2])
+        size = model_input_size(spec.name, config, spec.metadata, signature)
+        if size is None:
+            raise InvalidModelConfig(
+                f"{spec.name}: the Ultralytics export's input size is open and its "
+                "metadata.yaml has no imgsz: export with a fixed imgsz"
+            )
         return UltralyticsAdapter(
-            convention,
-            (int(height), int(width)),
-            config.iou_threshold,
-            max(config.predictions, MAX_DETECTIONS),
+            convention, size, config.iou_threshold, max(config.predictions, MAX_DETECTIONS)
         )
     if config.iou_threshold is not None:
         raise InvalidModelConfig(
@@ -113,11 +109,12 @@ def _adapter(spec: ModelSpec, convention: Convention, input_spec: Any) -> Any:
             f"this model ({convention.describe()}): its export does; remove iou_threshold"
         )
     if convention.family is OutputConvention.KERAS_HUB:
-        from engines.keras_hub import KerasHubAdapter, target_size
+        from engines.keras_hub import KerasHubAdapter
 
         meta = spec.metadata
-        size = target_size(config.input_size, meta)
-        assert size is not None  # keras_hub_convention refused the model otherwise
-        xyxy = meta is not None and meta.bounding_box_format == "xyxy"
-        return KerasHubAdapter(size, input_spec.dtype, xyxy)
+        size = model_input_size(spec.name, config, meta)
+        # keras_hub_convention refused a model whose metadata.yaml lacks these.
+        assert size is not None and meta is not None
+        xyxy = meta.bounding_box_format == "xyxy"
+        return KerasHubAdapter(size, input_spec.dtype, xyxy, convention.variant)
     return None

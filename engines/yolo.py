@@ -23,31 +23,45 @@ Three output layouts, one float32 output each:
 Boxes of all three are regressed, not clipped: they may reach past the input,
 which is why their convention allows a margin (engines/boxes.py) before they
 are clipped to the image, as Ultralytics clips them.
+
+The `*_saved_model/` folder that the `tflite` / `edgetpu` exports leave behind
+has the same layouts with boxes in fractions of the input (their head divides
+by the input size): read from metadata.yaml's export `args` (only the
+saved_model format records `keras`; only tflite `half` and `fraction`), else
+from the first outputs' range (pixel boxes of a real head reach far past 1.5),
+and scaled back to input pixels here.
+
+Every image is letterboxed to the one input size, so images of any original
+size share an engine call (`Engine.uniform_input`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from engines.config import BoxFormat, OutputConvention
-from engines.conventions import OUTPUT_NAMES, Convention, parse_spec
+from engines.config import OUTPUT_NAMES, BoxFormat, OutputConvention
+from engines.convention_types import EXPORTER_MARGIN, Convention, parse_spec, xyxy_to_yxyx
 from engines.errors import InvalidModelConfig
 from engines.metadata import ExportMetadata
 from engines.resizer import Letterbox
 
-#: Ultralytics' predict default IoU threshold of its NMS.
+# -- Ultralytics' predict defaults and constants, in one place ---------------------------
+#: Its NMS IoU threshold (`iou=0.7`).
 DEFAULT_IOU = 0.7
-#: Ultralytics' letterbox padding value.
+#: Its confidence threshold (`conf=0.25`), in percent as config.json says it.
+CONFIDENCE = 25.0
+#: Its most boxes per image (`max_det=300`).
+MAX_DETECTIONS = 300
+#: Its letterbox padding value.
 PAD_VALUE = 114
-#: Ultralytics' class offset of class-wise NMS (`max_wh`): boxes of different
-#: classes are moved this far apart so that one NMS never compares them.
+#: Its class offset of class-wise NMS (`max_wh`): boxes of different classes are
+#: moved this far apart so that one NMS never compares them.
 CLASS_OFFSET = 7680.0
-#: How far past the model input a regressed box may reach, in input sizes,
-#: before it is taken for a model read with the wrong convention.
-MARGIN = 1.0
+#: Largest box coordinate, in input sizes, that still reads as normalised outputs.
+NORMALIZED_RANGE = 1.5
 
 RAW = "raw"
 NMS = "nms"
@@ -84,12 +98,15 @@ def letterbox(image: np.ndarray, in_h: int, in_w: int) -> np.ndarray:
 
 def resize_record(height: int, width: int, in_h: int, in_w: int) -> np.ndarray:
     """Model Garden's image_info [4, 2] for a letterboxed image: original size,
-    input size, scale, offset (minus the top/left padding), so that
-    original = (input + offset) / scale, as Ultralytics' `scale_boxes` maps
-    boxes back (each side's scale from its rounded resized length)."""
-    new_h, new_w, top, left = _paddings(height, width, in_h, in_w)
+    input size, scale, offset (minus the padding), so that
+    original = (input + offset) / scale, exactly as Ultralytics' `scale_boxes`
+    maps boxes back: one gain for both sides, min(in_h / h, in_w / w), and the
+    padding round((in - size * gain) / 2 - 0.1) from the unrounded size."""
+    gain = min(in_h / height, in_w / width)
+    pad_y = round((in_h - height * gain) / 2 - 0.1)
+    pad_x = round((in_w - width * gain) / 2 - 0.1)
     return np.array(
-        [[height, width], [in_h, in_w], [new_h / height, new_w / width], [-top, -left]],
+        [[height, width], [in_h, in_w], [gain, gain], [-pad_y, -pad_x]],
         np.float64,
     )
 
@@ -119,8 +136,14 @@ def ultralytics_convention(
     """The convention of an Ultralytics export, or None where the outputs are
     not one (an error instead where config.json `forced` it).
 
+    An output that merely has the shape is not enough: the reading needs
+    Ultralytics' metadata.yaml (its exporter's, or a hand-written one with
+    `task: detect`), unless config.json forces `output_convention: ultralytics`.
+
     Raises:
-        InvalidModelConfig: forced but not the layout; or no metadata.yaml.
+        InvalidModelConfig: forced but not the layout; no metadata.yaml; a raw
+            output whose rows are not 4 + the number of class names (a segment
+            or pose head, or names of another model).
     """
     found = detect_layout(outputs)
     if found is None:
@@ -137,6 +160,22 @@ def ultralytics_convention(
             "metadata.yaml: copy the metadata.yaml its exporter wrote next to saved_model.pb "
             "into the model folder"
         )
+    if not meta.ultralytics and not forced:
+        raise InvalidModelConfig(
+            f"{model}: the output {name} ({outputs[name]}) has the shape of an Ultralytics "
+            f"{variant} export, but metadata.yaml is not Ultralytics' (no task, stride or "
+            "author): copy the metadata.yaml its exporter wrote, add 'task: detect' to a "
+            'hand-written one, or set "output_convention": "ultralytics" in config.json'
+        )
+    if variant == RAW:
+        rows = parse_spec(outputs[name])[1][1]
+        if rows is not None and rows - 4 != len(meta.names):
+            raise InvalidModelConfig(
+                f"{model}: the raw output {name} has {rows} rows, but 4 box rows + "
+                f"{len(meta.names)} class names in metadata.yaml make {4 + len(meta.names)}: "
+                "not a detect head for these names (a segment or pose export, or the "
+                "metadata.yaml of another model)"
+            )
     if variant == NMS and meta.end2end and not meta.nms:
         variant = END2END
     return Convention(
@@ -144,8 +183,9 @@ def ultralytics_convention(
         box_format=BoxFormat.INPUT_PIXELS,
         outputs={key: key for key in OUTPUT_NAMES},
         variant=variant,
-        margin=MARGIN,
+        margin=EXPORTER_MARGIN,
         source_output=name,
+        normalized=meta.normalized_boxes,
     )
 
 
@@ -165,21 +205,30 @@ class UltralyticsAdapter:
         self.input_size = input_size
         self.iou_threshold = DEFAULT_IOU if iou_threshold is None else iou_threshold
         self.max_detections = max_detections
+        self.normalized = convention.normalized
         self._nms: Any = None
 
-    def run(self, batch: Any, call: Callable[[Any], Any]) -> dict[str, np.ndarray]:
-        """Outputs under our names (OUTPUT_NAMES) for a batch of uint8 images."""
+    def run(self, batch: Sequence[Any], call: Callable[[Any], Any]) -> dict[str, np.ndarray]:
+        """Outputs under our names (OUTPUT_NAMES) for uint8 images of any sizes."""
         import tensorflow as tf
 
-        images = batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
+        images = [np.asarray(i.numpy() if hasattr(i, "numpy") else i) for i in batch]
         in_h, in_w = self.input_size
         boxed = np.stack([letterbox(image, in_h, in_w) for image in images])
         info = np.stack([resize_record(*image.shape[:2], in_h, in_w) for image in images])
         output = call(tf.constant(boxed.astype(np.float32) / 255.0))[self.convention.source_output]
+        scale = np.array([in_w, in_h, in_w, in_h], np.float32)
         if self.convention.variant == RAW:
+            self._decide_unit(output[:, :4])
+            if self.normalized:
+                output = tf.concat([output[:, :4] * scale[:, np.newaxis], output[:, 4:]], axis=1)
             boxes, scores, classes, count = (t.numpy() for t in self._raw_nms(output))
         else:
-            boxes, scores, classes, count = _sorted_rows(output.numpy())
+            rows = np.array(output, np.float32)
+            self._decide_unit(rows[..., :4][rows[..., 4] > 0])
+            if self.normalized:
+                rows[..., :4] *= scale
+            boxes, scores, classes, count = _sorted_rows(rows)
         return {
             "detection_boxes": boxes,
             "detection_scores": scores,
@@ -187,6 +236,17 @@ class UltralyticsAdapter:
             "num_detections": count,
             "image_info": info,
         }
+
+    def _decide_unit(self, coords: Any) -> None:
+        """Where metadata.yaml did not say whether the boxes are normalised: the first
+        outputs with any box decide (a real head's pixel boxes reach far past
+        NORMALIZED_RANGE; all-zero boxes read alike either way)."""
+        if self.normalized is not None:
+            return
+        values = np.abs(np.asarray(coords))
+        top = float(values.max()) if values.size else 0.0
+        if top > 0:
+            self.normalized = top <= NORMALIZED_RANGE
 
     def _raw_nms(self, output: Any) -> tuple[Any, Any, Any, Any]:
         if self._nms is None:
@@ -200,9 +260,8 @@ def _sorted_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     rows = np.asarray(rows, np.float32)
     order = np.argsort(-rows[..., 4], axis=1, kind="stable")
     rows = np.take_along_axis(rows, order[..., np.newaxis], axis=1)
-    boxes = rows[..., [1, 0, 3, 2]]
     count = (rows[..., 4] > 0).sum(axis=1).astype(np.int32)
-    return boxes, rows[..., 4], rows[..., 5], count
+    return xyxy_to_yxyx(rows[..., :4]), rows[..., 4], rows[..., 5], count
 
 
 def raw_nms_function(iou_threshold: float, max_detections: int) -> Callable[[Any], Any]:

@@ -3,17 +3,20 @@
 Live: two answer streams on Kafka, usually the serving group's answer log
 (`<prefix>.answers.<model>`) and a shadow's (`<prefix>.shadow.<name>.<model>`),
 read outside any consumer group over a time window (`--since`/`--until`) or
-until `--count` requests have an answer on both sides. The answers are paired
-by correlation id; for the report page the frames are read back from the
-request topic at the position each answer names.
+until `--count` requests have an answer on both sides. The window is the
+requests' time (the request record's timestamp, which both logs record), and
+the answers are paired by the request's position (topic, partition, offset):
+correlation ids are the clients' and may repeat (they are counted). For the
+report page the frames are read back from the request topic at that position.
 
 Offline: a folder of images through two model repositories, both in this
 process (`consumer.offline`, imported only then: it loads TensorFlow), no
 Kafka: the check to put in a model's CI, with `--min-agreement` as the gate.
 
 The comparison itself is `producer_tools.diff_match`; the page, `diff_report`.
-Exit status: 0, or 1 when the agreement is below `--min-agreement`, 2 for a
-usage or connection problem.
+Exit status: 0, or 1 when the agreement, or the share of the frames the
+baseline answered that the candidate answered too, is below `--min-agreement`;
+2 for a usage or connection problem.
 """
 
 from __future__ import annotations
@@ -58,9 +61,11 @@ class DiffSettings(KafkaClientSettings):
     --candidate TOPIC (an answer log and a shadow topic) over --since/--until or
     --count. Offline: --images DIR --baseline-repo A --candidate-repo B, both models
     run in this process, no Kafka. Prints per class and overall: boxes on each side,
-    matched, only in one, mean IoU and confidence change of the matches, error codes and
-    latency of each side, and the agreement (matched / union). Every option is also an
-    environment variable TFSTREAM_<OPTION>."""
+    matched, only in one, mean IoU and confidence change of the matches, coverage (frames
+    answered, failed, without an answer), error codes and latency of each side, the
+    agreement (matched / union; a frame one side failed or missed counts the other's boxes
+    as unmatched) and the share of the frames the baseline answered that the candidate
+    answered too. Every option is also an environment variable TFSTREAM_<OPTION>."""
 
     model_config = cli_config("tfstream-diff")
 
@@ -69,13 +74,14 @@ class DiffSettings(KafkaClientSettings):
     candidate: str = ""
     """Live: the candidate's topic, e.g. tfstream.shadow.<name>.<model>."""
     since: str = ""
-    """Live: answers from this time: ISO 8601 (UTC unless zoned), epoch ms, or a span back
-    from now (90s, 15m, 2h, 1d). Default: the start of the topics."""
+    """Live: requests sent from this time: ISO 8601 (UTC unless zoned), epoch ms, or a span
+    back from now (90s, 15m, 2h, 1d). Default: the start of the topics."""
     until: str = ""
-    """Live: answers up to this time (same forms). Default: now."""
+    """Live: requests sent up to this time (same forms). Default: now."""
     count: int = Field(default=0, ge=0)
     """Live: stop once this many requests have an answer on both sides (waiting up to
-    --wait-s for them); 0: everything in the window."""
+    --wait-s for them); the figures cover the requests up to the last of them, those
+    answered by one side only included; 0: everything in the window."""
     wait_s: float = Field(default=60.0, gt=0)
     """Live, with --count: the longest wait for the answers."""
 
@@ -98,7 +104,9 @@ class DiffSettings(KafkaClientSettings):
         description="Print the comparison as JSON instead of the table.",
     )
     min_agreement: float | None = Field(default=None, ge=0, le=1)
-    """Exit with status 1 when the agreement (matched / union) is below this."""
+    """Exit with status 1 when the agreement (matched / union of boxes; a frame one side
+    failed or missed counts the other's boxes as unmatched) is below this, or the share
+    of the frames the baseline answered that the candidate answered too."""
     report: Path | None = None
     """Write a page (index.html and the frames) into this folder: the frames where the two
     disagree most, baseline boxes solid, candidate boxes dashed."""
@@ -169,7 +177,7 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
         ),
         settings,
     )
-    sides: dict[str, dict[str, LoggedAnswer]] = {settings.baseline: {}, settings.candidate: {}}
+    sides: dict[str, list[LoggedAnswer]] = {settings.baseline: [], settings.candidate: []}
     try:
         partitions = await _assigned(consumer, list(sides), settings)
         if since is None:
@@ -181,7 +189,7 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
 
         def paired() -> int:
             base, cand = sides[settings.baseline], sides[settings.candidate]
-            return len(base.keys() & cand.keys())
+            return len({a.request.ident for a in base} & {a.request.ident for a in cand})
 
         while True:
             if settings.count:
@@ -192,8 +200,6 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
             batches = await consumer.getmany(timeout_ms=FETCH_MS)
             for tp, records in batches.items():
                 for rec in records:
-                    if until is not None and rec.timestamp > until:
-                        continue
                     try:
                         answer = LoggedAnswer.from_json(rec.value or b"")
                     except InvalidRequest as exc:
@@ -201,21 +207,48 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
                             "skipped a record", extra={"topic": tp.topic, "error": exc.message}
                         )
                         continue
-                    sides[tp.topic][answer.ident] = answer
+                    if in_window(answer, rec.timestamp, since, until):
+                        sides[tp.topic].append(answer)
     except KafkaError as exc:
         raise await explain(exc, settings) from exc
     finally:
         await consumer.stop()
-    base, cand = list(sides[settings.baseline].values()), list(sides[settings.candidate].values())
+    base, cand = sides[settings.baseline], sides[settings.candidate]
     if settings.count:
-        keep = sorted(
-            sides[settings.baseline].keys() & sides[settings.candidate].keys(),
-            key=lambda ident: sides[settings.baseline][ident].answered_ms,
-        )[: settings.count]
-        chosen = set(keep)
-        base = [a for a in base if a.ident in chosen]
-        cand = [a for a in cand if a.ident in chosen]
+        return first_paired(base, cand, settings.count)
     return base, cand
+
+
+def in_window(answer: LoggedAnswer, record_ms: int, since: int | None, until: int | None) -> bool:
+    """Whether the answered request was sent within [since, until] (the answer record's
+    own time where the log has no request time)."""
+    sent = answer.request.timestamp_ms if answer.request.timestamp_ms is not None else record_ms
+    return (since is None or sent >= since) and (until is None or sent <= until)
+
+
+def first_paired(
+    base: list[LoggedAnswer], cand: list[LoggedAnswer], count: int
+) -> tuple[list[LoggedAnswer], list[LoggedAnswer]]:
+    """The answers to the requests up to the `count`-th answered by both sides, in the
+    requests' order: one-sided requests among them stay (they count against the
+    candidate), later ones go."""
+    on_base = {a.request.ident for a in base}
+    on_cand = {a.request.ident for a in cand}
+    sent: dict[str, tuple[int, str]] = {}
+    for answer in (*base, *cand):
+        r = answer.request
+        sent.setdefault(r.ident, (r.timestamp_ms or answer.answered_ms, r.ident))
+    chosen: set[str] = set()
+    both = 0
+    for ident in sorted(sent, key=sent.__getitem__):
+        if both >= count:
+            break
+        chosen.add(ident)
+        both += ident in on_base and ident in on_cand
+    return (
+        [a for a in base if a.request.ident in chosen],
+        [a for a in cand if a.request.ident in chosen],
+    )
 
 
 async def _assigned(
@@ -281,6 +314,7 @@ async def live_diff(settings: DiffSettings) -> tuple[DiffResult, dict[str, bytes
         settings.baseline,
         settings.candidate,
         settings.min_iou,
+        live=True,
     )
     images: dict[str, bytes] = {}
     if settings.report:
@@ -347,13 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         page = write_report(settings.report, result, images, settings.report_frames)
         print(f"report written to {page}", file=sys.stderr if settings.as_json else sys.stdout)
-    if settings.min_agreement is not None and result.agreement < settings.min_agreement:
-        print(
-            f"agreement {result.agreement:.3f} is below --min-agreement {settings.min_agreement:g}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    failed = result.gate(settings.min_agreement) if settings.min_agreement is not None else []
+    for reason in failed:
+        print(reason, file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

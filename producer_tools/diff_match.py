@@ -1,12 +1,30 @@
 """How two answer streams differ, box by box: the comparison behind `tfstream-diff`.
 
 Transport-free: it takes each side's answers per frame (from Kafka answer-log or
-shadow topics, or from two models run in-process) and pairs them by frame.
-Within a frame, boxes pair only with boxes of the same class name, greedily by
-IoU (the best pair first) down to `min_iou`; each box pairs at most once. A frame
-counts towards the box figures only when both sides answered it with boxes; an
-error on either side is counted under that side's error codes instead, and the
-frame ranks among the disagreeing ones when only one side failed.
+shadow topics, or from two models run in-process) and pairs them by frame: live
+answers by the request's position (topic, partition, offset), which both logs
+record, so that two clients reusing a correlation id never pair wrong frames.
+
+Within a frame, boxes pair only with boxes of the same class name, by an optimal
+assignment (SciPy's `linear_sum_assignment`): the most pairs at IoU >= `min_iou`,
+then the highest IoU sum; greedy best-first pairing loses pairs when one box is
+the best partner of two.
+
+A gate has to see what a candidate fails to answer, not only how its answers
+differ: a frame where one side errs (or has no answer) and the other answers
+counts the answering side's boxes as unmatched, and the share of the frames the
+baseline answered that the candidate answered too (`answered_share`) is a
+figure of its own, gated with the agreement. Errors and coverage are counted
+per side. A frame neither side answered alike (both failed with the same code)
+is no disagreement.
+
+A live frame one side has no answer to because it has not reached that
+request's offset on the partition yet, or because it started after it (a
+shadow starts at the live end), is pending: shown, not counted; otherwise a
+shadow lagging by a batch, or one started an hour after the answer log,
+would fail the gate. A frame inside the span of offsets it answered on the
+partition, or on a partition it answered nothing of, counts as missing. A
+comparison with no frame answered by both sides fails the gate.
 
 Agreement is matched / union, where the union is matched + only in baseline +
 only in candidate: 1.0 when every box of either side has its partner.
@@ -21,10 +39,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
 from consumer.answer_log import LoggedAnswer, RequestPosition
 
 DEFAULT_MIN_IOU = 0.5
 OVERALL = "(all classes)"
+SIDES = ("baseline", "candidate")
 
 
 @dataclass(frozen=True)
@@ -32,7 +54,8 @@ class FrameAnswer:
     """One side's answer to one frame."""
 
     ident: str
-    """What pairs it with the other side's answer (the correlation id)."""
+    """What pairs it with the other side's answer: the request's position (live), the
+    image's name (offline)."""
     boxes: Sequence[dict[str, Any]] = ()
     error: str | None = None
     """The error code, for an answer that failed."""
@@ -44,12 +67,23 @@ class FrameAnswer:
     request: RequestPosition | None = None
     """Where the request record was, to read the frame again (live answers)."""
     model_version: int | None = None
+    correlation_id: str | None = None
+    missing: bool = False
+    """No answer at all on this side (the other side's frame, for the figures)."""
+
+    @property
+    def answered(self) -> bool:
+        return not self.missing and self.error is None
+
+    @property
+    def requested_ms(self) -> int | None:
+        return self.request.timestamp_ms if self.request is not None else None
 
     @staticmethod
     def from_logged(answer: LoggedAnswer) -> FrameAnswer:
         data = answer.reply.data or {}
         return FrameAnswer(
-            ident=answer.ident,
+            ident=answer.request.ident,
             boxes=list(data.get("bounding-boxes") or []),
             error=answer.reply.error.code if answer.reply.error else None,
             latency_ms=answer.latency_ms,
@@ -58,6 +92,18 @@ class FrameAnswer:
             name=str(data.get("ImageName") or answer.correlation_id or answer.ident),
             request=answer.request,
             model_version=answer.model_version,
+            correlation_id=answer.correlation_id,
+        )
+
+    def absent(self) -> FrameAnswer:
+        """The other side's stand-in for this frame: no answer."""
+        return FrameAnswer(
+            self.ident,
+            width=self.width,
+            height=self.height,
+            name=self.name,
+            request=self.request,
+            missing=True,
         )
 
 
@@ -89,24 +135,22 @@ def match_boxes(
     candidate: Sequence[dict[str, Any]],
     min_iou: float = DEFAULT_MIN_IOU,
 ) -> list[Pair]:
-    """Pairs of same-class boxes, best IoU first, each box at most once."""
-    options = [
-        Pair(i, j, score)
-        for i, b in enumerate(baseline)
-        for j, c in enumerate(candidate)
-        if b["ObjectClassName"] == c["ObjectClassName"] and (score := iou(b, c)) >= min_iou
-    ]
-    options.sort(key=lambda p: (-p.iou, p.baseline, p.candidate))
-    used_b: set[int] = set()
-    used_c: set[int] = set()
-    pairs = []
-    for p in options:
-        if p.baseline in used_b or p.candidate in used_c:
+    """Pairs of same-class boxes at IoU >= `min_iou`, each box at most once: per
+    class, the most pairs, and of those the highest IoU sum."""
+    pairs: list[Pair] = []
+    for name in {b["ObjectClassName"] for b in baseline}:
+        rows = [i for i, b in enumerate(baseline) if b["ObjectClassName"] == name]
+        cols = [j for j, c in enumerate(candidate) if c["ObjectClassName"] == name]
+        if not cols:
             continue
-        used_b.add(p.baseline)
-        used_c.add(p.candidate)
-        pairs.append(p)
-    return pairs
+        overlap = np.array([[iou(baseline[i], candidate[j]) for j in cols] for i in rows])
+        eligible = overlap >= min_iou
+        # Each pair is worth more than any IoU sum of fewer pairs: n + IoU, n > pairs.
+        worth = np.where(eligible, len(rows) + len(cols) + overlap, 0.0)
+        for r, c in zip(*linear_sum_assignment(worth, maximize=True), strict=True):
+            if eligible[r, c]:
+                pairs.append(Pair(rows[r], cols[c], float(overlap[r, c])))
+    return sorted(pairs, key=lambda p: (p.baseline, p.candidate))
 
 
 @dataclass
@@ -171,25 +215,38 @@ class FrameDiff:
     baseline: FrameAnswer
     candidate: FrameAnswer
     pairs: list[Pair]
+    pending: bool = False
+    """Live: one side has not reached this request yet, or started after it; not in
+    the figures."""
 
     @property
     def compared(self) -> bool:
-        return self.baseline.error is None and self.candidate.error is None
+        return self.baseline.answered and self.candidate.answered
+
+    @property
+    def paired(self) -> bool:
+        """Answered on both sides (errors included)."""
+        return not self.baseline.missing and not self.candidate.missing
+
+    @property
+    def one_sided(self) -> bool:
+        """One side answered, the other erred or has no answer."""
+        return self.baseline.answered != self.candidate.answered
 
     @property
     def unmatched(self) -> int:
-        if not self.compared:
-            return 0
-        return len(self.baseline.boxes) + len(self.candidate.boxes) - 2 * len(self.pairs)
+        counted = [a for a in (self.baseline, self.candidate) if a.answered]
+        return sum(len(a.boxes) for a in counted) - 2 * len(self.pairs)
 
     @property
     def disagreement(self) -> float:
-        """How much to look at this frame: a failure on one side only ranks first,
+        """How much to look at this frame: an answer on one side only ranks first,
         then unpaired boxes, then how loosely the pairs overlap."""
-        if (self.baseline.error is None) != (self.candidate.error is None):
+        if self.one_sided:
             return 1000.0
         if not self.compared:
-            return 0.0 if self.baseline.error == self.candidate.error else 1000.0
+            b, c = self.baseline, self.candidate
+            return 0.0 if (b.error, b.missing) == (c.error, c.missing) else 1000.0
         looseness = sum(1 - p.iou for p in self.pairs)
         return self.unmatched + looseness
 
@@ -207,18 +264,38 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 @dataclass
+class Coverage:
+    """What one side did with the frames in the figures."""
+
+    frames: int = 0
+    answered: int = 0
+    errors: int = 0
+    missing: int = 0
+    duplicate_ids: int = 0
+    """Correlation ids this side saw on more than one request (clients reusing ids)."""
+    redelivered: int = 0
+    """Requests answered more than once (the last answer counts)."""
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _per_side() -> dict[str, Any]:
+    return {side: Counter() for side in SIDES}
+
+
+@dataclass
 class DiffResult:
     baseline_name: str
     candidate_name: str
     min_iou: float
     frames: list[FrameDiff] = field(default_factory=list)
-    only_baseline_frames: int = 0
-    """Frames the baseline answered and the candidate has not (yet)."""
-    only_candidate_frames: int = 0
+    """Every frame in the figures, and the pending ones (`FrameDiff.pending`)."""
     classes: dict[str, ClassStats] = field(default_factory=dict)
     overall: ClassStats = field(default_factory=ClassStats)
-    errors: dict[str, Counter[str]] = field(
-        default_factory=lambda: {"baseline": Counter(), "candidate": Counter()}
+    errors: dict[str, Counter[str]] = field(default_factory=_per_side)
+    coverage: dict[str, Coverage] = field(
+        default_factory=lambda: {side: Coverage() for side in SIDES}
     )
     latencies: dict[str, list[float]] = field(
         default_factory=lambda: {"baseline": [], "candidate": []}
@@ -228,12 +305,54 @@ class DiffResult:
     )
 
     @property
+    def counted(self) -> list[FrameDiff]:
+        return [f for f in self.frames if not f.pending]
+
+    @property
+    def paired(self) -> int:
+        return sum(1 for f in self.counted if f.paired)
+
+    @property
     def compared(self) -> int:
-        return sum(1 for f in self.frames if f.compared)
+        return sum(1 for f in self.counted if f.compared)
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for f in self.frames if f.pending)
+
+    @property
+    def only_baseline_frames(self) -> int:
+        """Frames the baseline answered and the candidate has no answer to."""
+        return sum(1 for f in self.counted if f.candidate.missing)
+
+    @property
+    def only_candidate_frames(self) -> int:
+        return sum(1 for f in self.counted if f.baseline.missing)
 
     @property
     def agreement(self) -> float:
         return self.overall.agreement
+
+    @property
+    def answered_share(self) -> float:
+        """Of the frames the baseline answered, the share the candidate answered too
+        (1.0 when the baseline answered none)."""
+        base = [f for f in self.counted if f.baseline.answered]
+        return sum(1 for f in base if f.candidate.answered) / len(base) if base else 1.0
+
+    def gate(self, min_agreement: float) -> list[str]:
+        """Why the candidate fails `--min-agreement`, empty when it passes."""
+        out = []
+        if self.paired == 0:
+            out.append("no frame was answered by both sides: nothing to compare")
+        if self.agreement < min_agreement:
+            out.append(f"agreement {self.agreement:.3f} is below --min-agreement {min_agreement:g}")
+        if self.answered_share < min_agreement:
+            out.append(
+                f"the candidate answered {self.answered_share:.3f} of the frames the baseline "
+                f"answered, below --min-agreement {min_agreement:g}"
+            )
+        return out
 
     def side_summary(self, side: str) -> tuple[str, str]:
         """A side's error codes and latency as the table and the report page show them."""
@@ -242,6 +361,15 @@ class DiffResult:
         lat = self.latency(side)
         latency = "-" if lat["p50"] is None else f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
         return errors, latency
+
+    def coverage_line(self, side: str) -> str:
+        c = self.coverage[side]
+        return (
+            f"answered {c.answered} of {c.frames} frames, {c.errors} errors, "
+            f"{c.missing} without an answer"
+            + (f", {c.duplicate_ids} duplicate correlation ids" if c.duplicate_ids else "")
+            + (f", {c.redelivered} answered twice" if c.redelivered else "")
+        )
 
     def latency(self, side: str) -> dict[str, float | None]:
         values = self.latencies[side]
@@ -253,7 +381,7 @@ class DiffResult:
 
     def most_disagreeing(self, count: int) -> list[FrameDiff]:
         ranked = sorted(
-            (f for f in self.frames if f.disagreement > 0),
+            (f for f in self.counted if f.disagreement > 0),
             key=lambda f: (-f.disagreement, f.baseline.name),
         )
         return ranked[:count]
@@ -264,14 +392,17 @@ class DiffResult:
             "candidate": self.candidate_name,
             "min_iou": self.min_iou,
             "frames": {
-                "paired": len(self.frames),
+                "paired": self.paired,
                 "compared": self.compared,
                 "only_baseline": self.only_baseline_frames,
                 "only_candidate": self.only_candidate_frames,
             },
+            "pending": self.pending,
+            "coverage": {side: c.to_dict() for side, c in self.coverage.items()},
             "classes": {name: s.to_dict() for name, s in sorted(self.classes.items())},
             "overall": self.overall.to_dict(),
             "agreement": round(self.agreement, 4),
+            "answered_share": round(self.answered_share, 4),
             "errors": {side: dict(sorted(c.items())) for side, c in self.errors.items()},
             "latency_ms": {side: self.latency(side) for side in ("baseline", "candidate")},
             "model_versions": self.versions,
@@ -287,6 +418,8 @@ class DiffResult:
                     "matched": len(f.pairs),
                     "baseline_error": f.baseline.error,
                     "candidate_error": f.candidate.error,
+                    "baseline_missing": f.baseline.missing,
+                    "candidate_missing": f.candidate.missing,
                 }
                 for f in self.most_disagreeing(frames)
             ]
@@ -296,43 +429,89 @@ class DiffResult:
         return json.dumps(self.to_dict(frames), indent=2)
 
 
+def _by_ident(answers: Iterable[FrameAnswer], coverage: Coverage) -> dict[str, FrameAnswer]:
+    """The last answer per frame, counting redeliveries and reused correlation ids."""
+    out: dict[str, FrameAnswer] = {}
+    requests: dict[str, set[str]] = {}
+    for answer in answers:
+        if answer.ident in out:
+            coverage.redelivered += 1
+        out[answer.ident] = answer
+        if answer.correlation_id is not None:
+            requests.setdefault(answer.correlation_id, set()).add(answer.ident)
+    coverage.duplicate_ids = sum(1 for idents in requests.values() if len(idents) > 1)
+    return out
+
+
+def _reached(answers: dict[str, FrameAnswer]) -> dict[tuple[str, int], tuple[int, int]]:
+    """Live: the lowest and highest request offset answered, per partition."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    for answer in answers.values():
+        if (r := answer.request) is not None:
+            low, high = out.get((r.topic, r.partition), (r.offset, r.offset))
+            out[(r.topic, r.partition)] = (min(low, r.offset), max(high, r.offset))
+    return out
+
+
+def _not_reached(answer: FrameAnswer, reached: dict[tuple[str, int], tuple[int, int]]) -> bool:
+    """Outside the span the other side answered on the request's partition (a partition
+    it answered nothing of is not outside: its frames are missing)."""
+    r = answer.request
+    if r is None or (r.topic, r.partition) not in reached:
+        return False
+    low, high = reached[(r.topic, r.partition)]
+    return not low <= r.offset <= high
+
+
 def compare(
     baseline: Iterable[FrameAnswer],
     candidate: Iterable[FrameAnswer],
     baseline_name: str = "baseline",
     candidate_name: str = "candidate",
     min_iou: float = DEFAULT_MIN_IOU,
+    *,
+    live: bool = False,
 ) -> DiffResult:
     """Pair the two sides' answers by frame and add up how they differ. A frame
-    answered twice on one side (a redelivery) counts once, with its last answer."""
-    base = {a.ident: a for a in baseline}
-    cand = {a.ident: a for a in candidate}
+    answered twice on one side (a redelivery) counts once, with its last answer.
+    `live`: a frame one side has not reached yet or started after is pending."""
     result = DiffResult(baseline_name, candidate_name, min_iou)
-    result.only_baseline_frames = len(base.keys() - cand.keys())
-    result.only_candidate_frames = len(cand.keys() - base.keys())
-    for ident in sorted(base.keys() & cand.keys()):
-        b, c = base[ident], cand[ident]
-        for side, answer in (("baseline", b), ("candidate", c)):
-            if answer.error is not None:
-                result.errors[side][answer.error] += 1
-            if answer.latency_ms is not None:
-                result.latencies[side].append(answer.latency_ms)
-            seen = result.versions[side]
-            if answer.model_version is not None and answer.model_version not in seen:
-                seen.append(answer.model_version)
-        pairs = (
-            match_boxes(b.boxes, c.boxes, min_iou) if b.error is None and c.error is None else []
-        )
-        frame = FrameDiff(b, c, pairs)
+    base = _by_ident(baseline, result.coverage["baseline"])
+    cand = _by_ident(candidate, result.coverage["candidate"])
+    reached = {"baseline": _reached(base), "candidate": _reached(cand)}
+    for ident in sorted(base.keys() | cand.keys()):
+        b = base.get(ident) or cand[ident].absent()
+        c = cand.get(ident) or b.absent()
+        missing = "baseline" if b.missing else "candidate" if c.missing else None
+        present = c if b.missing else b
+        pending = live and missing is not None and _not_reached(present, reached[missing])
+        pairs = match_boxes(b.boxes, c.boxes, min_iou) if b.answered and c.answered else []
+        frame = FrameDiff(b, c, pairs, pending)
         result.frames.append(frame)
-        if frame.compared:
+        if not pending:
             _add(result, frame)
     return result
 
 
 def _add(result: DiffResult, frame: FrameDiff) -> None:
-    for side, boxes in (("baseline", frame.baseline.boxes), ("candidate", frame.candidate.boxes)):
-        for box in boxes:
+    for side, answer in (("baseline", frame.baseline), ("candidate", frame.candidate)):
+        coverage = result.coverage[side]
+        coverage.frames += 1
+        coverage.answered += answer.answered
+        coverage.missing += answer.missing
+        if answer.error is not None:
+            coverage.errors += 1
+            result.errors[side][answer.error] += 1
+        if answer.latency_ms is not None:
+            result.latencies[side].append(answer.latency_ms)
+        seen = result.versions[side]
+        if answer.model_version is not None and answer.model_version not in seen:
+            seen.append(answer.model_version)
+        if not answer.answered:
+            continue
+        # The answering side's boxes count on every frame it answered: where the other
+        # side erred or has no answer, they are all unmatched.
+        for box in answer.boxes:
             for stats in (_class(result, box["ObjectClassName"]), result.overall):
                 setattr(stats, side, getattr(stats, side) + 1)
     for pair in frame.pairs:
@@ -358,10 +537,16 @@ def table(result: DiffResult) -> str:
     lines = [
         f"baseline:  {result.baseline_name}",
         f"candidate: {result.candidate_name}",
-        f"frames: {len(result.frames)} answered by both, {result.compared} compared "
+        f"frames: {result.paired} answered by both, {result.compared} compared "
         f"(no error on either side), {result.only_baseline_frames} only by baseline, "
-        f"{result.only_candidate_frames} only by candidate; boxes matched per class "
-        f"at IoU >= {result.min_iou:g}",
+        f"{result.only_candidate_frames} only by candidate"
+        + (
+            f", {result.pending} pending (one side not there yet or started later: not counted)"
+            if result.pending
+            else ""
+        )
+        + f"; boxes matched per class at IoU >= {result.min_iou:g}; a frame one side "
+        "failed or missed counts the other side's boxes as unmatched",
         "",
     ]
     header = (
@@ -378,14 +563,18 @@ def table(result: DiffResult) -> str:
             f"{s.agreement:>6.3f}"
         )
     lines.append("")
-    for side in ("baseline", "candidate"):
+    for side in SIDES:
         errors, latency = result.side_summary(side)
         if latency != "-":
             latency += f" ({result.latency(side)['count']} answers)"
         versions = ", ".join(str(v) for v in result.versions[side])
         lines.append(
-            f"{side:<9}  errors: {errors}; latency {latency}"
+            f"{side:<9}  {result.coverage_line(side)}; errors: {errors}; latency {latency}"
             + (f"; model version {versions}" if versions else "")
         )
     lines.append(f"agreement: {result.agreement:.3f} (matched / union of boxes)")
+    lines.append(
+        f"answered: {result.answered_share:.3f} (of the frames the baseline answered, "
+        "the share the candidate answered too)"
+    )
     return "\n".join(lines)

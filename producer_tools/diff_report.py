@@ -114,13 +114,15 @@ def _frame(
     for side, answer in (("baseline", b), ("candidate", c)):
         if answer.error:
             errors.append(f'<span class="error">{side}: {html.escape(answer.error)}</span>')
+        elif answer.missing:
+            errors.append(f'<span class="error">{side}: no answer</span>')
     latency = " · ".join(
         f"{side} {answer.latency_ms:.0f} ms"
         for side, answer in (("baseline", b), ("candidate", c))
         if answer.latency_ms is not None
     )
-    only_b = len(b.boxes) - len(frame.pairs) if frame.compared else 0
-    only_c = len(c.boxes) - len(frame.pairs) if frame.compared else 0
+    only_b = len(b.boxes) - len(frame.pairs) if b.answered else 0
+    only_c = len(c.boxes) - len(frame.pairs) if c.answered else 0
     caption = (
         f"<b>#{rank} {html.escape(b.name)}</b><br>"
         f"baseline {len(b.boxes)} boxes, candidate {len(c.boxes)}; matched {len(frame.pairs)}, "
@@ -150,7 +152,10 @@ def _summary(result: DiffResult) -> str:
     sides = []
     for side in ("baseline", "candidate"):
         errors, latency = result.side_summary(side)
-        sides.append(f"<li>{side}: errors {html.escape(errors)}; latency {latency}</li>")
+        sides.append(
+            f"<li>{side}: {html.escape(result.coverage_line(side))}; errors "
+            f"{html.escape(errors)}; latency {latency}</li>"
+        )
     return (
         "<table><tr><th>class</th><th>baseline</th><th>candidate</th><th>matched</th>"
         "<th>only baseline</th><th>only candidate</th><th>mean IoU</th><th>Δ confidence</th>"
@@ -196,9 +201,11 @@ def write_report(
 <h1>tfstream-diff</h1>
 <p>baseline <code>{html.escape(result.baseline_name)}</code> ·
 candidate <code>{html.escape(result.candidate_name)}</code> ·
-{len(result.frames)} frames answered by both, {result.compared} compared ·
+{result.paired} frames answered by both, {result.compared} compared ·
 boxes matched per class at IoU ≥ {result.min_iou:g} ·
-<b id="agreement">agreement {result.agreement:.3f}</b></p>
+<b id="agreement">agreement {result.agreement:.3f}</b> ·
+<b id="answered">the candidate answered {result.answered_share:.3f} of the frames the
+baseline answered</b></p>
 {_summary(result)}
 <h2>The {len(shown)} frames where they disagree most</h2>
 {legend}

@@ -30,7 +30,7 @@ from tensorflow.python.framework.convert_to_constants import (
 )
 
 from engines.config import EngineName
-from engines.metadata import CONFIG_FILE, LABEL_MAP_FILE
+from engines.export_folder import CONFIG_FILE, LABEL_MAP_FILE
 from engines.modelgen.shapes import SHAPE_CLASSES, ShapesDetector
 from engines.modelgen.ssd_bench import COCO_LABELS, INPUT_SIZE, SsdMobileNetV2Bench
 from engines.repository import FROZEN_GRAPH_FILE

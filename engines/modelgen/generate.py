@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from engines.metadata import CONFIG_FILE, LABEL_MAP_FILE, metadata_path
+from engines.export_folder import CONFIG_FILE, LABEL_MAP_FILE
+from engines.metadata import metadata_path
 from engines.modelgen import export, exporter_layouts, model_garden
 from engines.repository import FROZEN_GRAPH_FILE, SAVED_MODEL_FILE
 from engines.resizer import PIPELINE_CONFIG_FILE
@@ -48,6 +49,16 @@ EXPORTER_LAYOUTS: dict[str, Callable[[Path], Path]] = {
     "yolo11_shapes_nms": lambda d: exporter_layouts.export_yolo_shapes(d, "nms"),
     "yolo26_shapes_end2end": lambda d: exporter_layouts.export_yolo_shapes(d, "end2end"),
     "keras_hub_shapes": exporter_layouts.export_keras_hub_shapes,
+    "yolo11_shapes_raw_normalized": lambda d: exporter_layouts.export_yolo_shapes(
+        d, "raw", normalized=True
+    ),
+    "yolo11_shapes_nms_normalized": lambda d: exporter_layouts.export_yolo_shapes(
+        d, "nms", normalized=True
+    ),
+    "yolo11_shapes_raw_b4": lambda d: exporter_layouts.export_yolo_shapes(d, "raw", batch=4),
+    "keras_hub_shapes_pad": lambda d: exporter_layouts.export_keras_hub_shapes(d, "pad"),
+    "keras_hub_shapes_stretch": lambda d: exporter_layouts.export_keras_hub_shapes(d, "stretch"),
+    "keras_hub_shapes_xyxy": lambda d: exporter_layouts.export_keras_hub_shapes(d, "crop", "xyxy"),
 }
 #: Model name -> function writing the complete model folder it is given.
 EXPORTERS: dict[str, Callable[[Path], Path]] = {

@@ -24,6 +24,7 @@ from engines.detector import Detector, load_detector
 from engines.errors import InvalidModelConfig, InvalidModelOutput
 from engines.images import decode_for_model
 from engines.keras_hub import crop_record
+from engines.keras_hub import resize_record as keras_resize_record
 from engines.metadata import ExportMetadata
 from engines.repository import ModelRepository
 from engines.resizer import FixedShape, Letterbox
@@ -40,7 +41,7 @@ from tests.support.exporter_layouts import (
     scene,
 )
 
-RAW_OUTPUTS = {"output_0": "float32[1, 84, 8400]"}
+RAW_OUTPUTS = {"output_0": "float32[1, 8, 8400]"}
 YOLO_META = ExportMetadata(names=NAMES, imgsz=(640, 640), ultralytics=True)
 
 
@@ -75,6 +76,16 @@ def test_letterbox_record(height: int, width: int, scale: tuple, offset: tuple) 
     info = resize_record(height, width, 640, 640)
     assert info[0].tolist() == [height, width] and info[1].tolist() == [640, 640]
     assert np.allclose(info[2], scale) and info[3].tolist() == list(offset)
+
+
+def test_letterbox_record_has_ultralytics_single_gain() -> None:
+    """scale_boxes divides both sides by one gain, min(640 / 1000, 640 / 1500) = 0.42667;
+    the resized height is round(426.67) = 427 rows, and 427 / 1000 is not the gain."""
+    info = resize_record(1000, 1500, 640, 640)
+    gain = 640 / 1500
+    assert info[2].tolist() == [gain, gain]
+    # pad = round((640 - 1000 * gain) / 2 - 0.1) = round(106.57) = 107, as scale_boxes.
+    assert info[3].tolist() == [-107, 0]
 
 
 def _yolo_raw(boxes: list[list[float]], height: int, width: int) -> RawDetections:
@@ -112,6 +123,36 @@ def test_ultralytics_box_far_past_the_input_is_invalid_model_output() -> None:
     )
     with pytest.raises(InvalidModelOutput, match="not in the label map"):
         to_pixels(unknown, 640, 480, NAMES, convention)
+
+
+@pytest.mark.parametrize(
+    ("geometry", "height", "width", "corners"),
+    [
+        # crop: 1920x1080 into 512x512 keeps the central 1080x1080, from x = 420.
+        ("crop", 1080, 1920, (420, 0, 1500, 1080)),
+        # pad: 1920x1080 is padded by 420 rows above and below to 1920x1920.
+        ("pad", 1080, 1920, (0, -420, 1920, 1500)),
+        # pad, portrait 480x640: 80 columns left and right, 640x640.
+        ("pad", 640, 480, (-80, 0, 560, 640)),
+        # stretch: the whole image, each side its own scale.
+        ("stretch", 1080, 1920, (0, 0, 1920, 1080)),
+    ],
+)
+def test_keras_hub_resize_records(geometry: str, height: int, width: int, corners: tuple) -> None:
+    """The model input's corners (0, 0) and (512, 512) mapped back, by hand."""
+    info = keras_resize_record(geometry, height, width, 512, 512)
+    ymin, xmin, ymax, xmax = (np.array([0, 0, 512, 512]) + np.tile(info[3], 2)) / np.tile(
+        info[2], 2
+    )
+    assert np.allclose([xmin, ymin, xmax, ymax], corners)
+
+
+def test_keras_hub_pad_of_an_odd_difference_is_even_on_both_sides() -> None:
+    """Keras pads `start` rows above and below: 640x479 to a square pads 80 + 80 rows (not
+    161), so the padded image is 639 high and the row scale 512 / 639."""
+    info = keras_resize_record("pad", 479, 640, 512, 512)
+    assert np.allclose(info[2], [512 / 639, 512 / 640])
+    assert np.allclose(info[3], [-80 * 512 / 639, 0])
 
 
 def test_keras_hub_centre_crop_record() -> None:
@@ -247,16 +288,24 @@ def test_fixed_batch_exports_are_called_with_exactly_their_batch(
 
 
 @pytest.mark.slow
-def test_a_jpeg_decodes_at_model_resolution_and_boxes_stay_in_its_pixels(
+def test_a_jpeg_decodes_at_full_resolution_for_the_exporters_pixels(
     detectors: dict[str, Detector],
 ) -> None:
+    """Ultralytics and KerasHub resize the fully decoded image: so does tfstream (a DCT
+    scaled decode moves their boxes, docs/model-formats.md); the spec still knows
+    the model's resize."""
     out = io.BytesIO()
     Image.fromarray(scene((1920, 1080))).save(out, format="JPEG", quality=95)
-    detector = detectors["yolo11_shapes_raw"]
-    decoded = decode_for_model(out.getvalue(), resizer=detector.resizer)
-    assert decoded.pixels.shape == (540, 960, 3)  # half scale still covers 640x360
-    (boxes,) = detector.detect([decoded.pixels], sizes=[(decoded.width, decoded.height)])
-    assert box_problems(boxes, SCENES[(1920, 1080)], 4) == []
+    for name, resize in (
+        ("yolo11_shapes_raw", Letterbox(640, 640)),
+        (KERAS_HUB_MODEL, FixedShape(512, 512)),
+    ):
+        detector = detectors[name]
+        assert detector.resizer is None and detector.spec.resizer == resize
+        decoded = decode_for_model(out.getvalue(), resizer=detector.resizer)
+        assert decoded.pixels.shape == (1080, 1920, 3)
+        (boxes,) = detector.detect([decoded.pixels])
+        assert box_problems(boxes, SCENES[(1920, 1080)], 3) == []
 
 
 # --- refused, with the fix named --------------------------------------------------------

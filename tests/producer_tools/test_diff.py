@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from consumer.answer_log import LoggedAnswer
 from deploy.local.processes import free_port
 from engines.errors import ServiceUnavailable
-from producer_tools.diff import DiffSettings, parse_time, read_answers
+from producer_tools.diff import DiffSettings, first_paired, in_window, parse_time, read_answers
 from producer_tools.diff_match import FrameAnswer, compare, match_boxes, table
 from tests.support.models import REPO_ROOT, candidate_repository, serving_copy
 
@@ -45,6 +46,24 @@ def test_boxes_pair_within_their_class_best_overlap_first() -> None:
     assert match_boxes([box("car", 0, 0, 10, 10)], [box("car", 6, 0, 16, 10)], 0.5) == []
 
 
+def test_boxes_pair_by_optimal_assignment_not_greedily() -> None:
+    """Greedy best-first pairs b0 with c0 (IoU 0.82) and leaves b1 alone (b1-c1: 0.33);
+    the optimal assignment pairs both (b0-c1 and b1-c0, each 0.67)."""
+    baseline = [box("car", 0, 0, 10, 10), box("car", 3, 0, 13, 10)]
+    candidate = [box("car", 1, 0, 11, 10), box("car", -2, 0, 8, 10)]
+    pairs = match_boxes(baseline, candidate, 0.5)
+    assert [(p.baseline, p.candidate) for p in pairs] == [(0, 1), (1, 0)]
+    assert result_agreement(baseline, candidate) == 1.0
+    # Among equally many pairs, the highest IoU sum.
+    near = [box("car", 0, 0, 10, 10), box("car", 1, 0, 11, 10)]
+    swapped = [near[1], near[0]]
+    assert [(p.baseline, p.candidate) for p in match_boxes(near, swapped)] == [(0, 1), (1, 0)]
+
+
+def result_agreement(baseline: list[dict], candidate: list[dict]) -> float:
+    return compare([FrameAnswer("f", baseline)], [FrameAnswer("f", candidate)]).agreement
+
+
 def test_the_figures_per_class_overall_errors_and_latency() -> None:
     base = [
         FrameAnswer(
@@ -62,28 +81,135 @@ def test_the_figures_per_class_overall_errors_and_latency() -> None:
         FrameAnswer("f4", [], error="deadline_exceeded", latency_ms=300),
     ]
     result = compare(base, cand)
-    assert (len(result.frames), result.compared) == (4, 2)
+    assert (result.paired, result.compared) == (4, 2)
     assert (result.only_baseline_frames, result.only_candidate_frames) == (1, 0)
     car, dog, cat = result.classes["car"], result.classes["dog"], result.classes["cat"]
-    assert (car.baseline, car.candidate, car.matched) == (2, 2, 2)
+    # f4 (the candidate failed) and only-base (no candidate answer): the baseline's car
+    # boxes there have no partner.
+    assert (car.baseline, car.candidate, car.matched, car.only_baseline) == (4, 2, 2, 2)
     assert car.mean_iou == pytest.approx((100 / 110 + 1) / 2)
     assert car.mean_confidence_change == pytest.approx(2.5)  # (+5 + 0) / 2
     assert (dog.only_baseline, dog.only_candidate, cat.only_candidate) == (1, 0, 1)
     overall = result.overall
-    assert (overall.matched, overall.only_baseline, overall.only_candidate) == (2, 1, 1)
-    assert result.agreement == pytest.approx(2 / 4)
+    assert (overall.matched, overall.only_baseline, overall.only_candidate) == (2, 3, 1)
+    assert result.agreement == pytest.approx(2 / 6)
     assert result.errors["baseline"] == {"invalid_image": 1}
     assert result.errors["candidate"] == {"invalid_image": 1, "deadline_exceeded": 1}
+    cov_b, cov_c = result.coverage["baseline"], result.coverage["candidate"]
+    assert (cov_b.frames, cov_b.answered, cov_b.errors, cov_b.missing) == (5, 4, 1, 0)
+    assert (cov_c.frames, cov_c.answered, cov_c.errors, cov_c.missing) == (5, 2, 2, 1)
+    assert result.answered_share == pytest.approx(2 / 4)
     assert result.latency("baseline") == {"p50": 10.0, "p99": 30.0, "count": 4}
     assert result.latency("candidate")["p50"] == 100.0
-    # One side failing ranks first; both failing alike is no disagreement.
+    # One side failing or missing ranks first; both failing alike is no disagreement.
     ranked = [f.baseline.ident for f in result.most_disagreeing(10)]
-    assert ranked == ["f4", "f1", "f2"]
+    assert ranked == ["f4", "only-base", "f1", "f2"]
     text = table(result)
-    assert "agreement: 0.500" in text and "deadline_exceeded 1" in text
-    assert json.loads(result.to_json(3))["most_disagreeing"][0]["candidate_error"] == (
-        "deadline_exceeded"
+    assert "agreement: 0.333" in text and "deadline_exceeded 1" in text
+    assert "candidate  answered 2 of 5 frames, 2 errors, 1 without an answer" in text
+    assert "answered: 0.500" in text
+    shown = json.loads(result.to_json(3))
+    assert shown["most_disagreeing"][0]["candidate_error"] == "deadline_exceeded"
+    assert shown["most_disagreeing"][1]["candidate_missing"] is True
+    assert shown["coverage"]["candidate"]["missing"] == 1
+    assert shown["answered_share"] == 0.5
+
+
+def test_a_candidate_that_errs_where_the_baseline_answered_fails_the_gate() -> None:
+    """Even on frames where the baseline found nothing: no box is lost, but the
+    candidate did not answer. Both failing alike (a broken image) is no reason."""
+    base = [FrameAnswer(f"f{i}", []) for i in range(9)] + [FrameAnswer("bad", [], error="x")]
+    cand = [FrameAnswer(f"f{i}", [], error="invalid_model_output") for i in range(6)]
+    cand += [FrameAnswer(f"f{i}", []) for i in range(6, 9)] + [FrameAnswer("bad", [], error="x")]
+    result = compare(base, cand)
+    assert result.agreement == 1.0  # no box on either side
+    assert result.answered_share == pytest.approx(3 / 9)
+    assert result.gate(0.9) == [
+        "the candidate answered 0.333 of the frames the baseline answered, below "
+        "--min-agreement 0.9"
+    ]
+    assert compare(base, base).gate(1.0) == []
+
+
+def logged(
+    cid: str | None,
+    offset: int,
+    boxes: list[dict] | None = None,
+    *,
+    sent_ms: int = 1_000,
+    partition: int = 0,
+    error: str | None = None,
+) -> LoggedAnswer:
+    from consumer.answer_log import RequestPosition, Role
+    from consumer.protocol import Reply
+    from engines.errors import InvalidImage
+
+    reply = Reply(
+        correlation_id=cid,
+        model="m",
+        data=None if error else {"bounding-boxes": boxes or [], "width": 100, "height": 100},
+        error=InvalidImage(error) if error else None,
     )
+    position = RequestPosition("req", partition, offset, sent_ms)
+    return LoggedAnswer(Role.SERVING, "m", reply, position, answered_ms=sent_ms + 5)
+
+
+def test_live_answers_pair_by_the_request_not_by_the_correlation_id() -> None:
+    """Two clients that both use correlation id "1" sent different frames: they must not
+    pair across; the reuse is counted. A redelivered request counts once."""
+    car, dog = [box("car", 0, 0, 10, 10)], [box("dog", 50, 50, 60, 60)]
+    base = [logged("1", 0, car), logged("1", 1, dog), logged("2", 2, car), logged("2", 2, car)]
+    cand = [logged("1", 1, dog), logged("1", 0, car), logged("2", 2, car)]
+    result = compare(
+        (FrameAnswer.from_logged(a) for a in base),
+        (FrameAnswer.from_logged(a) for a in cand),
+        live=True,
+    )
+    assert result.paired == 3 and result.agreement == 1.0
+    assert result.coverage["baseline"].duplicate_ids == 1
+    assert result.coverage["baseline"].redelivered == 1
+    assert "1 duplicate correlation ids, 1 answered twice" in table(result)
+
+
+def test_a_live_frame_the_other_side_has_not_reached_is_pending_not_missing() -> None:
+    """A shadow answered offsets 1 and 3 of partition 0: offset 0 came before it started,
+    4 and 5 it has not reached: pending. Offset 2 it passed over and partition 1 it never
+    answered: missing, against it."""
+    car = [box("car", 0, 0, 10, 10)]
+    base = [logged(str(i), i, car) for i in range(6)] + [logged("p1", 0, car, partition=1)]
+    cand = [logged(str(i), i, car) for i in (1, 3)]
+    result = compare(
+        (FrameAnswer.from_logged(a) for a in base),
+        (FrameAnswer.from_logged(a) for a in cand),
+        live=True,
+    )
+    assert result.pending == 3
+    assert result.only_baseline_frames == 2
+    assert result.agreement == pytest.approx(2 / 4)
+    assert "3 pending" in table(result)
+    # Nothing answered by both: the gate fails, whatever the figures.
+    lone = compare([FrameAnswer.from_logged(a) for a in base], [], live=True)
+    assert lone.gate(0.0) == ["no frame was answered by both sides: nothing to compare"]
+
+
+def test_until_filters_on_the_request_time_and_count_keeps_one_sided_frames() -> None:
+    late_answer = logged("a", 0, sent_ms=1_000)
+    assert in_window(late_answer, record_ms=9_000, since=None, until=2_000)
+    assert not in_window(late_answer, record_ms=1_500, since=1_200, until=None)
+    car = [box("car", 0, 0, 10, 10)]
+    base = [logged(str(i), i, car, sent_ms=1_000 + i) for i in range(6)]
+    cand = [logged(str(i), i, car, sent_ms=1_000 + i) for i in (0, 2, 3, 5)]
+    kept_base, kept_cand = first_paired(base, cand, 3)
+    # Up to the third paired request (offset 3): offset 1, answered only by the baseline,
+    # stays in the figures; offsets 4 and 5 come after.
+    assert [a.request.offset for a in kept_base] == [0, 1, 2, 3]
+    assert [a.request.offset for a in kept_cand] == [0, 2, 3]
+    result = compare(
+        (FrameAnswer.from_logged(a) for a in kept_base),
+        (FrameAnswer.from_logged(a) for a in kept_cand),
+        live=True,
+    )
+    assert result.only_baseline_frames == 1 and result.agreement == pytest.approx(3 / 4)
 
 
 def test_identical_answers_agree_fully_and_empty_frames_count_as_agreeing() -> None:
@@ -141,7 +267,22 @@ def repositories(model_repository: Path, tmp_path_factory: pytest.TempPathFactor
         "baseline": serving_copy(model_repository, root / "baseline"),
         "same": serving_copy(model_repository, root / "same"),
         "blind": candidate_repository(root / "blind", "yellow disc"),
+        "lost_label": lost_label_repository(model_repository, root / "lost_label"),
     }
+
+
+def lost_label_repository(model_repository: Path, dest: Path) -> Path:
+    """The serving model with a label map that lost its last class (yellow disc): every
+    frame where the model finds one fails with invalid_model_output."""
+    serving_copy(model_repository, dest)
+    labels = dest / "shapes_tf2" / "object-detection.pbtxt"
+    items = labels.read_text().split("item {")
+    labels.write_text("item {".join(i for i in items if "yellow_disc" not in i))
+    config = dest / "shapes_tf2" / "config.json"
+    config.write_text(
+        config.read_text().replace('"number_of_classes": 4', '"number_of_classes": 3')
+    )
+    return dest
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +367,36 @@ def test_offline_diff_is_a_ci_gate(repositories: dict, images: tuple, tmp_path: 
     assert page.count('<figure class="frame"') == min(12, frames_with_yellow)
     assert 'class="baseline" data-label="yellow disc" data-matched="no"' in page
     assert len(list((tmp_path / "report" / "frames").glob("*.jpg"))) == min(12, frames_with_yellow)
+
+
+@pytest.mark.slow
+def test_a_candidate_that_errs_on_most_frames_fails_the_gate(
+    repositories: dict, images: tuple
+) -> None:
+    """The case that passed with agreement 1.000: errors on one side counted nothing."""
+    folder, truth = images
+    with_yellow = sum(
+        1 for objs in truth.values() if any(o["label"] == "yellow disc" for o in objs)
+    )
+    assert with_yellow > len(truth) / 2
+    broken = run_diff(
+        "--images", str(folder),
+        "--baseline-repo", str(repositories["baseline"]),
+        "--candidate-repo", str(repositories["lost_label"]),
+        "--min-agreement", "0.9",
+        "--device", "cpu",
+    )  # fmt: skip
+    print(broken.stdout)  # the table the closing note quotes
+    assert broken.returncode == 1, broken.stderr
+    assert "below --min-agreement 0.9" in broken.stderr
+    assert f"invalid_model_output {with_yellow}" in broken.stdout
+    answered = len(truth) - with_yellow
+    assert f"candidate  answered {answered} of {len(truth)} frames, {with_yellow} errors" in (
+        broken.stdout
+    )
+    assert f"answered: {answered / len(truth):.3f}" in broken.stdout
+    agreement = float(broken.stdout.split("agreement: ")[1].split()[0])
+    assert agreement < 0.9
 
 
 def test_a_missing_folder_is_a_precise_error(repositories: dict, tmp_path: Path) -> None:
