@@ -80,6 +80,25 @@ class TopicSpec:
     name: str
     partitions: int = 1
     compacted: bool = False
+    configs: tuple[tuple[str, str], ...] = ()
+    """More topic configs, set when the topic is created."""
+
+
+def announcements_topic(name: str, forget_ms: int) -> TopicSpec:
+    """`<prefix>.models`: compacted (the latest record per model and worker), and
+    deleted by time as well, so a record nobody rewrites (a worker gone) leaves the
+    topic about `forget_ms` after it was written: live workers rewrite theirs every
+    third of their TTL. A segment is rolled after `forget_ms` so that time deletion
+    can reach it (docs/protocol.md, "How long a gone worker is remembered")."""
+    return TopicSpec(
+        name,
+        1,
+        configs=(
+            ("cleanup.policy", "compact,delete"),
+            ("retention.ms", str(forget_ms)),
+            ("segment.ms", str(forget_ms)),
+        ),
+    )
 
 
 async def follow(
@@ -127,6 +146,7 @@ async def ensure_topics(
                 topic_configs={
                     "max.message.bytes": str(settings.max_message_bytes),
                     **({"cleanup.policy": "compact"} if spec.compacted else {}),
+                    **dict(spec.configs),
                 },
             )
             for spec in topics

@@ -502,6 +502,7 @@ _ANNOUNCEMENT_KEYS = (
     "version",
     "fingerprint",
     "versions",
+    "forget_ms",
 )
 _FACT_KEYS = {"model": "name"} | {f: f for f in ModelFacts.__dataclass_fields__ if f != "name"}
 # A fact added to ModelFacts must be written too, not only read (its order is fixed).
@@ -514,7 +515,9 @@ class Announcement:
     model's facts, and the worker's own.
 
     A worker re-announces every `ttl_ms / 3`; readers ignore records older than
-    `ttl_ms`, which is how a killed worker's models disappear.
+    `ttl_ms`, which is how a killed worker's models disappear. A record older than
+    `forget_ms` (a worker that stopped or died that long ago) is forgotten: the
+    topic deletes it, readers drop it, and its model no longer counts as announced.
     """
 
     facts: ModelFacts
@@ -522,6 +525,9 @@ class Announcement:
     device: str = ""
     updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     ttl_ms: int = 30_000
+    forget_ms: int = 3_600_000
+    """How long after `updated_ms` the record is remembered at all (default for
+    records of workers older than the field: one hour)."""
     versions: list[dict[str, Any]] = field(default_factory=list)
     """Every version this worker tried: {version, state, fingerprint} or {version,
     state: failed, error}; a newer version that failed beside the serving one shows
@@ -530,6 +536,12 @@ class Announcement:
     def alive(self, now_ms: float | None = None) -> bool:
         now = time.time() * 1000 if now_ms is None else now_ms
         return now - self.updated_ms <= self.ttl_ms
+
+    def forgotten(self, now_ms: float | None = None) -> bool:
+        """Whether the record is too old to count at all, even as "a worker once
+        served this model" (`forget_ms` after its last write)."""
+        now = time.time() * 1000 if now_ms is None else now_ms
+        return now - self.updated_ms > self.forget_ms
 
     def to_json(self) -> bytes:
         def value(key: str) -> Any:

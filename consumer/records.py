@@ -133,6 +133,12 @@ class RecordAdapter:
         task.add_done_callback(self._handling.discard)
         return task
 
+    def abandon(self) -> None:
+        """Stop delivering (a shutdown out of time): the records in hand stay
+        uncommitted and are read again after the restart."""
+        for task in list(self._handling):
+            task.cancel()
+
     async def drain(self) -> None:
         """Wait until every submitted record is delivered or given up."""
         while self._handling:

@@ -274,6 +274,11 @@ class ConsumerSettings(LoggingSettings, TracingSettings, KafkaClientSettings, En
     """Producer linger for replies; 0 sends each batch's replies at once."""
     announce_ttl_ms: int = 30_000
     """Announcements older than this are stale; workers re-announce every third of it."""
+    announce_forget_ms: int = 3_600_000
+    """How long a worker that stopped (or died) is remembered on <prefix>.models: the
+    topic's retention.ms when this worker creates it, and how long bridges keep
+    letting requests for a model it alone served wait in Kafka; after it, such a
+    model answers 404 again. At least 3 x --announce-ttl-ms."""
     worker_id: str = ""
     """This process's name in replies, announcements and the DLQ (default: host-pid)."""
     metrics_host: str = "0.0.0.0"
@@ -314,6 +319,15 @@ class ConsumerSettings(LoggingSettings, TracingSettings, KafkaClientSettings, En
 
             parse_from(value)
         return value
+
+    @model_validator(mode="after")
+    def _forget_after_ttl(self) -> ConsumerSettings:
+        if self.announce_forget_ms < 3 * self.announce_ttl_ms:
+            raise ValueError(
+                "--announce-forget-ms must be at least 3 x --announce-ttl-ms: a live "
+                "worker's announcements would be deleted between two re-announcements"
+            )
+        return self
 
     @model_validator(mode="after")
     def _shadow_alone(self) -> ConsumerSettings:
