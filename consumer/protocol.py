@@ -84,6 +84,26 @@ def topic_suffix(model: str) -> str:
     return f"{safe}-{hashlib.sha1(model.encode()).hexdigest()[:8]}"
 
 
+#: A shadow name is one segment of a topic name: no '.', so the model that follows
+#: it in `<prefix>.shadow.<name>.<model>` is unambiguous.
+SHADOW_NAME_RULE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_shadow_name(name: str) -> str:
+    """Raises: ValueError naming the rule, for a name that cannot be a topic segment."""
+    if not SHADOW_NAME_RULE.fullmatch(name):
+        raise ValueError(
+            f"shadow name {name!r}: use 1 to 64 ASCII letters, digits, '_' or '-' (no '.')"
+        )
+    return name
+
+
+def shadow_group(group: str, name: str) -> str:
+    """A shadow's consumer group, derived from the serving group's name so that a
+    shadow can never join (and take partitions from) the serving group."""
+    return f"{group}.shadow.{name}"
+
+
 @dataclass(frozen=True)
 class Topics:
     prefix: str = "tfstream"
@@ -509,6 +529,11 @@ _FACT_KEYS = {"model": "name"} | {f: f for f in ModelFacts.__dataclass_fields__ 
 assert set(_FACT_KEYS) <= set(_ANNOUNCEMENT_KEYS), set(_FACT_KEYS) - set(_ANNOUNCEMENT_KEYS)
 
 
+#: How long a worker that stopped or died is remembered on `<prefix>.models`, unless
+#: its announcements say otherwise (`--announce-forget-ms`).
+DEFAULT_FORGET_MS = 3_600_000
+
+
 @dataclass(frozen=True)
 class Announcement:
     """What a worker says about one model on `<prefix>.models` (compacted): the
@@ -525,7 +550,7 @@ class Announcement:
     device: str = ""
     updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     ttl_ms: int = 30_000
-    forget_ms: int = 3_600_000
+    forget_ms: int = DEFAULT_FORGET_MS
     """How long after `updated_ms` the record is remembered at all (default for
     records of workers older than the field: one hour)."""
     versions: list[dict[str, Any]] = field(default_factory=list)

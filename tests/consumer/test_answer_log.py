@@ -19,8 +19,8 @@ from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Pipeline
 from consumer.protocol import Reply, Topics
 from consumer.records import RecordAdapter
-from consumer.settings import ConsumerSettings
-from consumer.shadow import ShadowAdapter, parse_from, shadow_registry
+from consumer.settings import ConsumerSettings, parse_shadow_from
+from consumer.shadow import ShadowAdapter, shadow_registry
 from engines.errors import InvalidRequest, NotAuthorized
 from tests.consumer import fakes
 from tests.consumer.fakes import TOPICS, MemoryOutbox, handled, until
@@ -186,8 +186,9 @@ def test_shadow_settings_are_checked() -> None:
     assert ConsumerSettings(shadow="v2", shadow_from="1700000000000").shadow_start_ms() == (
         1_700_000_000_000
     )
-    assert parse_from("2026-01-01T00:00:00") == parse_from("2026-01-01T01:00:00+01:00")
-    assert parse_from("") is None
+    same = parse_shadow_from("2026-01-01T01:00:00+01:00")
+    assert parse_shadow_from("2026-01-01T00:00:00") == same
+    assert parse_shadow_from("") is None
     for bad in (
         {"shadow": "v.2"},
         {"shadow": "v2", "answer_log": True},
