@@ -219,7 +219,7 @@ class AnswerSink:
         self.role = role
         self.shadow = shadow
         self._ensure = ensure
-        self.problems = problems or Problems()
+        self.problems = problems if problems is not None else Problems()
         self._ensured: dict[str, asyncio.Future[None]] = {}
         """Per topic, its creation: made once, awaited by every record that needs it, in
         the order they came (so records of one key stay in order behind it)."""
