@@ -247,9 +247,7 @@ class RecordAdapter:
                 if attempt < DELIVERY_ATTEMPTS:
                     await asyncio.sleep(delay_s)
                     delay_s *= 2
-        reason = (
-            problem.message if isinstance(problem, TfstreamError) else repr(problem)
-        )
+        reason = problem.message if isinstance(problem, TfstreamError) else repr(problem)
         if not dead_letter:
             error = ReplyUndeliverable(
                 f"answer not written after {DELIVERY_ATTEMPTS} attempts: {reason}"[:1000]

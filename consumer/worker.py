@@ -305,9 +305,7 @@ class Worker:
             metadata_max_age_ms=s.metadata_max_age_ms,
             check_crcs=s.check_crcs,
         )
-        listener = Rebalance(
-            self.commits, s.shutdown_timeout_s, self._place if s.shadow else None
-        )
+        listener = Rebalance(self.commits, s.shutdown_timeout_s, self._place if s.shadow else None)
         if s.model_names() is None:  # every model: also answer requests for unknown ones
             consumer.subscribe(pattern=self.topics.requests_pattern, listener=listener)
         else:
