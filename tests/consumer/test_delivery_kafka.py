@@ -99,18 +99,23 @@ def metric(proc: ConsumerProcess, line_start: str) -> float:
     return 0.0
 
 
+async def commits_reach(bootstrap: str, proc: ConsumerProcess, topic: str, offset: int) -> None:
+    deadline = time.monotonic() + 60
+    while await committed(bootstrap, proc.group, topic) != offset:
+        assert time.monotonic() < deadline, proc.log_tail()
+        await asyncio.sleep(0.3)
+
+
 @pytest.mark.asyncio
-async def test_an_unwritable_log_holds_its_request_and_an_unwritable_dlq_does_not_freeze(
+async def test_a_request_is_committed_only_once_its_answer_log_record_is_written(
     kafka_bootstrap: str, model_repository: Path, tmp_path: Path
 ) -> None:
-    """Point 2: a request is committed only once its answer-log record is written;
-    meanwhile the worker is not ready, naming the log topic, and counts the failures.
-    Point 1: a request whose dead letter the DLQ refuses is committed past (the next
-    request of the partition commits), and the worker says why it is not ready."""
+    """Point 2: while the answer-log topic refuses the record, the request is answered
+    but not committed, the worker is not ready (naming the log topic) and counts the
+    failures; once the operator fixes the topic, the record is written and committed."""
     prefix = unique_prefix()
     answers, requests = f"{prefix}.answers.{MODEL}", f"{prefix}.requests.{MODEL}"
     await small_topic(kafka_bootstrap, answers, 300)  # a logged answer is larger
-    await small_topic(kafka_bootstrap, f"{prefix}.dlq", 2_000)
     proc = worker(
         kafka_bootstrap, model_repository, prefix, tmp_path, TFSTREAM_ANSWER_LOG="true"
     ).start()
@@ -121,7 +126,7 @@ async def test_an_unwritable_log_holds_its_request_and_an_unwritable_dlq_does_no
         await send(kafka_bootstrap, requests, IMAGE, correlation_id="c0", reply_to=replies)
         await read_topic(kafka_bootstrap, replies, expect=1, timeout_s=60)  # answered...
         await wait_for(lambda: proc.health()[0] == 503, timeout_s=30)
-        status, body = proc.health()
+        _, body = proc.health()
         assert any(answers in what for what in body["problems"]), body
         assert metric(proc, "tfstream_answers_not_logged_total") >= 1
         await asyncio.sleep(1.0)  # several commit intervals
@@ -133,26 +138,39 @@ async def test_an_unwritable_log_holds_its_request_and_an_unwritable_dlq_does_no
         )
         await admin_call(kafka_bootstrap, lambda a: a.alter_configs([resource]))
         await wait_for(lambda: proc.health()[0] == 200, timeout_s=60)
-        assert await committed(kafka_bootstrap, proc.group, requests) == 1
+        await commits_reach(kafka_bootstrap, proc, requests, 1)
         logged = await read_to_end(kafka_bootstrap, answers)
         assert [json.loads(r.value)["correlation_id"] for r in logged] == ["c0"]
+    finally:
+        proc.stop()
 
-        # A bad image is answered with an error and dead-lettered, but the DLQ refuses
-        # it (too large): it must not freeze the partition.
+
+@pytest.mark.asyncio
+async def test_a_request_the_dlq_refuses_does_not_freeze_its_partition(
+    kafka_bootstrap: str, model_repository: Path, tmp_path: Path
+) -> None:
+    """Point 1: a bad image is answered with an error and dead-lettered, but the DLQ
+    refuses it (larger than its max.message.bytes): the partition's commits still move
+    past it and the request after it, and the worker says why it is not ready."""
+    prefix = unique_prefix()
+    requests = f"{prefix}.requests.{MODEL}"
+    await small_topic(kafka_bootstrap, f"{prefix}.dlq", 2_000)
+    proc = worker(kafka_bootstrap, model_repository, prefix, tmp_path).start()
+    try:
+        proc.wait_ready()
+        replies = f"{prefix}.replies.me"
+        await create_topic(kafka_bootstrap, replies)
         await send(kafka_bootstrap, requests, b"x" * 5_000, correlation_id="bad", reply_to=replies)
-        await send(kafka_bootstrap, requests, IMAGE, correlation_id="c2", reply_to=replies)
-        await read_topic(kafka_bootstrap, replies, expect=3, timeout_s=60)
-
-        async def moved_on() -> bool:
-            return await committed(kafka_bootstrap, proc.group, requests) == 3
-
-        deadline = time.monotonic() + 60
-        while not await moved_on():
-            assert time.monotonic() < deadline, proc.log_tail()
-            await asyncio.sleep(0.3)
+        await send(kafka_bootstrap, requests, IMAGE, correlation_id="c1", reply_to=replies)
+        answered = await read_topic(kafka_bootstrap, replies, expect=2, timeout_s=60)
+        codes = {
+            json.loads(r.value)["correlation_id"]: json.loads(r.value)["error"] for r in answered
+        }
+        assert codes["bad"]["code"] == "invalid_image" and codes["c1"] is None
+        await commits_reach(kafka_bootstrap, proc, requests, 2)
         status, body = proc.health()
         assert status == 503 and "dead letter refused" in body["problems"], body
-        assert f"{requests}:0@1" in body["problems"]["dead letter refused"]
+        assert f"{requests}:0@0" in body["problems"]["dead letter refused"]
         assert metric(proc, "tfstream_answers_dropped_total") == 1
     finally:
         proc.stop()
