@@ -180,15 +180,16 @@ async def test_a_request_the_dlq_refuses_does_not_freeze_its_partition(
 async def test_shutdown_says_stopped_last_and_exits_cleanly(
     kafka_bootstrap: str, model_repository: Path, tmp_path: Path
 ) -> None:
-    """Point 9: with re-announcements every 100 ms, the last record of the worker's key
-    is still `stopped` (the announce loop is cancelled before the goodbye)."""
+    """Point 9: with re-announcements every 10 ms, the last record of the worker's key
+    is still `stopped` (the announce loop is cancelled before the goodbye; before, it
+    went on while the worker left its group, and said `ready` again)."""
     prefix = unique_prefix()
     proc = worker(
         kafka_bootstrap,
         model_repository,
         prefix,
         tmp_path,
-        TFSTREAM_ANNOUNCE_TTL_MS="300",
+        TFSTREAM_ANNOUNCE_TTL_MS="30",
         TFSTREAM_ANNOUNCE_FORGET_MS="60000",
     ).start()
     proc.wait_ready()
