@@ -44,9 +44,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer import kafka_io
-from consumer.access import check_access
 from consumer.announcements import Announcer
-from consumer.answer_log import AnswerSink, Role, log_topic
+from consumer.answer_log import AnswerSink, Role
 from consumer.commits import Commits
 from consumer.control import ControlFollower
 from consumer.fetching import Fetcher
@@ -65,7 +64,8 @@ from consumer.settings import ConsumerSettings
 from consumer.shadow import ShadowAdapter, shadow_registry, start_positions
 from consumer.startup import until_ready
 from consumer.supervision import Supervisor
-from engines.errors import ModelLoadFailed, ReplyUndeliverable, TfstreamError
+from consumer.worker_topics import WorkerTopics
+from engines.errors import ModelLoadFailed
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class Worker:
         self.settings = settings
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.topics = Topics(settings.topic_prefix)
+        self.worker_topics = WorkerTopics(settings)
         self.metrics = WorkerMetrics(shadow_registry(settings.shadow) if settings.shadow else None)
         self.registry = ModelRegistry.from_settings(settings)
         self.stopping = asyncio.Event()
@@ -230,33 +231,17 @@ class Worker:
 
     # -- start-up steps -----------------------------------------------------------------
 
-    def _model_topic_specs(self, models: list[str]) -> list[kafka_io.TopicSpec]:
-        """The request and results topics of `models`."""
-        p = self.settings.partitions
-        return [kafka_io.TopicSpec(self.topics.requests(m), p) for m in models] + [
-            kafka_io.TopicSpec(self.topics.results(m), p) for m in models
-        ]
-
     async def _connect(self, served: list[str]) -> float:
         """Topics, permissions and the producer, each retried while the cluster is
         still coming up (`consumer.startup`), within one `start_timeout_s`; returns
         that deadline (`time.monotonic()`), which joining the group shares."""
         s = self.settings
         deadline = time.monotonic() + s.start_timeout_s
-        specs = [
-            kafka_io.TopicSpec(self.topics.dlq, s.partitions),
-            kafka_io.announcements_topic(self.topics.models, s.announce_forget_ms),
-            kafka_io.TopicSpec(self.topics.control, 1),
-        ]
-        specs += self._model_topic_specs(served)
-        specs += [kafka_io.TopicSpec(topic, s.partitions) for topic in self._log_topics(served)]
+        specs = self.worker_topics.at_start(served)
+        await until_ready("creating topics", lambda: self.worker_topics.create(specs), s, deadline)
         await until_ready(
-            "creating topics",
-            lambda: kafka_io.ensure_topics(s, specs, s.replication_factor),
-            s,
-            deadline,
+            "checking permissions", lambda: self.worker_topics.check_access(served), s, deadline
         )
-        await until_ready("checking permissions", lambda: self._check_access(served), s, deadline)
         self.producer = await until_ready(
             "starting the producer", self._start_producer, s, deadline
         )
@@ -317,33 +302,7 @@ class Worker:
         await start_positions(self.consumer, assigned, self.settings.shadow_start_ms())
         self.probes.positioned = True
 
-    async def _check_access(self, served: list[str]) -> None:
-        """Refuse to start, naming every missing ACL, rather than fail record by record.
-
-        Replies go to clients' `<prefix>.replies.*` topics, which come and go: Write
-        there cannot be checked ahead; a refused reply goes to the results topic.
-        """
-        needs: dict[str, list[str]] = {}
-        if not self.settings.shadow:
-            needs[self.topics.dlq] = ["Write"]
-            needs[self.topics.models] = ["Write"]
-            needs[self.topics.control] = ["Read"]
-        for model in served:
-            needs[self.topics.requests(model)] = ["Read"]
-            if not self.settings.shadow:
-                needs[self.topics.results(model)] = ["Write"]
-        for topic in self._log_topics(served):
-            needs[topic] = ["Write"]
-        await check_access(self.settings, needs, self.settings.consumer_group())
-
     # -- answer log and shadow -------------------------------------------------------
-
-    def _log_topics(self, served: list[str]) -> list[str]:
-        """The answer-log (`--answer-log`) or shadow (`--shadow`) topics of `served`."""
-        s = self.settings
-        if not (s.shadow or s.answer_log):
-            return []
-        return [log_topic(self.topics, m, s.shadow or None) for m in served]
 
     def _adapter(self, served: list[str]) -> RecordAdapter:
         s = self.settings
@@ -356,33 +315,15 @@ class Worker:
             self.metrics,
             Role.SHADOW if s.shadow else Role.SERVING,
             s.shadow or None,
-            self._ensure_topic,
+            self.worker_topics.ensure_log,
             self.problems,
         )
-        sink.created(*self._log_topics(served))
+        sink.created(*self.worker_topics.logs(served))
         if s.shadow:
             return ShadowAdapter(self.pipeline, self.topics, sink, self.worker_id)
         return RecordAdapter(
             self.pipeline, self.topics, self.outbox, self.worker_id, answer_log=sink
         )
-
-    async def _ensure_topic(self, topic: str) -> None:
-        """Create a log topic first needed after start (a model this worker does not
-        serve was asked for).
-
-        Raises:
-            ReplyUndeliverable: the broker refused (no Create ACL) or is away; the
-                sink tries again with its next attempt.
-        """
-        s = self.settings
-        try:
-            await kafka_io.ensure_topics(
-                s, [kafka_io.TopicSpec(topic, s.partitions)], s.replication_factor
-            )
-        except (KafkaError, TfstreamError, OSError) as exc:
-            reason = exc.message if isinstance(exc, TfstreamError) else repr(exc)
-            log.warning("cannot create topic", extra={"topic": topic, "error": reason})
-            raise ReplyUndeliverable(f"cannot create topic '{topic}': {reason}") from exc
 
     def _device_name(self) -> str:
         devices = {e.detector.device for e in self.registry.entries() if e.detector}
@@ -395,19 +336,9 @@ class Worker:
             self.registry,
             self.settings.poll_interval_s,
             announce=self.announcer.announce,
-            prepare=self._prepare_models,
+            prepare=self.worker_topics.prepare_models,
             known=set(self._served),
         )
-
-    async def _prepare_models(self, fresh: list[str]) -> bool:
-        """A model folder new to a worker serving every model gets its topics first."""
-        s = self.settings
-        try:
-            await kafka_io.ensure_topics(s, self._model_topic_specs(fresh), s.replication_factor)
-        except (KafkaError, TfstreamError, OSError) as exc:  # the next turn tries again
-            log.warning("cannot create topics", extra={"models": fresh, "error": repr(exc)})
-            return False
-        return True
 
     # -- health -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from consumer.offsets import OffsetTracker
 from consumer.protocol import ModelState, Topics
 from consumer.registry import ModelRegistry
 from consumer.settings import ConsumerSettings
-from consumer.worker import Worker
+from consumer.worker_topics import WorkerTopics
 from engines.errors import NotAuthorized, ReplyUndeliverable
 from tests.consumer.fakes import write_fake_model
 
@@ -64,16 +64,16 @@ async def test_the_final_commit_is_tried_again_once_after_a_rebalance_refused_it
 async def test_a_log_topic_the_acls_refuse_to_create_is_an_undeliverable_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """NotAuthorized is no KafkaError: it must not escape `_ensure_topic` as one the
-    sink cannot tell from a bug; the sink retries an undeliverable record."""
+    """NotAuthorized is no KafkaError: it must not escape the log topic's creation as
+    an error the sink cannot tell from a bug; the sink retries an undeliverable record."""
 
     async def refused(*_: object, **__: object) -> None:
         raise NotAuthorized("not authorized: Create on topic 't.answers.new'")
 
     monkeypatch.setattr(kafka_io, "ensure_topics", refused)
-    worker = Worker(ConsumerSettings(bootstrap="x:1", repository=tmp_path, topic_prefix="t"))
+    worker = WorkerTopics(ConsumerSettings(bootstrap="x:1", repository=tmp_path, topic_prefix="t"))
     with pytest.raises(ReplyUndeliverable, match="not authorized"):
-        await worker._ensure_topic("t.answers.new")
+        await worker.ensure_log("t.answers.new")
 
 
 class Producer:
