@@ -35,6 +35,7 @@ from typing import Protocol
 
 from consumer.health import Problems
 from consumer.metrics import WorkerMetrics
+from consumer.ordering import Chains
 from consumer.outbox import Outbox, OutboxClosed
 from consumer.protocol import (
     ANSWER_ROLE,
@@ -220,6 +221,8 @@ class AnswerSink:
         self.shadow = shadow
         self._ensure = ensure
         self.problems = problems if problems is not None else Problems()
+        self._order: Chains[tuple[str, bytes], None] = Chains()
+        """Per topic and key, the last record being written: the next waits for it."""
         self._ensured: dict[str, asyncio.Future[None]] = {}
         """Per topic, its creation: made once, awaited by every record that needs it, in
         the order they came (so records of one key stay in order behind it)."""
@@ -269,11 +272,23 @@ class AnswerSink:
         """
         logged = self.entry(record, model, reply, reply_to)
         topic = self.topic(model)
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before = None if record.key is None else self._order.follow((topic, record.key), written)
+        try:
+            if before is not None:  # a camera's log stays in order, retries and all
+                await asyncio.wait([before])
+            await self._write(topic, logged, record.key, model)
+        finally:
+            if not written.done():
+                written.set_result(None)
+
+    async def _write(self, topic: str, logged: LoggedAnswer, key: bytes | None, model: str) -> None:
+        reply = logged.reply
         delay_s = RETRY_FIRST_S
         while True:
             try:
                 await self._created(topic)
-                await self.outbox.send(topic, logged.to_json(), record.key, logged.headers())
+                await self.outbox.send(topic, logged.to_json(), key, logged.headers())
             except OutboxClosed:
                 raise
             except Exception as exc:

@@ -232,3 +232,14 @@ async def test_a_topic_made_on_first_need_is_made_once_and_keeps_the_order() -> 
     await asyncio.wait_for(asyncio.gather(*writes), 5)
     ids = [LoggedAnswer.from_json(s.value or b"").correlation_id for s in outbox.sent]
     assert ids == ["c0", "c1", "c2"] and made == [TOPICS.answers("new")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("quick_retries")
+async def test_a_log_record_retried_keeps_the_records_of_its_key_behind_it() -> None:
+    outbox = MemoryOutbox(broken={TOPICS.answers("a"): 1})  # the first attempt fails
+    sink = AnswerSink(TOPICS, outbox, WorkerMetrics())
+    writes = [sink.write(record(i), "a", Reply(f"c{i}", "a", data={}), None) for i in range(3)]
+    await asyncio.wait_for(asyncio.gather(*writes), 5)
+    ids = [LoggedAnswer.from_json(s.value or b"").correlation_id for s in outbox.to("t.answers.a")]
+    assert ids == ["c0", "c1", "c2"]
