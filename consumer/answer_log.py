@@ -13,6 +13,13 @@ A logged answer keeps where its request was (topic, partition, offset, time), so
 a reader can fetch the very frame it answered, and the latency from the request's
 record time to the answer. The record key is the request's key: a camera's
 answers stay in order on one partition.
+
+The log is an audit trail, so it is complete: a request is committed only once
+its log record is acknowledged. A record that cannot be written (its topic
+missing and not creatable, refused, too large) is retried with backoff for as
+long as it takes, holding its request uncommitted; every failed attempt counts in
+`tfstream_answers_not_logged`, and until a record of that topic is written again
+the worker is not ready and says why.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from consumer.health import Problems
 from consumer.metrics import WorkerMetrics
+from consumer.ordering import Chains
+from consumer.outbox import Outbox, OutboxClosed
 from consumer.protocol import (
     ANSWER_ROLE,
     CONTENT_TYPE,
@@ -35,11 +45,10 @@ from consumer.protocol import (
     MODEL_VERSION,
     PROTOCOL_VERSION,
     SHADOW_NAME,
-    Headers,
     Reply,
     Topics,
 )
-from engines.errors import InvalidRequest, ReplyUndeliverable
+from engines.errors import InvalidRequest, TfstreamError
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +173,15 @@ class LoggedAnswer:
             raise InvalidRequest(f"not a tfstream answer-log record: {exc!r}") from None
 
 
-class Outbox(Protocol):
-    def send(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
-    ) -> Awaitable[None]: ...
+#: First pause before a failed log record is tried again; doubled up to `RETRY_MAX_S`.
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
+
+
+def log_topic(topics: Topics, model: str, shadow: str | None = None) -> str:
+    """The one place that names log topics: a shadow's answers of `model`, or the
+    serving workers' answer log."""
+    return topics.shadow(shadow, model) if shadow else topics.answers(model)
 
 
 class RequestRecord(Protocol):
@@ -185,8 +199,9 @@ class AnswerSink:
 
     A topic this worker did not create at start (a request topic for a model it does
     not serve, answered with an error) is created before its first record by
-    `ensure`. A record the topic refuses is logged and counted, and the request is
-    still committed: the log is a copy, and re-reading the request would not cure it.
+    `ensure`, once per worker: every record that needs it waits for that creation,
+    and a creation that failed is tried again by the next attempt, never taken as
+    made. A record that cannot be written is retried until it is (see the module).
     """
 
     def __init__(
@@ -197,6 +212,7 @@ class AnswerSink:
         role: Role = Role.SERVING,
         shadow: str | None = None,
         ensure: Callable[[str], Awaitable[None]] | None = None,
+        problems: Problems | None = None,
     ) -> None:
         self.topics = topics
         self.outbox = outbox
@@ -204,15 +220,15 @@ class AnswerSink:
         self.role = role
         self.shadow = shadow
         self._ensure = ensure
+        self.problems = problems if problems is not None else Problems()
+        self._order: Chains[tuple[str, bytes], None] = Chains()
+        """Per topic and key, the last record being written: the next waits for it."""
         self._ensured: dict[str, asyncio.Future[None]] = {}
         """Per topic, its creation: made once, awaited by every record that needs it, in
         the order they came (so records of one key stay in order behind it)."""
 
     def topic(self, model: str) -> str:
-        if self.role is Role.SHADOW:
-            assert self.shadow is not None
-            return self.topics.shadow(self.shadow, model)
-        return self.topics.answers(model)
+        return log_topic(self.topics, model, self.shadow if self.role is Role.SHADOW else None)
 
     def created(self, *topics: str) -> None:
         """Topics that already exist (made at start): no need to ensure them again."""
@@ -249,21 +265,55 @@ class AnswerSink:
     async def write(
         self, record: RequestRecord, model: str, reply: Reply, reply_to: str | None
     ) -> None:
+        """Returns once the log record is acknowledged, however long that takes.
+
+        Raises:
+            OutboxClosed: the outbox stopped retrying (the request stays uncommitted).
+        """
         logged = self.entry(record, model, reply, reply_to)
         topic = self.topic(model)
-        if self._ensure is not None:
-            if topic not in self._ensured:
-                self._ensured[topic] = asyncio.ensure_future(self._create(topic, self._ensure))
-            await self._ensured[topic]
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before = None if record.key is None else self._order.follow((topic, record.key), written)
         try:
-            await self.outbox.send(topic, logged.to_json(), record.key, logged.headers())
-        except ReplyUndeliverable as exc:
-            self.metrics.answers_not_logged.labels(model).inc()
-            log.error(
-                "answer not logged",
-                extra={
-                    "topic": topic,
-                    "error": exc.message,
-                    "correlation_id": reply.correlation_id,
-                },
-            )
+            if before is not None:  # a camera's log stays in order, retries and all
+                await asyncio.wait([before])
+            await self._write(topic, logged, record.key, model)
+        finally:
+            if not written.done():
+                written.set_result(None)
+
+    async def _write(self, topic: str, logged: LoggedAnswer, key: bytes | None, model: str) -> None:
+        reply = logged.reply
+        delay_s = RETRY_FIRST_S
+        while True:
+            try:
+                await self._created(topic)
+                await self.outbox.send(topic, logged.to_json(), key, logged.headers())
+            except OutboxClosed:
+                raise
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, TfstreamError) else repr(exc)
+                self.metrics.answers_not_logged.labels(model).inc()
+                self.problems.set(f"answer log {topic}", reason)
+                log.error(
+                    "answer not logged yet; its request stays uncommitted",
+                    extra={
+                        "topic": topic,
+                        "error": reason,
+                        "correlation_id": reply.correlation_id,
+                        "retry_in_s": delay_s,
+                    },
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RETRY_MAX_S)
+                continue
+            self.problems.clear(f"answer log {topic}")
+            return
+
+    async def _created(self, topic: str) -> None:
+        """Wait for `topic`'s creation, starting it if no record started it yet."""
+        if self._ensure is None:
+            return
+        if topic not in self._ensured:
+            self._ensured[topic] = asyncio.ensure_future(self._create(topic, self._ensure))
+        await self._ensured[topic]

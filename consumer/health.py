@@ -18,6 +18,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 Check = Callable[[], tuple[bool, dict[str, object]]]
 
 
+class Problems:
+    """Why the worker is not ready, by what is wrong: kept by the parts that find a
+    problem (an answer log that cannot be written, a DLQ that refuses) and read by
+    the readiness probe, which names them. A part clears its own once it is cured."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, str] = {}
+
+    def set(self, what: str, reason: str) -> None:
+        self._found[what] = reason
+
+    def clear(self, what: str) -> None:
+        self._found.pop(what, None)
+
+    def __bool__(self) -> bool:
+        return bool(self._found)
+
+    def snapshot(self) -> dict[str, str]:
+        return dict(self._found)
+
+
 class HealthServer:
     def __init__(
         self, host: str, port: int, registry: CollectorRegistry, live: Check, ready: Check

@@ -26,6 +26,7 @@ from aiokafka.errors import (
 )
 
 from consumer.ordering import Chains
+from consumer.outbox import OutboxClosed
 from consumer.protocol import Headers
 from consumer.settings import KafkaClientSettings
 from engines.errors import NotAuthorized, ReplyUndeliverable
@@ -54,6 +55,9 @@ def producer(settings: KafkaClientSettings, role: str, linger_ms: int = 0) -> AI
         **settings.client_kwargs(),
         client_id=settings.client_id or default_client_id(role),
         acks="all",
+        # The producer's own retries then never duplicate or reorder a record: a
+        # reply or log record is written once per send, in the order of its key.
+        enable_idempotence=True,
         linger_ms=linger_ms,
         max_request_size=settings.max_message_bytes,
         request_timeout_ms=settings.broker_timeout_ms,
@@ -76,6 +80,25 @@ class TopicSpec:
     name: str
     partitions: int = 1
     compacted: bool = False
+    configs: tuple[tuple[str, str], ...] = ()
+    """More topic configs, set when the topic is created."""
+
+
+def announcements_topic(name: str, forget_ms: int) -> TopicSpec:
+    """`<prefix>.models`: compacted (the latest record per model and worker), and
+    deleted by time as well, so a record nobody rewrites (a worker gone) leaves the
+    topic about `forget_ms` after it was written: live workers rewrite theirs every
+    third of their TTL. A segment is rolled after `forget_ms` so that time deletion
+    can reach it (docs/protocol.md, "How long a gone worker is remembered")."""
+    return TopicSpec(
+        name,
+        1,
+        configs=(
+            ("cleanup.policy", "compact,delete"),
+            ("retention.ms", str(forget_ms)),
+            ("segment.ms", str(forget_ms)),
+        ),
+    )
 
 
 async def follow(
@@ -123,6 +146,7 @@ async def ensure_topics(
                 topic_configs={
                     "max.message.bytes": str(settings.max_message_bytes),
                     **({"cleanup.policy": "compact"} if spec.compacted else {}),
+                    **dict(spec.configs),
                 },
             )
             for spec in topics
@@ -156,26 +180,28 @@ class KafkaOutbox:
     backoff until it succeeds: an accepted request's answer is never dropped
     because the broker was away.
 
-    Records of one topic and key reach the producer in the order they were
-    sent here. The producer keeps a partition's order, but its `send` first
-    waits for the topic's metadata: a record sent to a reply topic it has not
-    written to yet could wait for it while the next record, sent when the
-    metadata had come, went ahead.
+    Records of one topic and key are written in the order they were sent here,
+    each once per send. A record is handed to the producer only after the
+    previous record of its key was acknowledged (or given up): the producer keeps
+    a partition's order and, idempotent, never duplicates its own retries, but a
+    record whose acknowledgement fails is sent again by this outbox, and had its
+    successor been queued already, the resend would land after it. Records of
+    different keys still go out together.
     """
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
         self._closing = False
-        self._queued: Chains[tuple[str, bytes], None] = Chains()
-        """Per topic and key, when the last record sent is in the producer's queue."""
+        self._acked: Chains[tuple[str, bytes], None] = Chains()
+        """Per topic and key, when the last record sent was acknowledged (or given up)."""
 
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
     ) -> asyncio.Future[None]:
-        queued: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        before = None if key is None else self._queued.follow((topic, key), queued)
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before = None if key is None else self._acked.follow((topic, key), acked)
         record = (topic, value, key, list(headers))
-        return asyncio.ensure_future(self._deliver(record, before, queued))
+        return asyncio.ensure_future(self._deliver(record, before, acked))
 
     def close(self) -> None:
         """Stop retrying (used at the end of a shutdown that ran out of time)."""
@@ -185,10 +211,10 @@ class KafkaOutbox:
         self,
         record: tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]],
         before: asyncio.Future[None] | None,
-        queued: asyncio.Future[None],
+        acked: asyncio.Future[None],
     ) -> None:
-        """Queue the record once `before` (the previous record of its key) is queued,
-        then wait for the broker's acknowledgement, retrying until it comes."""
+        """Send the record once `before` (the previous record of its key) is
+        acknowledged, retrying until the broker acknowledges it too."""
         topic, value, key, headers = record
         delay_s, failures = 0.1, 0
         try:
@@ -197,8 +223,6 @@ class KafkaOutbox:
             while True:
                 try:
                     ack = await self._producer.send(topic, value=value, key=key, headers=headers)
-                    if not queued.done():
-                        queued.set_result(None)
                     await ack
                     return
                 except _UNDELIVERABLE as exc:
@@ -206,7 +230,7 @@ class KafkaOutbox:
                 except KafkaError as exc:
                     failures += 1
                     if self._closing:
-                        raise
+                        raise OutboxClosed(f"gave up sending to '{topic}': {exc!r}") from exc
                     log.warning(
                         "send failed, retrying",
                         extra={"topic": topic, "error": repr(exc), "attempt": failures},
@@ -214,8 +238,8 @@ class KafkaOutbox:
                     await asyncio.sleep(delay_s)
                     delay_s = min(delay_s * 2, 5.0)
         finally:
-            if not queued.done():  # given up: the records after it go on
-                queued.set_result(None)
+            if not acked.done():  # written or given up: the next record of the key goes
+                acked.set_result(None)
 
 
 async def delete_topics(settings: KafkaClientSettings, names: list[str]) -> None:

@@ -99,7 +99,15 @@ class WorkerMetrics:
         )
         self.answers_not_logged = Counter(
             "tfstream_answers_not_logged",
-            "Answers the answer-log or shadow topic refused (logged as errors)",
+            "Attempts to write an answer-log or shadow record that failed (each is "
+            "retried, holding its request uncommitted, until the record is written)",
+            ["model"],
+            registry=r,
+        )
+        self.answers_dropped = Counter(
+            "tfstream_answers_dropped",
+            "Requests whose answer could not be written and whose dead letter the DLQ "
+            "refused: committed unanswered so that their partition moves on",
             ["model"],
             registry=r,
         )

@@ -1,8 +1,8 @@
 """Work that must follow the work before it with the same key.
 
 A camera's frames share a key. Its answers keep their order across engine
-rounds that run at once (`consumer.pipeline`), and its records reach the
-producer in that order even when the first waits for a topic's metadata
+rounds that run at once (`consumer.pipeline`), and its records are written in
+that order, a resent one never after its successors
 (`consumer.kafka_io.KafkaOutbox`): both chain each piece of work to the
 previous one of its key with `Chains`.
 """

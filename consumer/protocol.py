@@ -84,6 +84,26 @@ def topic_suffix(model: str) -> str:
     return f"{safe}-{hashlib.sha1(model.encode()).hexdigest()[:8]}"
 
 
+#: A shadow name is one segment of a topic name: no '.', so the model that follows
+#: it in `<prefix>.shadow.<name>.<model>` is unambiguous.
+SHADOW_NAME_RULE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_shadow_name(name: str) -> str:
+    """Raises: ValueError naming the rule, for a name that cannot be a topic segment."""
+    if not SHADOW_NAME_RULE.fullmatch(name):
+        raise ValueError(
+            f"shadow name {name!r}: use 1 to 64 ASCII letters, digits, '_' or '-' (no '.')"
+        )
+    return name
+
+
+def shadow_group(group: str, name: str) -> str:
+    """A shadow's consumer group, derived from the serving group's name so that a
+    shadow can never join (and take partitions from) the serving group."""
+    return f"{group}.shadow.{name}"
+
+
 @dataclass(frozen=True)
 class Topics:
     prefix: str = "tfstream"
@@ -503,10 +523,16 @@ _ANNOUNCEMENT_KEYS = (
     "version",
     "fingerprint",
     "versions",
+    "forget_ms",
 )
 _FACT_KEYS = {"model": "name"} | {f: f for f in ModelFacts.__dataclass_fields__ if f != "name"}
 # A fact added to ModelFacts must be written too, not only read (its order is fixed).
 assert set(_FACT_KEYS) <= set(_ANNOUNCEMENT_KEYS), set(_FACT_KEYS) - set(_ANNOUNCEMENT_KEYS)
+
+
+#: How long a worker that stopped or died is remembered on `<prefix>.models`, unless
+#: its announcements say otherwise (`--announce-forget-ms`).
+DEFAULT_FORGET_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -515,7 +541,9 @@ class Announcement:
     model's facts, and the worker's own.
 
     A worker re-announces every `ttl_ms / 3`; readers ignore records older than
-    `ttl_ms`, which is how a killed worker's models disappear.
+    `ttl_ms`, which is how a killed worker's models disappear. A record older than
+    `forget_ms` (a worker that stopped or died that long ago) is forgotten: the
+    topic deletes it, readers drop it, and its model no longer counts as announced.
     """
 
     facts: ModelFacts
@@ -523,6 +551,9 @@ class Announcement:
     device: str = ""
     updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     ttl_ms: int = 30_000
+    forget_ms: int = DEFAULT_FORGET_MS
+    """How long after `updated_ms` the record is remembered at all (default for
+    records of workers older than the field: one hour)."""
     versions: list[dict[str, Any]] = field(default_factory=list)
     """Every version this worker tried: {version, state, fingerprint} or {version,
     state: failed, error}; a newer version that failed beside the serving one shows
@@ -531,6 +562,12 @@ class Announcement:
     def alive(self, now_ms: float | None = None) -> bool:
         now = time.time() * 1000 if now_ms is None else now_ms
         return now - self.updated_ms <= self.ttl_ms
+
+    def forgotten(self, now_ms: float | None = None) -> bool:
+        """Whether the record is too old to count at all, even as "a worker once
+        served this model" (`forget_ms` after its last write)."""
+        now = time.time() * 1000 if now_ms is None else now_ms
+        return now - self.updated_ms > self.forget_ms
 
     def to_json(self) -> bytes:
         def value(key: str) -> Any:

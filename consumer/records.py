@@ -7,6 +7,13 @@ reply topic, and the original record on the dead-letter topic when the answer
 says so. The future it returns resolves once the outbox acknowledged all of
 them: only then may the worker commit the record's offset.
 
+An answer that cannot be written is never left pending for good (its partition
+could not commit past it): each send is tried `DELIVERY_ATTEMPTS` times, then
+the request goes to the DLQ with the error; if the DLQ refuses too, the future
+raises `AnswerDropped`, and the worker commits past it and turns not-ready.
+Only a closing outbox (`OutboxClosed`) leaves a request uncommitted, to be read
+again after the restart.
+
 Nothing here touches a Kafka client, so these rules run in unit tests over an
 in-memory outbox.
 """
@@ -15,14 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from opentelemetry.trace import SpanKind
 
 from consumer.answer_log import AnswerSink
 from consumer.metrics import WorkerMetrics
+from consumer.outbox import Outbox, OutboxClosed
 from consumer.pipeline import Answer, Pipeline
 from consumer.protocol import (
     Headers,
@@ -38,6 +45,23 @@ from engines.errors import ReplyUndeliverable, TfstreamError
 
 log = logging.getLogger(__name__)
 
+#: How many times a reply or dead-letter copy is tried before the request goes to the
+#: DLQ (a reply) or is given up (a dead letter the DLQ refuses).
+DELIVERY_ATTEMPTS = 3
+#: First pause between two attempts; doubled after each.
+RETRY_DELAY_S = 0.2
+
+
+class AnswerDropped(Exception):
+    """A request whose answer could not be written and whose dead letter the DLQ
+    refused: nothing more can be done for it here, and holding it back would freeze
+    its partition. The worker commits past it and says why it is not ready."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(reason)
+        self.model = model
+        self.reason = reason
+
 
 @dataclass(frozen=True)
 class Record:
@@ -51,20 +75,6 @@ class Record:
     headers: Headers = ()
     timestamp_ms: int | None = None
     """The record's timestamp; the answer log measures latency from it."""
-
-
-class Outbox(Protocol):
-    def send(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
-    ) -> Awaitable[None]:
-        """Queue a record; awaiting the result waits until it is acknowledged.
-
-        Transient failures are retried inside. The awaitable raises
-        `ReplyUndeliverable` when the destination cannot take the record (missing
-        topic, refused, too large), and other errors only when the outbox is
-        closing; then the request is not committed.
-        """
-        ...
 
 
 class RecordAdapter:
@@ -123,6 +133,12 @@ class RecordAdapter:
         task.add_done_callback(self._handling.discard)
         return task
 
+    def abandon(self) -> None:
+        """Stop delivering (a shutdown out of time): the records in hand stay
+        uncommitted and are read again after the restart."""
+        for task in list(self._handling):
+            task.cancel()
+
     async def drain(self) -> None:
         """Wait until every submitted record is delivered or given up."""
         while self._handling:
@@ -138,17 +154,35 @@ class RecordAdapter:
     ) -> None:
         answer = await answered
         try:
-            await asyncio.gather(*self._sends(record, model, reply_to, answer, spans))
+            outcomes = await asyncio.gather(
+                *self._sends(record, model, reply_to, answer, spans), return_exceptions=True
+            )
         finally:
             spans.end(answer.error)
+        # Every send has ended (none is left running behind a commit); the gravest
+        # outcome wins: a closing outbox keeps the request uncommitted.
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        for kind in (asyncio.CancelledError, OutboxClosed, AnswerDropped, BaseException):
+            for failure in failures:
+                if isinstance(failure, kind):
+                    raise failure
 
     def _sends(
         self, record: Record, model: str, reply_to: str, answer: Answer, spans: RequestSpans
     ) -> list[Awaitable[None]]:
         """Where an answer goes: the reply, a DLQ copy of a bad request, the answer log."""
-        sends = [self._send_reply(record, model, reply_to, answer.reply, spans)]
+        sends = [
+            self._bounded(
+                record,
+                model,
+                lambda: self._send_reply(record, model, reply_to, answer.reply, spans),
+            )
+        ]
         if answer.dead_letter and answer.error is not None:
-            sends.append(self._dead_letter(record, model, answer.error))
+            error = answer.error
+            sends.append(
+                self._bounded(record, model, lambda: self._dead_letter(record, model, error), True)
+            )
         if self.answer_log is not None:
             sends.append(self.answer_log.write(record, model, answer.reply, reply_to))
         return sends
@@ -177,8 +211,62 @@ class RecordAdapter:
         assert problem is not None
         await self._dead_letter(record, model, problem)
 
-    def _dead_letter(self, record: Record, model: str, error: TfstreamError) -> Awaitable[None]:
-        self.metrics.dlq.labels(model, error.code).inc()
+    async def _bounded(
+        self,
+        record: Record,
+        model: str,
+        send: Callable[[], Awaitable[None]],
+        dead_letter: bool = False,
+    ) -> None:
+        """`send()` up to `DELIVERY_ATTEMPTS` times; then the request to the DLQ with
+        the last error (unless `send` was the dead letter already).
+
+        Raises:
+            AnswerDropped: the DLQ refused the request too.
+            OutboxClosed: the outbox stopped retrying (the request stays uncommitted).
+        """
+        delay_s = RETRY_DELAY_S
+        for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+            try:
+                await send()
+                return
+            except OutboxClosed:
+                raise
+            except Exception as exc:
+                problem = exc
+                log.warning(
+                    "delivery failed",
+                    extra={
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "attempt": attempt,
+                        "error": repr(exc),
+                    },
+                )
+                if attempt < DELIVERY_ATTEMPTS:
+                    await asyncio.sleep(delay_s)
+                    delay_s *= 2
+        reason = problem.message if isinstance(problem, TfstreamError) else repr(problem)
+        if not dead_letter:
+            error = ReplyUndeliverable(
+                f"answer not written after {DELIVERY_ATTEMPTS} attempts: {reason}"[:1000]
+            )
+            try:
+                await self._dead_letter(record, model, error)
+                return
+            except OutboxClosed:
+                raise
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, TfstreamError) else repr(exc)
+        raise AnswerDropped(model, f"the DLQ refused the request: {reason}"[:1000])
+
+    async def _dead_letter(self, record: Record, model: str, error: TfstreamError) -> None:
+        headers = dlq_headers(
+            record.headers, error, record.topic, record.partition, record.offset, self.worker_id
+        )
+        await self.outbox.send(self.topics.dlq, record.value, record.key, headers)
+        self.metrics.dlq.labels(model, error.code).inc()  # counted once written
         log.info(
             "dead letter",
             extra={
@@ -188,7 +276,3 @@ class RecordAdapter:
                 "offset": record.offset,
             },
         )
-        headers = dlq_headers(
-            record.headers, error, record.topic, record.partition, record.offset, self.worker_id
-        )
-        return self.outbox.send(self.topics.dlq, record.value, record.key, headers)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from consumer.protocol import check_shadow_name, epoch_ms, shadow_group
 from engines.settings import LoggingSettings, SettingsPart, cli_config
 from engines.tracing import TracingSettings
 
@@ -46,6 +47,19 @@ CPU_FIXED_BATCH_INSTANCES = 2
 #: and a second instance only splits them (mean batch 6.1 instead of 7.9 under the
 #: Kafka benchmark's 16 in flight, and no more throughput).
 CPU_INSTANCES = 1
+
+
+def parse_shadow_from(text: str) -> int | None:
+    """`--shadow-from` as epoch milliseconds: '' (the end), digits (epoch ms) or an
+    ISO 8601 time (UTC unless it names a zone).
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    return epoch_ms(text, f"shadow-from {text!r}: give epoch milliseconds or an ISO 8601 time")
 
 
 def usable_cores() -> int:
@@ -274,6 +288,11 @@ class ConsumerSettings(LoggingSettings, TracingSettings, KafkaClientSettings, En
     """Producer linger for replies; 0 sends each batch's replies at once."""
     announce_ttl_ms: int = 30_000
     """Announcements older than this are stale; workers re-announce every third of it."""
+    announce_forget_ms: int = 3_600_000  # protocol.DEFAULT_FORGET_MS
+    """How long a worker that stopped (or died) is remembered on <prefix>.models: the
+    topic's retention.ms when this worker creates it, and how long bridges keep
+    letting requests for a model it alone served wait in Kafka; after it, such a
+    model answers 404 again. At least 3 x --announce-ttl-ms."""
     worker_id: str = ""
     """This process's name in replies, announcements and the DLQ (default: host-pid)."""
     metrics_host: str = "0.0.0.0"
@@ -302,18 +321,23 @@ class ConsumerSettings(LoggingSettings, TracingSettings, KafkaClientSettings, En
     @field_validator("shadow")
     @classmethod
     def _shadow_name(cls, value: str) -> str:
-        from consumer.shadow import check_name
-
-        return check_name(value) if value else value
+        return check_shadow_name(value) if value else value
 
     @field_validator("shadow_from")
     @classmethod
     def _shadow_from(cls, value: str) -> str:
         if value:
-            from consumer.shadow import parse_from
-
-            parse_from(value)
+            parse_shadow_from(value)
         return value
+
+    @model_validator(mode="after")
+    def _forget_after_ttl(self) -> ConsumerSettings:
+        if self.announce_forget_ms < 3 * self.announce_ttl_ms:
+            raise ValueError(
+                "--announce-forget-ms must be at least 3 x --announce-ttl-ms: a live "
+                "worker's announcements would be deleted between two re-announcements"
+            )
+        return self
 
     @model_validator(mode="after")
     def _shadow_alone(self) -> ConsumerSettings:
@@ -330,11 +354,7 @@ class ConsumerSettings(LoggingSettings, TracingSettings, KafkaClientSettings, En
         """The group this worker joins: `group`, or for a shadow a group of its own."""
         if not self.shadow:
             return self.group
-        from consumer.shadow import shadow_group
-
         return shadow_group(self.group, self.shadow)
 
     def shadow_start_ms(self) -> int | None:
-        from consumer.shadow import parse_from
-
-        return parse_from(self.shadow_from)
+        return parse_shadow_from(self.shadow_from)

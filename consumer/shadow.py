@@ -17,7 +17,6 @@ rules are unchanged: deadlines, conflation, batching apply as in any worker.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Iterable, Iterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,43 +26,11 @@ from prometheus_client.metrics_core import Metric
 from consumer import kafka_io
 from consumer.answer_log import AnswerSink
 from consumer.pipeline import Answer, Pipeline
-from consumer.protocol import Topics, epoch_ms
+from consumer.protocol import Topics
 from consumer.records import Record, RecordAdapter
 from consumer.spans import RequestSpans
 
 log = logging.getLogger(__name__)
-
-#: A shadow name is one segment of a topic name: no '.', so the model that follows
-#: it in `<prefix>.shadow.<name>.<model>` is unambiguous.
-NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def check_name(name: str) -> str:
-    """Raises: ValueError naming the rule, for a name that cannot be a topic segment."""
-    if not NAME.fullmatch(name):
-        raise ValueError(
-            f"shadow name {name!r}: use 1 to 64 ASCII letters, digits, '_' or '-' (no '.')"
-        )
-    return name
-
-
-def parse_from(text: str) -> int | None:
-    """`--shadow-from` as epoch milliseconds: '' (the end), digits (epoch ms) or an
-    ISO 8601 time (UTC unless it names a zone).
-
-    Raises:
-        ValueError: anything else.
-    """
-    text = text.strip()
-    if not text:
-        return None
-    return epoch_ms(text, f"shadow-from {text!r}: give epoch milliseconds or an ISO 8601 time")
-
-
-def shadow_group(group: str, name: str) -> str:
-    """The shadow's consumer group, derived from the serving group's name so that
-    a shadow can never join (and take partitions from) the serving group."""
-    return f"{group}.shadow.{name}"
 
 
 async def start_positions(

@@ -149,6 +149,16 @@ class Supervisor:
         )
         self.failures.labels(name).inc()
 
+    async def cancel(self, *names: str) -> None:
+        """Cancel the tasks named and wait for them to end (a shutdown's first step)."""
+        chosen = [task for task in self._tasks if task.get_name() in names]
+        for task in chosen:
+            task.cancel()
+        for task in chosen:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = [task for task in self._tasks if task not in chosen]
+
     async def stop(self) -> None:
         """Cancel every task and wait for them to end."""
         for task in self._tasks:

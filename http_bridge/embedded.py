@@ -16,6 +16,7 @@ from typing import Any
 
 from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Answer, Pipeline
+from consumer.polling import poll_versions
 from consumer.protocol import ModelFacts, ModelState, Request
 from consumer.registry import ModelRegistry
 from consumer.spans import RequestSpans
@@ -78,9 +79,7 @@ class EmbeddedBackend:
     async def _poll_loop(self) -> None:
         """Roll in new version folders, beside the serving weights (registry.refresh)."""
         await self._loaded.wait()
-        while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
-            await asyncio.to_thread(self.registry.refresh_all)
+        await poll_versions(self.registry, self.settings.poll_interval_s)
 
     async def _until_loaded(self, name: str, deadline_s: float) -> None:
         """Wait while `name` has no weights and is still loading (or not started)."""

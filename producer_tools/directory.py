@@ -3,6 +3,11 @@
 The bridge answers `/models`, labels, config and hashes from here, never from a
 model folder of its own, and refuses at once a request for a model that no
 live worker serves instead of letting it time out.
+
+Memory stays bounded: a record older than its `forget_ms` (a worker that stopped
+or died that long ago) is dropped, as the topic itself deletes it, and a model
+known only from such records, or only from a request topic seen for longer
+than `forget_ms`, answers 404 again (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import replace
 from aiokafka.errors import KafkaError
 
 from consumer import kafka_io
-from consumer.protocol import Announcement, ModelFacts, ModelState, Topics
+from consumer.protocol import DEFAULT_FORGET_MS, Announcement, ModelFacts, ModelState, Topics
 from consumer.settings import KafkaClientSettings
 from engines.catalogue import Catalogue
 from engines.errors import ModelNotFound, ModelUnavailable, TfstreamError
@@ -29,11 +34,18 @@ TOPICS_REFRESH_S = 5.0
 
 
 class ModelDirectory(Catalogue):
-    def __init__(self, settings: KafkaClientSettings) -> None:
+    def __init__(
+        self, settings: KafkaClientSettings, forget_ms: int = DEFAULT_FORGET_MS
+    ) -> None:
+        """`forget_ms`: how long a request topic alone (no announcement of its model)
+        makes requests wait; the workers' `--announce-forget-ms`."""
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
+        self.forget_ms = forget_ms
         self._latest: dict[bytes, Announcement] = {}
-        self._topics: set[str] = set()
+        self._topics: dict[str, float] = {}
+        """Request topics that exist, with when this directory first saw each
+        (`time.monotonic()`)."""
         self._caught_up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -79,12 +91,24 @@ class ModelDirectory(Catalogue):
         async for records in kafka_io.follow(self._consumer, "announcements"):
             for record in records:
                 self._apply(record.key, record.value)
+            self._forget()
             if not self._caught_up.is_set() and await self._at_end():
                 self._caught_up.set()
             if time.monotonic() >= next_topics_s:  # request topics of never-announced models
                 next_topics_s = time.monotonic() + TOPICS_REFRESH_S
                 with contextlib.suppress(KafkaError, OSError):
-                    self._topics = set(await self._consumer.topics())
+                    self._seen_topics(await self._consumer.topics())
+
+    def _seen_topics(self, names: set[str]) -> None:
+        now = time.monotonic()
+        self._topics = {name: self._topics.get(name, now) for name in names}
+
+    def _forget(self) -> None:
+        """Drop records older than their `forget_ms`: the map holds only workers
+        seen lately, however many came and went."""
+        now = time.time() * 1000
+        for key in [k for k, a in self._latest.items() if a.forgotten(now)]:
+            del self._latest[key]
 
     async def _at_end(self) -> bool:
         """Whether every assigned partition was read up to its end (true with none)."""
@@ -109,16 +133,22 @@ class ModelDirectory(Catalogue):
         now = time.time() * 1000
         return [a for a in self._latest.values() if a.alive(now)]
 
+    def _remembered(self) -> list[Announcement]:
+        now = time.time() * 1000
+        return [a for a in list(self._latest.values()) if not a.forgotten(now)]
+
     def names(self) -> list[str]:
         """Models announced by at least one live worker, whatever their state."""
         return sorted({a.facts.name for a in self._live()})
 
     def known(self) -> Iterator[str]:
-        """Every model ever announced: a stopped one resolves, and waits in Kafka."""
-        return (a.facts.name for a in list(self._latest.values()))
+        """Every model announced within its `forget_ms`: a stopped one resolves, and
+        waits in Kafka."""
+        return (a.facts.name for a in self._remembered())
 
     def ever_announced(self, name: str) -> bool:
-        return any(a.facts.name == name for a in self._latest.values())
+        """Whether a worker announced `name` within the record's `forget_ms`."""
+        return any(a.facts.name == name for a in self._remembered())
 
     def view(self, name: str) -> ModelFacts:
         """The model's live view.
@@ -140,9 +170,13 @@ class ModelDirectory(Catalogue):
 
     def expected(self, name: str) -> bool:
         """Whether requests for `name` should wait in Kafka for a worker: some worker
-        announced it (even one that stopped, or whose announcement aged out), or its
-        request topic exists."""
-        return self.ever_announced(name) or self.topics.requests(name) in self._topics
+        announced it within `forget_ms` (even one that stopped, or whose announcement
+        aged out), or its request topic exists and was first seen less than
+        `forget_ms` ago (a worker that made it has not announced yet)."""
+        if self.ever_announced(name):
+            return True
+        seen_s = self._topics.get(self.topics.requests(name))
+        return seen_s is not None and (time.monotonic() - seen_s) * 1000 < self.forget_ms
 
     def failed_everywhere(self, name: str) -> TfstreamError | None:
         """The workers' error when every live worker failed to load `name` (and none is

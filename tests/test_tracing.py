@@ -74,7 +74,7 @@ async def in_process_worker(bootstrap: str, repository: Path, prefix: str) -> As
     )
     task = asyncio.create_task(worker.run())
     try:
-        await wait_for(lambda: task.done() or worker._joined, timeout_s=120)
+        await wait_for(lambda: task.done() or worker.joined, timeout_s=120)
         await wait_for(lambda: task.done() or bool(worker.consumer.assignment()), timeout_s=60)
         if task.done():
             task.result()

@@ -176,18 +176,24 @@ class Sent:
 
 @dataclass
 class MemoryOutbox:
-    """Keeps every record sent. Topics in `refuse` raise `ReplyUndeliverable`;
-    with `auto_ack` off, the test acknowledges each send itself (`ack`)."""
+    """Keeps every record sent. Topics in `refuse` raise `ReplyUndeliverable`; the
+    next `broken[topic]` sends to a topic fail with an error no outbox expects
+    (a bug, a client in a bad state); with `auto_ack` off, the test acknowledges
+    each send itself (`ack`)."""
 
     refuse: set[str] = field(default_factory=set)
     auto_ack: bool = True
     sent: list[Sent] = field(default_factory=list)
+    broken: dict[str, int] = field(default_factory=dict)
 
     def send(
         self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
     ) -> Awaitable[None]:
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if topic in self.refuse:
+        if self.broken.get(topic, 0) > 0:
+            self.broken[topic] -= 1
+            ack.set_exception(RuntimeError(f"producer broke sending to {topic}"))
+        elif topic in self.refuse:
             ack.set_exception(ReplyUndeliverable(f"topic '{topic}' refused the record"))
         elif self.auto_ack:
             ack.set_result(None)

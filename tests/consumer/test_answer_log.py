@@ -13,16 +13,17 @@ import pytest
 from prometheus_client import generate_latest
 from pydantic import ValidationError
 
+from consumer import answer_log
 from consumer.answer_log import AnswerSink, LoggedAnswer, Role
 from consumer.metrics import WorkerMetrics
 from consumer.pipeline import Pipeline
 from consumer.protocol import Reply, Topics
 from consumer.records import RecordAdapter
-from consumer.settings import ConsumerSettings
-from consumer.shadow import ShadowAdapter, parse_from, shadow_registry
-from engines.errors import InvalidRequest
+from consumer.settings import ConsumerSettings, parse_shadow_from
+from consumer.shadow import ShadowAdapter, shadow_registry
+from engines.errors import InvalidRequest, NotAuthorized
 from tests.consumer import fakes
-from tests.consumer.fakes import TOPICS, MemoryOutbox, handled
+from tests.consumer.fakes import TOPICS, MemoryOutbox, handled, until
 
 # Partition 2 and a record timestamp, which the answer log carries on.
 record = partial(fakes.record, partition=2, timestamp_ms=1_000)
@@ -75,15 +76,73 @@ async def test_every_answer_is_logged_beside_its_reply_whoever_asked(pipeline: P
     assert LoggedAnswer.from_json(broken.value or b"").reply.error is not None
 
 
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(answer_log, "RETRY_FIRST_S", 0.005)
+    monkeypatch.setattr(answer_log, "RETRY_MAX_S", 0.02)
+
+
 @pytest.mark.asyncio
-async def test_a_refused_log_record_is_counted_and_the_request_still_answered(
+@pytest.mark.usefixtures("quick_retries")
+async def test_a_refused_log_record_holds_its_request_until_it_is_written(
     pipeline: Pipeline,
 ) -> None:
+    """The log is an audit trail: a request whose log record the topic refuses is
+    answered, but not done (so not committed) until the record is written; each
+    failure counts, and the worker is not ready meanwhile, naming the topic."""
     outbox = MemoryOutbox(refuse={"t.answers.a"})
     adapter = serving(pipeline, outbox)
-    await handled(adapter, record(0, correlation_id="c1", reply_to="t.r"))  # does not raise
+    assert adapter.answer_log is not None
+    problems = adapter.answer_log.problems
+    done = adapter.submit(record(0, correlation_id="c1", reply_to="t.r"))
+    await until(lambda: pipeline.metrics.answers_not_logged.labels("a")._value.get() >= 2)
     assert [s.headers["correlation-id"] for s in outbox.to("t.r")] == ["c1"]
-    assert pipeline.metrics.answers_not_logged.labels("a")._value.get() == 1
+    assert not done.done()
+    assert "t.answers.a" in " ".join(problems.snapshot()) and problems
+    outbox.refuse.clear()  # the topic takes records again (ACL granted, size raised)
+    await asyncio.wait_for(done, 5)
+    assert [s.headers["correlation-id"] for s in outbox.to("t.answers.a")] == ["c1"]
+    assert not problems
+
+
+@pytest.mark.asyncio
+async def test_a_request_stays_uncommitted_while_its_log_record_is_pending(
+    pipeline: Pipeline,
+) -> None:
+    outbox = MemoryOutbox(auto_ack=False)
+    adapter = serving(pipeline, outbox)
+    done = adapter.submit(record(0, correlation_id="c1", reply_to="t.r"))
+    await until(lambda: len(outbox.sent) == 2)
+    (reply,) = [s for s in outbox.sent if s.topic == "t.r"]
+    (logged,) = [s for s in outbox.sent if s.topic == "t.answers.a"]
+    reply.ack.set_result(None)
+    await asyncio.sleep(0.05)
+    assert not done.done() and adapter.inflight == 1  # answered, not yet logged
+    logged.ack.set_result(None)
+    await asyncio.wait_for(done, 5)
+    assert adapter.inflight == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("quick_retries")
+async def test_a_log_topic_whose_creation_failed_is_created_again() -> None:
+    """A creation that failed is not remembered as made: the record waits, the next
+    attempt creates the topic, and later records of that topic create nothing more."""
+    made: list[str] = []
+
+    async def ensure(topic: str) -> None:
+        made.append(topic)
+        if len(made) == 1:
+            raise NotAuthorized(f"not authorized: Create on topic '{topic}'")
+
+    outbox = MemoryOutbox()
+    metrics = WorkerMetrics()
+    sink = AnswerSink(TOPICS, outbox, metrics, ensure=ensure)
+    await asyncio.wait_for(sink.write(record(0), "new", Reply("c0", "new", data={}), None), 5)
+    await asyncio.wait_for(sink.write(record(1), "new", Reply("c1", "new", data={}), None), 5)
+    assert made == [TOPICS.answers("new")] * 2
+    assert len(outbox.to(TOPICS.answers("new"))) == 2
+    assert metrics.answers_not_logged.labels("new")._value.get() == 1 and not sink.problems
 
 
 @pytest.mark.asyncio
@@ -127,8 +186,9 @@ def test_shadow_settings_are_checked() -> None:
     assert ConsumerSettings(shadow="v2", shadow_from="1700000000000").shadow_start_ms() == (
         1_700_000_000_000
     )
-    assert parse_from("2026-01-01T00:00:00") == parse_from("2026-01-01T01:00:00+01:00")
-    assert parse_from("") is None
+    same = parse_shadow_from("2026-01-01T01:00:00+01:00")
+    assert parse_shadow_from("2026-01-01T00:00:00") == same
+    assert parse_shadow_from("") is None
     for bad in (
         {"shadow": "v.2"},
         {"shadow": "v2", "answer_log": True},
@@ -172,3 +232,14 @@ async def test_a_topic_made_on_first_need_is_made_once_and_keeps_the_order() -> 
     await asyncio.wait_for(asyncio.gather(*writes), 5)
     ids = [LoggedAnswer.from_json(s.value or b"").correlation_id for s in outbox.sent]
     assert ids == ["c0", "c1", "c2"] and made == [TOPICS.answers("new")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("quick_retries")
+async def test_a_log_record_retried_keeps_the_records_of_its_key_behind_it() -> None:
+    outbox = MemoryOutbox(broken={TOPICS.answers("a"): 1})  # the first attempt fails
+    sink = AnswerSink(TOPICS, outbox, WorkerMetrics())
+    writes = [sink.write(record(i), "a", Reply(f"c{i}", "a", data={}), None) for i in range(3)]
+    await asyncio.wait_for(asyncio.gather(*writes), 5)
+    ids = [LoggedAnswer.from_json(s.value or b"").correlation_id for s in outbox.to("t.answers.a")]
+    assert ids == ["c0", "c1", "c2"]

@@ -1,4 +1,5 @@
-"""The Kafka outbox's order: records of one key reach the producer in the order sent.
+"""The Kafka outbox's order: records of one key are written in the order sent, once
+per send, a failed acknowledgement resent before the records after it.
 
 The producer here is a stand-in for `AIOKafkaProducer.send` that can hold a
 record back the way the real one does while it fetches a new topic's metadata;
@@ -18,12 +19,16 @@ from consumer.kafka_io import KafkaOutbox
 
 class HeldProducer:
     """Queues records in the order its `send` returns; `hold` makes the next send to
-    a topic wait for `release` (a metadata fetch), `fail` makes the next one raise."""
+    a topic wait for `release` (a metadata fetch), `failures` makes the next ones raise,
+    `lost_acks` makes the next acknowledgements fail after the record was queued (a
+    request that timed out on its way to the broker)."""
 
     def __init__(self) -> None:
         self.queued: list[bytes | None] = []
         self.held: dict[str, asyncio.Event] = {}
         self.failures = 0
+        self.lost_acks = 0
+        self.acks: list[asyncio.Future[None]] = []
 
     def hold(self, topic: str) -> asyncio.Event:
         self.held[topic] = asyncio.Event()
@@ -38,7 +43,13 @@ class HeldProducer:
             raise KafkaTimeoutError()
         self.queued.append(value)
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ack.set_result(None)
+        if self.lost_acks:
+            self.lost_acks -= 1
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.02, ack.set_exception, KafkaTimeoutError())
+        else:
+            ack.set_result(None)
+        self.acks.append(ack)
         return ack
 
 
@@ -81,3 +92,29 @@ async def test_records_without_a_key_are_not_held_back() -> None:
     gate.set()
     await first
     assert producer.queued == [b"b", b"a"]
+
+
+@pytest.mark.asyncio
+async def test_an_ack_that_fails_after_queueing_is_resent_before_the_next_record() -> None:
+    """The first record is queued, then its acknowledgement fails: it is sent again,
+    and only then the records after it, each written once."""
+    producer = HeldProducer()
+    producer.lost_acks = 1
+    outbox = KafkaOutbox(producer)  # type: ignore[arg-type]
+    sent = [outbox.send("replies", f"d{i}".encode(), b"cam", []) for i in range(3)]
+    await asyncio.wait_for(asyncio.gather(*sent), 5)
+    assert producer.queued == [b"d0", b"d0", b"d1", b"d2"]
+
+
+@pytest.mark.asyncio
+async def test_the_producer_is_idempotent() -> None:
+    """aiokafka keeps a transaction manager (producer id and sequence numbers) only
+    for an idempotent producer."""
+    from consumer.kafka_io import producer
+    from consumer.settings import KafkaClientSettings
+
+    client = producer(KafkaClientSettings(bootstrap="localhost:1"), "worker")
+    try:
+        assert client._txn_manager is not None
+    finally:
+        await client.stop()

@@ -146,12 +146,17 @@ def test_announcement_and_control_round_trip() -> None:
     again = p.Announcement.from_json(a.to_json())
     assert again == a and again.alive()
     assert not p.Announcement(facts, worker="w", updated_ms=0).alive()
-    # The wire keeps its flat JSON, in the order readers in other languages saw so far.
+    assert not again.forgotten() and p.Announcement(facts, worker="w", updated_ms=0).forgotten()
+    # The wire keeps its flat JSON, in the order readers in other languages saw so far
+    # (a key added goes last).
     assert list(json.loads(a.to_json())) == [
         *("model", "worker", "state", "hash", "engine", "config", "labels", "label_hashes"),
         *("device", "error", "updated_ms", "ttl_ms", "version", "fingerprint", "versions"),
-        "protocol",
+        *("forget_ms", "protocol"),
     ]
+    old = json.loads(a.to_json())
+    del old["forget_ms"]  # a worker of an older version
+    assert p.Announcement.from_json(json.dumps(old).encode()).forget_ms == 3_600_000
     c = p.Control(p.ControlCommand.LOAD, "m", force=True, correlation_id="x", reply_to="r")
     assert p.Control.from_json(c.to_json()) == c
     with pytest.raises(InvalidRequest):

@@ -7,10 +7,12 @@ import asyncio
 
 import pytest
 
+from consumer import records
 from consumer.offsets import OffsetTracker
+from consumer.outbox import OutboxClosed
 from consumer.pipeline import Pipeline
 from consumer.protocol import Reply, header_map
-from consumer.records import Record, RecordAdapter
+from consumer.records import AnswerDropped, Record, RecordAdapter
 from tests.consumer.fakes import IMAGE, TOPICS, MemoryOutbox, handled, record, until
 
 
@@ -119,8 +121,53 @@ async def test_an_offset_is_committed_only_once_its_answer_and_everything_before
     by_id["c0"].ack.set_result(None)
     await asyncio.wait_for(done[0], 5)
     assert commit() == {"p0": 2}
-    by_id["c2"].ack.set_exception(ConnectionError("outbox closing"))
-    with pytest.raises(ConnectionError):
+    by_id["c2"].ack.set_exception(OutboxClosed("shutdown out of time"))
+    with pytest.raises(OutboxClosed):
         await asyncio.wait_for(done[2], 5)
-    assert commit() == {}  # an undelivered answer is never committed past
+    assert commit() == {}  # an answer cut off by shutdown is never committed past
+    assert adapter.inflight == 0
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "RETRY_DELAY_S", 0.001)
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("quick_retries")
+async def test_a_send_that_fails_once_is_tried_again_and_written_once(pipeline: Pipeline) -> None:
+    outbox = MemoryOutbox(broken={"t.results.a": 1})
+    await handled(RecordAdapter(pipeline, TOPICS, outbox, "w1"), record(0, correlation_id="c1"))
+    assert [s.headers["correlation-id"] for s in outbox.to("t.results.a")] == ["c1"]
+    assert outbox.to("t.dlq") == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("quick_retries")
+async def test_an_answer_that_cannot_be_written_is_dead_lettered_after_bounded_attempts(
+    pipeline: Pipeline,
+) -> None:
+    """A reply whose every send fails (not a refusal the fallback handles) does not stay
+    pending for good: after DELIVERY_ATTEMPTS tries the request goes to the DLQ with
+    the error, and its future resolves, so its offset can be committed."""
+    outbox = MemoryOutbox(broken={"t.results.a": 1000})
+    await handled(RecordAdapter(pipeline, TOPICS, outbox, "w1"), record(4, correlation_id="c1"))
+    tries = [s for s in outbox.sent if s.topic == "t.results.a"]
+    assert len(tries) == records.DELIVERY_ATTEMPTS
+    (dead,) = outbox.to("t.dlq")
+    assert dead.headers["dlq-reason-code"] == "reply_undeliverable"
+    assert "producer broke" in dead.headers["dlq-reason"]
+    assert dead.headers["dlq-source-offset"] == "4"
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("quick_retries")
+async def test_when_the_dlq_refuses_too_the_answer_is_dropped_with_its_reason(
+    pipeline: Pipeline,
+) -> None:
+    outbox = MemoryOutbox(refuse={"t.results.a", "t.dlq"})
+    adapter = RecordAdapter(pipeline, TOPICS, outbox, "w1")
+    with pytest.raises(AnswerDropped, match="DLQ refused") as dropped:
+        await asyncio.wait_for(adapter.submit(record(0, correlation_id="c1")), 10)
+    assert dropped.value.model == "a" and "t.dlq" in dropped.value.reason
     assert adapter.inflight == 0

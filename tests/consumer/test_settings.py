@@ -174,3 +174,20 @@ def test_every_command_is_known_to_the_variable_check() -> None:
         module, _, name = spec.partition(":")
         progs.add(getattr(importlib.import_module(module), name).model_config["cli_prog_name"])
     assert progs == scripts
+
+
+def test_validating_a_shadow_imports_no_pipeline() -> None:
+    """The settings check a shadow's name and start time with the protocol's rules
+    alone: the import circle settings -> shadow -> pipeline -> settings is gone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from consumer.settings import ConsumerSettings;"
+        "ConsumerSettings(shadow='v2', shadow_from='1700000000000').consumer_group();"
+        "print(sorted(m for m in sys.modules if m.startswith('consumer.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = out.stdout.strip()
+    for heavy in ("consumer.pipeline", "consumer.shadow", "consumer.records", "consumer.kafka_io"):
+        assert f"'{heavy}'" not in loaded, loaded

@@ -32,6 +32,7 @@ from tests.support.workers import (
     header_dict,
     headers,
     raw_producer,
+    read_to_end,
     read_topic,
     unique_prefix,
 )
@@ -135,11 +136,20 @@ async def send_all(
 
 
 def answers(records: list[Any]) -> dict[str, LoggedAnswer]:
-    out = {}
+    """Logged answers by ident; an ident logged twice fails the test (keyed by ident
+    alone, a duplicate would vanish)."""
+    out: dict[str, LoggedAnswer] = {}
     for rec in records:
         logged = LoggedAnswer.from_json(rec.value)
+        assert logged.ident not in out, f"{logged.ident} logged twice"
         out[logged.ident] = logged
     return out
+
+
+async def everything(bootstrap: str, topic: str, expect: int, timeout_s: float) -> list[Any]:
+    """Every record of `topic` once `expect` arrived: whatever came twice is there too."""
+    await read_topic(bootstrap, topic, expect, timeout_s)
+    return await read_to_end(bootstrap, topic)
 
 
 @pytest.mark.asyncio
@@ -152,9 +162,11 @@ async def test_clients_get_only_serving_answers_and_the_diff_counts_what_the_can
     sent, camera = await send_all(rollout, folder, names)
 
     # Every answer is logged, once per request, by the serving group and by each shadow.
-    logged = answers(await read_topic(bootstrap, rollout.topic("answers"), TOTAL, 300))
-    shadow_v2 = answers(await read_topic(bootstrap, rollout.topic("shadow", "v2"), TOTAL, 300))
-    shadow_same = answers(await read_topic(bootstrap, rollout.topic("shadow", "same"), TOTAL, 300))
+    logged = answers(await everything(bootstrap, rollout.topic("answers"), TOTAL, 300))
+    shadow_v2 = answers(await everything(bootstrap, rollout.topic("shadow", "v2"), TOTAL, 300))
+    shadow_same = answers(
+        await everything(bootstrap, rollout.topic("shadow", "same"), TOTAL, 300)
+    )
     all_ids = {cid for ids in sent.values() for cid in ids} | set(camera)
     assert set(logged) == set(shadow_v2) == set(shadow_same) == all_ids
     assert len(all_ids) == TOTAL == 200
@@ -317,8 +329,8 @@ async def test_a_slow_shadow_changes_nothing_for_the_serving_group(
         assert p50_shadowed <= max(3 * p50_alone, p50_alone + 250), (alone_ms, shadowed_ms)
 
         # The shadow did answer the same frames, much later: it lagged, nobody waited.
-        shadow_records = await read_topic(
-            kafka_bootstrap, f"{prefix}.shadow.slow.{MODEL}", expect=len(names), timeout_s=120
+        shadow_records = await everything(
+            kafka_bootstrap, f"{prefix}.shadow.slow.{MODEL}", len(names), 120
         )
         shadow_answers = [LoggedAnswer.from_json(r.value) for r in shadow_records]
         assert len(shadow_answers) == len(names)
@@ -372,11 +384,11 @@ async def test_a_shadow_can_start_from_a_time_and_applies_deadlines(
     ).start()
     try:
         shadow.wait_ready(timeout_s=300)
-        records = await read_topic(kafka_bootstrap, f"{prefix}.shadow.late.{MODEL}", 6, 120)
+        records = await everything(kafka_bootstrap, f"{prefix}.shadow.late.{MODEL}", 6, 120)
     finally:
         shadow.stop()
     codes = {
-        a.correlation_id: (a.reply.error.code if a.reply.error else "ok")
-        for a in (LoggedAnswer.from_json(r.value) for r in records)
+        ident: (a.reply.error.code if a.reply.error else "ok")
+        for ident, a in answers(records).items()
     }
     assert codes == {f"early-{i}": "deadline_exceeded" if i % 2 else "ok" for i in range(6)}

@@ -19,6 +19,11 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from consumer.lag import LagReporter
+from consumer.metrics import WorkerMetrics
+from consumer.offsets import OffsetTracker
+from consumer.protocol import Topics
+from consumer.registry import ModelRegistry
 from consumer.settings import ConsumerSettings
 from consumer.supervision import Restarts, Supervisor
 from consumer.worker import Worker
@@ -77,9 +82,16 @@ class _MovingAssignment:
 
 @pytest.mark.asyncio
 async def test_lag_survives_a_partition_revoked_during_its_awaits(tmp_path: Path) -> None:
-    worker = Worker(ConsumerSettings(bootstrap="x:1", repository=tmp_path, topic_prefix="p"))
-    worker.consumer = _MovingAssignment()  # type: ignore[assignment]
-    assert await worker._lag() == {"m": 6}  # the first partition; the revoked one skipped
+    settings = ConsumerSettings(bootstrap="x:1", repository=tmp_path, topic_prefix="p")
+    reporter = LagReporter(
+        _MovingAssignment(),  # type: ignore[arg-type]
+        Topics("p"),
+        ModelRegistry.from_settings(settings),
+        WorkerMetrics(),
+        OffsetTracker(),
+        lambda: 0,
+    )
+    assert await reporter.lag() == {"m": 6}  # the first partition; the revoked one skipped
 
 
 @pytest.mark.kafka
@@ -102,14 +114,14 @@ async def test_a_worker_loop_that_raises_turns_liveness_false(
     worker = Worker(settings)
     running = asyncio.create_task(worker.run())
     try:
-        await wait_for(lambda: worker._joined or running.done(), timeout_s=120)
+        await wait_for(lambda: worker.joined or running.done(), timeout_s=120)
         assert not running.done()
         assert (await asyncio.to_thread(probe, port, "/health/live"))[0] == 200
 
         def broken(lag: dict[str, int]) -> None:
             raise RuntimeError("metrics backend gone")
 
-        monkeypatch.setattr(worker, "refresh_lag_metrics", broken)
+        monkeypatch.setattr(worker.lag, "refresh", broken)
         # One probe period (Kubernetes' default is 10 s); the lag loop turns every 2 s.
         await wait_for(lambda: not worker.supervisor.healthy, timeout_s=10)
         status, body = await asyncio.to_thread(probe, port, "/health/live")

@@ -64,3 +64,31 @@ def test_a_model_failed_everywhere_shows_the_error_and_no_version() -> None:
     )
     failure = directory.failed_everywhere("m")
     assert failure is not None and failure.code == "model_load_failed"
+
+
+def test_a_worker_gone_longer_than_forget_ms_is_forgotten_and_its_model_is_404() -> None:
+    """The map holds only workers seen lately; a model only such workers served, or
+    known only from an old request topic, stops making requests wait."""
+    directory = ModelDirectory(KafkaClientSettings(bootstrap="127.0.0.1:1"), forget_ms=60_000)
+    now = int(time.time() * 1000)
+    for worker, age_ms in (("w-old", 120_000), ("w-recent", 50_000)):
+        stopped = Announcement(
+            facts("m", ModelState.STOPPED, 1),
+            worker=worker,
+            updated_ms=now - age_ms,
+            forget_ms=60_000,
+        )
+        directory._apply(announcement_key("m", worker), stopped.to_json())
+    # Stopped a while ago, not yet forgotten: requests wait in Kafka (the waiting rule).
+    assert directory.expected("m") and directory.resolve("m") == "m"
+    with pytest.raises(ModelUnavailable):
+        directory.view("m")
+    directory._forget()
+    assert list(directory._latest) == [announcement_key("m", "w-recent")]
+    directory._latest.clear()  # w-recent ages out too
+    directory._seen_topics({"tfstream.requests.m"})
+    assert directory.expected("m")  # a topic seen just now: a worker may be coming
+    directory._topics["tfstream.requests.m"] -= 61  # seen for longer than forget_ms
+    assert not directory.expected("m")
+    with pytest.raises(ModelNotFound):
+        directory.view("m")

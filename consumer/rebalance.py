@@ -1,0 +1,68 @@
+"""Partitions moving between workers: hand back the work of revoked partitions.
+
+aiokafka calls the listener inside the rebalance, before the partitions go to
+their next owner (`aiokafka.abc.ConsumerRebalanceListener`): with manual
+commits, whatever is answered must be committed here, or the next owner answers
+it again. The revoked partitions' requests in flight are waited for, up to
+`--shutdown-timeout-s`; a request whose answer was given up (`AnswerDropped`)
+is no longer in flight, so it never holds a rebalance back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+from consumer.commits import Commits
+
+log = logging.getLogger(__name__)
+
+#: How often a revoke checks whether the revoked partitions' work is done.
+REVOKE_POLL_S = 0.02
+
+
+def _names(partitions: set[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
+
+
+async def hand_back(commits: Commits, revoked: set[TopicPartition], timeout_s: float) -> None:
+    """Before partitions move: finish their work in hand and commit it."""
+    offsets = commits.offsets
+    deadline = time.monotonic() + timeout_s
+    while offsets.pending(revoked) and time.monotonic() < deadline:
+        await asyncio.sleep(REVOKE_POLL_S)
+    unfinished = offsets.pending(revoked)
+    if unfinished:  # they will be answered here and again by the partitions' next owner
+        log.warning(
+            "revoke timed out: unfinished requests will be answered twice",
+            extra={"unfinished": unfinished, "timeout_s": timeout_s},
+        )
+    await commits.commit(revoked)
+    offsets.forget(revoked)
+    log.info("partitions revoked", extra={"partitions": _names(revoked)})
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(
+        self,
+        commits: Commits,
+        timeout_s: float,
+        placed: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
+    ) -> None:
+        """`placed`: called with newly assigned partitions before they are fetched
+        (a shadow places those its group never committed)."""
+        self.commits = commits
+        self.timeout_s = timeout_s
+        self.placed = placed
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await hand_back(self.commits, revoked, self.timeout_s)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.placed is not None:
+            await self.placed(assigned)
+        log.info("partitions assigned", extra={"partitions": _names(assigned)})
