@@ -25,6 +25,11 @@ the mean of the two:
    (camera-like, ~440 KB) 1920x1080 frames: frames/s, CPU ms per frame of the
    consumer, the broker and the client, the model-size decode cost of the same
    frames and this machine's full-resolution decode limit, in the same run;
+5b. feeding a GPU, issue 31's method: the same simulated consumer fed by a
+   `tfstream-replay --max` process with 32 distinct textured 1920x1080 and
+   3840x2160 frames at 64 and 512 in flight; the consumer's CPU over the whole
+   replay per frame answered, against the same frames decoded alone with PIL's
+   `draft` in another process (median of three replays; bench/feed.py);
 6. camera conflation: a camera at twice the rate one simulated worker serves,
    without and with `conflate: latest`: answers/s, share superseded, and the age
    of the newest answered frame (p50/p99) over a window of 2 x --seconds.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 
+from bench import feed as feed_method
 from bench.cpu import CpuUse
 from bench.page import markdown
 from bench.raw_engine import sample_jpegs
 from bench.results import Bench, Measurement, Row, Target, evaluate
-from bench.sections import SECTIONS, TARGETS, ceiling, conflation, fixed, scaling, serving
+from bench.sections import SECTIONS, TARGETS, ceiling, conflation, feed, fixed, scaling, serving
 
 
 def row(
@@ -54,12 +55,21 @@ def test_every_target_names_a_row_id_its_section_produces() -> None:
         *(scaling.row_id(n) for n in scaling.COUNTS),
         *(ceiling.row_id(w, h) for w, h in ceiling.RESOLUTIONS),
         ceiling.row_id(*ceiling.TEXTURED, textured=True),
+        *(feed.row_id(w, h, n) for w, h in feed_method.RESOLUTIONS for n in feed_method.IN_FLIGHT),
         *(fixed.row_id(n) for n in (1, 2)),
         conflation.OFF,
         conflation.ON,
     }
     assert {t.row_id for t in TARGETS} <= produced
-    assert list(SECTIONS) == ["kafka", "embedded", "fixed", "scaling", "ceiling", "conflation"]
+    assert list(SECTIONS) == [
+        "kafka",
+        "embedded",
+        "fixed",
+        "scaling",
+        "ceiling",
+        "feed",
+        "conflation",
+    ]
 
 
 def test_targets_on_cpu_by_role_and_section_quantities_and_their_table() -> None:

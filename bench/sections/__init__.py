@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import Context
 from bench.results import Row, Target
-from bench.sections import ceiling, conflation, fixed, scaling, serving
+from bench.sections import ceiling, conflation, feed, fixed, scaling, serving
 
 Section = Callable[[Context], Awaitable[list[Row]]]
 
@@ -23,6 +23,7 @@ SECTIONS: dict[str, Section] = {
     "fixed": fixed.fixed_batch,
     "scaling": scaling.scaling,
     "ceiling": ceiling.ceiling,
+    "feed": feed.feeding,
     "conflation": conflation.conflation,
 }
 
@@ -31,5 +32,6 @@ TARGETS: list[Target] = [
     *fixed.TARGETS,
     *scaling.TARGETS,
     *ceiling.TARGETS,
+    *feed.TARGETS,
     *conflation.TARGETS,
 ]
