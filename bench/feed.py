@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -39,6 +40,7 @@ from deploy.local.processes import ConsumerProcess
 
 IN_FLIGHT = (64, 512)
 RESOLUTIONS = ((1920, 1080), (3840, 2160))
+_TICK = os.sysconf("SC_CLK_TCK")
 FRAMES = 32
 MAX_BATCH = 64
 TARGET_MS = 1.0
@@ -85,6 +87,14 @@ def decode_alone_ms(folder: Path, passes: int = 3) -> float:
     return float(out.stdout.strip())
 
 
+def thread_cpu_s(pid: int, tid: int) -> float:
+    """User + system CPU seconds of one thread of a process (the main thread: tid == pid)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    return 0.0
+
+
 @dataclass(frozen=True)
 class FeedRun:
     answered: int
@@ -92,6 +102,9 @@ class FeedRun:
     """Consumer CPU ms per answered frame, the whole replay."""
     replay_ms: float
     """The replay process's CPU ms per answered frame, its start-up included."""
+    loop_ms: float
+    """Of `consumer_ms`, the main thread's: the event loop (Kafka I/O, records, replies);
+    the rest is the decode threads' (and the engine's, asleep in the simulation)."""
     frames_per_s: float
 
 
@@ -113,9 +126,11 @@ def replay_once(
         env = {**os.environ, "TFSTREAM_PROGRESS": "false"}
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         before = process_cpu_s(consumer)
+        loop_before = thread_cpu_s(consumer, consumer)
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _, err = proc.communicate(timeout=seconds + 180)
         after = process_cpu_s(consumer)
+        loop_after = thread_cpu_s(consumer, consumer)
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise RuntimeError(f"replay failed: {err.decode(errors='replace')[-2000:]}")
@@ -126,6 +141,7 @@ def replay_once(
         int(data["answered"]),
         1000 * (after - before) / answered,
         1000 * replay_s / answered,
+        1000 * (loop_after - loop_before) / answered,
         float(data["throughput"]),
     )
 
@@ -154,6 +170,8 @@ class FeedResult:
             f"{self.width}x{self.height} ({self.kb:.0f} KB), {self.in_flight} in flight: "
             f"consumer {self.consumer_ms:.2f} ms/frame, decode alone {self.decode_ms:.2f}, "
             f"beyond the decode {self.beyond_ms:+.2f} ms (runs {each}); "
+            f"event loop {statistics.median(r.loop_ms for r in self.runs):.2f}, other threads "
+            f"{statistics.median(r.consumer_ms - r.loop_ms for r in self.runs):.2f} ms/frame; "
             f"{statistics.median(r.frames_per_s for r in self.runs):.0f} frames/s, replay "
             f"{statistics.median(r.replay_ms for r in self.runs):.2f} ms/frame"
         )

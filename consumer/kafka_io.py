@@ -25,11 +25,16 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
+from consumer import kafka_reader
 from consumer.ordering import Chains
 from consumer.outbox import OutboxClosed
 from consumer.protocol import Headers
 from consumer.settings import KafkaClientSettings
 from engines.errors import NotAuthorized, ReplyUndeliverable
+
+# Every process that talks to Kafka builds its clients here: their connections read
+# responses without asyncio's StreamReader copies (consumer/kafka_reader.py).
+kafka_reader.install()
 
 ClientT = TypeVar("ClientT", AIOKafkaConsumer, AIOKafkaProducer)
 

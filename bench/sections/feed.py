@@ -27,6 +27,7 @@ DECODE = "decode alone ms (PIL draft)"
 BEYOND = "consumer CPU beyond the decode, ms"
 RUNS = "runs beyond the decode, ms (min / max)"
 REPLAY = "replay CPU ms/frame"
+LOOP = "of which the event loop thread, ms"
 
 
 def row_id(width: int, height: int, in_flight: int) -> str:
@@ -70,6 +71,7 @@ def to_row(result: feed.FeedResult) -> Row:
             BEYOND: result.beyond_ms,
             RUNS + " min": min(runs),
             RUNS + " max": max(runs),
+            LOOP: statistics.median(r.loop_ms for r in result.runs),
             REPLAY: statistics.median(r.replay_ms for r in result.runs),
         },
     )
