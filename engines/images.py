@@ -118,7 +118,27 @@ def decode_for_model(
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(f"the image is corrupt or truncated: {exc}") from None
-    return Decoded(np.asarray(rgb, dtype=np.uint8), *shown)
+    return Decoded(pixels(rgb), *shown)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    """An RGB image's pixels as a read-only uint8 [h, w, 3] array, like `np.asarray`,
+    packed by one call of Pillow's raw encoder sized to the whole image. `np.asarray`
+    goes through `Image.tobytes`, which packs 64 KB at a time in a Python loop and
+    joins the pieces: a second copy, ~0.2 ms more per 1080p frame decoded at half
+    size and four times that at 4K, which a camera feed pays on every frame."""
+    width, height = image.size
+    if image.mode != "RGB" or width < 1 or height < 1:
+        return np.asarray(image, dtype=np.uint8)
+    encoder = Image._getencoder("RGB", "raw", "RGB")
+    try:
+        encoder.setimage(image.im, (0, 0, width, height))
+        _, status, data = encoder.encode(max(width * height * 3, width * 4, 65536))
+    finally:
+        encoder.cleanup()
+    if status != 1 or len(data) != width * height * 3:  # not all of it in one call
+        return np.asarray(image, dtype=np.uint8)
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

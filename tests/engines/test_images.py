@@ -176,3 +176,17 @@ def test_scaled_decode_keeps_the_limits() -> None:
         decode_for_model(data, DecodeLimits(max_pixels=1920 * 1080 - 1), FixedShape(300, 300))
     with pytest.raises(InvalidImage):
         decode_for_model(data[:300], resizer=FixedShape(300, 300))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 1), (3, 5), (641, 479), (960, 540)])
+def test_pixels_are_what_numpy_makes_of_the_image_in_one_packing(size: tuple[int, int]) -> None:
+    from engines.images import pixels
+
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    got = pixels(image)
+    assert got.dtype == np.uint8 and got.shape == (size[1], size[0], 3)
+    assert np.array_equal(got, np.asarray(image))
+    assert not got.flags.writeable  # as np.asarray's: the engine never writes into them
+    grey = image.convert("L")
+    assert np.array_equal(pixels(grey), np.asarray(grey))  # other modes: numpy's way
