@@ -1,7 +1,8 @@
 """The aiokafka clients, built the same way by every process, and topic set-up.
 
-Sizes are raised together (producer request size, consumer fetch sizes, topic
-`max.message.bytes`) so that a 10 MB image fits end to end.
+Sizes are raised together (producer request size, topic `max.message.bytes`) so
+that a 10 MB image fits end to end; fetches stay a few MB (`FETCH_BYTES`), which a
+broker exceeds for one batch larger than that.
 """
 
 from __future__ import annotations
@@ -70,12 +71,23 @@ def producer(settings: KafkaClientSettings, role: str, linger_ms: int = 0) -> AI
     )
 
 
+#: How much one fetch asks for, per partition and in all. Soft limits: since fetch v3
+#: (KIP-74) a broker returns the first record batch whole however large, so a 10 MB
+#: image still comes (alone). Kept small on purpose: a fetch response is copied
+#: (joined from the socket, sliced into records) while the GIL is held, and one of
+#: tens of MB (512 camera frames in flight) misses every cache and, above glibc's
+#: 32 MB mmap limit, faults in fresh pages for each copy: the consumer's CPU per frame
+#: grew with the depth of its queue. A few MB per fetch keeps it flat.
+FETCH_PARTITION_BYTES = 1024 * 1024
+FETCH_BYTES = 4 * 1024 * 1024
+
+
 def consumer(settings: KafkaClientSettings, role: str, **kwargs: object) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         **settings.client_kwargs(),
         client_id=settings.client_id or default_client_id(role),
-        max_partition_fetch_bytes=settings.max_message_bytes,
-        fetch_max_bytes=max(settings.max_message_bytes * 4, 64 * 1024 * 1024),
+        max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
+        fetch_max_bytes=FETCH_BYTES,
         **kwargs,  # type: ignore[arg-type]
     )
 
