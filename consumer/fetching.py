@@ -81,10 +81,12 @@ class Fetcher:
 
     def answered(self, tp: TopicPartition, offset: int, done: asyncio.Future[None]) -> None:
         error = asyncio.CancelledError() if done.cancelled() else done.exception()
-        where = {"partition": f"{tp.topic}:{tp.partition}", "offset": offset}
         if error is None:
             self.offsets.finish(tp, offset)
-        elif isinstance(error, AnswerDropped):
+            self._capacity.set()
+            return
+        where = {"partition": f"{tp.topic}:{tp.partition}", "offset": offset}
+        if isinstance(error, AnswerDropped):
             self.offsets.finish(tp, offset)  # the partition moves on, loudly
             self.metrics.answers_dropped.labels(error.model).inc()
             self.problems.set(DROPPED, f"{where['partition']}@{offset}: {error.reason}")

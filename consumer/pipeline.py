@@ -707,8 +707,9 @@ class Pipeline:
         sizes = [(job.decoded.result().width, job.decoded.result().height) for job in group]
         self.metrics.batch_size.labels(model).observe(len(group))
         self.metrics.inference_seconds.labels(model).observe(finished_s - started_s)
+        queue_seconds = self.metrics.queue_seconds.labels(model)
         for job, (width, height), boxes in zip(group, sizes, found, strict=True):
-            self.metrics.queue_seconds.labels(model).observe(started_s - job.arrived_s)
+            queue_seconds.observe(started_s - job.arrived_s)
             if job.spans is not None:
                 decoded = job.decoded.result()
                 job.spans.child("queue", job.arrived_s, started_s)

@@ -153,10 +153,16 @@ class RecordAdapter:
         spans: RequestSpans,
     ) -> None:
         answer = await answered
+        sends = self._sends(record, model, reply_to, answer, spans)
+        outcomes: list[object] = []
         try:
-            outcomes = await asyncio.gather(
-                *self._sends(record, model, reply_to, answer, spans), return_exceptions=True
-            )
+            if len(sends) == 1:  # the reply alone, as nearly always: no gather, no task
+                try:
+                    await sends[0]
+                except Exception as exc:
+                    outcomes.append(exc)
+            else:
+                outcomes = await asyncio.gather(*sends, return_exceptions=True)
         finally:
             spans.end(answer.error)
         # Every send has ended (none is left running behind a commit); the gravest

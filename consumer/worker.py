@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -174,6 +175,10 @@ class Worker:
             self.consumer, self.adapter, self.offsets, s.max_inflight, self.metrics, self.problems
         )
         self.probes.last_tick = lambda: self.fetcher.last_tick_s
+        # What is loaded by now (TensorFlow, the models, the clients) lives as long as
+        # the process: out of the cyclic collector's sight, or every full collection
+        # walks all of it (a quarter of the event loop's CPU at 512 frames in flight).
+        gc.freeze()
         self.probes.joined = True
         log.info(
             "worker started",
