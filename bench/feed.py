@@ -95,6 +95,12 @@ def thread_cpu_s(pid: int, tid: int) -> float:
     return 0.0
 
 
+def minor_faults(pid: int) -> int:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    return 0
+
+
 @dataclass(frozen=True)
 class FeedRun:
     answered: int
@@ -102,6 +108,8 @@ class FeedRun:
     """Consumer CPU ms per answered frame, the whole replay."""
     replay_ms: float
     """The replay process's CPU ms per answered frame, its start-up included."""
+    faults: float
+    """The consumer's minor page faults per answered frame (fresh memory touched)."""
     loop_ms: float
     """Of `consumer_ms`, the main thread's: the event loop (Kafka I/O, records, replies);
     the rest is the decode threads' (and the engine's, asleep in the simulation)."""
@@ -127,10 +135,12 @@ def replay_once(
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         before = process_cpu_s(consumer)
         loop_before = thread_cpu_s(consumer, consumer)
+        faults_before = minor_faults(consumer)
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _, err = proc.communicate(timeout=seconds + 180)
         after = process_cpu_s(consumer)
         loop_after = thread_cpu_s(consumer, consumer)
+        faults_after = minor_faults(consumer)
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise RuntimeError(f"replay failed: {err.decode(errors='replace')[-2000:]}")
@@ -141,6 +151,7 @@ def replay_once(
         int(data["answered"]),
         1000 * (after - before) / answered,
         1000 * replay_s / answered,
+        (faults_after - faults_before) / answered,
         1000 * (loop_after - loop_before) / answered,
         float(data["throughput"]),
     )
@@ -172,6 +183,7 @@ class FeedResult:
             f"beyond the decode {self.beyond_ms:+.2f} ms (runs {each}); "
             f"event loop {statistics.median(r.loop_ms for r in self.runs):.2f}, other threads "
             f"{statistics.median(r.consumer_ms - r.loop_ms for r in self.runs):.2f} ms/frame; "
+            f"{statistics.median(r.faults for r in self.runs):.0f} page faults/frame; "
             f"{statistics.median(r.frames_per_s for r in self.runs):.0f} frames/s, replay "
             f"{statistics.median(r.replay_ms for r in self.runs):.2f} ms/frame"
         )
