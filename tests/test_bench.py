@@ -122,3 +122,21 @@ def test_a_lone_request_row_reports_the_median_of_its_pairs() -> None:
     assert -30 < result.diff_p50_ms < 30
     assert result.served_p50_ms >= 4.0
     assert result.raw_cpu_ms > 0
+
+
+def test_feed_rows_carry_the_median_beyond_the_decode_and_their_targets_read_it() -> None:
+    runs = [
+        feed_method.FeedRun(
+            600, consumer_ms=ms, replay_ms=2.0, faults=100.0, loop_ms=1.0, frames_per_s=30.0
+        )
+        for ms in (9.0, 8.0, 12.0)
+    ]
+    result = feed_method.FeedResult(1920, 1080, 512, 448.0, decode_ms=7.5, runs=runs)
+    row = feed.to_row(result)
+    assert row.id == feed.row_id(1920, 1080, 512)
+    assert row.value(feed.BEYOND) == 1.5  # median consumer 9.0 - decode 7.5
+    assert row.value(feed.RUNS + " min") == 0.5 and row.value(feed.RUNS + " max") == 4.5
+    (outcome,) = [o for o in evaluate([row], feed.TARGETS) if o.measured is not None]
+    assert outcome.measured == 1.5 and not outcome.met
+    page = markdown(Bench(1, 1, 0.1), [row], [outcome], {}, [], 60)
+    assert feed.row_id(1920, 1080, 512) in page and feed.BEYOND in page
