@@ -6,9 +6,9 @@ per batch, max batch 64, `--max-inflight` as deep as the replay), fed by a
 CPU from /proc over the whole replay divided by the frames answered, against the
 same frames decoded alone with PIL's `draft("RGB", (300, 300))` in another
 process. 1920x1080 and 3840x2160, 64 and 512 in flight, the median of three
-replays (one with --quick). Section 5 measures the same quantity inside a warm
-window with the decode of the full `decode_for_model`; docs/profile.md says why
-the two differ.
+replays (with --quick: one 2 s replay, 1080p only). Section 5 measures the
+same quantity inside a warm window with the decode of the full
+`decode_for_model`; docs/profile.md says why the two differ.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ async def feeding(ctx: Context) -> list[Row]:
     print(TITLE, flush=True)
     quick = bool(getattr(ctx.args, "quick", False))
     work = ctx.folder.parent / "feed"
+    sizes = feed.RESOLUTIONS[:1] if quick else feed.RESOLUTIONS  # 4K frames take a while to make
     results = await feed.measure(
         ctx.bootstrap,
         ctx.repository,
@@ -88,5 +89,6 @@ async def feeding(ctx: Context) -> list[Row]:
         ctx.logs,
         runs=1 if quick else 3,
         seconds=ctx.bench.seconds if quick else max(ctx.bench.seconds, 20.0),
+        resolutions=sizes,
     )
     return [to_row(r).show() for r in results]
