@@ -41,6 +41,7 @@ class CameraState:
     fps_in: float
     fps_out: float
     frames_sent: int
+    connects: int
     reconnects: int
     frame_age_ms: float | None
     hwaccel: bool

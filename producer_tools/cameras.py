@@ -317,6 +317,7 @@ class Gateway:
                 fps_in=round(c.fps_in, 2),
                 fps_out=round(c.fps_out, 2),
                 frames_sent=c.sent,
+                connects=c.reader.stats.connects,
                 reconnects=c.reader.stats.reconnects,
                 frame_age_ms=None if c.last_age_s is None else round(c.last_age_s * 1000, 1),
                 hwaccel=c.reader.stats.hwaccel,

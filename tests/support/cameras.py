@@ -89,10 +89,10 @@ class RtspServer:
             args += ["--mount", f"{name}={folder}:{fps}"]
         if self.auth:
             args += ["--auth", self.auth]
-        stderr = open(self.log_path, "a") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
-        )
+        with open(self.log_path or os.devnull, "a") as stderr:
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout_s
         line = self.proc.stdout.readline()
@@ -121,6 +121,9 @@ class RtspServer:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait(10)
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
             self.proc = None
 
 
