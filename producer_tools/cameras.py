@@ -50,11 +50,12 @@ from producer_tools.camera_config import CameraConfig, CameraConfigError, load_c
 from producer_tools.camera_encode import FrameTooLarge, encode
 from producer_tools.camera_metrics import CameraCounters, CameraMetrics, CameraState
 from producer_tools.camera_reader import CameraReader, Timeouts
+from producer_tools.camera_states import publish_states
 from producer_tools.stream import correlation_id
 
 log = logging.getLogger(__name__)
 
-STOP_READERS_S = 1.0
+STOP_READERS_S = 0.5
 """Of the 2 s a SIGTERM allows, how long to wait for readers to end by themselves."""
 RATE_WINDOW_S = 5.0
 
@@ -82,6 +83,9 @@ class CamerasSettings(LoggingSettings, TracingSettings, KafkaClientSettings):
     """Longest wait between two connection attempts (the backoff doubles up to it)."""
     reload_interval_s: float = Field(default=2.0, ge=0)
     """How often the file is checked for changes; 0: only on SIGHUP."""
+    states_interval_s: float = Field(default=2.0, ge=0)
+    """How often each camera's state is published to <prefix>.cameras (keyed by camera id,
+    compacted), where the bridge's live page reads it; 0: not published."""
 
 
 @dataclass
@@ -352,6 +356,11 @@ async def run_gateway(settings: CamerasSettings, stop: asyncio.Event | None = No
         log.info("metrics and health", extra={"port": port})
     gateway.apply(wanted)
     mtime = _mtime(settings.config)
+    publisher = (
+        asyncio.create_task(publish_states(settings, producer, gateway.states, stop))
+        if settings.states_interval_s
+        else None
+    )
     try:
         while not stop.is_set():
             interval = settings.reload_interval_s or 1.0
@@ -371,9 +380,12 @@ async def run_gateway(settings: CamerasSettings, stop: asyncio.Event | None = No
                     extra={"error": exc.code, "detail": exc.message},
                 )
     finally:
+        if publisher is not None:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
         await gateway.stop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), 0.5)
+            await asyncio.wait_for(producer.stop(), 0.3)
         gateway.metrics.close()
     return gateway
 
