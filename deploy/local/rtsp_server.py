@@ -4,11 +4,12 @@ Run by the system `/usr/bin/python3` (Debian's python3-gi and
 gir1.2-gst-rtsp-server-1.0), never by the project's virtualenv, which has no
 GObject bindings. It serves each mount as H.264 (x264, zero-latency) encoded
 from a folder of JPEG frames (`frame_000.jpg`...) looped forever, paced at the
-mount's frame rate like a real camera's clock. With `--auth`, every mount asks
+mount's frame rate like a real camera's clock, and scaled to the mount's size
+when it has one; a key frame every second. With `--auth`, every mount asks
 for those credentials (answering 401 without them).
 
-    /usr/bin/python3 tests/support/rtsp_server.py --port 8554 \
-        --mount cam=/tmp/frames:25 [--mount ...] [--auth admin:secret]
+    /usr/bin/python3 deploy/local/rtsp_server.py --port 8554 \
+        --mount cam=/tmp/frames:25[:1920x1080] [--mount ...] [--auth admin:secret]
 
 Mounts are shared: every client of a mount watches one encoder, so sixteen
 cameras on one mount cost one encode. Lines on stdin drive failures:
@@ -29,8 +30,15 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
-def pipeline(folder: str, fps: int, width: int) -> str:
-    scale = f"videoscale ! video/x-raw,width={width},pixel-aspect-ratio=1/1 ! " if width else ""
+def pipeline(folder: str, fps: int, size: str) -> str:
+    """`size` WIDTHxHEIGHT scales the frames (stretching them), empty keeps theirs."""
+    scale = ""
+    if size:
+        width, height = size.split("x")
+        scale = (
+            "videoscale add-borders=false ! "
+            f"video/x-raw,width={width},height={height},pixel-aspect-ratio=1/1 ! "
+        )
     return (
         f'( multifilesrc location="{folder}/frame_%03d.jpg" loop=true '
         f'caps="image/jpeg,framerate={fps}/1" ! jpegdec ! videoconvert ! {scale}'
@@ -45,7 +53,7 @@ def pipeline(folder: str, fps: int, width: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mount", action="append", default=[], help="NAME=FOLDER:FPS[:WIDTH]")
+    parser.add_argument("--mount", action="append", default=[], help="NAME=FOLDER:FPS[:WIDTHxHEIGHT]")
     parser.add_argument("--auth", default="", help="USER:PASSWORD every client must give")
     args = parser.parse_args()
 
@@ -67,9 +75,9 @@ def main() -> int:
     stalled: set[str] = set()
     for spec in args.mount:
         name, rest = spec.split("=", 1)
-        folder, fps, *width = rest.split(":")
+        folder, fps, *size = rest.split(":")
         factory = GstRtspServer.RTSPMediaFactory()
-        factory.set_launch(pipeline(folder, int(fps), int(width[0]) if width else 0))
+        factory.set_launch(pipeline(folder, int(fps), size[0] if size else ""))
         factory.set_shared(True)
         factory.add_role_from_structure(
             Gst.Structure.new_from_string(
