@@ -348,7 +348,10 @@ async def run_gateway(settings: CamerasSettings, stop: asyncio.Event | None = No
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
     producer = await until_ready(
-        "connecting", lambda: kafka_io.started(kafka_io.producer(settings, "cameras")), settings
+        "connecting",
+        # 5 ms of linger: the frames of many cameras due at once share one produce request.
+        lambda: kafka_io.started(kafka_io.producer(settings, "cameras", linger_ms=5)),
+        settings,
     )
     gateway = Gateway(settings, producer)
     if settings.metrics_port:
