@@ -3,11 +3,11 @@
     python -m bench.camera_decode URL SECONDS
 
 Opens the stream with PyAV (RTSP over TCP, as the gateway does), decodes a
-second of it, then decodes every frame for SECONDS and prints one JSON line: the CPU seconds the process
-spent in that window (all threads: FFmpeg's decoder threads count), the wall
-seconds and the frames decoded. Nothing is converted, scaled or encoded: this
-is the least any reader of the stream must spend, so the gateway's CPU over
-this CPU is its overhead.
+second of it, then decodes every frame for SECONDS and prints one JSON line:
+the CPU seconds the process spent in that window (all threads: FFmpeg's
+decoder threads count), the wall seconds and the frames decoded. Nothing is
+converted, scaled or encoded: this is the least any reader of the stream must
+spend, so the gateway's CPU over this CPU is its overhead.
 """
 
 from __future__ import annotations
