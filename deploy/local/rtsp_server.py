@@ -53,7 +53,9 @@ def pipeline(folder: str, fps: int, size: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mount", action="append", default=[], help="NAME=FOLDER:FPS[:WIDTHxHEIGHT]")
+    parser.add_argument(
+        "--mount", action="append", default=[], help="NAME=FOLDER:FPS[:WIDTHxHEIGHT]"
+    )
     parser.add_argument("--auth", default="", help="USER:PASSWORD every client must give")
     args = parser.parse_args()
 
