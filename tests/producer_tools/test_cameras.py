@@ -483,10 +483,17 @@ def test_frame_age_at_send_stays_within_one_source_frame_and_does_not_grow(
     assert abs(lag_first) < 0.25 and abs(lag_second) < 0.25, (lag_first, lag_second)
 
 
-def test_the_file_is_re_read_when_edited(small: Gateway, rtsp: RtspServer) -> None:
-    small.write([*small.cameras, camera("added", rtsp.url("cam"), fps=2)])
-    small.wait(lambda: small.states().get("added", {}).get("frames_sent", 0) > 0, 20, "added")
+def test_the_file_is_re_read_when_edited_and_keyframes_only_decodes_one_frame_a_second(
+    small: Gateway, rtsp: RtspServer
+) -> None:
+    """The added camera decodes key frames only (the server sends one a second)."""
+    small.write([*small.cameras, camera("added", rtsp.url("cam"), fps=1, decode="keyframes")])
+    small.wait(lambda: small.states().get("added", {}).get("frames_sent", 0) >= 3, 20, "added")
     assert small.states()["steady"]["connects"] == 1
+    decoded = small.metric("tfstream_camera_frames_decoded_total", "added")
+    time.sleep(4)
+    rate = (small.metric("tfstream_camera_frames_decoded_total", "added") - decoded) / 4
+    assert 0.5 <= rate <= 2.0, rate  # one key frame a second, not 25 frames
 
 
 @pytest.mark.asyncio
