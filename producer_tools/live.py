@@ -10,6 +10,10 @@ becomes the camera's view. Joining by correlation id, not by key and order,
 stays right when answers come out of order (errors go ahead of queued frames)
 or twice (a redelivery after a rebalance: the second is ignored).
 
+`tfstream-cameras` publishes each camera's own state (connected, reconnecting
+and why, fps in and out) on `<prefix>.cameras`; the reader follows it too and
+shows it with the camera, even one that never connected.
+
 A shadow group running for the model (`tfstream-consumer --shadow NAME`)
 answers the same frames on `<prefix>.shadow.NAME.<model>`: its answer to the
 frame on show is drawn dashed over it, with its own latency (request record
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import re
 import time
@@ -41,6 +46,7 @@ from consumer.answer_log import LoggedAnswer
 from consumer.protocol import CORRELATION_ID, REPLY_TO, Reply, Topics, header_map
 from consumer.settings import KafkaClientSettings
 from engines.errors import InvalidRequest, ServiceUnavailable
+from producer_tools.camera_states import states_topic
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,8 @@ class CameraView:
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     shadows: dict[str, LoggedAnswer] = field(default_factory=dict)
     """Each shadow's answer to the frame on show, by shadow name."""
+    source: dict[str, Any] | None = None
+    """The camera's state as `tfstream-cameras` last published it (<prefix>.cameras)."""
 
     def fps(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -123,6 +131,7 @@ class CameraView:
                 }
                 for name, a in sorted(self.shadows.items())
             ],
+            "source": self.source,
         }
 
 
@@ -147,6 +156,7 @@ class LiveStreams:
         self._requests = re.compile(rf"^{prefix}\.requests\.(.+)$")
         self._results = re.compile(rf"^{prefix}\.results\.(.+)$")
         self._shadow = re.compile(rf"^{prefix}\.shadow\.([^.]+)\.(.+)$")
+        self._states = states_topic(settings.topic_prefix)
         self._shadow_answers: OrderedDict[
             tuple[str, str], OrderedDict[str, dict[str, LoggedAnswer]]
         ] = OrderedDict()
@@ -169,7 +179,22 @@ class LiveStreams:
             return self._observe_answer(match.group(1), camera, value, timestamp_ms)
         if match := self._shadow.match(topic):
             return self._observe_shadow(match.group(1), match.group(2), camera, value)
+        if topic == self._states:
+            return self._observe_state(camera, value)
         return False
+
+    def _observe_state(self, camera: str, value: bytes | None) -> bool:
+        """A gateway's report on one camera: shown even before (or without) any answer."""
+        try:
+            state = json.loads(value or b"")
+            model = str(state["model"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        view = self._view(model, camera)
+        keep = ("state", "last_error", "fps_in", "fps_out", "frame_age_ms", "url")
+        view.source = {k: state.get(k) for k in keep}
+        self._bump(view)
+        return True
 
     def _view(self, model: str, camera: str) -> CameraView:
         view = self.cameras.get((model, camera))
@@ -303,7 +328,7 @@ class LiveStreams:
             raise ServiceUnavailable(
                 f"cannot reach Kafka at {self.settings.bootstrap}: {exc}"
             ) from exc
-        consumer.subscribe(pattern=rf"^{prefix}\.(requests|results|shadow)\..+")
+        consumer.subscribe(pattern=rf"^{prefix}\.((requests|results|shadow)\..+|cameras)$")
         self._consumer = consumer
         self._reader = asyncio.create_task(self._read(), name="live-streams")
 
