@@ -9,9 +9,7 @@ cameras serve `/video.mjpg`.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.rtsp import PACKAGES, RtspServer, rtsp_server_installed
+from tests.support.apt import apt_install
 
 __all__ = ["MjpegServer", "RtspServer", "ensure_rtsp_server", "write_frames"]
 
@@ -28,14 +27,7 @@ def ensure_rtsp_server() -> None:
     if rtsp_server_installed():
         return
     assert shutil.which("apt-get"), f"no apt-get to install {' '.join(PACKAGES)}; install them"
-    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", *PACKAGES]):
-        result = subprocess.run(
-            [*prefix, *command], env=env, capture_output=True, text=True, timeout=900, check=False
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    apt_install(PACKAGES)
     assert rtsp_server_installed(), f"installed {PACKAGES} but GStreamer's RTSP server fails"
 
 
