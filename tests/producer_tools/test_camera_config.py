@@ -90,3 +90,85 @@ def test_frames_over_the_limit_are_re_encoded_or_scaled_to_fit() -> None:
     with pytest.raises(FrameTooLarge) as caught:
         encode(frame, 90, None, 500)
     assert caught.value.code == "image_too_large"
+
+
+class _Watched:
+    """A decoded frame that records the conversions the encoder asks of it."""
+
+    def __init__(self, frame: av.VideoFrame) -> None:
+        self._frame = frame
+        self.conversions: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        if name in ("reformat", "to_ndarray", "to_image", "to_rgb"):
+            self.conversions.append(name)
+        return getattr(self._frame, name)
+
+
+def _scene(width: int, height: int) -> np.ndarray:
+    """Smooth gradients and saturated blocks: colour and contrast errors show, noise does not."""
+    y, x = np.mgrid[0:height, 0:width]
+    bgr = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1)
+    bgr = bgr.astype(np.uint8)
+    bgr[height // 4 : height // 2, width // 8 : width // 3] = (30, 30, 220)
+    bgr[height // 2 : 3 * height // 4, width // 2 : 3 * width // 4] = (40, 200, 40)
+    bgr[: height // 8] = 0
+    bgr[-height // 8 :] = 255
+    return bgr
+
+
+def _quant_tables(jpeg: bytes) -> list[bytes]:
+    """The DQT segments: what a JPEG's quality setting becomes."""
+    tables, at = [], 2
+    while at < len(jpeg) and jpeg[at] == 0xFF and jpeg[at + 1] != 0xDA:
+        length = int.from_bytes(jpeg[at + 2 : at + 4], "big")
+        if jpeg[at + 1] == 0xDB:
+            tables.append(jpeg[at + 4 : at + 2 + length])
+        at += 2 + length
+    return tables
+
+
+@pytest.mark.parametrize(
+    ("pix_fmt", "color_range", "colorspace", "conversions"),
+    [
+        ("yuvj420p", "JPEG", "ITU601", []),  # the test server's H.264, most IP cameras'
+        ("yuv420p", "JPEG", "ITU601", []),
+        ("yuv422p", "JPEG", "ITU601", []),
+        ("yuv420p", "MPEG", "ITU601", ["reformat"]),  # limited range: one pass expands it
+        # Another matrix: through BGR, as before (swscale's YUV matrix conversion costs more).
+        ("yuv420p", "MPEG", "ITU709", ["to_ndarray"]),
+        ("bgr24", "JPEG", "ITU601", ["to_ndarray"]),
+    ],
+)
+def test_video_frames_are_encoded_from_their_yuv_planes_showing_the_same_picture(
+    pix_fmt: str, color_range: str, colorspace: str, conversions: list[str]
+) -> None:
+    import cv2
+
+    source = av.VideoFrame.from_ndarray(_scene(320, 240), format="bgr24")
+    if pix_fmt != "bgr24":
+        source = source.reformat(
+            format=pix_fmt, dst_colorspace=colorspace, dst_color_range=color_range
+        )
+    shown = source.to_ndarray(format="bgr24")  # the picture the frame means
+    watched = _Watched(source)
+    decoded = Decoded(seq=1, captured=0.0, captured_wall=0.0, decode_s=0.0, frame=watched)
+    encoded = encode(decoded, 90, None, 10_000_000)
+    # BT.601 YUV: no round trip through BGR, the planes as they are or one range pass.
+    assert watched.conversions == conversions
+    assert (encoded.width, encoded.height, encoded.shrunk) == (320, 240, False)
+    pixels = cv2.imdecode(np.frombuffer(encoded.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    error = np.abs(pixels.astype(np.int16) - shown.astype(np.int16))
+    assert error.mean() < 2.5 and np.percentile(error, 99) < 24, (error.mean(), error.max())
+    # Scaled to max_width in the same pass.
+    watched.conversions.clear()
+    half = encode(decoded, 90, 160, 10_000_000)
+    assert (half.width, half.height) == (160, 120) and len(watched.conversions) == 1
+    small = cv2.imdecode(np.frombuffer(half.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    expected = cv2.resize(shown, (160, 120), interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(np.int16) - expected.astype(np.int16)).mean() < 4
+    # The camera's jpeg_quality means what it meant with OpenCV (libjpeg's tables).
+    for quality in (90, 40):
+        ours = encode(decoded, quality, None, 10_000_000).jpeg
+        _, theirs = cv2.imencode(".jpg", shown, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
+        assert _quant_tables(ours) == _quant_tables(theirs.tobytes())
