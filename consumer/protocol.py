@@ -123,6 +123,20 @@ class Topics:
         page reads it. `name` has no '.', so the model is whatever follows it."""
         return f"{self.prefix}.shadow.{name}.{topic_suffix(model)}"
 
+    def state(self, model: str) -> str:
+        """Tracking: each camera's state (compacted, key = camera), on the partition
+        number of the camera's requests (docs/protocol.md, "Tracking")."""
+        return f"{self.prefix}.state.{topic_suffix(model)}"
+
+    def events(self, model: str) -> str:
+        """Tracking: line crossings and zone enter/leave/dwell, key = camera."""
+        return f"{self.prefix}.events.{topic_suffix(model)}"
+
+    @property
+    def cameras(self) -> str:
+        """Tracking: each camera's zones and lines (compacted, key = camera)."""
+        return f"{self.prefix}.cameras"
+
     @property
     def requests_pattern(self) -> str:
         return rf"^{re.escape(self.prefix)}\.requests\..+"
