@@ -158,7 +158,7 @@ class TrackingStage:
 
     def _restore(self, topic: str, partition: int) -> asyncio.Task[None]:
         task = self._restores.get((topic, partition))
-        if task is None or (task.done() and task.exception() is not None):
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = asyncio.get_running_loop().create_task(self._read_state(topic, partition))
             self._restores[(topic, partition)] = task
         return task
