@@ -137,19 +137,25 @@ class TrackingStage:
     # -- partitions -------------------------------------------------------------------
 
     def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        """Start reading the state of newly assigned request partitions."""
+        """Start reading the state of newly assigned request partitions, all in one pass."""
+        now = time.monotonic()
+        fresh = []
         for tp in partitions:
             if self.topics.is_request_topic(tp.topic):
-                self._assigned_at[(tp.topic, tp.partition)] = time.monotonic()
-                self._restore(tp.topic, tp.partition)
+                self._assigned_at[(tp.topic, tp.partition)] = now
+                fresh.append((tp.topic, tp.partition))
+        if fresh:
+            task = asyncio.get_running_loop().create_task(self._read_states(fresh))
+            for where in fresh:
+                self._restores[where] = task
 
     def revoked(self, partitions: Iterable[TopicPartition]) -> None:
-        """Forget what revoked partitions' cameras held (their work is handed back)."""
+        """Forget what revoked partitions' cameras held (their work is handed back). A
+        restore still running is left to end: it may be shared with partitions kept,
+        and a partition assigned again is read again, over what it left."""
         for tp in partitions:
             where = (tp.topic, tp.partition)
-            task = self._restores.pop(where, None)
-            if task is not None:
-                task.cancel()
+            self._restores.pop(where, None)
             self._assigned_at.pop(where, None)
             cameras = self._partition_cameras.pop(where, set())
             model = self.topics.model_of(tp.topic)
@@ -157,61 +163,76 @@ class TrackingStage:
                 self._models[model].revoke(cameras)
 
     def _restore(self, topic: str, partition: int) -> asyncio.Task[None]:
+        """The partition's restore; started here if no assignment started it (or it failed)."""
         task = self._restores.get((topic, partition))
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = asyncio.get_running_loop().create_task(self._read_state(topic, partition))
+            task = asyncio.get_running_loop().create_task(self._read_states([(topic, partition)]))
             self._restores[(topic, partition)] = task
         return task
 
-    async def _read_state(self, topic: str, partition: int) -> None:
-        """Retried while the broker is away: the partition's frames wait for it, since
+    async def _read_states(self, partitions: list[tuple[str, int]]) -> None:
+        """Retried while the broker is away: the partitions' frames wait for it, since
         a camera started anew would count again what its state counted."""
         delay_s = 0.1
         while True:
             try:
-                await self._read_state_once(topic, partition)
+                await self._read_states_once(partitions)
                 return
             except (KafkaError, OSError) as exc:
                 log.warning(
                     "tracking state not read, retrying",
-                    extra={"partition": f"{topic}:{partition}", "error": repr(exc)},
+                    extra={"partitions": [f"{t}:{p}" for t, p in partitions], "error": repr(exc)},
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
 
-    async def _read_state_once(self, topic: str, partition: int) -> None:
-        model = self.topics.model_of(topic)
-        cameras = self.cameras(model)
-        started = self._assigned_at.get((topic, partition), time.monotonic())
-        tp = TopicPartition(self.topics.state(model), partition)
-        count = 0
+    async def _read_states_once(self, partitions: list[tuple[str, int]]) -> None:
+        """Each state partition from its beginning to its end offset as it is now: the
+        previous owner acknowledged every state record before committing its frames."""
+        where = {
+            TopicPartition(self.topics.state(self.topics.model_of(t)), p): (t, p)
+            for t, p in partitions
+        }
+        counts = dict.fromkeys(partitions, 0)
         async with self._reader_lock:
-            reader = await self._state_reader()
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
-            end = (await reader.end_offsets([tp]))[tp]
-            while await reader.position(tp) < end:
-                batch = await reader.getmany(tp, timeout_ms=RESTORE_FETCH_MS)
-                for rec in batch.get(tp, []):
-                    if rec.key is not None and rec.offset < end:
-                        cameras.restore(rec.key, rec.value)
-                        self._partition_cameras.setdefault((topic, partition), set()).add(
-                            rec.key.decode()
-                        )
-                        count += 1
-        seconds = time.monotonic() - started
-        self.restore_seconds.append(seconds)
-        log.info(
-            "tracking state restored",
-            extra={
-                "partition": f"{topic}:{partition}",
-                "records": count,
-                "cameras": len(self._partition_cameras.get((topic, partition), ())),
-                "seconds": round(seconds, 4),
-            },
-        )
+            reader = await self.start()
+            reader.assign(list(where))
+            # Offsets asked for directly: an empty partition then costs no fetch at all.
+            starts = await reader.beginning_offsets(list(where))
+            ends = await reader.end_offsets(list(where))
+            pending = [tp for tp in where if starts[tp] < ends[tp]]
+            for tp in pending:
+                reader.seek(tp, starts[tp])
+            while pending:
+                batch = await reader.getmany(*pending, timeout_ms=RESTORE_FETCH_MS)
+                for tp, records in batch.items():
+                    topic, partition = where[tp]
+                    cameras = self.cameras(self.topics.model_of(topic))
+                    for rec in records:
+                        if rec.key is not None and rec.offset < ends[tp]:
+                            cameras.restore(rec.key, rec.value)
+                            self._partition_cameras.setdefault((topic, partition), set()).add(
+                                rec.key.decode()
+                            )
+                            counts[(topic, partition)] += 1
+                pending = [tp for tp in pending if await reader.position(tp) < ends[tp]]
+        now = time.monotonic()
+        for topic, partition in partitions:
+            seconds = now - self._assigned_at.get((topic, partition), now)
+            self.restore_seconds.append(seconds)
+            log.info(
+                "tracking state restored",
+                extra={
+                    "partition": f"{topic}:{partition}",
+                    "records": counts[(topic, partition)],
+                    "cameras": len(self._partition_cameras.get((topic, partition), ())),
+                    "seconds": round(seconds, 4),
+                },
+            )
 
-    async def _state_reader(self) -> AIOKafkaConsumer:
+    async def start(self) -> AIOKafkaConsumer:
+        """The reader of state partitions, started before the group is joined, so that
+        a restore after an assignment costs no connection."""
         if self._reader is None:
             self._reader = await kafka_io.started(
                 kafka_io.consumer(

@@ -321,6 +321,7 @@ class Worker:
         self.tracking = TrackingStage(self.settings, self.topics, self.outbox, self._tracks)
         self.camera_feed = CameraFeed(self.settings, self.topics, self.tracking)
         await self.camera_feed.catch_up()
+        await self.tracking.start()
         self.adapter.tracking = self.tracking
         self.supervisor.start("cameras", self.camera_feed.loop)
 
