@@ -93,6 +93,11 @@ class WorkerTopics:
                 needs[self.topics.results(model)] = ["Write"]
         for topic in self.logs(served):
             needs[topic] = ["Write"]
+        if self.tracks:
+            needs[self.topics.cameras] = ["Read"]
+            for model in served:
+                needs[self.topics.state(model)] = ["Read", "Write"]
+                needs[self.topics.events(model)] = ["Write"]
         await check_access(self.settings, needs, self.settings.consumer_group())
 
     async def ensure_log(self, topic: str) -> None:
