@@ -13,6 +13,7 @@ about two minutes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -25,11 +26,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from trackers import IoU
 
+from consumer.settings import KafkaClientSettings
 from consumer.tracking.cameras import Cameras
 from consumer.tracking.config import CameraConfig, LineConfig, TrackerConfig, ZoneConfig
 from consumer.tracking.events import Position
 from deploy.local.processes import ConsumerProcess
 from engines.modelgen.paths import Scene, make_scene
+from producer_tools.client import tracking_events
 from tests.support.scene_video import render_frames
 from tests.support.workers import (
     create_topic,
@@ -244,6 +247,16 @@ async def test_counts_are_exact_and_ids_kept_while_workers_are_killed(
         enters = Counter(e["class"] for e in mine if e["kind"] == "enter")
         assert dict(enters) == scene.true_zone_entries(), camera
     assert not [e for e in events if e["camera"] == PLAIN]
+    # The client library gives each event once.
+    client_events: list[dict[str, Any]] = []
+    settings = KafkaClientSettings(bootstrap=kafka_bootstrap, topic_prefix=prefix)
+    stream = tracking_events(settings, "shapes_tf2")
+    async with contextlib.aclosing(stream), asyncio.timeout(60):
+        async for event in stream:
+            client_events.append(event)
+            if len(client_events) == len(unique):
+                break
+    assert sorted(e["id"] for e in client_events) == sorted(unique)
 
     # Track IDs: the same as one uninterrupted run over the same detections, where a
     # camera has its own tracker (so the cameras never share IDs), and IDF1 within 95%.
@@ -297,4 +310,3 @@ async def test_counts_are_exact_and_ids_kept_while_workers_are_killed(
         f"max {seconds[-1]:.3f}s"
     )
     assert p95 <= 2.0
-    await asyncio.sleep(0)
