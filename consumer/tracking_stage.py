@@ -76,6 +76,48 @@ class TrackedAnswer(Answer):
     writes: Callable[[], Awaitable[None]] | None = None
 
 
+class _StateWriter:
+    """One camera's state records, at most one in flight: a state asked for while one is
+    being written waits, and only the latest of those waiting is written; it covers the
+    frames of the others (it was asked for after their events were acknowledged), so
+    each of them is done when it is acknowledged. A camera with a backlog then costs
+    one round trip per batch of frames, not per frame."""
+
+    def __init__(self, outbox: Outbox, topic: str, key: bytes, partition: int) -> None:
+        self.outbox = outbox
+        self.topic = topic
+        self.key = key
+        self.partition = partition
+        self._latest: bytes | None = None
+        self._waiting: list[asyncio.Future[None]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    def write(self, value: bytes) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._latest = value
+        self._waiting.append(done)
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._run())
+        return done
+
+    async def _run(self) -> None:
+        while self._latest is not None:
+            value, waiting = self._latest, self._waiting
+            self._latest, self._waiting = None, []
+            try:
+                await self.outbox.send(self.topic, value, self.key, (), partition=self.partition)
+            except BaseException as exc:  # each waiting frame fails (and is retried) alike
+                for future in waiting:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+
+
 class TrackingStage:
     """The tracking of one worker, every model: see the module docstring."""
 
@@ -99,6 +141,7 @@ class TrackingStage:
         self._partition_cameras: dict[tuple[str, int], set[str]] = {}
         self._applied: Chains[tuple[str, str], None] = Chains()
         self._written: Chains[tuple[str, str], None] = Chains()
+        self._writers: dict[tuple[str, str], _StateWriter] = {}
         self._reader: AIOKafkaConsumer | None = None
         self._reader_lock = asyncio.Lock()
         self.restore_seconds: list[float] = []
@@ -161,6 +204,16 @@ class TrackingStage:
             model = self.topics.model_of(tp.topic)
             if model in self._models:
                 self._models[model].revoke(cameras)
+            for camera in cameras:
+                self._writers.pop((model, camera), None)
+
+    def _writer(self, model: str, camera: str, partition: int) -> _StateWriter:
+        writer = self._writers.get((model, camera))
+        if writer is None or writer.partition != partition:
+            topic = self.topics.state(model)
+            writer = _StateWriter(self.outbox, topic, camera.encode(), partition)
+            self._writers[(model, camera)] = writer
+        return writer
 
     def _restore(self, topic: str, partition: int) -> asyncio.Task[None]:
         """The partition's restore; started here if no assignment started it (or it failed)."""
@@ -303,21 +356,21 @@ class TrackingStage:
             written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             state_before = self._written.follow((model, camera), written)
             events = [e.to_record() for e in outcome.events]
-            key, value = outcome.state_record
+            _, value = outcome.state_record
 
             async def writes() -> None:
                 try:
                     await asyncio.gather(
                         *(self.outbox.send(self.topics.events(model), v, k, ()) for k, v in events)
                     )
-                    if state_before is not None:  # the camera's states leave in order
+                    if state_before is not None:  # the camera's states are queued in order
                         await asyncio.wait([state_before])
-                    await self.outbox.send(
-                        self.topics.state(model), value, key, (), partition=pos.partition
-                    )
+                    writer = self._writer(model, camera, pos.partition)
+                    acked = writer.write(value)
                 finally:
                     if not written.done():
                         written.set_result(None)
+                await acked
 
             return TrackedAnswer(reply, answer.dead_letter, writes)
         finally:
