@@ -27,6 +27,7 @@ h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
 .shadows { color: #555; }
 .box span { position: absolute; left: -2px; top: -1.2rem; font-size: .75rem; line-height: 1.2rem;
             color: #fff; padding: 0 .25rem; white-space: nowrap; }
+.trail { position: absolute; width: 4px; height: 4px; margin: -2px; border-radius: 2px; }
 figcaption { font-size: .85rem; margin-top: .4rem; }
 .errors { color: #b00; }
 """
@@ -61,6 +62,7 @@ function show(v) {
     fig.querySelector('img').alt = 'camera ' + v.camera + ', ' + v.correlation_id;
     const layer = fig.querySelector('.boxes');
     const drawn = v.boxes.map(b => boxFor(v, b, null));
+    trailsOf(fig, v).forEach(dot => drawn.push(dot));
     (v.shadows || []).forEach(s => s.boxes.forEach(b => drawn.push(boxFor(v, b, s.name))));
     layer.replaceChildren(...drawn);
     fig.dataset.frame = v.correlation_id;
@@ -81,6 +83,31 @@ function show(v) {
     (s.latency_ms === null ? '-' : s.latency_ms.toFixed(0) + ' ms')).join(' · ');
 }
 
+// A tracked camera's boxes carry track_id: each track's last centres, as dots.
+const TRAIL = 12;
+function trailsOf(fig, v) {
+  const trails = fig.trails || (fig.trails = new Map());
+  const seen = new Set();
+  v.boxes.filter(b => b.track_id !== undefined && b.track_id !== null).forEach(b => {
+    const c = b.coordinates, points = trails.get(b.track_id) || [];
+    points.push([(c.left + c.right) / 2 / v.width, (c.top + c.bottom) / 2 / v.height,
+                 b.ObjectClassId || 1]);
+    trails.set(b.track_id, points.slice(-TRAIL));
+    seen.add(b.track_id);
+  });
+  [...trails.keys()].filter(id => !seen.has(id)).forEach(id => trails.delete(id));
+  const dots = [];
+  trails.forEach(points => points.forEach(([x, y, cls]) => {
+    const dot = document.createElement('div');
+    dot.className = 'trail';
+    dot.style.left = (100 * x) + '%';
+    dot.style.top = (100 * y) + '%';
+    dot.style.background = palette[(cls - 1) % palette.length];
+    dots.push(dot);
+  }));
+  return dots;
+}
+
 function boxFor(v, b, shadow) {
   const c = b.coordinates, box = document.createElement('div');
   const colour = palette[((b.ObjectClassId || 1) - 1) % palette.length];
@@ -94,7 +121,9 @@ function boxFor(v, b, shadow) {
   box.style.borderColor = colour;
   const label = document.createElement('span');
   label.style.background = colour;
-  label.textContent = (shadow === null ? '' : shadow + ': ') + b.ObjectClassName + ' ' +
+  const track = b.track_id === undefined || b.track_id === null ? '' : '#' + b.track_id + ' ';
+  if (track) box.dataset.track = b.track_id;
+  label.textContent = (shadow === null ? '' : shadow + ': ') + track + b.ObjectClassName + ' ' +
                       Math.round(b.confidence) + '%';
   box.appendChild(label);
   return box;

@@ -141,3 +141,46 @@ async def test_embedded_mode_says_the_page_needs_kafka(tmp_path: object) -> None
     assert data["mode"] == "embedded" and "needs Kafka mode" in data["message"]
     schema = await httpx.AsyncClient(transport=transport, base_url="http://b").get("/openapi.json")
     assert "/streams" not in schema.json()["paths"]  # no endless stream for API fuzzers
+
+
+def test_tracked_boxes_show_their_id_and_a_trail_of_their_track(tmp_path: object) -> None:
+    """The page's own JavaScript (node, with a minimal DOM): a box with `track_id` is
+    labelled `#id` and its track leaves its last centres as dots; a track gone from
+    the frame loses its trail; an untracked box is labelled as before."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from http_bridge.live_page import _SCRIPT
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is needed to run the live page's script")
+    functions = _SCRIPT[_SCRIPT.index("const TRAIL") : _SCRIPT.index("const events = new")]
+    script = Path(str(tmp_path)) / "page.js"
+    script.write_text(
+        "const document = {createElement: () => ({style: {}, dataset: {}, children: [],"
+        " appendChild(c) { this.children.push(c); }})};\n"
+        "const palette = ['#d62728', '#2ca02c'];\n"
+        + functions
+        + """
+const box = (id, x) => ({ObjectClassName: 'red rectangle', ObjectClassId: 1, confidence: 97,
+  coordinates: {left: x, top: 10, right: x + 20, bottom: 30}, track_id: id});
+const v = boxes => ({width: 640, height: 480, boxes});
+const fig = {};
+const out = [];
+out.push(trailsOf(fig, v([box(3, 0), box(4, 100)])).length);
+out.push(trailsOf(fig, v([box(3, 10), box(4, 110)])).length);
+out.push(trailsOf(fig, v([box(3, 20)])).length);
+out.push(boxFor(v([]), box(3, 20), null).children[0].textContent);
+out.push(boxFor(v([]), box(null, 20), null).children[0].textContent);
+const plain = box(1, 0); delete plain.track_id;
+out.push(boxFor(v([]), plain, null).children[0].textContent);
+console.log(JSON.stringify(out));
+"""
+    )
+    result = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        2, 4, 3, "#3 red rectangle 97%", "red rectangle 97%", "red rectangle 97%"
+    ]  # fmt: skip
