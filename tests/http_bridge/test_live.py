@@ -179,8 +179,34 @@ out.push(boxFor(v([]), plain, null).children[0].textContent);
 console.log(JSON.stringify(out));
 """
     )
+    whole = Path(str(tmp_path)) / "whole.js"
+    whole.write_text(_SCRIPT)
+    checked = subprocess.run([node, "--check", str(whole)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr  # the whole script parses
     result = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [
         2, 4, 3, "#3 red rectangle 97%", "red rectangle 97%", "red rectangle 97%"
     ]  # fmt: skip
+
+
+def test_a_tracked_camera_shows_its_zones_lines_and_counts_each_event_once() -> None:
+    live = LiveStreams(BridgeSettings(bootstrap="unused:9092"))
+    config = {
+        "camera": "cam-1",
+        "lines": [{"kind": "line", "name": "door", "start": [0, 20], "end": [64, 20]}],
+        "zones": [{"kind": "zone", "name": "bay", "polygon": [[0, 0], [9, 0], [9, 9]]}],
+    }
+    assert not live.observe("tfstream.cameras", b"cam-1", json.dumps(config).encode(), [], 1)
+    assert not frame(live, "cam-1", "a", b"jpeg-a", 1000)
+    assert answer(live, "cam-1", "a", 1100)
+    view = live.cameras[("m", "cam-1")]
+    shown = view.to_dict()
+    assert shown["lines"] == [{"name": "door", "start": [0, 20], "end": [64, 20]}]
+    assert shown["zones"] == [{"name": "bay", "polygon": [[0, 0], [9, 0], [9, 9]]}]
+    event = {"id": "e1", "camera": "cam-1", "target": "door", "kind": "crossed_in"}
+    assert live.observe("tfstream.events.m", b"cam-1", json.dumps(event).encode(), [], 1200)
+    assert not live.observe("tfstream.events.m", b"cam-1", json.dumps(event).encode(), [], 1300)
+    assert view.to_dict()["counts"] == {"door": {"crossed_in": 1}}
+    assert live.observe("tfstream.cameras", b"cam-1", None, [], 1400)  # removed
+    assert view.to_dict()["lines"] == [] and view.to_dict()["zones"] == []
