@@ -128,10 +128,7 @@ class Worker:
                 await self._abandon_start()
         finally:
             await self.supervisor.stop()
-            if self.tracking is not None:
-                await self.tracking.close()
-            if self.camera_feed is not None:
-                await self.camera_feed.close()
+            await self._close_tracking()
             if health is not None:
                 health.stop()
             if self.producer is not None:
@@ -227,6 +224,8 @@ class Worker:
             log.error("shutdown timed out; unanswered requests stay uncommitted")
         await self.supervisor.cancel("commit")
         await self.commits.final()
+        await self.supervisor.cancel("cameras")
+        await self._close_tracking()  # before the goodbye: `stopped` is the last word
         await self.announcer.stopped()
         self.probes.joined = False
         await self.consumer.stop()  # leaves the group
@@ -324,6 +323,14 @@ class Worker:
         await self.tracking.start()
         self.adapter.tracking = self.tracking
         self.supervisor.start("cameras", self.camera_feed.loop)
+
+    async def _close_tracking(self) -> None:
+        if self.tracking is not None:
+            await self.tracking.close()
+            self.tracking = None
+        if self.camera_feed is not None:
+            await self.camera_feed.close()
+            self.camera_feed = None
 
     def _tracks(self, model: str) -> bool:
         entry = self.registry.entry(model)
