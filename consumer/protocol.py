@@ -133,9 +133,11 @@ class Topics:
         return f"{self.prefix}.events.{topic_suffix(model)}"
 
     @property
-    def cameras(self) -> str:
-        """Tracking: each camera's zones and lines (compacted, key = camera)."""
-        return f"{self.prefix}.cameras"
+    def zones(self) -> str:
+        """Tracking: each camera's tracking, zones and lines (compacted, key = camera;
+        `tfstream-zones` writes it). Not `<prefix>.cameras`, where the camera gateway
+        publishes each camera's connection state under the same keys."""
+        return f"{self.prefix}.zones"
 
     @property
     def requests_pattern(self) -> str:

@@ -309,7 +309,7 @@ class ConsumerSettings(LoggingSettings, TracingSettings, KafkaClientSettings, En
     correlation id, timings) to <prefix>.answers.<model>, whether or not the request named
     a reply-to: the audit trail of what was answered, and tfstream-diff's baseline."""
     tracking: bool = True
-    """Track the keyed frames of cameras configured on <prefix>.cameras, or of every
+    """Track the keyed frames of cameras configured on <prefix>.zones, or of every
     camera of a model whose config.json says `tracking: true`: `track_id` on each box,
     events on <prefix>.events.<model>, state on <prefix>.state.<model>
     (docs/tracking.md). Off: those topics are neither created nor read. A shadow

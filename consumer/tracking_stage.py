@@ -3,7 +3,7 @@
 `consumer.tracking` moves a camera forward by a frame without I/O; this stage
 gives it its three topics (docs/protocol.md, "Tracking"):
 
-* `<prefix>.cameras` (compacted, key = camera): read to its end before the
+* `<prefix>.zones` (compacted, key = camera): read to its end before the
   worker joins its group, then followed (`CameraFeed`); a change applies from
   the camera's next frame, on every model;
 * `<prefix>.state.<model>` (compacted, key = camera): when a request partition
@@ -159,7 +159,7 @@ class TrackingStage:
         return found
 
     def configure(self, key: bytes | None, value: bytes | None) -> None:
-        """A `<prefix>.cameras` record, for every model; a bad one is logged and skipped."""
+        """A `<prefix>.zones` record, for every model; a bad one is logged and skipped."""
         if key is None:
             return
         try:
@@ -379,7 +379,7 @@ class TrackingStage:
 
 
 class CameraFeed:
-    """Follows `<prefix>.cameras` into a `TrackingStage`: read to its end first
+    """Follows `<prefix>.zones` into a `TrackingStage`: read to its end first
     (`catch_up`, before the worker takes partitions), then tailed (`loop`)."""
 
     def __init__(self, settings: ConsumerSettings, topics: Topics, stage: TrackingStage) -> None:
@@ -390,7 +390,7 @@ class CameraFeed:
 
     async def catch_up(self) -> None:
         consumer = await self._started()
-        tp = TopicPartition(self.topics.cameras, 0)
+        tp = TopicPartition(self.topics.zones, 0)
         end = (await consumer.end_offsets([tp]))[tp]
         while await consumer.position(tp) < end:
             self._feed(await consumer.getmany(timeout_ms=RESTORE_FETCH_MS))
@@ -411,7 +411,7 @@ class CameraFeed:
                 self.settings, "cameras", group_id=None, enable_auto_commit=False
             )
             await kafka_io.started(consumer)
-            tp = TopicPartition(self.topics.cameras, 0)
+            tp = TopicPartition(self.topics.zones, 0)
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             self._consumer = consumer

@@ -60,7 +60,7 @@ class WorkerTopics:
             return []
         p = self.settings.partitions
         return [
-            kafka_io.TopicSpec(self.topics.cameras, 1, compacted=True),
+            kafka_io.TopicSpec(self.topics.zones, 1, compacted=True),
             *(kafka_io.TopicSpec(self.topics.state(m), p, compacted=True) for m in models),
             *(kafka_io.TopicSpec(self.topics.events(m), p) for m in models),
         ]
@@ -94,7 +94,7 @@ class WorkerTopics:
         for topic in self.logs(served):
             needs[topic] = ["Write"]
         if self.tracks:
-            needs[self.topics.cameras] = ["Read"]
+            needs[self.topics.zones] = ["Read"]
             for model in served:
                 needs[self.topics.state(model)] = ["Read", "Write"]
                 needs[self.topics.events(model)] = ["Write"]

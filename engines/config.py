@@ -113,7 +113,7 @@ class ModelConfig(BaseModel):
 
     tracking: bool = False
     """Track every camera (keyed request) of this model by default: `track_id` on its
-    answers' boxes (docs/tracking.md). A camera's record on <prefix>.cameras wins."""
+    answers' boxes (docs/tracking.md). A camera's record on <prefix>.zones wins."""
 
     iou_threshold: float | None = Field(default=None, gt=0, le=1, strict=True)
     """IoU above which class-wise NMS drops the lower-scored of two boxes; only for

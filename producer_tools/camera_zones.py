@@ -1,4 +1,4 @@
-"""`tfstream-zones`: publish cameras' tracking, zones and lines to `<prefix>.cameras`.
+"""`tfstream-zones`: publish cameras' tracking, zones and lines to `<prefix>.zones`.
 
 Every worker follows that compacted topic (key = camera) and applies a change
 from the camera's next frame, without a restart (docs/tracking.md). The file is
@@ -32,7 +32,7 @@ from engines.settings import cli_config, parse_cli
 
 class ZonesSettings(KafkaClientSettings):
     """tfstream-zones: publish cameras' tracking, zones and lines (a YAML or JSON file,
-    docs/tracking.md) to <prefix>.cameras, where every worker picks them up without a
+    docs/tracking.md) to <prefix>.zones, where every worker picks them up without a
     restart. Every option is also an environment variable TFSTREAM_<OPTION>."""
 
     model_config = cli_config("tfstream-zones")
@@ -50,7 +50,7 @@ async def publish(settings: ZonesSettings, cameras: list[CameraConfig]) -> int:
         NotAuthorized: Kafka refused the credentials or the topic.
         ServiceUnavailable: the broker cannot be reached.
     """
-    topic = Topics(settings.topic_prefix).cameras
+    topic = Topics(settings.topic_prefix).zones
     records: list[tuple[bytes, bytes | None]] = [c.to_record() for c in cameras]
     if settings.remove:
         records.append((settings.remove.encode(), None))
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if settings.remove:
         print(f"{settings.remove}: removed")
-    print(f"{written} record(s) written to {Topics(settings.topic_prefix).cameras}")
+    print(f"{written} record(s) written to {Topics(settings.topic_prefix).zones}")
     return 0
 
 

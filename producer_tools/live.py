@@ -17,7 +17,7 @@ to shadow answer). Shadow answers wait, a few per camera, for their frame's
 serving answer, as early answers do.
 
 A tracked camera (docs/tracking.md) also shows its zones and lines (from the
-compacted `<prefix>.cameras`, read from its beginning) and the counts of the
+compacted `<prefix>.zones`, read from its beginning) and the counts of the
 events seen on `<prefix>.events.<model>` since the page started, each event
 once; its boxes carry `track_id`.
 
@@ -95,7 +95,7 @@ class CameraView:
     """Each shadow's answer to the frame on show, by shadow name."""
     lines: list[dict[str, Any]] = field(default_factory=list)
     zones: list[dict[str, Any]] = field(default_factory=list)
-    """The camera's counting lines and zones (`<prefix>.cameras`), to draw."""
+    """The camera's counting lines and zones (`<prefix>.zones`), to draw."""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     """Events seen since the page started, by zone/line and kind (repeats dropped)."""
 
@@ -164,7 +164,7 @@ class LiveStreams:
         self._results = re.compile(rf"^{prefix}\.results\.(.+)$")
         self._shadow = re.compile(rf"^{prefix}\.shadow\.([^.]+)\.(.+)$")
         self._events = re.compile(rf"^{prefix}\.events\.(.+)$")
-        self._cameras_topic = self.topics.cameras
+        self._zones_topic = self.topics.zones
         self._geometry: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
         self._event_ids: OrderedDict[str, None] = OrderedDict()
         self._cameras_consumer: Any = None
@@ -193,7 +193,7 @@ class LiveStreams:
             return self._observe_shadow(match.group(1), match.group(2), camera, value)
         if match := self._events.match(topic):
             return self._observe_event(match.group(1), camera, value)
-        if topic == self._cameras_topic:
+        if topic == self._zones_topic:
             return self._observe_camera(camera, value)
         return False
 
@@ -381,7 +381,7 @@ class LiveStreams:
         )
         with contextlib.suppress(KafkaError, OSError):
             await kafka_io.started(cameras)
-            cameras.subscribe([self._cameras_topic])
+            cameras.subscribe([self._zones_topic])
             self._cameras_consumer = cameras
             self._cameras_reader = asyncio.create_task(
                 self._read_from(cameras, "the cameras topic"), name="live-cameras"

@@ -4,7 +4,7 @@ What the worker's Kafka code will call, kept free of Kafka so it is tested
 without a broker. The three topics map to three methods, each taking a record's
 key and value as they come (a None value is a tombstone):
 
-* `<prefix>.cameras` -> `configure`: the latest configuration of each camera;
+* `<prefix>.zones` -> `configure`: the latest configuration of each camera;
 * `<prefix>.state.<model>` -> `restore`, for the partitions just assigned, read
   to their end before their frames run (the last record of a camera wins);
 * request frames -> `apply`, which gives the answer's boxes, the events to

@@ -142,7 +142,7 @@ async def test_counts_are_exact_and_ids_kept_while_workers_are_killed(
     for scene in scenes.values():  # both cameras see crossings and zone stays
         assert scene.true_crossings() and scene.true_zone_entries()
 
-    cameras_topic = f"{prefix}.cameras"
+    cameras_topic = f"{prefix}.zones"
     await create_topic(kafka_bootstrap, cameras_topic)
     async with raw_producer(kafka_bootstrap) as producer:
         for camera, scene in scenes.items():

@@ -197,7 +197,7 @@ def test_a_tracked_camera_shows_its_zones_lines_and_counts_each_event_once() -> 
         "lines": [{"kind": "line", "name": "door", "start": [0, 20], "end": [64, 20]}],
         "zones": [{"kind": "zone", "name": "bay", "polygon": [[0, 0], [9, 0], [9, 9]]}],
     }
-    assert not live.observe("tfstream.cameras", b"cam-1", json.dumps(config).encode(), [], 1)
+    assert not live.observe("tfstream.zones", b"cam-1", json.dumps(config).encode(), [], 1)
     assert not frame(live, "cam-1", "a", b"jpeg-a", 1000)
     assert answer(live, "cam-1", "a", 1100)
     view = live.cameras[("m", "cam-1")]
@@ -208,5 +208,5 @@ def test_a_tracked_camera_shows_its_zones_lines_and_counts_each_event_once() -> 
     assert live.observe("tfstream.events.m", b"cam-1", json.dumps(event).encode(), [], 1200)
     assert not live.observe("tfstream.events.m", b"cam-1", json.dumps(event).encode(), [], 1300)
     assert view.to_dict()["counts"] == {"door": {"crossed_in": 1}}
-    assert live.observe("tfstream.cameras", b"cam-1", None, [], 1400)  # removed
+    assert live.observe("tfstream.zones", b"cam-1", None, [], 1400)  # removed
     assert view.to_dict()["lines"] == [] and view.to_dict()["zones"] == []
