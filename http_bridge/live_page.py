@@ -80,8 +80,13 @@ function show(v) {
   fig.querySelector('figcaption').innerHTML =
     '<b></b> · ' + v.model + ' · ' + v.fps.toFixed(1) + ' frames/s · latency ' + latency +
     ' · ' + v.boxes.length + ' boxes ·' + errors + ' · <small></small>' +
-    '<div class="shadows"></div><div class="counts"></div>';
+    '<div class="shadows"></div><div class="source"></div><div class="counts"></div>';
   fig.querySelector('figcaption b').textContent = v.camera;
+  const src = v.source;
+  fig.dataset.state = src ? src.state : '';
+  fig.querySelector('.source').textContent = src ? 'camera ' + src.state +
+    (src.state !== 'connected' && src.last_error ? ' (last error: ' + src.last_error + ')' : '') +
+    ' · in ' + src.fps_in.toFixed(1) + ' / out ' + src.fps_out.toFixed(1) + ' frames/s' : '';
   fig.querySelector('figcaption small').textContent = v.worker;
   fig.querySelector('.counts').textContent = countsText(v);
   fig.querySelector('.shadows').textContent = (v.shadows || []).map(s =>

@@ -5,7 +5,7 @@ from the camera's next frame, without a restart (docs/tracking.md). The file is
 the YAML (or JSON) of docs/tracking.md, "Camera configuration"; it is checked
 whole before anything is written, so a broken file changes nothing.
 
-    tfstream-zones --bootstrap localhost:9092 --file cameras.yaml
+    tfstream-zones --bootstrap localhost:9092 --file zones.yaml
     tfstream-zones --bootstrap localhost:9092 --remove dock-1
 """
 

@@ -10,6 +10,10 @@ becomes the camera's view. Joining by correlation id, not by key and order,
 stays right when answers come out of order (errors go ahead of queued frames)
 or twice (a redelivery after a rebalance: the second is ignored).
 
+`tfstream-cameras` publishes each camera's own state (connected, reconnecting
+and why, fps in and out) on `<prefix>.cameras`; the reader follows it too and
+shows it with the camera, even one that never connected.
+
 A shadow group running for the model (`tfstream-consumer --shadow NAME`)
 answers the same frames on `<prefix>.shadow.NAME.<model>`: its answer to the
 frame on show is drawn dashed over it, with its own latency (request record
@@ -47,6 +51,7 @@ from consumer.answer_log import LoggedAnswer
 from consumer.protocol import CORRELATION_ID, REPLY_TO, Reply, Topics, header_map
 from consumer.settings import KafkaClientSettings
 from engines.errors import InvalidRequest, ServiceUnavailable
+from producer_tools.camera_states import states_topic
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,8 @@ class CameraView:
     """The camera's counting lines and zones (`<prefix>.zones`), to draw."""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     """Events seen since the page started, by zone/line and kind (repeats dropped)."""
+    source: dict[str, Any] | None = None
+    """The camera's state as `tfstream-cameras` last published it (<prefix>.cameras)."""
 
     def fps(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -139,6 +146,7 @@ class CameraView:
             "lines": self.lines,
             "zones": self.zones,
             "counts": self.counts,
+            "source": self.source,
         }
 
 
@@ -169,6 +177,7 @@ class LiveStreams:
         self._event_ids: OrderedDict[str, None] = OrderedDict()
         self._cameras_consumer: Any = None
         self._cameras_reader: asyncio.Task[None] | None = None
+        self._states = states_topic(settings.topic_prefix)
         self._shadow_answers: OrderedDict[
             tuple[str, str], OrderedDict[str, dict[str, LoggedAnswer]]
         ] = OrderedDict()
@@ -195,6 +204,8 @@ class LiveStreams:
             return self._observe_event(match.group(1), camera, value)
         if topic == self._zones_topic:
             return self._observe_camera(camera, value)
+        if topic == self._states:
+            return self._observe_state(camera, value)
         return False
 
     def _observe_camera(self, camera: str, value: bytes | None) -> bool:
@@ -236,6 +247,19 @@ class LiveStreams:
         view = self._view(model, camera)
         per_kind = view.counts.setdefault(target, {})
         per_kind[kind] = per_kind.get(kind, 0) + 1
+        self._bump(view)
+        return True
+
+    def _observe_state(self, camera: str, value: bytes | None) -> bool:
+        """A gateway's report on one camera: shown even before (or without) any answer."""
+        try:
+            state = json.loads(value or b"")
+            model = str(state["model"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        view = self._view(model, camera)
+        keep = ("state", "last_error", "fps_in", "fps_out", "frame_age_ms", "url")
+        view.source = {k: state.get(k) for k in keep}
         self._bump(view)
         return True
 
@@ -372,7 +396,7 @@ class LiveStreams:
             raise ServiceUnavailable(
                 f"cannot reach Kafka at {self.settings.bootstrap}: {exc}"
             ) from exc
-        consumer.subscribe(pattern=rf"^{prefix}\.(requests|results|shadow|events)\..+")
+        consumer.subscribe(pattern=rf"^{prefix}\.((requests|results|shadow|events)\..+|cameras)$")
         self._consumer = consumer
         self._reader = asyncio.create_task(self._read(), name="live-streams")
         # The cameras' zones and lines: a compacted topic, read from its beginning.

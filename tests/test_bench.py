@@ -9,7 +9,16 @@ from bench.cpu import CpuUse
 from bench.page import markdown
 from bench.raw_engine import sample_jpegs
 from bench.results import Bench, Measurement, Row, Target, evaluate
-from bench.sections import SECTIONS, TARGETS, ceiling, conflation, fixed, scaling, serving
+from bench.sections import (
+    SECTIONS,
+    TARGETS,
+    cameras,
+    ceiling,
+    conflation,
+    fixed,
+    scaling,
+    serving,
+)
 
 
 def row(
@@ -57,9 +66,18 @@ def test_every_target_names_a_row_id_its_section_produces() -> None:
         *(fixed.row_id(n) for n in (1, 2)),
         conflation.OFF,
         conflation.ON,
+        *(cameras.row_id(size, 5) for size in cameras.SIZES),
     }
     assert {t.row_id for t in TARGETS} <= produced
-    assert list(SECTIONS) == ["kafka", "embedded", "fixed", "scaling", "ceiling", "conflation"]
+    assert list(SECTIONS) == [
+        "kafka",
+        "embedded",
+        "fixed",
+        "scaling",
+        "ceiling",
+        "conflation",
+        "cameras",
+    ]
 
 
 def test_targets_on_cpu_by_role_and_section_quantities_and_their_table() -> None:

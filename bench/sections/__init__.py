@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import Context
 from bench.results import Row, Target
-from bench.sections import ceiling, conflation, fixed, scaling, serving
+from bench.sections import cameras, ceiling, conflation, fixed, scaling, serving
 
 Section = Callable[[Context], Awaitable[list[Row]]]
 
@@ -24,6 +24,7 @@ SECTIONS: dict[str, Section] = {
     "scaling": scaling.scaling,
     "ceiling": ceiling.ceiling,
     "conflation": conflation.conflation,
+    "cameras": cameras.cameras,
 }
 
 TARGETS: list[Target] = [
@@ -32,4 +33,5 @@ TARGETS: list[Target] = [
     *scaling.TARGETS,
     *ceiling.TARGETS,
     *conflation.TARGETS,
+    *cameras.TARGETS,
 ]
