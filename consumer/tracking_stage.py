@@ -127,13 +127,17 @@ class TrackingStage:
         topics: Topics,
         outbox: Outbox,
         default: Callable[[str], bool],
+        known: Callable[[str], bool] = lambda model: True,
     ) -> None:
         """default(model): whether a camera with no record of its own is tracked
-        (`tracking` in the model's config.json)."""
+        (`tracking` in the model's config.json); known(model): whether the model is in
+        this worker's repository, so that its state topic exists (a worker serving every
+        model is also assigned request topics of models it only answers with an error)."""
         self.settings = settings
         self.topics = topics
         self.outbox = outbox
         self._default = default
+        self._known = known
         self._models: dict[str, Cameras] = {}
         self._config_records: dict[bytes, bytes | None] = {}
         self._restores: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -184,7 +188,8 @@ class TrackingStage:
         now = time.monotonic()
         fresh = []
         for tp in partitions:
-            if self.topics.is_request_topic(tp.topic):
+            model = self.topics.model_of(tp.topic)
+            if self.topics.is_request_topic(tp.topic) and self._known(model):
                 self._assigned_at[(tp.topic, tp.partition)] = now
                 fresh.append((tp.topic, tp.partition))
         if fresh:
@@ -337,6 +342,9 @@ class TrackingStage:
             data = answer.reply.data
             if answer.error is not None or data is None:
                 return answer
+            cameras = self.cameras(model)
+            if cameras.config(camera) is None and not cameras.has_state(camera):
+                return answer  # never tracked here: no state to wait for
             await self._restore(pos.topic, pos.partition)
             boxes = data["bounding-boxes"]
             outcome = self.cameras(model).apply(

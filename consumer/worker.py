@@ -317,7 +317,13 @@ class Worker:
         camera's frames under the same configuration (`consumer.tracking_stage`)."""
         if not self.worker_topics.tracks:
             return
-        self.tracking = TrackingStage(self.settings, self.topics, self.outbox, self._tracks)
+        self.tracking = TrackingStage(
+            self.settings,
+            self.topics,
+            self.outbox,
+            self._tracks,
+            known=lambda model: self.registry.entry(model) is not None,
+        )
         self.camera_feed = CameraFeed(self.settings, self.topics, self.tracking)
         await self.camera_feed.catch_up()
         await self.tracking.start()

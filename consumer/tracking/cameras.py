@@ -138,6 +138,10 @@ class Cameras:
         tracked, events = apply(state, position, boxes, timestamp_s)
         return Outcome(tracked, events, (camera.encode(), state.to_bytes()), error)
 
+    def has_state(self, camera: str) -> bool:
+        """Whether the camera has a state here (in memory or a stored record)."""
+        return camera in self._states or camera in self._stored
+
     @property
     def cameras(self) -> set[str]:
         """Cameras with a state in memory or stored, for measuring and revoking."""

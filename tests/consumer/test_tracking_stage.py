@@ -158,3 +158,27 @@ async def test_the_model_default_and_a_camera_s_own_record() -> None:
     keyless = Record(REQUESTS, 3, 5, None, b"")
     done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
     assert stage.tracked(keyless, "tracked", done) is done
+
+
+@pytest.mark.asyncio
+async def test_partitions_of_models_not_in_the_repository_are_not_restored() -> None:
+    """A worker serving every model is assigned request topics of unknown models too: it
+    must not read their state topics (they do not exist; the read would wait for good)."""
+    from aiokafka import TopicPartition
+
+    stage = TrackingStage(
+        ConsumerSettings(bootstrap="unused:9092"),
+        TOPICS,
+        PartitionOutbox(),
+        lambda m: True,
+        known=lambda m: m != "ghost",
+    )
+    read: list[list[tuple[str, int]]] = []
+
+    async def remember(partitions: list[tuple[str, int]]) -> None:
+        read.append(partitions)
+
+    stage._read_states_once = remember  # type: ignore[method-assign]
+    stage.assigned([TopicPartition(TOPICS.requests("ghost"), 0), TopicPartition(REQUESTS, 1)])
+    await asyncio.sleep(0.01)
+    assert read == [[(REQUESTS, 1)]]
