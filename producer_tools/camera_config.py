@@ -24,18 +24,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engines.errors import TfstreamError
+from engines.errors import InvalidCameraConfig
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "srt", "udp", "tcp")
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*)(?::[^/@\s]*)?@")
-
-
-class CameraConfigError(TfstreamError):
-    """The cameras file cannot be read, or a camera in it is not valid."""
-
-    code = "invalid_camera_config"
-    http_status = 400
-    client_error = True
 
 
 class CameraConfig(BaseModel):
@@ -82,20 +74,20 @@ class CameraConfig(BaseModel):
         """The URL with its password filled in from the environment or file.
 
         Raises:
-            CameraConfigError: the variable is unset or the file unreadable.
+            InvalidCameraConfig: the variable is unset or the file unreadable.
         """
         password: str | None = None
         if self.password_env:
             password = os.environ.get(self.password_env)
             if password is None:
-                raise CameraConfigError(
+                raise InvalidCameraConfig(
                     f"camera {self.id}: environment variable {self.password_env} is not set"
                 )
         elif self.password_file:
             try:
                 password = self.password_file.read_text().rstrip("\r\n")
             except OSError as exc:
-                raise CameraConfigError(
+                raise InvalidCameraConfig(
                     f"camera {self.id}: cannot read password_file {self.password_file}: "
                     f"{exc.strerror}"
                 ) from None
@@ -103,7 +95,7 @@ class CameraConfig(BaseModel):
             return self.url
         parts = urlsplit(self.url)
         if not parts.username:
-            raise CameraConfigError(
+            raise InvalidCameraConfig(
                 f"camera {self.id}: a password is given but {self.masked_url} names no user"
             )
         host = parts.hostname or ""
@@ -152,20 +144,20 @@ def load_cameras(path: Path) -> dict[str, CameraConfig]:
     """The cameras of the YAML file, by id.
 
     Raises:
-        CameraConfigError: unreadable file, not YAML, or a camera that is not valid
+        InvalidCameraConfig: unreadable file, not YAML, or a camera that is not valid
             (the message names the camera and field, never a password).
     """
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise CameraConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise InvalidCameraConfig(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise CameraConfigError(f"{path} is not YAML: {mask_url(str(exc))}") from None
+        raise InvalidCameraConfig(f"{path} is not YAML: {mask_url(str(exc))}") from None
     try:
         parsed = CamerasFile.model_validate(raw or {"cameras": []})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise CameraConfigError(f"{path}: {mask_url(problems)}") from None
+        raise InvalidCameraConfig(f"{path}: {mask_url(problems)}") from None
     return {camera.id: camera for camera in parsed.cameras}

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.errors import TfstreamError
+from engines.errors import ImageTooLarge
 from producer_tools.camera_reader import Decoded
 
 QUALITY_STEPS = (75, 60, 45, 30)
@@ -32,12 +32,9 @@ SCALE_STEP = 0.7
 MIN_WIDTH = 64
 
 
-class FrameTooLarge(TfstreamError):
-    """Even scaled to the smallest width at the lowest quality, the frame does not fit."""
-
-    code = "image_too_large"
-    http_status = 413
-    client_error = True
+class FrameTooLarge(ImageTooLarge):
+    """Even scaled to the smallest width at the lowest quality, the frame does not fit
+    (a variant of image_too_large: it crosses the wire as that code)."""
 
 
 @dataclass(frozen=True)

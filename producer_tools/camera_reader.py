@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engines.errors import InvalidCameraConfig
 from producer_tools.camera_config import (
     NETWORK_SCHEMES,
     CameraConfig,
-    CameraConfigError,
     mask_secrets,
 )
 
@@ -102,7 +102,7 @@ def error_code(exc: BaseException) -> str:
 
     if isinstance(exc, CameraStall):
         return "stalled"
-    if isinstance(exc, CameraConfigError):
+    if isinstance(exc, InvalidCameraConfig):
         return exc.code
     if isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError):
         return "unauthorized"

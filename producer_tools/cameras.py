@@ -42,11 +42,11 @@ from consumer import kafka_io
 from consumer.protocol import Request, Topics
 from consumer.settings import KafkaClientSettings
 from consumer.startup import until_ready
-from engines.errors import TfstreamError
+from engines.errors import InvalidCameraConfig, TfstreamError
 from engines.logs import configure_logging
 from engines.settings import LoggingSettings, cli_config, parse_cli
 from engines.tracing import TracingSettings, configure_tracing, tracer, tracing_active
-from producer_tools.camera_config import CameraConfig, CameraConfigError, load_cameras
+from producer_tools.camera_config import CameraConfig, load_cameras
 from producer_tools.camera_encode import FrameTooLarge, encode
 from producer_tools.camera_metrics import CameraCounters, CameraMetrics, CameraState
 from producer_tools.camera_reader import CameraReader, Timeouts
@@ -334,7 +334,7 @@ async def run_gateway(settings: CamerasSettings, stop: asyncio.Event | None = No
     """Run until `stop` is set (or SIGTERM/SIGINT when run as the main program).
 
     Raises:
-        CameraConfigError: the file is not valid at start-up (later, a bad edit is
+        InvalidCameraConfig: the file is not valid at start-up (later, a bad edit is
             logged and the running cameras are kept).
         NotAuthorized, ServiceUnavailable: the broker refused or was not reachable
             within --start-timeout-s.
@@ -377,7 +377,7 @@ async def run_gateway(settings: CamerasSettings, stop: asyncio.Event | None = No
             mtime = _mtime(settings.config)
             try:
                 gateway.apply(load_cameras(settings.config))
-            except CameraConfigError as exc:
+            except InvalidCameraConfig as exc:
                 log.error(
                     "cameras file not applied; the running cameras are kept",
                     extra={"error": exc.code, "detail": exc.message},

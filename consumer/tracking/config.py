@@ -19,15 +19,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engines.errors import TfstreamError
+from engines.errors import InvalidCameraConfig
 
 Point = tuple[float, float]
-
-
-class InvalidCameraConfig(
-    TfstreamError, code="invalid_camera_config", http_status=422, client_error=True
-):
-    """A camera configuration that does not parse or breaks a rule (names, polygons)."""
 
 
 class TrackerConfig(BaseModel):

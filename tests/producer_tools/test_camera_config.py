@@ -9,9 +9,9 @@ import av
 import numpy as np
 import pytest
 
+from engines.errors import InvalidCameraConfig
 from producer_tools.camera_config import (
     CameraConfig,
-    CameraConfigError,
     load_cameras,
     mask_secrets,
     mask_url,
@@ -42,10 +42,10 @@ def test_the_password_comes_from_the_environment_or_a_file(
     by_file = CameraConfig(id="b", url="rtsp://u@h/x", model="m", password_file=secret)
     assert by_file.resolved_url() == "rtsp://u:from-file@h/x"
     monkeypatch.delenv("CAM_PW")
-    with pytest.raises(CameraConfigError, match="CAM_PW is not set"):
+    with pytest.raises(InvalidCameraConfig, match="CAM_PW is not set"):
         by_env.resolved_url()
     no_user = CameraConfig(id="c", url="rtsp://h/x", model="m", password_file=secret)
-    with pytest.raises(CameraConfigError, match="names no user"):
+    with pytest.raises(InvalidCameraConfig, match="names no user"):
         no_user.resolved_url()
 
 
@@ -56,17 +56,17 @@ def test_a_bad_file_is_refused_with_the_camera_and_field_and_no_password(tmp_pat
         "  - {id: a, url: 'rtsp://u:topsecret@h/x', model: m, fps: 0}\n"
         "  - {id: a, url: 'rtsp://h/y', model: m}\n"
     )
-    with pytest.raises(CameraConfigError) as caught:
+    with pytest.raises(InvalidCameraConfig) as caught:
         load_cameras(path)
     assert caught.value.code == "invalid_camera_config"
     assert "cameras.0.fps" in caught.value.message and "topsecret" not in caught.value.message
     path.write_text(
         "cameras:\n  - {id: a, url: 'rtsp://h/x', model: m}\n  - {id: a, url: u, model: m}\n"
     )
-    with pytest.raises(CameraConfigError, match="appears twice"):
+    with pytest.raises(InvalidCameraConfig, match="appears twice"):
         load_cameras(path)
     path.write_text("cameras:\n  - {id: a, url: 'rtsp://h/x', model: m, colour: red}\n")
-    with pytest.raises(CameraConfigError, match="colour"):
+    with pytest.raises(InvalidCameraConfig, match="colour"):
         load_cameras(path)
     path.write_text("cameras:\n  - {id: a, url: 'rtsp://h/x', model: m, max_width: 640}\n")
     assert load_cameras(path)["a"].max_width == 640
