@@ -32,7 +32,11 @@ the mean of the two:
    `draft` in another process (median of three replays; bench/feed.py);
 6. camera conflation: a camera at twice the rate one simulated worker serves,
    without and with `conflate: latest`: answers/s, share superseded, and the age
-   of the newest answered frame (p50/p99) over a window of 2 x --seconds.
+   of the newest answered frame (p50/p99) over a window of 2 x --seconds;
+7. the camera gateway: `tfstream-cameras` CPU per camera-second over a bare
+   PyAV/FFmpeg decode of the same RTSP stream (640x480 and 1920x1080, 25 fps in,
+   5 out), the saving of key-frame-only decoding at 1 fps out, and four
+   1920x1080 cameras in one gateway: cameras per core and frame age p50/p95.
 
 The raw engine is decode + inference in this process (bench/raw_engine.py),
 batch 1 and batch 8. Everything runs on ssd_mobilenet_v2_bench, sections 1-4 with 640x480

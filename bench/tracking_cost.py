@@ -48,6 +48,8 @@ def scene_cost(name: str, scene: Scene, restores: int) -> dict[str, Any]:
         position = Position("bench", 0, frame.index)
         t0 = time.perf_counter()
         _, new = apply(state, position, frame.boxes, frame.timestamp_s)
+        for event in new:
+            event.to_record()
         t1 = time.perf_counter()
         record = state.to_bytes()
         t2 = time.perf_counter()
@@ -120,7 +122,8 @@ def main() -> None:
             f"apply p50 {row['apply_ms_p50']:.3f} ms p99 {row['apply_ms_p99']:.3f} ms "
             f"(x{ratio} of detection), save p50 {row['save_ms_p50']:.3f} ms, "
             f"state p50 {row['state_bytes_p50']} B max {row['state_bytes_max']} B, "
-            f"restore p50 {row['restore_ms_p50']:.3f} ms p99 {row['restore_ms_p99']:.3f} ms",
+            f"restore p50 {row['restore_ms_p50']:.3f} ms p99 {row['restore_ms_p99']:.3f} ms, "
+            f"{row['events']} events (events/s with Kafka writes: bench.tracking_events)",
             flush=True,
         )
     if reference is not None:

@@ -213,12 +213,17 @@ class KafkaOutbox:
         """Per topic and key, when the last record sent was acknowledged (or given up)."""
 
     def send(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None = None,
     ) -> asyncio.Future[None]:
         acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         before = None if key is None else self._acked.follow((topic, key), acked)
         record = (topic, value, key, list(headers))
-        return asyncio.ensure_future(self._deliver(record, before, acked))
+        return asyncio.ensure_future(self._deliver(record, before, acked, partition))
 
     def close(self) -> None:
         """Stop retrying (used at the end of a shutdown that ran out of time)."""
@@ -229,6 +234,7 @@ class KafkaOutbox:
         record: tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]],
         before: asyncio.Future[None] | None,
         acked: asyncio.Future[None],
+        partition: int | None = None,
     ) -> None:
         """Send the record once `before` (the previous record of its key) is
         acknowledged, retrying until the broker acknowledges it too."""
@@ -239,7 +245,9 @@ class KafkaOutbox:
                 await asyncio.wait([before])
             while True:
                 try:
-                    ack = await self._producer.send(topic, value=value, key=key, headers=headers)
+                    ack = await self._producer.send(
+                        topic, value=value, key=key, headers=headers, partition=partition
+                    )
                     await ack
                     return
                 except _UNDELIVERABLE as exc:

@@ -22,9 +22,16 @@ class OutboxClosed(Exception):
 
 class Outbox(Protocol):
     def send(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None = None,
     ) -> Awaitable[None]:
         """Queue a record; awaiting the result waits until it is acknowledged.
+        `partition`: where it must go (a camera's state beside its requests); None:
+        the producer's partitioner.
 
         Transient failures are retried inside. The awaitable raises
         `ReplyUndeliverable` when the destination cannot take the record (missing

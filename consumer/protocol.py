@@ -123,6 +123,22 @@ class Topics:
         page reads it. `name` has no '.', so the model is whatever follows it."""
         return f"{self.prefix}.shadow.{name}.{topic_suffix(model)}"
 
+    def state(self, model: str) -> str:
+        """Tracking: each camera's state (compacted, key = camera), on the partition
+        number of the camera's requests (docs/protocol.md, "Tracking")."""
+        return f"{self.prefix}.state.{topic_suffix(model)}"
+
+    def events(self, model: str) -> str:
+        """Tracking: line crossings and zone enter/leave/dwell, key = camera."""
+        return f"{self.prefix}.events.{topic_suffix(model)}"
+
+    @property
+    def zones(self) -> str:
+        """Tracking: each camera's tracking, zones and lines (compacted, key = camera;
+        `tfstream-zones` writes it). Not `<prefix>.cameras`, where the camera gateway
+        publishes each camera's connection state under the same keys."""
+        return f"{self.prefix}.zones"
+
     @property
     def requests_pattern(self) -> str:
         return rf"^{re.escape(self.prefix)}\.requests\..+"

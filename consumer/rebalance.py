@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from consumer.commits import Commits
+from consumer.tracking_stage import TrackingStage
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,18 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.commits = commits
         self.timeout_s = timeout_s
         self.placed = placed
+        self.tracking: TrackingStage | None = None
+        """A tracking worker's stage: restores assigned partitions' camera states and
+        forgets revoked ones' (`consumer.tracking_stage`)."""
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await hand_back(self.commits, revoked, self.timeout_s)
+        if self.tracking is not None:
+            self.tracking.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if self.placed is not None:
             await self.placed(assigned)
+        if self.tracking is not None:
+            self.tracking.assigned(assigned)
         log.info("partitions assigned", extra={"partitions": _names(assigned)})

@@ -41,6 +41,7 @@ from consumer.protocol import (
     trace_context,
 )
 from consumer.spans import RequestSpans
+from consumer.tracking_stage import TrackedAnswer, TrackingStage
 from engines.errors import ReplyUndeliverable, TfstreamError
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class RecordAdapter:
         self.metrics = metrics or pipeline.metrics
         self.answer_log = answer_log
         self._handling: set[asyncio.Task[None]] = set()
+        self.tracking: TrackingStage | None = None
+        """Set by a worker that tracks cameras (`consumer.tracking_stage`)."""
 
     @property
     def inflight(self) -> int:
@@ -126,6 +129,8 @@ class RecordAdapter:
         else:
             reply_to = request.reply_to or self.topics.results(model)
             answered = self.pipeline.submit(request, spans)
+        if self.tracking is not None:  # the frame's place in its camera's order
+            answered = self.tracking.tracked(record, model, answered)
         task = asyncio.get_running_loop().create_task(
             self._deliver(record, model, reply_to or self.topics.results(model), answered, spans)
         )
@@ -153,9 +158,12 @@ class RecordAdapter:
         spans: RequestSpans,
     ) -> None:
         answer = await answered
-        sends = self._sends(record, model, reply_to, answer, spans)
         outcomes: list[object] = []
         try:
+            sends = self._sends(record, model, reply_to, answer, spans)
+            if isinstance(answer, TrackedAnswer) and answer.writes is not None:
+                writes = answer.writes  # events acknowledged, then the camera's state
+                sends.append(self._bounded(record, model, writes))
             if len(sends) == 1:  # the reply alone, as nearly always: no gather, no task
                 try:
                     await sends[0]

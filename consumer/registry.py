@@ -128,6 +128,11 @@ class ModelRegistry(Catalogue):
         with ThreadPoolExecutor(self._load_threads, thread_name_prefix="load") as pool:
             return list(pool.map(self.load, names))
 
+    def _check_served(self, name: str) -> None:
+        if not self.serves(name):
+            self.repository.folder(name)  # raises ModelNotFound for unknown names
+            raise ModelUnavailable(f"model '{name}' is not served by this worker group")
+
     def _model_lock(self, name: str) -> threading.Lock:
         with self._lock:
             return self._model_locks.setdefault(name, threading.Lock())
@@ -141,9 +146,7 @@ class ModelRegistry(Catalogue):
             ModelNotFound: `name` is not in the repository.
             ModelUnavailable: `name` is in the repository but not served here.
         """
-        if not self.serves(name):
-            self.repository.folder(name)  # raises ModelNotFound for unknown names
-            raise ModelUnavailable(f"model '{name}' is not served by this worker group")
+        self._check_served(name)
         with self._model_lock(name):  # one load per model; other models load meanwhile
             current = self._entries.get(name)
             serving = current if current is not None and current.detector is not None else None
@@ -167,9 +170,7 @@ class ModelRegistry(Catalogue):
             ModelNotFound: `name` is not in the repository.
             ModelUnavailable: `name` is in the repository but not served here.
         """
-        if not self.serves(name):
-            self.repository.folder(name)  # raises ModelNotFound for unknown names
-            raise ModelUnavailable(f"model '{name}' is not served by this worker group")
+        self._check_served(name)
         if not self._needs(name, self._entries.get(name)):
             return None  # the common case (nothing new) takes no lock
         with self._model_lock(name):

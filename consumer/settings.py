@@ -308,6 +308,12 @@ class ConsumerSettings(LoggingSettings, TracingSettings, KafkaClientSettings, En
     """Also write every answer (boxes or error, model version, the request's key and
     correlation id, timings) to <prefix>.answers.<model>, whether or not the request named
     a reply-to: the audit trail of what was answered, and tfstream-diff's baseline."""
+    tracking: bool = True
+    """Track the keyed frames of cameras configured on <prefix>.zones, or of every
+    camera of a model whose config.json says `tracking: true`: `track_id` on each box,
+    events on <prefix>.events.<model>, state on <prefix>.state.<model>
+    (docs/tracking.md). Off: those topics are neither created nor read. A shadow
+    never tracks."""
     shadow: str = ""
     """Run as shadow NAME: read the same request topics in the group <group>.shadow.NAME
     and write every answer only to <prefix>.shadow.NAME.<model> (never to reply-to, the

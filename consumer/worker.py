@@ -65,6 +65,7 @@ from consumer.settings import ConsumerSettings
 from consumer.shadow import ShadowAdapter, shadow_registry, start_positions
 from consumer.startup import until_ready
 from consumer.supervision import Supervisor
+from consumer.tracking_stage import CameraFeed, TrackingStage
 from consumer.worker_topics import WorkerTopics
 from engines.errors import ModelLoadFailed
 
@@ -99,6 +100,8 @@ class Worker:
         )
         self.producer: AIOKafkaProducer | None = None
         self.pipeline: Pipeline | None = None
+        self.tracking: TrackingStage | None = None
+        self.camera_feed: CameraFeed | None = None
         self._created_at_s = time.monotonic()
         self._served: list[str] = []
         """The models listed once at start: their topics exist; a model folder that
@@ -126,6 +129,7 @@ class Worker:
                 await self._abandon_start()
         finally:
             await self.supervisor.stop()
+            await self._close_tracking()
             if health is not None:
                 health.stop()
             if self.producer is not None:
@@ -164,6 +168,7 @@ class Worker:
         self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics, self.supervisor)
         self.pipeline.start()
         self.adapter = self._adapter(self._served)
+        await self._start_tracking()
         self.consumer = await until_ready(
             "joining the group",
             lambda: self._start_consumer(self._served),
@@ -224,6 +229,8 @@ class Worker:
             log.error("shutdown timed out; unanswered requests stay uncommitted")
         await self.supervisor.cancel("commit")
         await self.commits.final()
+        await self.supervisor.cancel("cameras")
+        await self._close_tracking()  # before the goodbye: `stopped` is the last word
         await self.announcer.stopped()
         self.probes.joined = False
         await self.consumer.stop()  # leaves the group
@@ -296,6 +303,7 @@ class Worker:
             check_crcs=s.check_crcs,
         )
         listener = Rebalance(self.commits, s.shutdown_timeout_s, self._place if s.shadow else None)
+        listener.tracking = self.tracking
         if s.model_names() is None:  # every model: also answer requests for unknown ones
             consumer.subscribe(pattern=self.topics.requests_pattern, listener=listener)
         else:
@@ -306,6 +314,39 @@ class Worker:
     async def _place(self, assigned: set[TopicPartition]) -> None:
         await start_positions(self.consumer, assigned, self.settings.shadow_start_ms())
         self.probes.positioned = True
+
+    # -- tracking -------------------------------------------------------------------------
+
+    async def _start_tracking(self) -> None:
+        """Cameras configured before the first frame is taken: every worker applies a
+        camera's frames under the same configuration (`consumer.tracking_stage`)."""
+        if not self.worker_topics.tracks:
+            return
+        self.tracking = TrackingStage(
+            self.settings,
+            self.topics,
+            self.outbox,
+            self._tracks,
+            known=lambda model: self.registry.entry(model) is not None,
+        )
+        self.camera_feed = CameraFeed(self.settings, self.topics, self.tracking)
+        await self.camera_feed.catch_up()
+        await self.tracking.start()
+        self.adapter.tracking = self.tracking
+        self.supervisor.start("cameras", self.camera_feed.loop)
+
+    async def _close_tracking(self) -> None:
+        if self.tracking is not None:
+            await self.tracking.close()
+            self.tracking = None
+        if self.camera_feed is not None:
+            await self.camera_feed.close()
+            self.camera_feed = None
+
+    def _tracks(self, model: str) -> bool:
+        entry = self.registry.entry(model)
+        spec = entry.spec if entry is not None else None
+        return bool(spec is not None and spec.config.tracking)
 
     # -- answer log and shadow -------------------------------------------------------
 

@@ -36,6 +36,7 @@ class WorkerTopics:
             kafka_io.announcements_topic(self.topics.models, s.announce_forget_ms),
             kafka_io.TopicSpec(self.topics.control, 1),
             *self.of_models(served),
+            *self.of_tracking(served),
             *(kafka_io.TopicSpec(topic, s.partitions) for topic in self.logs(served)),
         ]
 
@@ -44,6 +45,24 @@ class WorkerTopics:
         p = self.settings.partitions
         return [kafka_io.TopicSpec(self.topics.requests(m), p) for m in models] + [
             kafka_io.TopicSpec(self.topics.results(m), p) for m in models
+        ]
+
+    @property
+    def tracks(self) -> bool:
+        """Whether this worker tracks cameras (never a shadow: it must not write state)."""
+        return self.settings.tracking and not self.settings.shadow
+
+    def of_tracking(self, models: list[str]) -> list[kafka_io.TopicSpec]:
+        """The cameras topic and `models`' state and events topics, when tracking. The
+        state topic has the request topic's partition count: a camera's state goes to
+        the partition number of its requests."""
+        if not self.tracks:
+            return []
+        p = self.settings.partitions
+        return [
+            kafka_io.TopicSpec(self.topics.zones, 1, compacted=True),
+            *(kafka_io.TopicSpec(self.topics.state(m), p, compacted=True) for m in models),
+            *(kafka_io.TopicSpec(self.topics.events(m), p) for m in models),
         ]
 
     def logs(self, served: list[str]) -> list[str]:
@@ -74,6 +93,11 @@ class WorkerTopics:
                 needs[self.topics.results(model)] = ["Write"]
         for topic in self.logs(served):
             needs[topic] = ["Write"]
+        if self.tracks:
+            needs[self.topics.zones] = ["Read"]
+            for model in served:
+                needs[self.topics.state(model)] = ["Read", "Write"]
+                needs[self.topics.events(model)] = ["Write"]
         await check_access(self.settings, needs, self.settings.consumer_group())
 
     async def ensure_log(self, topic: str) -> None:
@@ -95,7 +119,7 @@ class WorkerTopics:
         """A model folder new to a worker serving every model gets its topics first;
         False when that failed (the next poll tries again)."""
         try:
-            await self.create(self.of_models(fresh))
+            await self.create(self.of_models(fresh) + self.of_tracking(fresh))
         except (KafkaError, TfstreamError, OSError) as exc:
             log.warning("cannot create topics", extra={"models": fresh, "error": repr(exc)})
             return False

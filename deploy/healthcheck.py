@@ -13,6 +13,8 @@ What is probed:
      the endpoint off, so there is nothing to probe;
    - `tfstream-bridge` (or `python -m http_bridge`): /health/live on `--port` /
      `TFSTREAM_PORT` (default 4343), over HTTPS with `--https-certfile`;
+   - `tfstream-cameras` (or `python -m producer_tools.cameras`): /health/live on
+     `--metrics-port` / `TFSTREAM_METRICS_PORT` (default 9410);
 3. any other command (`tfstream-models generate`, a shell...) has no endpoint:
    healthy.
 
@@ -51,6 +53,7 @@ class Server:
 SERVERS = (
     Server("tfstream-consumer", "consumer", "metrics-port", "metrics-host", 9400),
     Server("tfstream-bridge", "http_bridge", "port", "host", 4343, "https-certfile"),
+    Server("tfstream-cameras", "producer_tools.cameras", "metrics-port", "metrics-host", 9410),
 )
 
 

@@ -111,6 +111,10 @@ class ModelConfig(BaseModel):
     """Signature output names of a model that calls them otherwise,
     e.g. {"detection_boxes": "boxes"}; keys are from OUTPUT_NAMES."""
 
+    tracking: bool = False
+    """Track every camera (keyed request) of this model by default: `track_id` on its
+    answers' boxes (docs/tracking.md). A camera's record on <prefix>.zones wins."""
+
     iou_threshold: float | None = Field(default=None, gt=0, le=1, strict=True)
     """IoU above which class-wise NMS drops the lower-scored of two boxes; only for
     exports whose NMS tfstream does (raw Ultralytics outputs). Absent: 0.7, the

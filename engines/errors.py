@@ -94,6 +94,14 @@ class ImageTooLarge(TfstreamError, code="image_too_large", http_status=413, clie
     """Too many bytes or pixels: refused before it can exhaust memory."""
 
 
+class InvalidCameraConfig(
+    TfstreamError, code="invalid_camera_config", http_status=422, client_error=True
+):
+    """A camera's configuration (the gateway's cameras file, or the zones and lines a
+    worker reads) does not parse or breaks a rule: one code for both, since a camera
+    is one thing to its operator."""
+
+
 class InvalidRequest(TfstreamError, code="invalid_request", http_status=422, client_error=True):
     """A missing or malformed field or header (correlation id, overrides...)."""
 

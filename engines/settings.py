@@ -38,6 +38,8 @@ COMMAND_SETTINGS = (
     "producer_tools.stream:StreamSettings",
     "producer_tools.results:ResultsSettings",
     "producer_tools.diff:DiffSettings",
+    "producer_tools.cameras:CamerasSettings",
+    "producer_tools.camera_zones:ZonesSettings",
     "engines.cli:ModelsSettings",
 )
 

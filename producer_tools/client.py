@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
@@ -343,3 +346,53 @@ async def connect(bootstrap: str, **kwargs: object) -> AsyncIterator[DetectClien
     client = DetectClient(KafkaClientSettings(bootstrap=bootstrap), **kwargs)  # type: ignore[arg-type]
     async with client:
         yield client
+
+
+#: How many recent event ids `tracking_events` remembers to drop repeats.
+EVENT_IDS_KEPT = 100_000
+
+
+async def tracking_events(
+    settings: KafkaClientSettings,
+    model: str,
+    camera: str | None = None,
+    from_beginning: bool = True,
+) -> AsyncIterator[dict[str, Any]]:
+    """The events of tracked cameras (`<prefix>.events.<model>`, docs/tracking.md): line
+    crossings and zone enter/leave/dwell, as dicts, each event once: a worker that died
+    between an event and its camera's state writes the event again with the same id,
+    and this drops such repeats (answers carry each box's `track_id` already).
+
+        async for event in tracking_events(settings, "shapes_tf2", camera="dock-1"):
+            print(event["kind"], event["target"], event["track_id"])
+    """
+    topic = Topics(settings.topic_prefix).events(model)
+    consumer = kafka_io.consumer(
+        settings,
+        "events",
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    try:
+        await kafka_io.started(consumer)
+    except (KafkaError, OSError) as exc:
+        raise await explain(exc, settings) from exc
+    seen: OrderedDict[str, None] = OrderedDict()  # the latest ids: repeats come soon after
+    wanted = None if camera is None else camera.encode()
+    try:
+        consumer.subscribe([topic])
+        while True:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    if wanted is not None and record.key != wanted:
+                        continue
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(record.value or b"")
+                        if isinstance(event, dict) and str(event.get("id")) not in seen:
+                            seen[str(event.get("id"))] = None
+                            if len(seen) > EVENT_IDS_KEPT:
+                                seen.popitem(last=False)
+                            yield event
+    finally:
+        with contextlib.suppress(KafkaError, OSError):
+            await consumer.stop()

@@ -10,11 +10,20 @@ becomes the camera's view. Joining by correlation id, not by key and order,
 stays right when answers come out of order (errors go ahead of queued frames)
 or twice (a redelivery after a rebalance: the second is ignored).
 
+`tfstream-cameras` publishes each camera's own state (connected, reconnecting
+and why, fps in and out) on `<prefix>.cameras`; the reader follows it too and
+shows it with the camera, even one that never connected.
+
 A shadow group running for the model (`tfstream-consumer --shadow NAME`)
 answers the same frames on `<prefix>.shadow.NAME.<model>`: its answer to the
 frame on show is drawn dashed over it, with its own latency (request record
 to shadow answer). Shadow answers wait, a few per camera, for their frame's
 serving answer, as early answers do.
+
+A tracked camera (docs/tracking.md) also shows its zones and lines (from the
+compacted `<prefix>.zones`, read from its beginning) and the counts of the
+events seen on `<prefix>.events.<model>` since the page started, each event
+once; its boxes carry `track_id`.
 
 Frames/s counts the camera's answers over the last few seconds; latency is
 the answer record's timestamp minus the request record's (`tfstream-stream`
@@ -27,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import re
 import time
@@ -41,6 +51,7 @@ from consumer.answer_log import LoggedAnswer
 from consumer.protocol import CORRELATION_ID, REPLY_TO, Reply, Topics, header_map
 from consumer.settings import KafkaClientSettings
 from engines.errors import InvalidRequest, ServiceUnavailable
+from producer_tools.camera_states import states_topic
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,8 @@ FPS_WINDOW_S = 5.0
 SHADOW_PER_CAMERA = 64
 SHADOW_CAMERAS = 1024
 NO_KEY = "(no key)"
+#: Tracking event ids remembered to drop repeats.
+EVENT_IDS_KEPT = 10_000
 
 
 @dataclass
@@ -85,6 +98,13 @@ class CameraView:
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     shadows: dict[str, LoggedAnswer] = field(default_factory=dict)
     """Each shadow's answer to the frame on show, by shadow name."""
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    zones: list[dict[str, Any]] = field(default_factory=list)
+    """The camera's counting lines and zones (`<prefix>.zones`), to draw."""
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Events seen since the page started, by zone/line and kind (repeats dropped)."""
+    source: dict[str, Any] | None = None
+    """The camera's state as `tfstream-cameras` last published it (<prefix>.cameras)."""
 
     def fps(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -123,6 +143,10 @@ class CameraView:
                 }
                 for name, a in sorted(self.shadows.items())
             ],
+            "lines": self.lines,
+            "zones": self.zones,
+            "counts": self.counts,
+            "source": self.source,
         }
 
 
@@ -147,6 +171,13 @@ class LiveStreams:
         self._requests = re.compile(rf"^{prefix}\.requests\.(.+)$")
         self._results = re.compile(rf"^{prefix}\.results\.(.+)$")
         self._shadow = re.compile(rf"^{prefix}\.shadow\.([^.]+)\.(.+)$")
+        self._events = re.compile(rf"^{prefix}\.events\.(.+)$")
+        self._zones_topic = self.topics.zones
+        self._geometry: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        self._event_ids: OrderedDict[str, None] = OrderedDict()
+        self._cameras_consumer: Any = None
+        self._cameras_reader: asyncio.Task[None] | None = None
+        self._states = states_topic(settings.topic_prefix)
         self._shadow_answers: OrderedDict[
             tuple[str, str], OrderedDict[str, dict[str, LoggedAnswer]]
         ] = OrderedDict()
@@ -169,12 +200,74 @@ class LiveStreams:
             return self._observe_answer(match.group(1), camera, value, timestamp_ms)
         if match := self._shadow.match(topic):
             return self._observe_shadow(match.group(1), match.group(2), camera, value)
+        if match := self._events.match(topic):
+            return self._observe_event(match.group(1), camera, value)
+        if topic == self._zones_topic:
+            return self._observe_camera(camera, value)
+        if topic == self._states:
+            return self._observe_state(camera, value)
         return False
+
+    def _observe_camera(self, camera: str, value: bytes | None) -> bool:
+        """A camera's zones and lines (a tombstone removes them), on every model's view."""
+        if value is None:
+            self._geometry.pop(camera, None)
+        else:
+            try:
+                config = json.loads(value)
+                lines = [
+                    {"name": str(x["name"]), "start": x["start"], "end": x["end"]}
+                    for x in config.get("lines") or []
+                ]
+                zones = [
+                    {"name": str(x["name"]), "polygon": x["polygon"]}
+                    for x in config.get("zones") or []
+                ]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return False
+            self._geometry[camera] = (lines, zones)
+        changed = False
+        for (_, name), view in self.cameras.items():
+            if name == camera:
+                view.lines, view.zones = self._geometry.get(camera, ([], []))
+                self._bump(view)
+                changed = True
+        return changed
+
+    def _observe_event(self, model: str, camera: str, value: bytes | None) -> bool:
+        """Count a tracking event once (a repeat after a worker's death has the same id)."""
+        try:
+            event = json.loads(value or b"")
+            event_id, target, kind = str(event["id"]), str(event["target"]), str(event["kind"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        if event_id in self._event_ids:
+            return False
+        _bounded_put(self._event_ids, event_id, None, EVENT_IDS_KEPT)
+        view = self._view(model, camera)
+        per_kind = view.counts.setdefault(target, {})
+        per_kind[kind] = per_kind.get(kind, 0) + 1
+        self._bump(view)
+        return True
+
+    def _observe_state(self, camera: str, value: bytes | None) -> bool:
+        """A gateway's report on one camera: shown even before (or without) any answer."""
+        try:
+            state = json.loads(value or b"")
+            model = str(state["model"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        view = self._view(model, camera)
+        keep = ("state", "last_error", "fps_in", "fps_out", "frame_age_ms", "url")
+        view.source = {k: state.get(k) for k in keep}
+        self._bump(view)
+        return True
 
     def _view(self, model: str, camera: str) -> CameraView:
         view = self.cameras.get((model, camera))
         if view is None:
             view = self.cameras[(model, camera)] = CameraView(camera=camera, model=model)
+            view.lines, view.zones = self._geometry.get(camera, ([], []))
         return view
 
     def _observe_frame(
@@ -303,17 +396,40 @@ class LiveStreams:
             raise ServiceUnavailable(
                 f"cannot reach Kafka at {self.settings.bootstrap}: {exc}"
             ) from exc
-        consumer.subscribe(pattern=rf"^{prefix}\.(requests|results|shadow)\..+")
+        consumer.subscribe(pattern=rf"^{prefix}\.((requests|results|shadow|events)\..+|cameras)$")
         self._consumer = consumer
         self._reader = asyncio.create_task(self._read(), name="live-streams")
+        # The cameras' zones and lines: a compacted topic, read from its beginning.
+        cameras = kafka_io.consumer(
+            self.settings, "live", group_id=None, auto_offset_reset="earliest"
+        )
+        with contextlib.suppress(KafkaError, OSError):
+            await kafka_io.started(cameras)
+            cameras.subscribe([self._zones_topic])
+            self._cameras_consumer = cameras
+            self._cameras_reader = asyncio.create_task(
+                self._read_from(cameras, "the cameras topic"), name="live-cameras"
+            )
 
     async def _read(self) -> None:
         assert self._consumer is not None
-        async for records in kafka_io.follow(self._consumer, "the live view's topics", 1.0):
+        await self._read_from(self._consumer, "the live view's topics")
+
+    async def _read_from(self, consumer: Any, reading: str) -> None:
+        async for records in kafka_io.follow(consumer, reading, 1.0):
             for r in records:
                 self.observe(r.topic, r.key, r.value, r.headers, r.timestamp)
 
     async def stop(self) -> None:
+        if self._cameras_reader is not None:
+            self._cameras_reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cameras_reader
+            self._cameras_reader = None
+        if self._cameras_consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._cameras_consumer.stop()
+            self._cameras_consumer = None
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,7 +20,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TextIO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -59,6 +59,9 @@ class ResultsSettings(KafkaClientSettings):
     """Stop after this many seconds without a new answer; 0: never."""
     output: Literal["text", "json"] = "text"
     """'text' for people, 'json' for one JSON object per line."""
+    events: bool = False
+    """Follow <prefix>.events.<model> instead: each line crossing and zone enter, leave
+    or dwell of tracked cameras (docs/tracking.md), one line per event."""
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,16 @@ class ResultLine:
     worker: str
     partition: int
     offset: int
+    track_ids: list[int | None] = field(default_factory=list)
+    """Each box's track ID when its camera is tracked (None: not confirmed yet)."""
 
     def text(self) -> str:
         parts = [f"camera={self.camera or '-'}", f"id={self.correlation_id or '-'}"]
         if self.success:
             parts += [f"boxes={self.boxes}", f"labels=[{', '.join(self.labels)}]"]
+            if any(t is not None for t in self.track_ids):
+                ids = ", ".join("-" if t is None else str(t) for t in self.track_ids)
+                parts.append(f"tracks=[{ids}]")
         else:
             parts.append(f"error={self.error}")
         parts.append(
@@ -113,7 +121,36 @@ def describe(record: Any) -> ResultLine | None:
         worker=reply.worker,
         partition=record.partition,
         offset=record.offset,
+        track_ids=[b.get("track_id") for b in boxes] if any("track_id" in b for b in boxes) else [],
     )
+
+
+@dataclass(frozen=True)
+class EventLine:
+    """A record of <prefix>.events.<model> (docs/tracking.md, "Event record")."""
+
+    event: dict[str, Any]
+
+    def text(self) -> str:
+        e = self.event
+        stay = f" stay_s={e['dwell_s']:.1f}" if e.get("dwell_s") is not None else ""
+        return (
+            f"camera={e.get('camera')} {e.get('kind')} {e.get('target')} "
+            f"class={e.get('class')} track={e.get('track_id')} "
+            f"offset={(e.get('position') or {}).get('offset')} id={e.get('id')}{stay}"
+        )
+
+    def json(self) -> str:
+        return json.dumps(self.event, separators=(",", ":"))
+
+
+def describe_event(record: Any) -> EventLine | None:
+    """An events record as a line; None for a record that is not an event."""
+    try:
+        event = json.loads(record.value or b"")
+    except ValueError:
+        return None
+    return EventLine(event) if isinstance(event, dict) and "kind" in event else None
 
 
 async def follow(
@@ -128,7 +165,9 @@ async def follow(
         NotAuthorized: Kafka refused the credentials.
         ServiceUnavailable: the broker cannot be reached.
     """
-    topic = Topics(settings.topic_prefix).results(settings.model)
+    topics = Topics(settings.topic_prefix)
+    topic = topics.events(settings.model) if settings.events else topics.results(settings.model)
+    describe_record = describe_event if settings.events else describe
 
     async def connect() -> AIOKafkaConsumer:
         """One attempt, retried while the brokers are not there yet (`until_ready`)."""
@@ -170,7 +209,7 @@ async def follow(
                 for record in records:
                     if camera is not None and record.key != camera:
                         continue
-                    line = describe(record)
+                    line = describe_record(record)
                     if line is None:
                         continue
                     out.write((line.json() if settings.output == "json" else line.text()) + "\n")

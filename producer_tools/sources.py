@@ -1,9 +1,12 @@
 """Where the frames of `tfstream-replay` and `tfstream-stream` come from.
 
 A source is an image folder (its image files in name order), a video file
-(each frame re-encoded as JPEG, since a request carries one encoded image), or
-a camera (an index such as `0`, or a device path such as `/dev/video0`). Video
-and camera need OpenCV (`pip install 'tfstream[video]'`); folders need nothing.
+(each frame re-encoded as JPEG, since a request carries one encoded image),
+a camera (an index such as `0`, or a device path such as `/dev/video0`), or a
+network camera (`rtsp://`, `rtsps://`, `http(s)://` MJPEG or HLS), read by the
+same reader as `tfstream-cameras` (PyAV: timeouts, reconnects, newest frame
+first). Video files and devices need OpenCV (`pip install 'tfstream[video]'`);
+folders need nothing.
 
 Sources are read lazily, one frame at a time: a long video or a camera never
 has to fit in memory, and a replay of a folder re-reads it when it loops.
@@ -147,16 +150,62 @@ class CaptureSource(FrameSource):
             self._capture = None
 
 
+class NetworkSource(FrameSource):
+    """A network camera through `tfstream-cameras`' reader: each frame is the newest one
+    decoded when asked for, so a slow sender skips frames instead of falling behind."""
+
+    blocking = True
+    live = True
+
+    def __init__(self, url: str, jpeg_quality: int = 90, max_bytes: int = 16 * 1024 * 1024):
+        from producer_tools.camera_config import CameraConfig
+        from producer_tools.camera_reader import CameraReader
+
+        self.config = CameraConfig(id="stream", url=url, model="-", jpeg_quality=jpeg_quality)
+        self.name = self.config.masked_url
+        self.max_bytes = max_bytes
+        self.reader = CameraReader(self.config).start()
+
+    def frames(self) -> Iterator[Frame]:
+        import time
+
+        from producer_tools.camera_encode import encode
+
+        index = 0
+        while self.reader.alive:
+            decoded = self.reader.take()
+            if decoded is None:
+                time.sleep(0.005)
+                continue
+            encoded = encode(decoded, self.config.jpeg_quality, None, self.max_bytes)
+            yield Frame(f"{self.name}#{index}", self.name, encoded.jpeg, index)
+            index += 1
+
+    def close(self) -> None:
+        self.reader.stop()
+
+
+def is_network(spec: str) -> bool:
+    from producer_tools.camera_reader import is_network as network
+
+    return network(spec)
+
+
 def is_camera(spec: str) -> bool:
     return bool(_CAMERA_INDEX.fullmatch(spec)) or spec.startswith("/dev/video")
 
 
 def open_source(spec: str, jpeg_quality: int = 90) -> FrameSource:
-    """A folder, a video file, or a camera (`0`, `/dev/video0`).
+    """A folder, a video file, a camera (`0`, `/dev/video0`) or a network camera URL.
+
+    A network camera is opened in the background (and reopened whenever it drops):
+    it never fails here; its frames come once it answers.
 
     Raises:
         SourceError: missing path, empty folder, unreadable video or camera, no OpenCV.
     """
+    if is_network(spec):
+        return NetworkSource(spec, jpeg_quality)
     if is_camera(spec):
         target: str | int = int(spec) if _CAMERA_INDEX.fullmatch(spec) else spec
         return CaptureSource(

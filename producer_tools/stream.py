@@ -54,7 +54,9 @@ class StreamSettings(KafkaClientSettings):
     camera: str
     """The camera id: the Kafka key of every frame, and the start of its correlation id."""
     source: str
-    """A video file, an image folder, or a camera device (an index such as 0, or /dev/video0)."""
+    """A video file, an image folder, a camera device (an index such as 0, or /dev/video0),
+    or a network camera (rtsp://, rtsps://, http(s):// MJPEG or HLS; reconnected when it
+    drops, newest frame sent)."""
     fps: float = Field(default=5.0, gt=0)
     """Frames sent per second."""
     count: int = Field(default=0, ge=0)

@@ -10,7 +10,17 @@ from bench.cpu import CpuUse
 from bench.page import markdown
 from bench.raw_engine import sample_jpegs
 from bench.results import Bench, Measurement, Row, Target, evaluate
-from bench.sections import SECTIONS, TARGETS, ceiling, conflation, feed, fixed, scaling, serving
+from bench.sections import (
+    SECTIONS,
+    TARGETS,
+    cameras,
+    ceiling,
+    conflation,
+    feed,
+    fixed,
+    scaling,
+    serving,
+)
 
 
 def row(
@@ -59,6 +69,7 @@ def test_every_target_names_a_row_id_its_section_produces() -> None:
         *(fixed.row_id(n) for n in (1, 2)),
         conflation.OFF,
         conflation.ON,
+        *(cameras.row_id(size, 5) for size in cameras.SIZES),
     }
     assert {t.row_id for t in TARGETS} <= produced
     assert list(SECTIONS) == [
@@ -69,6 +80,7 @@ def test_every_target_names_a_row_id_its_section_produces() -> None:
         "ceiling",
         "feed",
         "conflation",
+        "cameras",
     ]
 
 

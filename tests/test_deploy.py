@@ -43,6 +43,7 @@ from engines.cli import ModelsSettings
 from engines.settings import OTHER_VARIABLES
 from http_bridge.app import create_app
 from http_bridge.settings import BridgeSettings
+from producer_tools.cameras import CamerasSettings
 from tests.http_bridge.test_middleware import FakeBackend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "tfstream-consumer": ConsumerSettings,
     "tfstream-bridge": BridgeSettings,
     "tfstream-models": ModelsSettings,
+    "tfstream-cameras": CamerasSettings,
 }
 # Variables the deployment files add for the image itself, read by no settings class.
 IMAGE_ONLY_ENV = {"TFSTREAM_HEALTH_URL"} & OTHER_VARIABLES  # deploy/healthcheck.py
@@ -205,7 +207,10 @@ def _final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def test_help_lists_every_settings_field(command: str) -> None:
     """The --help parsing below is sound: it finds one option per settings field."""
     cls = SETTINGS[command]
-    positional = {"command", "dir"} if cls is ModelsSettings else set()
+    positional = {
+        ModelsSettings: {"command", "dir"},
+        CamerasSettings: {"config"},
+    }.get(cls, set())
     expected = {"--" + f.replace("_", "-") for f in cls.model_fields if f not in positional}
     assert expected <= _help_options(command)
 
@@ -284,7 +289,11 @@ def test_k8s_commands_options_and_env() -> None:
     objects = _k8s_objects()
     configmaps = _configmaps()
     deployments = [o for o in objects if o["kind"] == "Deployment"]
-    assert {d["metadata"]["name"] for d in deployments} == {"tfstream-consumer", "tfstream-bridge"}
+    assert {d["metadata"]["name"] for d in deployments} == {
+        "tfstream-consumer",
+        "tfstream-bridge",
+        "tfstream-cameras",
+    }
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]
         for container in pod.get("initContainers", []) + pod["containers"]:
@@ -302,8 +311,10 @@ def test_k8s_commands_options_and_env() -> None:
 def test_every_configmap_is_used() -> None:
     used = set()
     for deployment in (o for o in _k8s_objects() if o["kind"] == "Deployment"):
-        for container in deployment["spec"]["template"]["spec"]["containers"]:
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod["containers"]:
             used |= {s["configMapRef"]["name"] for s in container.get("envFrom", [])}
+        used |= {v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v}
     assert set(_configmaps()) == used
 
 
@@ -402,6 +413,7 @@ def test_k8s_ports_and_probes() -> None:
     expected = {
         "tfstream-consumer": ("TFSTREAM_METRICS_PORT", _default(ConsumerSettings, "metrics_port")),
         "tfstream-bridge": ("TFSTREAM_PORT", _default(BridgeSettings, "port")),
+        "tfstream-cameras": ("TFSTREAM_METRICS_PORT", _default(CamerasSettings, "metrics_port")),
     }
     for name, (variable, default) in expected.items():
         deployment = _k8s("Deployment", name, objects)

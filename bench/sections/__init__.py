@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import Context
 from bench.results import Row, Target
-from bench.sections import ceiling, conflation, feed, fixed, scaling, serving
+from bench.sections import cameras, ceiling, conflation, feed, fixed, scaling, serving
 
 Section = Callable[[Context], Awaitable[list[Row]]]
 
@@ -25,6 +25,7 @@ SECTIONS: dict[str, Section] = {
     "ceiling": ceiling.ceiling,
     "feed": feed.feeding,
     "conflation": conflation.conflation,
+    "cameras": cameras.cameras,
 }
 
 TARGETS: list[Target] = [
@@ -34,4 +35,5 @@ TARGETS: list[Target] = [
     *ceiling.TARGETS,
     *feed.TARGETS,
     *conflation.TARGETS,
+    *cameras.TARGETS,
 ]

@@ -4,7 +4,7 @@ What the worker's Kafka code will call, kept free of Kafka so it is tested
 without a broker. The three topics map to three methods, each taking a record's
 key and value as they come (a None value is a tombstone):
 
-* `<prefix>.cameras` -> `configure`: the latest configuration of each camera;
+* `<prefix>.zones` -> `configure`: the latest configuration of each camera;
 * `<prefix>.state.<model>` -> `restore`, for the partitions just assigned, read
   to their end before their frames run (the last record of a camera wins);
 * request frames -> `apply`, which gives the answer's boxes, the events to
@@ -137,6 +137,10 @@ class Cameras:
             return Outcome(tracked, [], None, error)
         tracked, events = apply(state, position, boxes, timestamp_s)
         return Outcome(tracked, events, (camera.encode(), state.to_bytes()), error)
+
+    def has_state(self, camera: str) -> bool:
+        """Whether the camera has a state here (in memory or a stored record)."""
+        return camera in self._states or camera in self._stored
 
     @property
     def cameras(self) -> set[str]:

@@ -1,8 +1,8 @@
 """A camera's tracking configuration: tracker settings, zones, lines, class filters.
 
 One `CameraConfig` per camera, parsed from the YAML (or JSON, which is YAML) that
-`tfstream-cameras` reads, and small enough to travel as one record of a compacted
-`<prefix>.cameras` topic keyed by camera (`to_record` / `from_record`), so that a
+`tfstream-zones` reads, and small enough to travel as one record of a compacted
+`<prefix>.zones` topic keyed by camera (`to_record` / `from_record`), so that a
 change reaches every worker without a restart. Nothing here talks to Kafka.
 
 Coordinates are pixels of the image as the client sent it, x against the width and
@@ -19,15 +19,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engines.errors import TfstreamError
+from engines.errors import InvalidCameraConfig
 
 Point = tuple[float, float]
-
-
-class InvalidCameraConfig(
-    TfstreamError, code="invalid_camera_config", http_status=422, client_error=True
-):
-    """A camera configuration that does not parse or breaks a rule (names, polygons)."""
 
 
 class TrackerConfig(BaseModel):
@@ -124,7 +118,7 @@ class CameraConfig(BaseModel):
         return self
 
     def to_record(self) -> tuple[bytes, bytes]:
-        """Key and value of this camera's record on the compacted `<prefix>.cameras` topic."""
+        """Key and value of this camera's record on the compacted `<prefix>.zones` topic."""
         return self.camera.encode(), self.model_dump_json(exclude_defaults=False).encode()
 
     @staticmethod
@@ -144,7 +138,7 @@ def geometry_fingerprint(target: LineConfig | ZoneConfig) -> str:
 
 
 class CamerasFile(BaseModel):
-    """The file `tfstream-cameras` reads: `cameras:` followed by a list of cameras."""
+    """The file `tfstream-zones` reads: `cameras:` followed by a list of cameras."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -56,23 +56,33 @@ class LineCounter:
         self._start = np.array(config.start, dtype=np.float64)
         self._dir = np.array(config.end, dtype=np.float64) - self._start
         self._len2 = float(self._dir @ self._dir)
+        self._start_xy = (float(self._start[0]), float(self._start[1]))
+        self._dir_xy = (float(self._dir[0]), float(self._dir[1]))
         self._classes = frozenset(config.classes)
         self.tracks: dict[int, dict[str, Any]] = {}
 
     def side(self, xyxy: tuple[float, float, float, float]) -> str | None:
         """Side "L" or "R" when all four corners are on that side and within the segment's
         band; None for a box across the line or beside its ends."""
-        left, top, right, bottom = xyxy
-        corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]])
-        rel = corners - self._start
-        along = rel @ self._dir / self._len2
-        if np.any(along < 0.0) or np.any(along > 1.0):
-            return None
-        cross = self._dir[0] * rel[:, 1] - self._dir[1] * rel[:, 0]
-        if np.all(cross < 0.0):
-            return "L"
-        if np.all(cross > 0.0):
-            return "R"
+        # Plain floats, not numpy: four corners are too few for numpy's per-call cost,
+        # and this runs for every tracked box at every line of every frame.
+        sx, sy = self._start_xy
+        dx, dy = self._dir_xy
+        sides = set()
+        for x, y in (
+            (xyxy[0], xyxy[1]),
+            (xyxy[2], xyxy[1]),
+            (xyxy[0], xyxy[3]),
+            (xyxy[2], xyxy[3]),
+        ):
+            rx, ry = x - sx, y - sy
+            along = (rx * dx + ry * dy) / self._len2
+            if along < 0.0 or along > 1.0:
+                return None
+            cross = dx * ry - dy * rx
+            sides.add("L" if cross < 0.0 else "R" if cross > 0.0 else None)
+        if len(sides) == 1:
+            return sides.pop()
         return None
 
     def observe(self, observations: list[Observation]) -> list[Transition]:

@@ -3,7 +3,9 @@
 Starts the local Apache Kafka broker of the test harness, two workers in one
 consumer group, the bridge in Kafka mode, and one `tfstream-stream` per
 generated camera (moving shapes drawn by the model generator, so the shapes
-model finds real boxes); prints the URLs; on Ctrl-C (SIGINT) or SIGTERM stops
+model finds real boxes), and, where GStreamer's RTSP server is installed
+(`make test` installs it), a third camera served over RTSP and read by
+`tfstream-cameras`; prints the URLs; on Ctrl-C (SIGINT) or SIGTERM stops
 everything it started, cameras first and the broker last, and exits 0.
 
     python -m deploy.local.demo --repository models --port 4343
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +31,7 @@ import numpy as np
 
 from deploy.local.kafka import KafkaLocalError, LocalKafkaCluster
 from deploy.local.processes import REPO_ROOT, BridgeProcess, ConsumerProcess, free_port
+from deploy.local.rtsp import RtspServer, rtsp_server_installed
 
 MODEL = "shapes_tf2"
 FRAME_SIZE = (320, 240)
@@ -37,6 +42,16 @@ CAMERAS: dict[str, tuple[str, str]] = {
     "camera-1": ("red rectangle", "green disc"),
     "camera-2": ("blue rectangle", "yellow disc"),
 }
+#: With GStreamer's RTSP server installed (deploy/local/rtsp.py), a third camera: H.264
+#: over RTSP at 25 frames/s, read by `tfstream-cameras` (its state shows on the page).
+RTSP_CAMERA: dict[str, tuple[str, str]] = {"camera-rtsp": ("blue rectangle", "green disc")}
+
+
+def demo_cameras() -> dict[str, tuple[str, str]]:
+    """The cameras `make demo` shows on this machine."""
+    from deploy.local.rtsp import rtsp_server_installed
+
+    return {**CAMERAS, **(RTSP_CAMERA if rtsp_server_installed() else {})}
 
 
 def write_camera_frames(folder: Path, labels: Sequence[str], seed: int) -> list[Path]:
@@ -97,10 +112,44 @@ class StreamProcess:
         return self
 
 
+@dataclass
+class GatewayProcess:
+    """`tfstream-cameras` with one RTSP camera (the demo's third camera)."""
+
+    bootstrap: str
+    camera: str
+    url: str
+    fps: float
+    log_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        config = self.log_dir / "cameras.yaml"
+        entry = {"id": self.camera, "url": self.url, "model": MODEL, "fps": self.fps}
+        config.write_text(json.dumps({"cameras": [entry]}))  # JSON is YAML
+        self.log_path = self.log_dir / "cameras.log"
+        env = {
+            **os.environ,
+            "TFSTREAM_BOOTSTRAP": self.bootstrap,
+            "TFSTREAM_METRICS_HOST": "127.0.0.1",
+            "TFSTREAM_METRICS_PORT": str(free_port()),
+        }
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "producer_tools.cameras", str(config)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.local.demo",
-        description="Kafka, two workers, the bridge in Kafka mode and two generated cameras; "
+        description="Kafka, two workers, the bridge in Kafka mode and two generated cameras "
+        "(three with GStreamer's RTSP server installed: one over RTSP, via tfstream-cameras); "
         "prints the URLs of the live page and the API; Ctrl-C stops everything.",
     )
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model folder")
@@ -134,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers: list[ConsumerProcess] = []
     bridge: BridgeProcess | None = None
     streams: list[StreamProcess] = []
+    rtsp: RtspServer | None = None
+    gateway: GatewayProcess | None = None
     try:
         sources = {
             camera: write_camera_frames(workdir / "frames" / camera, labels, seed)[0].parent
@@ -166,6 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             StreamProcess(bootstrap, camera, source, args.fps, logs).start()
             for camera, source in sources.items()
         ]
+        if rtsp_server_installed():
+            ((camera, labels),) = RTSP_CAMERA.items()
+            frames = write_camera_frames(workdir / "frames" / camera, labels, len(CAMERAS))
+            rtsp = RtspServer({"cam": (frames[0].parent, 25)}, log_path=logs / "rtsp.log")
+            rtsp.start()
+            gateway = GatewayProcess(bootstrap, camera, rtsp.url("cam"), args.fps, logs).start()
+            _say(f"RTSP camera {rtsp.url('cam')} read by tfstream-cameras")
         _say(f"live page  {bridge.url}/streams")
         _say(f"REST API   {bridge.url}/docs")
         _say(f"Kafka      {bootstrap} (topic prefix tfstream)")
@@ -175,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 *((w.proc, f"worker {w.name}") for w in workers),
                 (bridge.proc, "bridge"),
                 *((s.proc, f"stream {s.camera}") for s in streams),
+                (gateway.proc if gateway is not None else None, "tfstream-cameras"),
             ]:
                 if proc is not None and proc.poll() is not None:
                     _say(f"{name} exited with {proc.returncode}; see {logs}")
@@ -193,10 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stop_all(
             [
                 *(s.proc for s in streams),
+                gateway.proc if gateway is not None else None,
                 bridge.proc if bridge is not None else None,
                 *(w.proc for w in workers),
             ]
         )
+        if rtsp is not None:
+            rtsp.stop()
         with contextlib.suppress(KafkaLocalError):
             cluster.stop()
         _say("stopped")

@@ -238,3 +238,17 @@ def record(
 
 async def handled(adapter: RecordAdapter, *records: Record) -> None:
     await asyncio.wait_for(asyncio.gather(*(adapter.submit(r) for r in records)), 10)
+
+
+class GatedFactory:
+    """An engine factory whose loads wait until the test opens `gate` (`loading` says
+    one started): a model held in `loading` for as long as a test needs."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.loading = threading.Event()
+
+    def __call__(self, spec: ModelSpec, device: str) -> Engine:
+        self.loading.set()
+        assert self.gate.wait(30), "the test never let the load finish"
+        return CountingEngine()

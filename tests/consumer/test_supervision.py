@@ -235,7 +235,7 @@ async def test_a_worker_whose_runner_keeps_dying_answers_everything_and_turns_li
     )
     running = asyncio.create_task(worker.run())
     try:
-        await wait_for(lambda: worker._joined or running.done(), timeout_s=120)
+        await wait_for(lambda: worker.joined or running.done(), timeout_s=120)
         assert not running.done()
         reply_to = f"{prefix}.replies.test"
         await create_topic(kafka_bootstrap, reply_to)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.apt import AptError, apt_install
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
 CONTAINERS_CONF = DEPLOY / "podman" / "containers.conf"
@@ -56,14 +58,10 @@ def install_packages() -> None:
             f"{', '.join(missing)} missing and no apt-get to install them; install them, "
             "or leave this tier out: make test PYTEST_ARGS='-m \"not containers\"'"
         )
-    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", *PACKAGES]):
-        result = subprocess.run(
-            [*prefix, *command], env=env, capture_output=True, text=True, timeout=900, check=False
-        )
-        if result.returncode != 0:
-            raise PodmanError(f"{' '.join(command)} failed:\n{_tail(result.stderr)}")
+    try:
+        apt_install(PACKAGES)
+    except AptError as exc:
+        raise PodmanError(str(exc)) from exc
 
 
 def pip_settings() -> dict[str, str]:

@@ -8,7 +8,6 @@ factory is the seam), so the test controls when loading ends: no sleeps decide.
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import httpx
@@ -16,23 +15,11 @@ import pytest
 
 from consumer.metrics import WorkerMetrics
 from consumer.registry import ModelRegistry
-from engines.base import Engine
-from engines.repository import ModelRepository, ModelSpec
+from engines.repository import ModelRepository
 from http_bridge.app import create_app
 from http_bridge.embedded import EmbeddedBackend
 from http_bridge.settings import BridgeSettings
-from tests.consumer.fakes import CountingEngine, jpeg, write_fake_model
-
-
-class GatedFactory:
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.loading = threading.Event()
-
-    def __call__(self, spec: ModelSpec, device: str) -> Engine:
-        self.loading.set()
-        assert self.gate.wait(30), "the test never let the load finish"
-        return CountingEngine()
+from tests.consumer.fakes import GatedFactory, jpeg, write_fake_model
 
 
 @pytest.mark.asyncio

@@ -141,3 +141,72 @@ async def test_embedded_mode_says_the_page_needs_kafka(tmp_path: object) -> None
     assert data["mode"] == "embedded" and "needs Kafka mode" in data["message"]
     schema = await httpx.AsyncClient(transport=transport, base_url="http://b").get("/openapi.json")
     assert "/streams" not in schema.json()["paths"]  # no endless stream for API fuzzers
+
+
+def test_tracked_boxes_show_their_id_and_a_trail_of_their_track(tmp_path: object) -> None:
+    """The page's own JavaScript (node, with a minimal DOM): a box with `track_id` is
+    labelled `#id` and its track leaves its last centres as dots; a track gone from
+    the frame loses its trail; an untracked box is labelled as before."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from http_bridge.live_page import _SCRIPT
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is needed to run the live page's script")
+    functions = _SCRIPT[_SCRIPT.index("const TRAIL") : _SCRIPT.index("const events = new")]
+    script = Path(str(tmp_path)) / "page.js"
+    script.write_text(
+        "const document = {createElement: () => ({style: {}, dataset: {}, children: [],"
+        " appendChild(c) { this.children.push(c); }})};\n"
+        "const palette = ['#d62728', '#2ca02c'];\n"
+        + functions
+        + """
+const box = (id, x) => ({ObjectClassName: 'red rectangle', ObjectClassId: 1, confidence: 97,
+  coordinates: {left: x, top: 10, right: x + 20, bottom: 30}, track_id: id});
+const v = boxes => ({width: 640, height: 480, boxes});
+const fig = {};
+const out = [];
+out.push(trailsOf(fig, v([box(3, 0), box(4, 100)])).length);
+out.push(trailsOf(fig, v([box(3, 10), box(4, 110)])).length);
+out.push(trailsOf(fig, v([box(3, 20)])).length);
+out.push(boxFor(v([]), box(3, 20), null).children[0].textContent);
+out.push(boxFor(v([]), box(null, 20), null).children[0].textContent);
+const plain = box(1, 0); delete plain.track_id;
+out.push(boxFor(v([]), plain, null).children[0].textContent);
+console.log(JSON.stringify(out));
+"""
+    )
+    whole = Path(str(tmp_path)) / "whole.js"
+    whole.write_text(_SCRIPT)
+    checked = subprocess.run([node, "--check", str(whole)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr  # the whole script parses
+    result = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        2, 4, 3, "#3 red rectangle 97%", "red rectangle 97%", "red rectangle 97%"
+    ]  # fmt: skip
+
+
+def test_a_tracked_camera_shows_its_zones_lines_and_counts_each_event_once() -> None:
+    live = LiveStreams(BridgeSettings(bootstrap="unused:9092"))
+    config = {
+        "camera": "cam-1",
+        "lines": [{"kind": "line", "name": "door", "start": [0, 20], "end": [64, 20]}],
+        "zones": [{"kind": "zone", "name": "bay", "polygon": [[0, 0], [9, 0], [9, 9]]}],
+    }
+    assert not live.observe("tfstream.zones", b"cam-1", json.dumps(config).encode(), [], 1)
+    assert not frame(live, "cam-1", "a", b"jpeg-a", 1000)
+    assert answer(live, "cam-1", "a", 1100)
+    view = live.cameras[("m", "cam-1")]
+    shown = view.to_dict()
+    assert shown["lines"] == [{"name": "door", "start": [0, 20], "end": [64, 20]}]
+    assert shown["zones"] == [{"name": "bay", "polygon": [[0, 0], [9, 0], [9, 9]]}]
+    event = {"id": "e1", "camera": "cam-1", "target": "door", "kind": "crossed_in"}
+    assert live.observe("tfstream.events.m", b"cam-1", json.dumps(event).encode(), [], 1200)
+    assert not live.observe("tfstream.events.m", b"cam-1", json.dumps(event).encode(), [], 1300)
+    assert view.to_dict()["counts"] == {"door": {"crossed_in": 1}}
+    assert live.observe("tfstream.zones", b"cam-1", None, [], 1400)  # removed
+    assert view.to_dict()["lines"] == [] and view.to_dict()["zones"] == []

@@ -9,7 +9,6 @@ test announces the model `loading` (as a starting worker does) and later `ready`
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,12 +18,11 @@ import pytest
 from consumer.metrics import WorkerMetrics
 from consumer.protocol import Announcement, ModelState, Topics, announcement_key
 from consumer.registry import Entry, ModelRegistry, model_facts
-from engines.base import Engine
-from engines.repository import ModelRepository, ModelSpec
+from engines.repository import ModelRepository
 from http_bridge.app import create_app
 from http_bridge.embedded import EmbeddedBackend
 from http_bridge.settings import BridgeSettings
-from tests.consumer.fakes import CountingEngine, write_fake_model
+from tests.consumer.fakes import GatedFactory, write_fake_model
 from tests.support.workers import create_topic, raw_producer, unique_prefix, wait_for
 
 LABELS = ["thing"]  # tests.consumer.fakes.FAKE_LABELS
@@ -64,17 +62,6 @@ async def assert_every_route_answers(client: httpx.AsyncClient) -> None:
     assert listed.status_code == 200 and "Retry-After" not in listed.headers
     assert listed.json()["data"]["versions"]["m"]["version"] == 1
     assert "code" not in listed.json()["data"]["versions"]["m"]
-
-
-class GatedFactory:
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.loading = threading.Event()
-
-    def __call__(self, spec: ModelSpec, device: str) -> Engine:
-        self.loading.set()
-        assert self.gate.wait(30), "the test never let the load finish"
-        return CountingEngine()
 
 
 @pytest.mark.asyncio

@@ -1,0 +1,184 @@
+"""consumer/tracking_stage.py without a broker: order of applying and of writes, defaults.
+
+The state partitions' reading is Kafka's (tests/consumer/test_tracking_kafka.py);
+here it is replaced by a reader that finds nothing, so what is tested is what
+the stage does with frames once a partition is restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable
+from typing import Any
+
+import pytest
+
+from consumer.pipeline import Answer
+from consumer.protocol import Headers, Reply, detection_data
+from consumer.records import Record
+from consumer.settings import ConsumerSettings
+from consumer.tracking.config import CameraConfig, TrackerConfig, ZoneConfig
+from consumer.tracking_stage import TrackedAnswer, TrackingStage
+from tests.consumer.fakes import TOPICS, MemoryOutbox
+
+REQUESTS = TOPICS.requests("tracked")
+
+
+class PartitionOutbox(MemoryOutbox):
+    """Also keeps the partition each record was sent to."""
+
+    def __init__(self, auto_ack: bool = True) -> None:
+        super().__init__(auto_ack=auto_ack)
+        self.partitions: list[tuple[str, int | None]] = []
+
+    def send(  # type: ignore[override]
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None = None,
+    ) -> Awaitable[None]:
+        self.partitions.append((topic, partition))
+        return super().send(topic, value, key, headers)
+
+
+def _stage(outbox: MemoryOutbox) -> TrackingStage:
+    stage = TrackingStage(
+        ConsumerSettings(bootstrap="unused:9092"), TOPICS, outbox, lambda m: m == "tracked"
+    )
+
+    async def nothing_stored(partitions: list[tuple[str, int]]) -> None:
+        return None
+
+    stage._read_states_once = nothing_stored  # type: ignore[method-assign]
+    return stage
+
+
+def _box(x: int) -> dict[str, Any]:
+    return {
+        "ObjectClassName": "red rectangle",
+        "ObjectClassId": 1,
+        "confidence": 95.0,
+        "coordinates": {"left": x, "top": 100, "right": x + 40, "bottom": 140},
+    }
+
+
+def _answer(x: int) -> Answer:
+    return Answer(Reply("c", "tracked", data=detection_data([_box(x)], None, 640, 480)))
+
+
+def _record(offset: int, camera: str = "cam", topic: str = REQUESTS) -> Record:
+    headers = (("capture-ms", str(offset * 66).encode()),)
+    return Record(topic, 3, offset, camera.encode(), b"", headers)
+
+
+def _states(outbox: MemoryOutbox) -> list[dict[str, Any]]:
+    return [json.loads(s.value or b"") for s in outbox.sent if ".state." in s.topic]
+
+
+@pytest.mark.asyncio
+async def test_frames_of_a_camera_are_applied_in_fetch_order_whatever_order_answers_come() -> None:
+    outbox = PartitionOutbox()
+    stage = _stage(outbox)
+    answers = [asyncio.get_running_loop().create_future() for _ in range(4)]
+    tracked = [stage.tracked(_record(i), "tracked", answers[i]) for i in range(4)]
+    for i in (3, 1, 2, 0):  # the pipeline answers out of order
+        answers[i].set_result(_answer(100 + 5 * i))
+    results = await asyncio.gather(*tracked)
+    for result in results:
+        assert isinstance(result, TrackedAnswer) and result.writes is not None
+        await result.writes()
+    # Every frame applied (none refused as covered), in offset order: IDs from frame 1 on.
+    ids = [r.reply.data["bounding-boxes"][0]["track_id"] for r in results]  # type: ignore[index]
+    assert ids[1:] == [ids[1]] * 3 and ids[1] is not None
+    assert _states(outbox)[-1]["position"]["offset"] == 3
+    # State records go to the partition number of the requests.
+    assert {p for t, p in outbox.partitions if t == TOPICS.state("tracked")} == {3}
+
+
+@pytest.mark.asyncio
+async def test_the_state_is_written_only_after_the_frame_s_events_are_acknowledged() -> None:
+    outbox = PartitionOutbox(auto_ack=False)
+    stage = _stage(outbox)
+    zone = ZoneConfig(name="all", polygon=[(0, 0), (640, 0), (640, 480), (0, 480)], min_frames=1)
+    config = CameraConfig(camera="cam", tracker=TrackerConfig(frame_rate=15), zones=[zone])
+    stage.configure(*config.to_record())
+    writes = []
+    for i in range(4):
+        done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        done.set_result(_answer(100 + 5 * i))
+        result = await stage.tracked(_record(i), "tracked", done)
+        assert isinstance(result, TrackedAnswer) and result.writes is not None
+        writes.append(asyncio.ensure_future(result.writes()))
+    await asyncio.sleep(0.05)
+    events = [s for s in outbox.sent if s.topic == TOPICS.events("tracked")]
+    assert [json.loads(e.value or b"")["kind"] for e in events] == ["enter"]
+    # Nothing of the frame with the event, nor after it, is in the state topic yet.
+    offsets = [state["position"]["offset"] for state in _states(outbox)]
+    enter_offset = json.loads(events[0].value or b"")["position"]["offset"]
+    assert all(o < enter_offset for o in offsets)
+    for sent in outbox.sent:
+        if not sent.ack.done():
+            sent.ack.set_result(None)
+    while not all(w.done() for w in writes):
+        for sent in outbox.sent:
+            if not sent.ack.done():
+                sent.ack.set_result(None)
+        await asyncio.sleep(0.01)
+    assert _states(outbox)[-1]["position"]["offset"] == 3
+    assert _states(outbox)[-1]["counts"] == {"all": {"red rectangle": {"enter": 1}}}
+
+
+@pytest.mark.asyncio
+async def test_the_model_default_and_a_camera_s_own_record() -> None:
+    outbox = PartitionOutbox()
+    stage = _stage(outbox)
+
+    async def once(record: Record, model: str) -> Answer:
+        done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        done.set_result(_answer(100))
+        return await stage.tracked(record, model, done)
+
+    # A model whose config.json tracks: a camera with no record gets track_id keys.
+    tracked = await once(_record(0), "tracked")
+    assert "track_id" in tracked.reply.data["bounding-boxes"][0]  # type: ignore[index]
+    # A model that does not: answered as it came, nothing written.
+    plain = await once(_record(0, topic=TOPICS.requests("plain")), "plain")
+    assert plain.reply.data["bounding-boxes"] == [_box(100)]  # type: ignore[index]
+    assert not isinstance(plain, TrackedAnswer)
+    # The camera's own record wins over the default; a broken record changes nothing.
+    stage.configure(b"cam", CameraConfig(camera="cam", tracking=False).to_record()[1])
+    stage.configure(b"cam", b'{"camera": "cam", "lines": [{"name": 1}]}')
+    stage.configure(b"cam", CameraConfig(camera="other").to_record()[1])  # wrong key
+    off = await once(_record(1), "tracked")
+    assert off.reply.data["bounding-boxes"] == [_box(100)]  # type: ignore[index]
+    # A keyless record is never tracked.
+    keyless = Record(REQUESTS, 3, 5, None, b"")
+    done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+    assert stage.tracked(keyless, "tracked", done) is done
+
+
+@pytest.mark.asyncio
+async def test_partitions_of_models_not_in_the_repository_are_not_restored() -> None:
+    """A worker serving every model is assigned request topics of unknown models too: it
+    must not read their state topics (they do not exist; the read would wait for good)."""
+    from aiokafka import TopicPartition
+
+    stage = TrackingStage(
+        ConsumerSettings(bootstrap="unused:9092"),
+        TOPICS,
+        PartitionOutbox(),
+        lambda m: True,
+        known=lambda m: m != "ghost",
+    )
+    read: list[list[tuple[str, int]]] = []
+
+    async def remember(partitions: list[tuple[str, int]]) -> None:
+        read.append(partitions)
+
+    stage._read_states_once = remember  # type: ignore[method-assign]
+    stage.assigned([TopicPartition(TOPICS.requests("ghost"), 0), TopicPartition(REQUESTS, 1)])
+    await asyncio.sleep(0.01)
+    assert read == [[(REQUESTS, 1)]]
