@@ -337,14 +337,17 @@ class TrackingStage:
     ) -> Answer:
         try:
             answer = await answered
-            if before is not None:
-                await asyncio.wait([before])
+            # An error or an untracked camera changes no state: its answer goes out at
+            # once, never behind the frames of its camera still being applied (a
+            # request refused before it ran is answered ahead of those queued before it).
             data = answer.reply.data
             if answer.error is not None or data is None:
                 return answer
             cameras = self.cameras(model)
             if cameras.config(camera) is None and not cameras.has_state(camera):
                 return answer  # never tracked here: no state to wait for
+            if before is not None:
+                await asyncio.wait([before])
             await self._restore(pos.topic, pos.partition)
             boxes = data["bounding-boxes"]
             outcome = self.cameras(model).apply(
