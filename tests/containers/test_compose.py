@@ -36,6 +36,10 @@ MODEL = "shapes_tf2"
 LOAD_CLIENTS = 4
 
 
+#: Prefixes of TensorFlow's start-up lines, left out of the logs a failure shows.
+TF_NOISE = ("I0000", "W0000", "WARNING: All log messages", "To enable the following")
+
+
 @dataclass
 class Stack:
     podman: Podman
@@ -57,8 +61,14 @@ class Stack:
     def logs(self) -> str:
         out = []
         for name in self.containers(all_states=True):
-            text = self.podman.run("logs", "--tail", "30", name, check=False)
-            out.append(f"--- {name}\n{text.stdout[-2000:]}{text.stderr[-2000:]}")
+            text = self.podman.run("logs", "--tail", "200", name, check=False)
+            # TensorFlow's start-up lines would push the process's own lines out of the tail.
+            lines = [
+                line
+                for line in (text.stdout + text.stderr).splitlines()
+                if not line.startswith(TF_NOISE)
+            ]
+            out.append(f"--- {name}\n" + "\n".join(lines[-25:]))
         return "\n".join(out)
 
 
