@@ -421,11 +421,10 @@ class CameraFeed:
             consumer = kafka_io.consumer(
                 self.settings, "cameras", group_id=None, enable_auto_commit=False
             )
-            await kafka_io.started(consumer)
+            self._consumer = await kafka_io.started(consumer)  # `close` stops it from here on
             tp = TopicPartition(self.topics.zones, 0)
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
-            self._consumer = consumer
         return self._consumer
 
     async def close(self) -> None:

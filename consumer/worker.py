@@ -168,12 +168,13 @@ class Worker:
         self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics, self.supervisor)
         self.pipeline.start()
         self.adapter = self._adapter(self._served)
-        await self._start_tracking()
+        # Loading took a while: the steps left get at least a few seconds more.
+        deadline = max(deadline, time.monotonic() + 10)
+        # Each step retried while the cluster comes and goes: a broker (or its name in
+        # DNS) away for a moment between connecting and joining must not end the worker.
+        await until_ready("reading camera zones", self._start_tracking, s, deadline)
         self.consumer = await until_ready(
-            "joining the group",
-            lambda: self._start_consumer(self._served),
-            s,
-            max(deadline, time.monotonic() + 10),
+            "joining the group", lambda: self._start_consumer(self._served), s, deadline
         )
         self.commits.consumer = self.consumer
         self.fetcher = Fetcher(
@@ -322,18 +323,24 @@ class Worker:
         camera's frames under the same configuration (`consumer.tracking_stage`)."""
         if not self.worker_topics.tracks:
             return
-        self.tracking = TrackingStage(
+        tracking = TrackingStage(
             self.settings,
             self.topics,
             self.outbox,
             self._tracks,
             known=lambda model: self.registry.entry(model) is not None,
         )
-        self.camera_feed = CameraFeed(self.settings, self.topics, self.tracking)
-        await self.camera_feed.catch_up()
-        await self.tracking.start()
-        self.adapter.tracking = self.tracking
-        self.supervisor.start("cameras", self.camera_feed.loop)
+        feed = CameraFeed(self.settings, self.topics, tracking)
+        try:
+            await feed.catch_up()
+            await tracking.start()
+        except BaseException:  # an attempt that failed leaves no client behind
+            await feed.close()
+            await tracking.close()
+            raise
+        self.tracking, self.camera_feed = tracking, feed
+        self.adapter.tracking = tracking
+        self.supervisor.start("cameras", feed.loop)
 
     async def _close_tracking(self) -> None:
         if self.tracking is not None:

@@ -1,0 +1,71 @@
+"""A worker's start-up steps after connecting are retried too: a broker (or its name in
+DNS) that is away for a moment between connecting and joining the group must not end
+the worker. Seen in the compose stack: a third worker lost `kafka`'s DNS name while
+reading the camera zones and exited, never ready."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
+from consumer.registry import ModelRegistry
+from consumer.settings import ConsumerSettings
+from consumer.tracking_stage import CameraFeed
+from consumer.worker import Worker
+from deploy.local.processes import free_port
+from engines.repository import ModelRepository
+from tests.consumer.fakes import CountingEngine, write_fake_model
+from tests.support.workers import unique_prefix, wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.mark.asyncio
+async def test_reading_the_zones_is_retried_while_the_broker_is_away(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_fake_model(tmp_path, "m")
+    attempts: list[CameraFeed] = []
+    closed: list[CameraFeed] = []
+    catch_up, close = CameraFeed.catch_up, CameraFeed.close
+
+    async def away_once(feed: CameraFeed) -> None:
+        attempts.append(feed)
+        if len(attempts) == 1:
+            await feed._started()  # a client that must not outlive the failed attempt
+            raise KafkaConnectionError("Unable to bootstrap from [('kafka', 19092)]")
+        await catch_up(feed)
+
+    async def closing(feed: CameraFeed) -> None:
+        closed.append(feed)
+        await close(feed)
+
+    monkeypatch.setattr(CameraFeed, "catch_up", away_once)
+    monkeypatch.setattr(CameraFeed, "close", closing)
+    settings = ConsumerSettings(
+        bootstrap=kafka_bootstrap,
+        repository=tmp_path,
+        models="m",
+        topic_prefix=unique_prefix(),
+        group=unique_prefix(),
+        metrics_host="127.0.0.1",
+        metrics_port=free_port(),
+        poll_interval_s=0,
+    )
+    worker = Worker(settings)
+    worker.registry = ModelRegistry(
+        ModelRepository(tmp_path), ["m"], "cpu", lambda spec, device: CountingEngine()
+    )
+    running = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: worker.joined or running.done(), timeout_s=120)
+        assert not running.done(), running.exception()
+        assert len(attempts) == 2
+        assert closed == [attempts[0]]  # the failed attempt's client was stopped
+        assert worker.camera_feed is attempts[1]
+    finally:
+        worker.stopping.set()
+        await asyncio.wait_for(running, 60)
