@@ -22,7 +22,9 @@ Life of a worker:
    and polling (so nothing says `ready` or starts a reload after the goodbye);
    finish and deliver what is in hand; commit (once more if a rebalance refused
    it); announce its models `stopped`; leave the group. A SIGTERM while still
-   starting (waiting for the broker) ends the start at once, exit status 0.
+   starting (waiting for the broker) ends the start at once, exit status 0. A
+   fetch error that aiokafka does not retry (an ACL revoked) shuts down the same
+   way, then ends the worker with that error.
 
 With `--answer-log` every answer is also copied to `<prefix>.answers.<model>`;
 with `--shadow NAME` the worker joins a group of its own, announces nothing and
@@ -123,7 +125,14 @@ class Worker:
         health = self._start_health()  # readiness stays false until the group is joined
         try:
             if await self._unless_stopped(self._start()):
-                await self.fetcher.loop(self.stopping)
+                try:
+                    await self.fetcher.loop(self.stopping)
+                except Exception as exc:  # one aiokafka does not retry: an ACL revoked...
+                    # ...ends the worker as a shutdown does: what is answered is
+                    # committed, or the restart answers all of it again.
+                    log.error("fetching failed; shutting down", extra={"error": repr(exc)})
+                    await self._shutdown()
+                    raise
                 await self._shutdown()
             else:
                 await self._abandon_start()
