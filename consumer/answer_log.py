@@ -110,8 +110,9 @@ class LoggedAnswer:
         return self.correlation_id or self.request.ident
 
     def to_json(self) -> bytes:
-        reply = json.loads(self.reply.to_json())
-        return json.dumps(
+        """The reply's own JSON goes in as it is, not decoded and encoded again (that
+        was two thirds of the time here: a reply's boxes are most of the record)."""
+        head = json.dumps(
             {
                 "protocol": PROTOCOL_VERSION,
                 "role": self.role.value,
@@ -129,10 +130,10 @@ class LoggedAnswer:
                 },
                 "answered_ms": self.answered_ms,
                 "latency_ms": self.latency_ms,
-                "reply": reply,
             },
             separators=(",", ":"),
         ).encode()
+        return head[:-1] + b',"reply":' + self.reply.to_json() + b"}"
 
     def headers(self) -> list[tuple[str, bytes]]:
         out = [(CONTENT_TYPE, b"application/json"), (ANSWER_ROLE, self.role.value.encode())]

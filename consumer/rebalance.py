@@ -6,6 +6,12 @@ commits, whatever is answered must be committed here, or the next owner answers
 it again. The revoked partitions' requests in flight are waited for, up to
 `--shutdown-timeout-s`; a request whose answer was given up (`AnswerDropped`)
 is no longer in flight, so it never holds a rebalance back.
+
+Placing assigned partitions (a shadow's start positions) asks the broker, which
+may refuse for a while (a coordinator still loading on a brand-new cluster). It
+is tried again until it succeeds: aiokafka only logs what a listener raises, so
+a placement that failed once would leave the partitions unplaced and a shadow
+not ready until its next rebalance.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from consumer.commits import Commits
+from consumer.startup import retrying
 from consumer.tracking_stage import TrackingStage
 
 log = logging.getLogger(__name__)
@@ -69,8 +77,20 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.tracking.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if self.placed is not None:
-            await self.placed(assigned)
+        placed = self.placed
+        if placed is not None:
+
+            async def failed(exc: BaseException, delay_s: float) -> None:
+                log.warning(
+                    "placing assigned partitions failed; trying again",
+                    extra={
+                        "partitions": _names(assigned),
+                        "error": repr(exc),
+                        "retry_in_s": delay_s,
+                    },
+                )
+
+            await retrying(lambda: placed(assigned), (KafkaError, OSError), failed)
         if self.tracking is not None:
             self.tracking.assigned(assigned)
         log.info("partitions assigned", extra={"partitions": _names(assigned)})

@@ -16,6 +16,7 @@ only once its files change, since it may have been caught half-copied.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import traceback
@@ -284,7 +285,9 @@ class ModelRegistry(Catalogue):
         if entry is not None and entry.detector is not None:
             return entry.detector
         if entry is not None and entry.error is not None:
-            raise entry.error
+            # A copy: the kept error, raised itself, would gather the frames of every
+            # request that asked (and their images) in its traceback, for good.
+            raise copy.copy(entry.error)
         if entry is not None:
             raise ModelUnavailable(f"model '{name}' is still loading")
         if not self.serves(name):

@@ -7,6 +7,7 @@ The same rules against a real broker and worker processes: tests/consumer/test_s
 from __future__ import annotations
 
 import asyncio
+import json
 from functools import partial
 
 import pytest
@@ -174,6 +175,11 @@ def test_a_logged_answer_round_trips_and_junk_is_refused() -> None:
     logged = sink.entry(record(9), "a", Reply("c9", "a", data={"bounding-boxes": []}), None)
     again = LoggedAnswer.from_json(logged.to_json())
     assert again == logged
+    # The reply goes in verbatim, and the record is the same compact JSON as if the
+    # whole of it had been encoded at once.
+    body = logged.to_json()
+    assert logged.reply.to_json() in body
+    assert json.dumps(json.loads(body), separators=(",", ":")).encode() == body
     with pytest.raises(InvalidRequest, match="answer-log record"):
         LoggedAnswer.from_json(b'{"role": "serving"}')
     with pytest.raises(InvalidRequest):

@@ -100,3 +100,26 @@ async def test_nothing_but_stopped_is_announced_after_the_goodbye(tmp_path: Path
     states = [json.loads(v)["state"] for v in producer.sent]
     assert states == ["loading", ModelState.STOPPED.value]
     assert json.loads(producer.sent[-1])["forget_ms"] == 90_000
+
+
+@pytest.mark.asyncio
+async def test_assigned_partitions_are_placed_even_when_the_broker_refuses_at_first() -> None:
+    """A shadow places its partitions in the listener; aiokafka only logs what a
+    listener raises, so one refusal (a coordinator still loading) would leave them
+    unplaced and the shadow not ready until its next rebalance."""
+    from aiokafka.errors import CoordinatorLoadInProgressError
+
+    from consumer.rebalance import Rebalance
+
+    attempts: list[set[TopicPartition]] = []
+    placed: list[set[TopicPartition]] = []
+
+    async def place(assigned: set[TopicPartition]) -> None:
+        attempts.append(assigned)
+        if len(attempts) < 3:
+            raise CoordinatorLoadInProgressError()
+        placed.append(assigned)
+
+    listener = Rebalance(Commits(OffsetTracker(), 1000), 1.0, place)
+    await listener.on_partitions_assigned({TP})
+    assert len(attempts) == 3 and placed == [{TP}]

@@ -271,3 +271,57 @@ async def test_a_stopped_worker_is_forgotten_after_announce_forget_ms(
     finally:
         await directory.stop()
         proc.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_fetch_that_fails_for_good_still_commits_what_was_answered(
+    kafka_bootstrap: str, model_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch error aiokafka does not retry (an ACL revoked, a corrupt record) ends the
+    worker, but as a shutdown does: the answers already given are committed and the
+    models said `stopped`, so a restart does not answer them all again. Commits here
+    are rare (every 10 min), so only the final commit can have made them."""
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    from consumer.settings import ConsumerSettings
+    from consumer.worker import Worker
+    from tests.support.workers import replies_by_id
+
+    prefix = unique_prefix()
+    settings = ConsumerSettings(
+        bootstrap=kafka_bootstrap,
+        repository=model_repository,
+        models=MODEL,
+        simulate_batch_ms=1,  # the shutdown is under test, not the model
+        partitions=1,
+        topic_prefix=prefix,
+        group=unique_prefix(),
+        poll_interval_s=0,
+        commit_interval_ms=600_000,
+    )
+    worker = Worker(settings)
+    running = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: worker.joined or running.done(), timeout_s=120)
+        assert not running.done()
+        requests = f"{prefix}.requests.{MODEL}"
+        reply_to = f"{prefix}.replies.test"
+        await create_topic(kafka_bootstrap, reply_to)
+        for i in range(3):
+            await send(kafka_bootstrap, requests, IMAGE, correlation_id=str(i), reply_to=reply_to)
+        records = await read_topic(kafka_bootstrap, reply_to, expect=3, timeout_s=60)
+        assert sorted(replies_by_id(records)) == ["0", "1", "2"]
+
+        async def refused(*args: Any, **kwargs: Any) -> Any:
+            raise TopicAuthorizationFailedError()
+
+        monkeypatch.setattr(worker.consumer, "getmany", refused)
+        with pytest.raises(TopicAuthorizationFailedError):
+            await asyncio.wait_for(running, 60)
+    finally:
+        worker.stopping.set()
+        if not running.done():
+            await asyncio.wait_for(running, 60)
+    assert await committed(kafka_bootstrap, settings.consumer_group(), requests) == 3
+    said = [json.loads(r.value) for r in await read_to_end(kafka_bootstrap, f"{prefix}.models")]
+    assert said[-1]["state"] == "stopped", said

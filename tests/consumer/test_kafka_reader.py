@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import struct
+from pathlib import Path
 
 import aiokafka.conn
 import pytest
 
 from consumer import kafka_io, kafka_reader
 from consumer.kafka_reader import ChunkedStreamReader
+from deploy.local.security import make_tls_files
 
 pytestmark = pytest.mark.asyncio
 
@@ -123,3 +126,87 @@ async def test_every_aiokafka_connection_reads_with_it() -> None:
     reader = asyncio.StreamReader(limit=aiokafka.conn.READER_LIMIT, loop=loop)
     protocol_class(loop.create_future(), reader, loop=loop)
     assert isinstance(reader, ChunkedStreamReader)
+
+
+async def test_an_error_on_the_connection_reaches_the_waiting_reader() -> None:
+    """aiokafka's protocol calls `set_exception` when the socket fails: the pending
+    read raises it instead of waiting for ever, and so does the next one."""
+    reader = ChunkedStreamReader()
+    reader.feed_data(b"\x00\x00")
+    waiting = asyncio.ensure_future(reader.readexactly(4))
+    await asyncio.sleep(0)
+    reader.set_exception(ConnectionResetError("peer gone"))
+    with pytest.raises(ConnectionResetError):
+        await waiting
+    with pytest.raises(ConnectionResetError):
+        await reader.readexactly(1)
+
+
+async def test_a_paused_socket_is_resumed_when_the_reader_waits_for_more() -> None:
+    """Paused with data nobody waited for, then a read for more than is buffered:
+    the socket must be resumed, or the reader waits for data that never comes."""
+    reader = ChunkedStreamReader()
+    transport = Transport()
+    reader.set_transport(transport)  # type: ignore[arg-type]
+    reader.feed_data(bytes(200_000))
+    assert transport.pauses == 1
+    waiting = asyncio.ensure_future(reader.readexactly(500_000))
+    await asyncio.sleep(0)
+    assert transport.resumes == 1 and not waiting.done()
+    reader.feed_data(bytes(300_000))
+    assert len(await waiting) == 500_000
+    assert transport.pauses == 1  # the awaited response itself never pauses the socket
+
+
+def tls_contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    files = make_tls_files(tmp, [])
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(files.server_cert, files.server_key)
+    client = ssl.create_default_context(cafile=str(files.ca))
+    return server, client
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["plaintext", "tls"])
+async def test_a_real_connection_delivers_every_frame_and_its_flow_control_holds(
+    secured: bool, tmp_path: Path
+) -> None:
+    """Through aiokafka's own protocol class on a loopback socket (TLS too: its
+    transport delivers decrypted data even after a pause): ~30 MB of frames sent
+    at once reach a slow reader whole and in order, and what is buffered stays
+    bounded (the socket is paused, the sender held back) instead of growing to
+    all of it."""
+    rng = random.Random(7)
+    bodies = frames(rng, 40)
+    data = wire(bodies)
+    server_tls, client_tls = tls_contexts(tmp_path) if secured else (None, None)
+
+    async def send_all(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(send_all, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=aiokafka.conn.READER_LIMIT, loop=loop)
+    protocol = aiokafka.conn.AIOKafkaProtocol(loop.create_future(), reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, "127.0.0.1", port, ssl=client_tls)
+    try:
+        assert isinstance(reader, ChunkedStreamReader)
+        most = 0
+        got = []
+        for _ in bodies:
+            await asyncio.sleep(0.005)  # a slow reader: the sender is faster
+            most = max(most, reader._size)
+            (size,) = struct.unpack(">i", await reader.readexactly(4))
+            got.append(await reader.readexactly(size))
+        assert got == bodies
+        assert await reader.read() == b"" and reader.at_eof()
+        # Bounded by the largest frame plus what a paused transport still hands on,
+        # far below the ~30 MB sent.
+        assert most < max(len(b) for b in bodies) + 4 * 1024 * 1024, most
+        assert len(data) > 20_000_000
+    finally:
+        transport.close()
+        server.close()
+        await server.wait_closed()

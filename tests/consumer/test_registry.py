@@ -3,8 +3,10 @@ factory: no TensorFlow, no broker."""
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -275,3 +277,31 @@ def test_two_refreshes_that_find_the_same_new_folder_load_it_once(tmp_path: Path
     loaded = [entry for entry in results if entry is not None]
     assert len(loaded) == 1 and loaded[0].version == 2
     assert registry.detector("m") is loaded[0].detector
+
+
+def test_asking_for_a_failed_model_pins_nothing_of_the_asker(
+    repository: ModelRepository,
+) -> None:
+    """The error kept for a failed model is raised to every request for it. Raised as
+    it is, each raise added the asker's frames to its traceback, for good: every
+    request's locals (its image) stayed in memory as long as the model stayed failed."""
+    registry = ModelRegistry(repository, ["crashes"], "cpu", Factory())
+    registry.load_all()
+
+    class Image:
+        """Stands in for a request's pixels."""
+
+    def ask(image: Image) -> errors.TfstreamError:
+        try:
+            registry.detector("crashes")
+        except errors.TfstreamError as exc:
+            return exc
+        raise AssertionError("a failed model answered")
+
+    images = [Image() for _ in range(3)]
+    kept = [weakref.ref(image) for image in images]
+    raised = [ask(image) for image in images]
+    assert all(isinstance(e, errors.ModelLoadFailed) and "FancyOp" in e.message for e in raised)
+    del images, raised
+    gc.collect()
+    assert [ref() for ref in kept] == [None, None, None]

@@ -21,9 +21,11 @@ import pytest
 from consumer.pipeline import Pipeline
 from consumer.protocol import ModelState
 from consumer.registry import ModelRegistry
-from consumer.settings import EngineSettings
+from consumer.settings import ConsumerSettings, EngineSettings
+from consumer.worker import Worker
 from engines.repository import ModelRepository
-from tests.consumer.fakes import jpeg, request
+from tests.consumer.fakes import CountingEngine, jpeg, request, write_fake_model
+from tests.support.workers import unique_prefix, wait_for
 
 pytestmark = pytest.mark.slow  # TensorFlow loads the shapes model four times
 
@@ -92,3 +94,48 @@ async def test_a_lane_lets_go_of_the_weights_a_reload_replaced(
         assert answer.error is None
     finally:
         await asyncio.wait_for(pipeline.close(), 30)
+
+
+class CyclicEngine(CountingEngine):
+    """A fake engine in a reference cycle, as a TensorFlow engine is (which is why the
+    tests above need `gc.collect()`): only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.me = self
+
+
+@pytest.mark.kafka
+@pytest.mark.asyncio
+async def test_a_running_worker_frees_the_weights_a_reload_replaced(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The worker hides what lives as long as the process from the cyclic collector
+    (`gc.freeze`); the models loaded at start must not be among it, or weights a
+    reload or a new version replaced would stay in memory (on a GPU, its memory)."""
+    write_fake_model(tmp_path, "m")
+    settings = ConsumerSettings(
+        bootstrap=kafka_bootstrap,
+        repository=tmp_path,
+        models="m",
+        device="cpu",
+        topic_prefix=unique_prefix(),
+        group=unique_prefix(),
+        poll_interval_s=0,
+    )
+    worker = Worker(settings)
+    worker.registry = ModelRegistry(
+        ModelRepository(tmp_path), ["m"], "cpu", lambda spec, device: CyclicEngine()
+    )
+    running = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: worker.joined or running.done(), timeout_s=120)
+        assert not running.done()
+        old = weakref.ref(worker.registry.detector("m").engine)
+        reloaded = await asyncio.to_thread(worker.registry.load, "m", True)
+        assert reloaded.state is ModelState.READY
+        gc.collect()
+        assert old() is None, "the weights loaded at start outlived their reload"
+    finally:
+        worker.stopping.set()
+        await asyncio.wait_for(running, 60)
