@@ -71,9 +71,14 @@ def state_topic_spec(topics: Topics, model: str, partitions: int) -> kafka_io.To
 @dataclass(frozen=True)
 class TrackedAnswer(Answer):
     """An answer with `track_id` on its boxes, and what must be written (events, then
-    the camera's state) before its request may be committed."""
+    the camera's state) before its request may be committed.
+
+    `settled` must be called once the request's delivery has ended, written or given
+    up (dead-lettered, abandoned): the camera's next state waits for this frame's
+    events until then, since it counts them too."""
 
     writes: Callable[[], Awaitable[None]] | None = None
+    settled: Callable[[], None] = lambda: None
 
 
 class _StateWriter:
@@ -81,20 +86,27 @@ class _StateWriter:
     being written waits, and only the latest of those waiting is written; it covers the
     frames of the others (it was asked for after their events were acknowledged), so
     each of them is done when it is acknowledged. A camera with a backlog then costs
-    one round trip per batch of frames, not per frame."""
+    one round trip per batch of frames, not per frame.
+
+    A state of a frame at or before one already acknowledged (a frame's writes tried
+    again after a later frame's state went through) is done without a send: writing
+    it would take the camera's record back to before frames already committed."""
 
     def __init__(self, outbox: Outbox, topic: str, key: bytes, partition: int) -> None:
         self.outbox = outbox
         self.topic = topic
         self.key = key
         self.partition = partition
-        self._latest: bytes | None = None
+        self._latest: tuple[int, bytes] | None = None
+        self._acked = -1
         self._waiting: list[asyncio.Future[None]] = []
         self._running: asyncio.Task[None] | None = None
 
-    def write(self, value: bytes) -> asyncio.Future[None]:
+    def write(self, offset: int, value: bytes) -> asyncio.Future[None]:
+        """The state after the frame at `offset` of this camera's request partition."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._latest = value
+        if self._latest is None or offset >= self._latest[0]:
+            self._latest = (offset, value)
         self._waiting.append(done)
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(self._run())
@@ -102,17 +114,21 @@ class _StateWriter:
 
     async def _run(self) -> None:
         while self._latest is not None:
-            value, waiting = self._latest, self._waiting
+            (offset, value), waiting = self._latest, self._waiting
             self._latest, self._waiting = None, []
-            try:
-                await self.outbox.send(self.topic, value, self.key, (), partition=self.partition)
-            except BaseException as exc:  # each waiting frame fails (and is retried) alike
-                for future in waiting:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
+            if offset > self._acked:
+                try:
+                    await self.outbox.send(
+                        self.topic, value, self.key, (), partition=self.partition
+                    )
+                except BaseException as exc:  # each waiting frame fails (and is retried) alike
+                    for future in waiting:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                self._acked = offset
             for future in waiting:
                 if not future.done():
                     future.set_result(None)
@@ -369,21 +385,23 @@ class TrackingStage:
             events = [e.to_record() for e in outcome.events]
             _, value = outcome.state_record
 
+            def settled() -> None:
+                if not written.done():
+                    written.set_result(None)
+
             async def writes() -> None:
-                try:
-                    await asyncio.gather(
-                        *(self.outbox.send(self.topics.events(model), v, k, ()) for k, v in events)
-                    )
-                    if state_before is not None:  # the camera's states are queued in order
-                        await asyncio.wait([state_before])
-                    writer = self._writer(model, camera, pos.partition)
-                    acked = writer.write(value)
-                finally:
-                    if not written.done():
-                        written.set_result(None)
+                """Tried again by the delivery while it fails: the events (the same
+                ids again), then the state, queued behind the camera's earlier ones."""
+                await asyncio.gather(
+                    *(self.outbox.send(self.topics.events(model), v, k, ()) for k, v in events)
+                )
+                if state_before is not None:  # the camera's states are queued in order
+                    await asyncio.wait([state_before])
+                acked = self._writer(model, camera, pos.partition).write(pos.offset, value)
+                settled()  # the next frame's state may queue behind this one now
                 await acked
 
-            return TrackedAnswer(reply, answer.dead_letter, writes)
+            return TrackedAnswer(reply, answer.dead_letter, writes, settled)
         finally:
             if not applied.done():
                 applied.set_result(None)

@@ -182,3 +182,77 @@ async def test_partitions_of_models_not_in_the_repository_are_not_restored() -> 
     stage.assigned([TopicPartition(TOPICS.requests("ghost"), 0), TopicPartition(REQUESTS, 1)])
     await asyncio.sleep(0.01)
     assert read == [[(REQUESTS, 1)]]
+
+
+async def _zone_frames(outbox: MemoryOutbox, frames: int = 4) -> list[TrackedAnswer]:
+    """`frames` answers of camera `cam`, configured with one zone over the whole image
+    (its box enters once)."""
+    stage = _stage(outbox)
+    zone = ZoneConfig(name="all", polygon=[(0, 0), (640, 0), (640, 480), (0, 480)], min_frames=1)
+    config = CameraConfig(camera="cam", tracker=TrackerConfig(frame_rate=15), zones=[zone])
+    stage.configure(*config.to_record())
+    results = []
+    for i in range(frames):
+        done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        done.set_result(_answer(100 + 5 * i))
+        result = await stage.tracked(_record(i), "tracked", done)
+        assert isinstance(result, TrackedAnswer) and result.writes is not None
+        results.append(result)
+    return results
+
+
+def _acked_states(outbox: MemoryOutbox) -> list[int]:
+    return [
+        json.loads(s.value or b"")["position"]["offset"] for s in outbox.to(TOPICS.state("tracked"))
+    ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("then", ["written", "given_up"])
+async def test_a_camera_s_state_waits_for_events_that_failed_until_they_are_written_or_given_up(
+    then: str,
+) -> None:
+    """A later state counts the failed frame's events too: written before those events,
+    a worker dying then would restart past them (the state covers the frame) and they
+    would be lost. Given up (the request dead-lettered), the camera goes on."""
+    outbox = PartitionOutbox()
+    outbox.broken[TOPICS.events("tracked")] = 1  # the frame with the zone's enter
+    results = await _zone_frames(outbox)
+    writes = [asyncio.ensure_future(r.writes()) for r in results if r.writes is not None]
+    await asyncio.sleep(0.05)
+    failed = [i for i, w in enumerate(writes) if w.done() and w.exception() is not None]
+    assert len(failed) == 1, failed
+    (entered,) = failed
+    assert all(offset < entered for offset in _acked_states(outbox)), _acked_states(outbox)
+    assert not any(w.done() for w in writes[entered + 1 :])
+    if then == "written":
+        retry = results[entered].writes
+        assert retry is not None
+        await retry()
+        assert [
+            json.loads(e.value or b"")["kind"] for e in outbox.to(TOPICS.events("tracked"))
+        ] == ["enter"]
+    else:
+        results[entered].settled()
+    await asyncio.wait_for(asyncio.gather(*writes[entered + 1 :]), 2)
+    assert _acked_states(outbox)[-1] == 3
+
+
+@pytest.mark.asyncio
+async def test_a_frame_s_state_written_again_never_takes_the_record_back() -> None:
+    """Frame 0's state fails, frame 3's goes through (covering 0), then frame 0's writes
+    are tried again: its older state must not become the camera's last record."""
+    outbox = PartitionOutbox()
+    outbox.broken[TOPICS.state("tracked")] = 1
+    results = await _zone_frames(outbox)
+    writes = [asyncio.ensure_future(r.writes()) for r in results if r.writes is not None]
+    done = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(done[0], RuntimeError) and done[1:] == [None] * 3, done
+    acked = _acked_states(outbox)
+    assert acked[-1] == 3
+    retry = results[0].writes
+    assert retry is not None
+    await retry()  # the delivery's second attempt: events again (same ids), state covered
+    assert _acked_states(outbox) == acked
+    states = [s for s in outbox.sent if s.topic == TOPICS.state("tracked")]
+    assert len(states) == 1 + len(acked)  # the failed one and those acked: nothing more
