@@ -40,9 +40,11 @@ from consumer.outbox import Outbox
 from consumer.pipeline import Answer
 from consumer.protocol import Headers, Topics
 from consumer.settings import ConsumerSettings
+from consumer.startup import until_ready
 from consumer.tracking.cameras import Cameras
 from consumer.tracking.config import CameraConfig, InvalidCameraConfig
 from consumer.tracking.events import Position
+from engines.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from consumer.records import Record
@@ -252,7 +254,7 @@ class TrackingStage:
             try:
                 await self._read_states_once(partitions)
                 return
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning(
                     "tracking state not read, retrying",
                     extra={"partitions": [f"{t}:{p}" for t, p in partitions], "error": repr(exc)},
@@ -272,8 +274,11 @@ class TrackingStage:
             reader = await self.start()
             reader.assign(list(where))
             # Offsets asked for directly: an empty partition then costs no fetch at all.
-            starts = await reader.beginning_offsets(list(where))
-            ends = await reader.end_offsets(list(where))
+            # aiokafka's offset look-ups wait for good on a partition that does not exist
+            # (a state topic deleted): bounded, so that the wait is logged and retried.
+            async with asyncio.timeout(self.settings.broker_timeout_ms / 1000):
+                starts = await reader.beginning_offsets(list(where))
+                ends = await reader.end_offsets(list(where))
             pending = [tp for tp in where if starts[tp] < ends[tp]]
             for tp in pending:
                 reader.seek(tp, starts[tp])
@@ -416,34 +421,57 @@ class CameraFeed:
         self.topics = topics
         self.stage = stage
         self._consumer: AIOKafkaConsumer | None = None
+        self._partition = TopicPartition(topics.zones, 0)
+        self._positioned = False
 
-    async def catch_up(self) -> None:
+    async def catch_up(self, deadline_s: float) -> None:
+        """Read to the end as it is now, tried again (going on from where the last try
+        stopped) while the broker is away or the topic cannot be read, until
+        `deadline_s` (`time.monotonic()`): a worker must not wait for good, unready
+        and silent, before joining its group.
+
+        Raises:
+            ServiceUnavailable: not read to its end by `deadline_s` (the message
+                names the topic); NotAuthorized...: a refusal.
+        """
+        await until_ready(
+            "reading camera configurations", self._catch_up_once, self.settings, deadline_s
+        )
+
+    async def _catch_up_once(self) -> None:
         consumer = await self._started()
-        tp = TopicPartition(self.topics.zones, 0)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
-            self._feed(await consumer.getmany(timeout_ms=RESTORE_FETCH_MS))
+        tp = self._partition
+        wait_s = self.settings.broker_timeout_ms / 1000
+        try:
+            # aiokafka's offset look-ups wait for good on a partition that does not exist.
+            async with asyncio.timeout(wait_s):
+                if not self._positioned:
+                    consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
+                    self._positioned = True
+                end = (await consumer.end_offsets([tp]))[tp]
+                while await consumer.position(tp) < end:
+                    batch = await consumer.getmany(tp, timeout_ms=RESTORE_FETCH_MS)
+                    self._feed(batch.get(tp, []))
+        except TimeoutError as exc:
+            raise ServiceUnavailable(
+                f"{tp.topic} not read to its end within {wait_s:g}s (does it exist?)"
+            ) from exc
 
     async def loop(self) -> None:
-        consumer = await self._started()
-        while True:
-            self._feed(await consumer.getmany(timeout_ms=1000))
+        """Tailed for good; a failed fetch is logged and asked again (`kafka_io.follow`)."""
+        async for records in kafka_io.follow(await self._started(), "camera configurations"):
+            self._feed(records)
 
-    def _feed(self, batch: dict[Any, list[Any]]) -> None:
-        for records in batch.values():
-            for rec in records:
-                self.stage.configure(rec.key, rec.value)
+    def _feed(self, records: list[Any]) -> None:
+        for rec in records:
+            self.stage.configure(rec.key, rec.value)
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            consumer = kafka_io.consumer(
-                self.settings, "cameras", group_id=None, enable_auto_commit=False
+            self._consumer = await kafka_io.started(
+                kafka_io.consumer(self.settings, "cameras", group_id=None, enable_auto_commit=False)
             )
-            await kafka_io.started(consumer)
-            tp = TopicPartition(self.topics.zones, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            self._consumer = consumer
+            self._consumer.assign([self._partition])
         return self._consumer
 
     async def close(self) -> None:

@@ -168,7 +168,7 @@ class Worker:
         self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics, self.supervisor)
         self.pipeline.start()
         self.adapter = self._adapter(self._served)
-        await self._start_tracking()
+        await self._start_tracking(max(deadline, time.monotonic() + 10))
         self.consumer = await until_ready(
             "joining the group",
             lambda: self._start_consumer(self._served),
@@ -317,9 +317,10 @@ class Worker:
 
     # -- tracking -------------------------------------------------------------------------
 
-    async def _start_tracking(self) -> None:
+    async def _start_tracking(self, deadline: float) -> None:
         """Cameras configured before the first frame is taken: every worker applies a
-        camera's frames under the same configuration (`consumer.tracking_stage`)."""
+        camera's frames under the same configuration (`consumer.tracking_stage`).
+        Retried while the broker is away, within the start-up's `deadline`."""
         if not self.worker_topics.tracks:
             return
         self.tracking = TrackingStage(
@@ -330,8 +331,8 @@ class Worker:
             known=lambda model: self.registry.entry(model) is not None,
         )
         self.camera_feed = CameraFeed(self.settings, self.topics, self.tracking)
-        await self.camera_feed.catch_up()
-        await self.tracking.start()
+        await self.camera_feed.catch_up(deadline)
+        await until_ready("starting the state reader", self.tracking.start, self.settings, deadline)
         self.adapter.tracking = self.tracking
         self.supervisor.start("cameras", self.camera_feed.loop)
 

@@ -1,0 +1,100 @@
+"""Tracking's reads before and after joining, against a real broker: bounded, logged,
+never a silent wait for good (a topic missing, the broker away)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from aiokafka import TopicPartition
+
+from consumer.protocol import Topics
+from consumer.settings import ConsumerSettings
+from consumer.tracking.config import CameraConfig
+from consumer.tracking_stage import CameraFeed, TrackingStage
+from engines.errors import ServiceUnavailable
+from tests.consumer.fakes import MemoryOutbox
+from tests.support.workers import create_topic, raw_producer, unique_prefix
+
+pytestmark = pytest.mark.kafka
+
+
+def _stage(bootstrap: str, prefix: str) -> tuple[ConsumerSettings, Topics, TrackingStage]:
+    settings = ConsumerSettings(
+        bootstrap=bootstrap, topic_prefix=prefix, broker_timeout_ms=1000, start_timeout_s=3
+    )
+    topics = Topics(prefix)
+    return settings, topics, TrackingStage(settings, topics, MemoryOutbox(), lambda m: False)
+
+
+@pytest.mark.asyncio
+async def test_camera_configurations_are_read_to_the_end_or_start_up_fails_naming_the_topic(
+    kafka_bootstrap: str,
+) -> None:
+    prefix = unique_prefix()
+    settings, topics, stage = _stage(kafka_bootstrap, prefix)
+    await create_topic(kafka_bootstrap, topics.zones)
+    async with raw_producer(kafka_bootstrap) as producer:
+        for camera in ("cam-1", "cam-2"):
+            key, value = CameraConfig(camera=camera).to_record()
+            await producer.send_and_wait(topics.zones, value, key=key)
+    feed = CameraFeed(settings, topics, stage)
+    try:
+        await asyncio.wait_for(feed.catch_up(time.monotonic() + 10), 30)
+    finally:
+        await feed.close()
+    assert stage.cameras("m").config("cam-1") is not None
+    assert stage.cameras("m").config("cam-2") is not None
+
+    # No such topic (deleted, or a cluster that refused to create it): the worker used
+    # to wait for good, unready, before joining its group.
+    _, missing_topics, missing_stage = _stage(kafka_bootstrap, unique_prefix())
+    missing = CameraFeed(settings, missing_topics, missing_stage)
+    began = time.monotonic()
+    try:
+        with pytest.raises(ServiceUnavailable, match=missing_topics.zones):
+            await asyncio.wait_for(missing.catch_up(time.monotonic() + 3), 30)
+    finally:
+        await missing.close()
+    assert time.monotonic() - began < 15
+
+
+@pytest.mark.asyncio
+async def test_with_the_broker_away_start_up_fails_by_its_deadline_as_service_unavailable() -> None:
+    settings, topics, stage = _stage("127.0.0.1:9", "away")
+    feed = CameraFeed(settings, topics, stage)
+    try:
+        with pytest.raises(ServiceUnavailable, match="reading camera configurations"):
+            await asyncio.wait_for(feed.catch_up(time.monotonic() + 2), 30)
+    finally:
+        await feed.close()
+
+
+@pytest.mark.asyncio
+async def test_a_missing_state_topic_is_logged_and_the_restore_goes_on_once_it_exists(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = unique_prefix()
+    settings, topics, _ = _stage(kafka_bootstrap, prefix)
+    stage = TrackingStage(settings, topics, MemoryOutbox(), lambda m: True)
+    await create_topic(kafka_bootstrap, topics.requests("m"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="consumer.tracking_stage"):
+            stage.assigned([TopicPartition(topics.requests("m"), 0)])
+            deadline = time.monotonic() + 20
+            while "tracking state not read, retrying" not in caplog.messages:
+                assert time.monotonic() < deadline, "a missing state topic is waited on silently"
+                await asyncio.sleep(0.1)
+        assert not stage.restore_seconds  # its frames still wait: nothing was read
+        await create_topic(kafka_bootstrap, topics.state("m"))
+        async with raw_producer(kafka_bootstrap) as producer:
+            await producer.send_and_wait(topics.state("m"), b"{}", key=b"cam", partition=0)
+        deadline = time.monotonic() + 30
+        while not stage.restore_seconds:
+            assert time.monotonic() < deadline, "the restore never went on"
+            await asyncio.sleep(0.1)
+        assert stage.cameras("m").has_state("cam")
+    finally:
+        await stage.close()
