@@ -339,6 +339,8 @@ class TrackingStage:
             camera = record.key.decode()
         except UnicodeDecodeError:
             return answered
+        if self.cameras(model).untracked(camera):
+            return answered  # no task, no place in an order: untracked frames pay nothing
         applied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         before = self._applied.follow((model, camera), applied)
         position = Position(record.topic, record.partition, record.offset)
@@ -364,9 +366,8 @@ class TrackingStage:
             data = answer.reply.data
             if answer.error is not None or data is None:
                 return answer
-            cameras = self.cameras(model)
-            if cameras.config(camera) is None and not cameras.has_state(camera):
-                return answer  # never tracked here: no state to wait for
+            if self.cameras(model).untracked(camera):
+                return answer  # no longer tracked here: no state to wait for
             if before is not None:
                 await asyncio.wait([before])
             await self._restore(pos.topic, pos.partition)

@@ -256,3 +256,19 @@ async def test_a_frame_s_state_written_again_never_takes_the_record_back() -> No
     assert _acked_states(outbox) == acked
     states = [s for s in outbox.sent if s.topic == TOPICS.state("tracked")]
     assert len(states) == 1 + len(acked)  # the failed one and those acked: nothing more
+
+
+@pytest.mark.asyncio
+async def test_an_untracked_camera_s_frame_costs_no_task() -> None:
+    """Frames of cameras nobody tracks (the model's default off, no record of their own)
+    go by untouched: the very awaitable of their answer, no task or order per frame."""
+    stage = _stage(PartitionOutbox())
+    done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+    plain = _record(0, topic=TOPICS.requests("plain"))
+    assert stage.tracked(plain, "plain", done) is done
+    # Configured by its own record, the same camera is tracked from its next frame.
+    stage.configure(*CameraConfig(camera="cam").to_record())
+    tracked = stage.tracked(_record(1, topic=TOPICS.requests("plain")), "plain", done)
+    assert tracked is not done
+    done.set_result(_answer(100))
+    assert isinstance(await tracked, TrackedAnswer)
