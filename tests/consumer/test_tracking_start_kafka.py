@@ -4,18 +4,22 @@ never a silent wait for good (a topic missing, the broker away)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
 import pytest
 from aiokafka import TopicPartition
 
-from consumer.protocol import Topics
+from consumer.pipeline import Answer
+from consumer.protocol import Reply, Topics, detection_data
+from consumer.records import Record
 from consumer.settings import ConsumerSettings
 from consumer.tracking.config import CameraConfig
-from consumer.tracking_stage import CameraFeed, TrackingStage
+from consumer.tracking_stage import CameraFeed, TrackedAnswer, TrackingStage
 from engines.errors import ServiceUnavailable
 from tests.consumer.fakes import MemoryOutbox
+from tests.consumer.test_tracking_stage import PartitionOutbox
 from tests.support.workers import create_topic, raw_producer, unique_prefix
 
 pytestmark = pytest.mark.kafka
@@ -78,7 +82,8 @@ async def test_a_missing_state_topic_is_logged_and_the_restore_goes_on_once_it_e
 ) -> None:
     prefix = unique_prefix()
     settings, topics, _ = _stage(kafka_bootstrap, prefix)
-    stage = TrackingStage(settings, topics, MemoryOutbox(), lambda m: True)
+    outbox = PartitionOutbox()
+    stage = TrackingStage(settings, topics, outbox, lambda m: True)
     await create_topic(kafka_bootstrap, topics.requests("m"))
     try:
         with caplog.at_level(logging.WARNING, logger="consumer.tracking_stage"):
@@ -96,5 +101,23 @@ async def test_a_missing_state_topic_is_logged_and_the_restore_goes_on_once_it_e
             assert time.monotonic() < deadline, "the restore never went on"
             await asyncio.sleep(0.1)
         assert stage.cameras("m").has_state("cam")
+        # That record is no state (`{}`): the camera's next frame is answered and
+        # tracked anew, its new state written; nothing fails or waits.
+        answered: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        box = {
+            "ObjectClassName": "red rectangle",
+            "ObjectClassId": 1,
+            "confidence": 95.0,
+            "coordinates": {"left": 10, "top": 10, "right": 50, "bottom": 50},
+        }
+        answered.set_result(Answer(Reply("c", "m", data=detection_data([box], None, 640, 480))))
+        frame = Record(topics.requests("m"), 0, 0, b"cam", b"")
+        with caplog.at_level(logging.ERROR, logger="consumer.tracking_stage"):
+            result = await asyncio.wait_for(stage.tracked(frame, "m", answered), 10)
+        assert "tracking state unreadable: the camera starts anew" in caplog.messages
+        assert isinstance(result, TrackedAnswer) and result.writes is not None
+        await asyncio.wait_for(result.writes(), 10)
+        (state,) = outbox.to(topics.state("m"))
+        assert json.loads(state.value or b"")["position"]["offset"] == 0
     finally:
         await stage.close()
