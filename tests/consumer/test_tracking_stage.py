@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from consumer.pipeline import Answer
+from consumer.pipeline import Answer, Pipeline
 from consumer.protocol import Headers, Reply, detection_data
-from consumer.records import Record
+from consumer.records import Record, RecordAdapter
 from consumer.settings import ConsumerSettings
 from consumer.tracking.config import CameraConfig, TrackerConfig, ZoneConfig
 from consumer.tracking_stage import TrackedAnswer, TrackingStage
-from tests.consumer.fakes import TOPICS, MemoryOutbox
+from tests.consumer.fakes import TOPICS, MemoryOutbox, record
 
 REQUESTS = TOPICS.requests("tracked")
 
@@ -28,8 +28,8 @@ REQUESTS = TOPICS.requests("tracked")
 class PartitionOutbox(MemoryOutbox):
     """Also keeps the partition each record was sent to."""
 
-    def __init__(self, auto_ack: bool = True) -> None:
-        super().__init__(auto_ack=auto_ack)
+    def __init__(self, auto_ack: bool = True, broken: dict[str, int] | None = None) -> None:
+        super().__init__(auto_ack=auto_ack, broken=broken or {})
         self.partitions: list[tuple[str, int | None]] = []
 
     def send(  # type: ignore[override]
@@ -201,9 +201,9 @@ async def _zone_frames(outbox: MemoryOutbox, frames: int = 4) -> list[TrackedAns
     return results
 
 
-def _acked_states(outbox: MemoryOutbox) -> list[int]:
+def _acked_states(outbox: MemoryOutbox, model: str = "tracked") -> list[int]:
     return [
-        json.loads(s.value or b"")["position"]["offset"] for s in outbox.to(TOPICS.state("tracked"))
+        json.loads(s.value or b"")["position"]["offset"] for s in outbox.to(TOPICS.state(model))
     ]
 
 
@@ -272,3 +272,31 @@ async def test_an_untracked_camera_s_frame_costs_no_task() -> None:
     assert tracked is not done
     done.set_result(_answer(100))
     assert isinstance(await tracked, TrackedAnswer)
+
+
+@pytest.mark.asyncio
+async def test_a_frame_whose_events_are_never_written_is_dead_lettered_and_its_camera_goes_on(
+    pipeline: Pipeline,
+) -> None:
+    """Through the worker's delivery: the frame with the zone's enter cannot write its
+    events (every try fails), goes to the DLQ, and the camera's later frames, whose
+    states wait for that frame, are still written and done: no partition stuck."""
+    outbox = PartitionOutbox(broken={TOPICS.events("a"): 1000})
+    stage = _stage(outbox)
+    everywhere = [(0, 0), (10_000, 0), (10_000, 10_000), (0, 10_000)]
+    zone = ZoneConfig(name="all", polygon=everywhere, min_frames=1)
+    stage.configure(
+        *CameraConfig(
+            camera="camera-1", tracker=TrackerConfig(frame_rate=15), zones=[zone]
+        ).to_record()
+    )
+    adapter = RecordAdapter(pipeline, TOPICS, outbox, "w1")
+    adapter.tracking = stage
+    frames = [record(i, correlation_id=f"c{i}", capture_ms=str(i * 66)) for i in range(6)]
+    done = [adapter.submit(frame) for frame in frames]
+    await asyncio.wait_for(asyncio.gather(*done), 10)
+    (dead,) = outbox.to(TOPICS.dlq)
+    assert dead.headers["dlq-reason-code"] == "reply_undeliverable"
+    states = _acked_states(outbox, "a")
+    assert states and states[-1] == 5 and int(dead.headers["dlq-source-offset"]) < 5
+    assert adapter.inflight == 0
