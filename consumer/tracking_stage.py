@@ -166,7 +166,6 @@ class TrackingStage:
         self._writers: dict[tuple[str, str], _StateWriter] = {}
         self._reader: AIOKafkaConsumer | None = None
         self._reader_lock = asyncio.Lock()
-        self.restore_seconds: list[float] = []
 
     # -- cameras --------------------------------------------------------------------
 
@@ -298,7 +297,6 @@ class TrackingStage:
         now = time.monotonic()
         for topic, partition in partitions:
             seconds = now - self._assigned_at.get((topic, partition), now)
-            self.restore_seconds.append(seconds)
             log.info(
                 "tracking state restored",
                 extra={
