@@ -285,14 +285,27 @@ class TrackingStage:
                 batch = await reader.getmany(*pending, timeout_ms=RESTORE_FETCH_MS)
                 for tp, records in batch.items():
                     topic, partition = where[tp]
+                    if (topic, partition) not in self._assigned_at:
+                        continue  # revoked meanwhile: its cameras are not this worker's
                     cameras = self.cameras(self.topics.model_of(topic))
+                    held = self._partition_cameras.setdefault((topic, partition), set())
                     for rec in records:
-                        if rec.key is not None and rec.offset < ends[tp]:
-                            cameras.restore(rec.key, rec.value)
-                            self._partition_cameras.setdefault((topic, partition), set()).add(
-                                rec.key.decode()
+                        if rec.key is None or rec.offset >= ends[tp]:
+                            continue
+                        try:
+                            camera = rec.key.decode()
+                        except UnicodeDecodeError:  # no camera of ours wrote it
+                            log.error(
+                                "tracking state record skipped: its key is not UTF-8",
+                                extra={
+                                    "partition": f"{tp.topic}:{tp.partition}",
+                                    "offset": rec.offset,
+                                },
                             )
-                            counts[(topic, partition)] += 1
+                            continue
+                        cameras.restore(rec.key, rec.value)
+                        held.add(camera)
+                        counts[(topic, partition)] += 1
                 pending = [tp for tp in pending if await reader.position(tp) < ends[tp]]
         now = time.monotonic()
         for topic, partition in partitions:

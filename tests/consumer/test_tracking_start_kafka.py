@@ -122,3 +122,45 @@ async def test_a_missing_state_topic_is_logged_and_the_restore_goes_on_once_it_e
         assert json.loads(state.value or b"")["position"]["offset"] == 0
     finally:
         await stage.close()
+
+
+@pytest.mark.asyncio
+async def test_a_restore_skips_a_key_no_camera_wrote_and_keeps_nothing_of_a_revoked_partition(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state record keyed with bytes that are not UTF-8 used to fail the restore, again
+    at each frame of the partition, which then waited for good; a partition revoked
+    while its restore ran left its cameras' states in memory."""
+    prefix = unique_prefix()
+    settings, topics, _ = _stage(kafka_bootstrap, prefix)
+    await create_topic(kafka_bootstrap, topics.state("m"))
+    async with raw_producer(kafka_bootstrap) as producer:
+        for key in (b"\xff\xfe", b"cam"):
+            await producer.send_and_wait(topics.state("m"), b"{}", key=key, partition=0)
+    restored = "tracking state restored"
+    request_partition = TopicPartition(topics.requests("m"), 0)
+
+    async def restore(revoke: bool) -> TrackingStage:
+        stage = TrackingStage(settings, topics, MemoryOutbox(), lambda m: True)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="consumer.tracking_stage"):
+            stage.assigned([request_partition])
+            if revoke:
+                stage.revoked([request_partition])
+            deadline = time.monotonic() + 30
+            while restored not in caplog.messages:
+                assert time.monotonic() < deadline, "the restore never ended"
+                await asyncio.sleep(0.1)
+        return stage
+
+    kept = await restore(revoke=False)
+    try:
+        assert "tracking state record skipped: its key is not UTF-8" in caplog.messages
+        assert kept.cameras("m").cameras == {"cam"}
+    finally:
+        await kept.close()
+    gone = await restore(revoke=True)
+    try:
+        assert gone.cameras("m").cameras == set()
+    finally:
+        await gone.close()
