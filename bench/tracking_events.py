@@ -85,7 +85,10 @@ async def measure(bootstrap: str, cameras: int, inflight: int) -> dict[str, Any]
         nonlocal events, states
         answer = await tracked
         if isinstance(answer, TrackedAnswer) and answer.writes is not None:
-            await answer.writes()
+            try:
+                await answer.writes()
+            finally:
+                answer.settled()  # as the worker's delivery does, written or not
             states += 1
 
     started = time.perf_counter()

@@ -173,6 +173,8 @@ class RecordAdapter:
                 outcomes = await asyncio.gather(*sends, return_exceptions=True)
         finally:
             spans.end(answer.error)
+            if isinstance(answer, TrackedAnswer):
+                answer.settled()  # written or given up: the camera's next state may go
         # Every send has ended (none is left running behind a commit); the gravest
         # outcome wins: a closing outbox keeps the request uncommitted.
         failures = [o for o in outcomes if isinstance(o, BaseException)]

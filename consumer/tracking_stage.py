@@ -40,9 +40,11 @@ from consumer.outbox import Outbox
 from consumer.pipeline import Answer
 from consumer.protocol import Headers, Topics
 from consumer.settings import ConsumerSettings
+from consumer.startup import until_ready
 from consumer.tracking.cameras import Cameras
 from consumer.tracking.config import CameraConfig, InvalidCameraConfig
 from consumer.tracking.events import Position
+from engines.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from consumer.records import Record
@@ -71,9 +73,14 @@ def state_topic_spec(topics: Topics, model: str, partitions: int) -> kafka_io.To
 @dataclass(frozen=True)
 class TrackedAnswer(Answer):
     """An answer with `track_id` on its boxes, and what must be written (events, then
-    the camera's state) before its request may be committed."""
+    the camera's state) before its request may be committed.
+
+    `settled` must be called once the request's delivery has ended, written or given
+    up (dead-lettered, abandoned): the camera's next state waits for this frame's
+    events until then, since it counts them too."""
 
     writes: Callable[[], Awaitable[None]] | None = None
+    settled: Callable[[], None] = lambda: None
 
 
 class _StateWriter:
@@ -81,20 +88,27 @@ class _StateWriter:
     being written waits, and only the latest of those waiting is written; it covers the
     frames of the others (it was asked for after their events were acknowledged), so
     each of them is done when it is acknowledged. A camera with a backlog then costs
-    one round trip per batch of frames, not per frame."""
+    one round trip per batch of frames, not per frame.
+
+    A state of a frame at or before one already acknowledged (a frame's writes tried
+    again after a later frame's state went through) is done without a send: writing
+    it would take the camera's record back to before frames already committed."""
 
     def __init__(self, outbox: Outbox, topic: str, key: bytes, partition: int) -> None:
         self.outbox = outbox
         self.topic = topic
         self.key = key
         self.partition = partition
-        self._latest: bytes | None = None
+        self._latest: tuple[int, bytes] | None = None
+        self._acked = -1
         self._waiting: list[asyncio.Future[None]] = []
         self._running: asyncio.Task[None] | None = None
 
-    def write(self, value: bytes) -> asyncio.Future[None]:
+    def write(self, offset: int, value: bytes) -> asyncio.Future[None]:
+        """The state after the frame at `offset` of this camera's request partition."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._latest = value
+        if self._latest is None or offset >= self._latest[0]:
+            self._latest = (offset, value)
         self._waiting.append(done)
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(self._run())
@@ -102,17 +116,21 @@ class _StateWriter:
 
     async def _run(self) -> None:
         while self._latest is not None:
-            value, waiting = self._latest, self._waiting
+            (offset, value), waiting = self._latest, self._waiting
             self._latest, self._waiting = None, []
-            try:
-                await self.outbox.send(self.topic, value, self.key, (), partition=self.partition)
-            except BaseException as exc:  # each waiting frame fails (and is retried) alike
-                for future in waiting:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
+            if offset > self._acked:
+                try:
+                    await self.outbox.send(
+                        self.topic, value, self.key, (), partition=self.partition
+                    )
+                except BaseException as exc:  # each waiting frame fails (and is retried) alike
+                    for future in waiting:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                self._acked = offset
             for future in waiting:
                 if not future.done():
                     future.set_result(None)
@@ -148,7 +166,6 @@ class TrackingStage:
         self._writers: dict[tuple[str, str], _StateWriter] = {}
         self._reader: AIOKafkaConsumer | None = None
         self._reader_lock = asyncio.Lock()
-        self.restore_seconds: list[float] = []
 
     # -- cameras --------------------------------------------------------------------
 
@@ -236,7 +253,7 @@ class TrackingStage:
             try:
                 await self._read_states_once(partitions)
                 return
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning(
                     "tracking state not read, retrying",
                     extra={"partitions": [f"{t}:{p}" for t, p in partitions], "error": repr(exc)},
@@ -256,8 +273,11 @@ class TrackingStage:
             reader = await self.start()
             reader.assign(list(where))
             # Offsets asked for directly: an empty partition then costs no fetch at all.
-            starts = await reader.beginning_offsets(list(where))
-            ends = await reader.end_offsets(list(where))
+            # aiokafka's offset look-ups wait for good on a partition that does not exist
+            # (a state topic deleted): bounded, so that the wait is logged and retried.
+            async with asyncio.timeout(self.settings.broker_timeout_ms / 1000):
+                starts = await reader.beginning_offsets(list(where))
+                ends = await reader.end_offsets(list(where))
             pending = [tp for tp in where if starts[tp] < ends[tp]]
             for tp in pending:
                 reader.seek(tp, starts[tp])
@@ -265,19 +285,31 @@ class TrackingStage:
                 batch = await reader.getmany(*pending, timeout_ms=RESTORE_FETCH_MS)
                 for tp, records in batch.items():
                     topic, partition = where[tp]
+                    if (topic, partition) not in self._assigned_at:
+                        continue  # revoked meanwhile: its cameras are not this worker's
                     cameras = self.cameras(self.topics.model_of(topic))
+                    held = self._partition_cameras.setdefault((topic, partition), set())
                     for rec in records:
-                        if rec.key is not None and rec.offset < ends[tp]:
-                            cameras.restore(rec.key, rec.value)
-                            self._partition_cameras.setdefault((topic, partition), set()).add(
-                                rec.key.decode()
+                        if rec.key is None or rec.offset >= ends[tp]:
+                            continue
+                        try:
+                            camera = rec.key.decode()
+                        except UnicodeDecodeError:  # no camera of ours wrote it
+                            log.error(
+                                "tracking state record skipped: its key is not UTF-8",
+                                extra={
+                                    "partition": f"{tp.topic}:{tp.partition}",
+                                    "offset": rec.offset,
+                                },
                             )
-                            counts[(topic, partition)] += 1
+                            continue
+                        cameras.restore(rec.key, rec.value)
+                        held.add(camera)
+                        counts[(topic, partition)] += 1
                 pending = [tp for tp in pending if await reader.position(tp) < ends[tp]]
         now = time.monotonic()
         for topic, partition in partitions:
             seconds = now - self._assigned_at.get((topic, partition), now)
-            self.restore_seconds.append(seconds)
             log.info(
                 "tracking state restored",
                 extra={
@@ -318,6 +350,8 @@ class TrackingStage:
             camera = record.key.decode()
         except UnicodeDecodeError:
             return answered
+        if self.cameras(model).untracked(camera):
+            return answered  # no task, no place in an order: untracked frames pay nothing
         applied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         before = self._applied.follow((model, camera), applied)
         position = Position(record.topic, record.partition, record.offset)
@@ -343,9 +377,8 @@ class TrackingStage:
             data = answer.reply.data
             if answer.error is not None or data is None:
                 return answer
-            cameras = self.cameras(model)
-            if cameras.config(camera) is None and not cameras.has_state(camera):
-                return answer  # never tracked here: no state to wait for
+            if self.cameras(model).untracked(camera):
+                return answer  # no longer tracked here: no state to wait for
             if before is not None:
                 await asyncio.wait([before])
             await self._restore(pos.topic, pos.partition)
@@ -369,21 +402,23 @@ class TrackingStage:
             events = [e.to_record() for e in outcome.events]
             _, value = outcome.state_record
 
+            def settled() -> None:
+                if not written.done():
+                    written.set_result(None)
+
             async def writes() -> None:
-                try:
-                    await asyncio.gather(
-                        *(self.outbox.send(self.topics.events(model), v, k, ()) for k, v in events)
-                    )
-                    if state_before is not None:  # the camera's states are queued in order
-                        await asyncio.wait([state_before])
-                    writer = self._writer(model, camera, pos.partition)
-                    acked = writer.write(value)
-                finally:
-                    if not written.done():
-                        written.set_result(None)
+                """Tried again by the delivery while it fails: the events (the same
+                ids again), then the state, queued behind the camera's earlier ones."""
+                await asyncio.gather(
+                    *(self.outbox.send(self.topics.events(model), v, k, ()) for k, v in events)
+                )
+                if state_before is not None:  # the camera's states are queued in order
+                    await asyncio.wait([state_before])
+                acked = self._writer(model, camera, pos.partition).write(pos.offset, value)
+                settled()  # the next frame's state may queue behind this one now
                 await acked
 
-            return TrackedAnswer(reply, answer.dead_letter, writes)
+            return TrackedAnswer(reply, answer.dead_letter, writes, settled)
         finally:
             if not applied.done():
                 applied.set_result(None)
@@ -398,33 +433,57 @@ class CameraFeed:
         self.topics = topics
         self.stage = stage
         self._consumer: AIOKafkaConsumer | None = None
+        self._partition = TopicPartition(topics.zones, 0)
+        self._positioned = False
 
-    async def catch_up(self) -> None:
+    async def catch_up(self, deadline_s: float) -> None:
+        """Read to the end as it is now, tried again (going on from where the last try
+        stopped) while the broker is away or the topic cannot be read, until
+        `deadline_s` (`time.monotonic()`): a worker must not wait for good, unready
+        and silent, before joining its group.
+
+        Raises:
+            ServiceUnavailable: not read to its end by `deadline_s` (the message
+                names the topic); NotAuthorized...: a refusal.
+        """
+        await until_ready(
+            "reading camera configurations", self._catch_up_once, self.settings, deadline_s
+        )
+
+    async def _catch_up_once(self) -> None:
         consumer = await self._started()
-        tp = TopicPartition(self.topics.zones, 0)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
-            self._feed(await consumer.getmany(timeout_ms=RESTORE_FETCH_MS))
+        tp = self._partition
+        wait_s = self.settings.broker_timeout_ms / 1000
+        try:
+            # aiokafka's offset look-ups wait for good on a partition that does not exist.
+            async with asyncio.timeout(wait_s):
+                if not self._positioned:
+                    consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
+                    self._positioned = True
+                end = (await consumer.end_offsets([tp]))[tp]
+                while await consumer.position(tp) < end:
+                    batch = await consumer.getmany(tp, timeout_ms=RESTORE_FETCH_MS)
+                    self._feed(batch.get(tp, []))
+        except TimeoutError as exc:
+            raise ServiceUnavailable(
+                f"{tp.topic} not read to its end within {wait_s:g}s (does it exist?)"
+            ) from exc
 
     async def loop(self) -> None:
-        consumer = await self._started()
-        while True:
-            self._feed(await consumer.getmany(timeout_ms=1000))
+        """Tailed for good; a failed fetch is logged and asked again (`kafka_io.follow`)."""
+        async for records in kafka_io.follow(await self._started(), "camera configurations"):
+            self._feed(records)
 
-    def _feed(self, batch: dict[Any, list[Any]]) -> None:
-        for records in batch.values():
-            for rec in records:
-                self.stage.configure(rec.key, rec.value)
+    def _feed(self, records: list[Any]) -> None:
+        for rec in records:
+            self.stage.configure(rec.key, rec.value)
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            consumer = kafka_io.consumer(
-                self.settings, "cameras", group_id=None, enable_auto_commit=False
+            self._consumer = await kafka_io.started(
+                kafka_io.consumer(self.settings, "cameras", group_id=None, enable_auto_commit=False)
             )
-            self._consumer = await kafka_io.started(consumer)  # `close` stops it from here on
-            tp = TopicPartition(self.topics.zones, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
+            self._consumer.assign([self._partition])
         return self._consumer
 
     async def close(self) -> None:

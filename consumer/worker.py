@@ -22,9 +22,7 @@ Life of a worker:
    and polling (so nothing says `ready` or starts a reload after the goodbye);
    finish and deliver what is in hand; commit (once more if a rebalance refused
    it); announce its models `stopped`; leave the group. A SIGTERM while still
-   starting (waiting for the broker) ends the start at once, exit status 0. A
-   fetch error that aiokafka does not retry (an ACL revoked) shuts down the same
-   way, then ends the worker with that error.
+   starting (waiting for the broker) ends the start at once, exit status 0.
 
 With `--answer-log` every answer is also copied to `<prefix>.answers.<model>`;
 with `--shadow NAME` the worker joins a group of its own, announces nothing and
@@ -125,14 +123,7 @@ class Worker:
         health = self._start_health()  # readiness stays false until the group is joined
         try:
             if await self._unless_stopped(self._start()):
-                try:
-                    await self.fetcher.loop(self.stopping)
-                except Exception as exc:  # one aiokafka does not retry: an ACL revoked...
-                    # ...ends the worker as a shutdown does: what is answered is
-                    # committed, or the restart answers all of it again.
-                    log.error("fetching failed; shutting down", extra={"error": repr(exc)})
-                    await self._shutdown()
-                    raise
+                await self.fetcher.loop(self.stopping)
                 await self._shutdown()
             else:
                 await self._abandon_start()
@@ -177,19 +168,22 @@ class Worker:
         self.pipeline = Pipeline(self.registry, s, self.worker_id, self.metrics, self.supervisor)
         self.pipeline.start()
         self.adapter = self._adapter(self._served)
-        # Loading took a while: the steps left get at least a few seconds more.
-        deadline = max(deadline, time.monotonic() + 10)
-        # Each step retried while the cluster comes and goes: a broker (or its name in
-        # DNS) away for a moment between connecting and joining must not end the worker.
-        await until_ready("reading camera zones", self._start_tracking, s, deadline)
+        await self._start_tracking(max(deadline, time.monotonic() + 10))
         self.consumer = await until_ready(
-            "joining the group", lambda: self._start_consumer(self._served), s, deadline
+            "joining the group",
+            lambda: self._start_consumer(self._served),
+            s,
+            max(deadline, time.monotonic() + 10),
         )
         self.commits.consumer = self.consumer
         self.fetcher = Fetcher(
             self.consumer, self.adapter, self.offsets, s.max_inflight, self.metrics, self.problems
         )
         self.probes.last_tick = lambda: self.fetcher.last_tick_s
+        # What is loaded by now (TensorFlow, the models, the clients) lives as long as
+        # the process: out of the cyclic collector's sight, or every full collection
+        # walks all of it (a quarter of the event loop's CPU at 512 frames in flight).
+        gc.freeze()
         self.probes.joined = True
         log.info(
             "worker started",
@@ -283,7 +277,6 @@ class Worker:
         # Announce `loading` first: a bridge then knows a worker is coming for these
         # models and lets their requests wait in Kafka instead of answering 404.
         await self.announcer.every(self.registry.announce_loading())
-        await asyncio.to_thread(self._freeze_the_lasting)
         entries = await asyncio.to_thread(self.registry.load_all)
         await self.announcer.every(entries)
         if not any(entry.state is ModelState.READY for entry in entries):
@@ -294,25 +287,6 @@ class Worker:
             raise ModelLoadFailed(
                 f"no model could be loaded ({problems or 'no models in the repository'})"
             )
-
-    def _freeze_the_lasting(self) -> None:
-        """Put what lives as long as the process (the modules, TensorFlow's above all,
-        and the clients) out of the cyclic collector's sight, or every full collection
-        walks all of it (a quarter of the event loop's CPU at 512 frames in flight).
-
-        Before the models load, not after: a frozen object is never collected, and a
-        TensorFlow engine sits in reference cycles, so weights frozen at start would
-        outlive a reload or a new version for good. TensorFlow is set up here for the
-        models (its modules are 93% of the objects then, the large bench model 7%);
-        garbage of the start-up is collected first, not made immortal.
-        """
-        if not self.settings.simulate_batch_ms:  # only simulated engines need no TensorFlow
-            from engines import runtime
-
-            with contextlib.suppress(ValueError):  # a device not there: each model says so
-                runtime.configure(None if self.settings.device == "auto" else self.settings.device)
-        gc.collect()
-        gc.freeze()
 
     async def _start_consumer(self, served: list[str]) -> AIOKafkaConsumer:
         s = self.settings
@@ -343,29 +317,24 @@ class Worker:
 
     # -- tracking -------------------------------------------------------------------------
 
-    async def _start_tracking(self) -> None:
+    async def _start_tracking(self, deadline: float) -> None:
         """Cameras configured before the first frame is taken: every worker applies a
-        camera's frames under the same configuration (`consumer.tracking_stage`)."""
+        camera's frames under the same configuration (`consumer.tracking_stage`).
+        Retried while the broker is away, within the start-up's `deadline`."""
         if not self.worker_topics.tracks:
             return
-        tracking = TrackingStage(
+        self.tracking = TrackingStage(
             self.settings,
             self.topics,
             self.outbox,
             self._tracks,
             known=lambda model: self.registry.entry(model) is not None,
         )
-        feed = CameraFeed(self.settings, self.topics, tracking)
-        try:
-            await feed.catch_up()
-            await tracking.start()
-        except BaseException:  # an attempt that failed leaves no client behind
-            await feed.close()
-            await tracking.close()
-            raise
-        self.tracking, self.camera_feed = tracking, feed
-        self.adapter.tracking = tracking
-        self.supervisor.start("cameras", feed.loop)
+        self.camera_feed = CameraFeed(self.settings, self.topics, self.tracking)
+        await self.camera_feed.catch_up(deadline)
+        await until_ready("starting the state reader", self.tracking.start, self.settings, deadline)
+        self.adapter.tracking = self.tracking
+        self.supervisor.start("cameras", self.camera_feed.loop)
 
     async def _close_tracking(self) -> None:
         if self.tracking is not None:

@@ -381,18 +381,18 @@ async def tracking_events(
     wanted = None if camera is None else camera.encode()
     try:
         consumer.subscribe([topic])
-        while True:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    if wanted is not None and record.key != wanted:
-                        continue
-                    with contextlib.suppress(ValueError):
-                        event = json.loads(record.value or b"")
-                        if isinstance(event, dict) and str(event.get("id")) not in seen:
-                            seen[str(event.get("id"))] = None
-                            if len(seen) > EVENT_IDS_KEPT:
-                                seen.popitem(last=False)
-                            yield event
+        # A failed fetch is logged and asked again: the stream outlives a broker restart.
+        async for records in kafka_io.follow(consumer, f"tracking events of {model}"):
+            for record in records:
+                if wanted is not None and record.key != wanted:
+                    continue
+                with contextlib.suppress(ValueError):
+                    event = json.loads(record.value or b"")
+                    if isinstance(event, dict) and str(event.get("id")) not in seen:
+                        seen[str(event.get("id"))] = None
+                        if len(seen) > EVENT_IDS_KEPT:
+                            seen.popitem(last=False)
+                        yield event
     finally:
         with contextlib.suppress(KafkaError, OSError):
             await consumer.stop()

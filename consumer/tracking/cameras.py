@@ -138,6 +138,17 @@ class Cameras:
         tracked, events = apply(state, position, boxes, timestamp_s)
         return Outcome(tracked, events, (camera.encode(), state.to_bytes()), error)
 
+    def untracked(self, camera: str) -> bool:
+        """Whether the camera is neither configured (by its own record or the default)
+        nor holds a state: what a frame's path checks first, without building the
+        camera's configuration."""
+        return (
+            self._default is None
+            and camera not in self._configs
+            and camera not in self._states
+            and camera not in self._stored
+        )
+
     def has_state(self, camera: str) -> bool:
         """Whether the camera has a state here (in memory or a stored record)."""
         return camera in self._states or camera in self._stored

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from consumer.pipeline import Answer
+from consumer.pipeline import Answer, Pipeline
 from consumer.protocol import Headers, Reply, detection_data
-from consumer.records import Record
+from consumer.records import Record, RecordAdapter
 from consumer.settings import ConsumerSettings
 from consumer.tracking.config import CameraConfig, TrackerConfig, ZoneConfig
 from consumer.tracking_stage import TrackedAnswer, TrackingStage
-from tests.consumer.fakes import TOPICS, MemoryOutbox
+from tests.consumer.fakes import TOPICS, MemoryOutbox, record
 
 REQUESTS = TOPICS.requests("tracked")
 
@@ -28,8 +28,8 @@ REQUESTS = TOPICS.requests("tracked")
 class PartitionOutbox(MemoryOutbox):
     """Also keeps the partition each record was sent to."""
 
-    def __init__(self, auto_ack: bool = True) -> None:
-        super().__init__(auto_ack=auto_ack)
+    def __init__(self, auto_ack: bool = True, broken: dict[str, int] | None = None) -> None:
+        super().__init__(auto_ack=auto_ack, broken=broken or {})
         self.partitions: list[tuple[str, int | None]] = []
 
     def send(  # type: ignore[override]
@@ -182,3 +182,121 @@ async def test_partitions_of_models_not_in_the_repository_are_not_restored() -> 
     stage.assigned([TopicPartition(TOPICS.requests("ghost"), 0), TopicPartition(REQUESTS, 1)])
     await asyncio.sleep(0.01)
     assert read == [[(REQUESTS, 1)]]
+
+
+async def _zone_frames(outbox: MemoryOutbox, frames: int = 4) -> list[TrackedAnswer]:
+    """`frames` answers of camera `cam`, configured with one zone over the whole image
+    (its box enters once)."""
+    stage = _stage(outbox)
+    zone = ZoneConfig(name="all", polygon=[(0, 0), (640, 0), (640, 480), (0, 480)], min_frames=1)
+    config = CameraConfig(camera="cam", tracker=TrackerConfig(frame_rate=15), zones=[zone])
+    stage.configure(*config.to_record())
+    results = []
+    for i in range(frames):
+        done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        done.set_result(_answer(100 + 5 * i))
+        result = await stage.tracked(_record(i), "tracked", done)
+        assert isinstance(result, TrackedAnswer) and result.writes is not None
+        results.append(result)
+    return results
+
+
+def _acked_states(outbox: MemoryOutbox, model: str = "tracked") -> list[int]:
+    return [
+        json.loads(s.value or b"")["position"]["offset"] for s in outbox.to(TOPICS.state(model))
+    ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("then", ["written", "given_up"])
+async def test_a_camera_s_state_waits_for_events_that_failed_until_they_are_written_or_given_up(
+    then: str,
+) -> None:
+    """A later state counts the failed frame's events too: written before those events,
+    a worker dying then would restart past them (the state covers the frame) and they
+    would be lost. Given up (the request dead-lettered), the camera goes on."""
+    outbox = PartitionOutbox()
+    outbox.broken[TOPICS.events("tracked")] = 1  # the frame with the zone's enter
+    results = await _zone_frames(outbox)
+    writes = [asyncio.ensure_future(r.writes()) for r in results if r.writes is not None]
+    await asyncio.sleep(0.05)
+    failed = [i for i, w in enumerate(writes) if w.done() and w.exception() is not None]
+    assert len(failed) == 1, failed
+    (entered,) = failed
+    assert all(offset < entered for offset in _acked_states(outbox)), _acked_states(outbox)
+    assert not any(w.done() for w in writes[entered + 1 :])
+    if then == "written":
+        retry = results[entered].writes
+        assert retry is not None
+        await retry()
+        assert [
+            json.loads(e.value or b"")["kind"] for e in outbox.to(TOPICS.events("tracked"))
+        ] == ["enter"]
+    else:
+        results[entered].settled()
+    await asyncio.wait_for(asyncio.gather(*writes[entered + 1 :]), 2)
+    assert _acked_states(outbox)[-1] == 3
+
+
+@pytest.mark.asyncio
+async def test_a_frame_s_state_written_again_never_takes_the_record_back() -> None:
+    """Frame 0's state fails, frame 3's goes through (covering 0), then frame 0's writes
+    are tried again: its older state must not become the camera's last record."""
+    outbox = PartitionOutbox()
+    outbox.broken[TOPICS.state("tracked")] = 1
+    results = await _zone_frames(outbox)
+    writes = [asyncio.ensure_future(r.writes()) for r in results if r.writes is not None]
+    done = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(done[0], RuntimeError) and done[1:] == [None] * 3, done
+    acked = _acked_states(outbox)
+    assert acked[-1] == 3
+    retry = results[0].writes
+    assert retry is not None
+    await retry()  # the delivery's second attempt: events again (same ids), state covered
+    assert _acked_states(outbox) == acked
+    states = [s for s in outbox.sent if s.topic == TOPICS.state("tracked")]
+    assert len(states) == 1 + len(acked)  # the failed one and those acked: nothing more
+
+
+@pytest.mark.asyncio
+async def test_an_untracked_camera_s_frame_costs_no_task() -> None:
+    """Frames of cameras nobody tracks (the model's default off, no record of their own)
+    go by untouched: the very awaitable of their answer, no task or order per frame."""
+    stage = _stage(PartitionOutbox())
+    done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+    plain = _record(0, topic=TOPICS.requests("plain"))
+    assert stage.tracked(plain, "plain", done) is done
+    # Configured by its own record, the same camera is tracked from its next frame.
+    stage.configure(*CameraConfig(camera="cam").to_record())
+    tracked = stage.tracked(_record(1, topic=TOPICS.requests("plain")), "plain", done)
+    assert tracked is not done
+    done.set_result(_answer(100))
+    assert isinstance(await tracked, TrackedAnswer)
+
+
+@pytest.mark.asyncio
+async def test_a_frame_whose_events_are_never_written_is_dead_lettered_and_its_camera_goes_on(
+    pipeline: Pipeline,
+) -> None:
+    """Through the worker's delivery: the frame with the zone's enter cannot write its
+    events (every try fails), goes to the DLQ, and the camera's later frames, whose
+    states wait for that frame, are still written and done: no partition stuck."""
+    outbox = PartitionOutbox(broken={TOPICS.events("a"): 1000})
+    stage = _stage(outbox)
+    everywhere = [(0, 0), (10_000, 0), (10_000, 10_000), (0, 10_000)]
+    zone = ZoneConfig(name="all", polygon=everywhere, min_frames=1)
+    stage.configure(
+        *CameraConfig(
+            camera="camera-1", tracker=TrackerConfig(frame_rate=15), zones=[zone]
+        ).to_record()
+    )
+    adapter = RecordAdapter(pipeline, TOPICS, outbox, "w1")
+    adapter.tracking = stage
+    frames = [record(i, correlation_id=f"c{i}", capture_ms=str(i * 66)) for i in range(6)]
+    done = [adapter.submit(frame) for frame in frames]
+    await asyncio.wait_for(asyncio.gather(*done), 10)
+    (dead,) = outbox.to(TOPICS.dlq)
+    assert dead.headers["dlq-reason-code"] == "reply_undeliverable"
+    states = _acked_states(outbox, "a")
+    assert states and states[-1] == 5 and int(dead.headers["dlq-source-offset"]) < 5
+    assert adapter.inflight == 0

@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 import random
 
-import motmetrics as mm
-import numpy as np
 import pytest
-from trackers import IoU
 
 from consumer.tracking.config import CameraConfig, LineConfig, ZoneConfig
 from consumer.tracking.events import Event, EventKind, Position
@@ -25,6 +22,7 @@ from consumer.tracking.state import (
     count,
 )
 from engines.modelgen.paths import Frame, Scene, make_scene, noisy_frames
+from tests.support.tracking_metrics import idf1
 
 TOPIC = "tfstream.requests.shapes"
 
@@ -142,21 +140,7 @@ def test_restores_at_random_cuts_and_replays_give_exact_counts_and_the_same_ids(
 
 
 def _idf1(frames: list[Frame], answers: list[list[TrackedBox]]) -> float:
-    """py-motmetrics' IDF1 of the track IDs against the movers (IoU >= 0.5)."""
-    acc = mm.MOTAccumulator(auto_id=True)
-    iou = IoU()
-    for frame, boxes in zip(frames, answers, strict=True):
-        tracked = [b for b in boxes if b.get("track_id") is not None]
-        truth = np.array([box for _, box in frame.truth], dtype=np.float64).reshape(-1, 4)
-        hyps = np.array(
-            [[b["coordinates"][k] for k in ("left", "top", "right", "bottom")] for b in tracked],
-            dtype=np.float64,
-        ).reshape(-1, 4)
-        overlap = iou.compute(truth, hyps)
-        distance = np.where(overlap >= 0.5, 1.0 - overlap, np.nan)
-        acc.update([m for m, _ in frame.truth], [b["track_id"] for b in tracked], distance)
-    summary = mm.metrics.create().compute(acc, metrics=["idf1"], name="run")
-    return float(summary["idf1"].iloc[0])
+    return idf1([frame.truth for frame in frames], answers)
 
 
 @pytest.mark.slow
