@@ -4,10 +4,11 @@ Each camera of the YAML file (see `producer_tools.camera_config`) gets a reader
 thread that drains its stream and keeps the newest decoded frame
 (`producer_tools.camera_reader`), and a sender task that, at the camera's fps,
 takes that frame, encodes it to fit the message limit and produces it to the
-model's request topic exactly as `tfstream-stream` does: keyed by camera id,
-correlation id `<camera>:<n>:<send ms>`, a deadline, `conflate: latest` (of a
-camera's frames waiting at a worker only the newest runs), the trace context
-when tracing is on.
+model's request topic through `tfstream-stream`'s own send path
+(`producer_tools.stream.FrameSender`): keyed by camera id, correlation id
+`<camera>:<n>:<send ms>`, a deadline, the trace context when tracing is on;
+the gateway adds `conflate: latest` (of a camera's frames waiting at a worker
+only the newest runs).
 
 A camera that fails is that camera's problem: it reconnects with a capped
 backoff while the others flow. Editing the file (checked every
@@ -34,12 +35,11 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from opentelemetry import propagate
 from pydantic import Field
 from pydantic_settings import CliPositionalArg
 
 from consumer import kafka_io
-from consumer.protocol import Request, Topics
+from consumer.protocol import Topics
 from consumer.settings import KafkaClientSettings
 from consumer.startup import until_ready
 from engines.errors import InvalidCameraConfig, TfstreamError
@@ -51,7 +51,7 @@ from producer_tools.camera_encode import FrameTooLarge, encode
 from producer_tools.camera_metrics import CameraCounters, CameraMetrics, CameraState
 from producer_tools.camera_reader import CameraReader, Timeouts
 from producer_tools.camera_states import publish_states
-from producer_tools.stream import correlation_id
+from producer_tools.stream import FrameSender
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,13 @@ class _Rate:
 class Camera:
     config: CameraConfig
     reader: CameraReader
+    sender: FrameSender
     task: asyncio.Task[None] | None = None
     sent: int = 0
     shrunk: int = 0
     too_large: int = 0
     unsent: int = 0
     """Taken from the reader but not sent (no topic yet for its model)."""
-    send_failures: int = 0
     last_age_s: float | None = None
     fps_in: float = 0.0
     fps_out: float = 0.0
@@ -135,7 +135,6 @@ class Gateway:
         self._known_topics: set[str] = set()
         self._topics_checked = 0.0
         self._topics_lock = asyncio.Lock()
-        self._acks: set[asyncio.Future[object]] = set()
 
     # -- configuration -----------------------------------------------------
 
@@ -167,7 +166,15 @@ class Gateway:
         return added, removed, changed
 
     def _start_camera(self, config: CameraConfig) -> None:
-        camera = Camera(config, CameraReader(config, self.timeouts).start())
+        sender = FrameSender(
+            self.producer,
+            self.topics.requests(config.model),
+            config.model,
+            config.id,
+            config.deadline_ms or 2000.0 / config.fps,
+            conflate=True,
+        )
+        camera = Camera(config, CameraReader(config, self.timeouts).start(), sender)
         camera.task = asyncio.create_task(self._send_loop(camera), name=f"send-{config.id}")
         self.cameras[config.id] = camera
 
@@ -210,9 +217,6 @@ class Gateway:
         config = camera.config
         loop = asyncio.get_running_loop()
         interval = 1.0 / config.fps
-        budget_ms = config.deadline_ms or 2000.0 / config.fps
-        topic = self.topics.requests(config.model)
-        key = config.id.encode()
         limit = self.settings.max_record_image_bytes()
         due = loop.time()
         index = 0
@@ -245,40 +249,15 @@ class Gateway:
             age = time.monotonic() - decoded.captured
             camera.last_age_s = age
             self.metrics.frame_age.labels(config.id).observe(age)
-            request = Request(
-                model=config.model,
-                correlation_id=correlation_id(config.id, index, sent_ms),
-                image=encoded.jpeg,
-                key=key,
-                deadline_ms=int(sent_ms + budget_ms),
-                image_name=f"{config.id}#{decoded.seq}",
-                content_type="image/jpeg",
-                conflate=True,
+            span = (
+                tracer().start_as_current_span("camera frame", attributes={"camera": config.id})
+                if tracing_active()
+                else contextlib.nullcontext()
             )
-            headers = request.headers()
-            if tracing_active():
-                with tracer().start_as_current_span("camera frame") as span:
-                    span.set_attribute("camera", config.id)
-                    carrier: dict[str, str] = {}
-                    propagate.inject(carrier)
-                    headers += [(k, v.encode()) for k, v in carrier.items()]
-            try:
-                ack = await self.producer.send(
-                    topic, encoded.jpeg, key=key, headers=headers, timestamp_ms=sent_ms
-                )
-            except KafkaError as exc:
-                camera.send_failures += 1
-                log.warning("frame not sent", extra={"camera": config.id, "error": repr(exc)})
-            else:
-                self._acks.add(ack)
-                ack.add_done_callback(lambda f, c=camera: self._settled(f, c))
-                camera.sent += 1
+            with span:
+                name = f"{config.id}#{decoded.seq}"
+                camera.sent += await camera.sender.send(index, encoded.jpeg, name, sent_ms)
             index += 1
-
-    def _settled(self, ack: asyncio.Future[object], camera: Camera) -> None:
-        self._acks.discard(ack)
-        if ack.cancelled() or ack.exception() is not None:
-            camera.send_failures += 1
 
     # -- what is shown ------------------------------------------------------
 
@@ -301,7 +280,7 @@ class Gateway:
                 superseded=c.reader.stats.superseded + c.unsent,
                 shrunk=c.shrunk,
                 too_large=c.too_large,
-                send_failures=c.send_failures,
+                send_failures=c.sender.failed,
                 reconnects=c.reader.stats.reconnects,
                 decode_s=c.reader.stats.decode_s_total,
                 lag_s=c.reader.stats.lag_s,
