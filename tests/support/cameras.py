@@ -32,11 +32,15 @@ def ensure_rtsp_server() -> None:
 
 
 class MjpegServer:
-    """HTTP MJPEG (multipart/x-mixed-replace) of a folder's JPEG frames, looped at `fps`."""
+    """HTTP MJPEG (multipart/x-mixed-replace) of a folder's JPEG frames, looped at `fps`.
 
-    def __init__(self, folder: Path, fps: float) -> None:
+    `frames_per_connection`: close each connection after that many frames (a camera
+    that flaps); 0: never."""
+
+    def __init__(self, folder: Path, fps: float, frames_per_connection: int = 0) -> None:
         self.frames = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
         self.fps = fps
+        self.connections = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,9 +51,12 @@ class MjpegServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
+                outer.connections += 1
                 index = 0
                 try:
                     while not outer._closed.is_set():
+                        if frames_per_connection and index >= frames_per_connection:
+                            return
                         data = outer.frames[index % len(outer.frames)]
                         self.wfile.write(
                             b"--frame\r\nContent-Type: image/jpeg\r\n"
