@@ -3,7 +3,8 @@
     /metrics          per camera: connected, frames decoded/sent/superseded/shrunk,
                       reconnects, decode seconds, lag, frame age at send (histogram)
     /health/live      200 while the process runs
-    /health/ready     200 once every camera was tried (connected or failed once)
+    /health/ready     200 once the broker answered and every camera was tried
+                      (connected or failed once)
     /cameras          each camera's state as JSON (what the live page shows)
 
 Counters are read from the readers and senders when scraped (one source of

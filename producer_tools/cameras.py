@@ -104,7 +104,8 @@ class _Rate:
 class Camera:
     config: CameraConfig
     reader: CameraReader
-    sender: FrameSender
+    sender: FrameSender | None = None
+    """Made with the first frame sent, once the producer is there."""
     task: asyncio.Task[None] | None = None
     sent: int = 0
     shrunk: int = 0
@@ -119,9 +120,13 @@ class Camera:
 
 
 class Gateway:
-    """The running cameras; `apply()` makes them match a configuration."""
+    """The running cameras; `apply()` makes them match a configuration.
 
-    def __init__(self, settings: CamerasSettings, producer: AIOKafkaProducer) -> None:
+    `producer` is None until the broker answers: the cameras connect (and are
+    reported) meanwhile, their frames counted as superseded until there is a broker
+    and a request topic to send them to."""
+
+    def __init__(self, settings: CamerasSettings, producer: AIOKafkaProducer | None = None) -> None:
         self.settings = settings
         self.producer = producer
         self.topics = Topics(settings.topic_prefix)
@@ -166,15 +171,7 @@ class Gateway:
         return added, removed, changed
 
     def _start_camera(self, config: CameraConfig) -> None:
-        sender = FrameSender(
-            self.producer,
-            self.topics.requests(config.model),
-            config.model,
-            config.id,
-            config.deadline_ms or 2000.0 / config.fps,
-            conflate=True,
-        )
-        camera = Camera(config, CameraReader(config, self.timeouts).start(), sender)
+        camera = Camera(config, CameraReader(config, self.timeouts).start())
         camera.task = asyncio.create_task(self._send_loop(camera), name=f"send-{config.id}")
         self.cameras[config.id] = camera
 
@@ -202,6 +199,8 @@ class Gateway:
     async def _topic_ready(self, model: str) -> bool:
         topic = self.topics.requests(model)
         now = time.monotonic()
+        if self.producer is None:
+            return False
         if topic not in self._known_topics and now - self._topics_checked > 2.0:
             async with self._topics_lock:
                 if time.monotonic() - self._topics_checked > 2.0:
@@ -254,10 +253,22 @@ class Gateway:
                 if tracing_active()
                 else contextlib.nullcontext()
             )
+            camera.sender = camera.sender or self._sender(config)
             with span:
                 name = f"{config.id}#{decoded.seq}"
                 camera.sent += await camera.sender.send(index, encoded.jpeg, name, sent_ms)
             index += 1
+
+    def _sender(self, config: CameraConfig) -> FrameSender:
+        assert self.producer is not None  # _topic_ready said so
+        return FrameSender(
+            self.producer,
+            self.topics.requests(config.model),
+            config.model,
+            config.id,
+            config.deadline_ms or 2000.0 / config.fps,
+            conflate=True,
+        )
 
     # -- what is shown ------------------------------------------------------
 
@@ -268,7 +279,9 @@ class Gateway:
             camera.fps_out = camera.rate_out.add(now, camera.sent)
 
     def ready(self) -> bool:
-        return all(c.reader.stats.tried for c in self.cameras.values())
+        return self.producer is not None and all(
+            c.reader.stats.tried for c in self.cameras.values()
+        )
 
     def counters(self) -> list[CameraCounters]:
         return [
@@ -280,7 +293,7 @@ class Gateway:
                 superseded=c.reader.stats.superseded + c.unsent,
                 shrunk=c.shrunk,
                 too_large=c.too_large,
-                send_failures=c.sender.failed,
+                send_failures=c.sender.failed if c.sender else 0,
                 reconnects=c.reader.stats.reconnects,
                 decode_s=c.reader.stats.decode_s_total,
                 lag_s=c.reader.stats.lag_s,
@@ -326,28 +339,37 @@ async def run_gateway(settings: CamerasSettings, stop: asyncio.Event | None = No
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-    producer = await until_ready(
-        "connecting",
-        # 5 ms of linger: the frames of many cameras due at once share one produce request.
-        lambda: kafka_io.started(kafka_io.producer(settings, "cameras", linger_ms=5)),
-        settings,
-    )
-    gateway = Gateway(settings, producer)
+    gateway = Gateway(settings)
     if settings.metrics_port:
         port = gateway.metrics.serve(settings.metrics_host, settings.metrics_port)
         log.info("metrics and health", extra={"port": port})
+    # The cameras connect (and /health, /cameras answer) while the broker is awaited:
+    # on a brand-new cluster the gateway may start first, and SIGTERM must not wait
+    # for --start-timeout-s.
     gateway.apply(wanted)
-    mtime = _mtime(settings.config)
-    publisher = (
-        asyncio.create_task(publish_states(settings, producer, gateway.states, stop))
-        if settings.states_interval_s
-        else None
+    connecting = asyncio.create_task(
+        until_ready(
+            "connecting",
+            # 5 ms of linger: the frames of many cameras due at once share one request.
+            lambda: kafka_io.started(kafka_io.producer(settings, "cameras", linger_ms=5)),
+            settings,
+        )
     )
+    mtime = _mtime(settings.config)
+    publisher: asyncio.Task[None] | None = None
     try:
         while not stop.is_set():
             interval = settings.reload_interval_s or 1.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(stop, reload), min(interval, 1.0))
+                await asyncio.wait_for(
+                    _either(stop, reload, connecting=connecting), min(interval, 1.0)
+                )
+            if gateway.producer is None and connecting.done():
+                gateway.producer = connecting.result()  # or its ServiceUnavailable...
+                if settings.states_interval_s:
+                    publisher = asyncio.create_task(
+                        publish_states(settings, gateway.producer, gateway.states, stop)
+                    )
             gateway.tick_rates()
             changed = settings.reload_interval_s and _mtime(settings.config) != mtime
             if stop.is_set() or not (reload.is_set() or changed):
@@ -362,23 +384,29 @@ async def run_gateway(settings: CamerasSettings, stop: asyncio.Event | None = No
                     extra={"error": exc.code, "detail": exc.message},
                 )
     finally:
-        if publisher is not None:
-            publisher.cancel()
-            await asyncio.gather(publisher, return_exceptions=True)
+        for task in (publisher, connecting):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await gateway.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), 0.3)
+        if gateway.producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(gateway.producer.stop(), 0.3)
         gateway.metrics.close()
     return gateway
 
 
-async def _either(*events: asyncio.Event) -> None:
-    waits = [asyncio.create_task(e.wait()) for e in events]
+async def _either(*events: asyncio.Event, connecting: asyncio.Task[object]) -> None:
+    """Until one of `events` is set, or `connecting` ends."""
+    waits: list[asyncio.Future[object]] = [asyncio.create_task(e.wait()) for e in events]
+    if not connecting.done():
+        waits.append(connecting)
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in waits:
-            task.cancel()
+            if task is not connecting:
+                task.cancel()
 
 
 def _mtime(path: Path) -> float:
