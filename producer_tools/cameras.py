@@ -138,6 +138,8 @@ class Gateway:
         )
         self.metrics = CameraMetrics(self.counters, self.states, self.ready)
         self._known_topics: set[str] = set()
+        self._waiting: set[str] = set()
+        """Request topics found missing (logged once each until they appear)."""
         self._topics_checked = 0.0
         self._topics_lock = asyncio.Lock()
 
@@ -210,7 +212,18 @@ class Gateway:
                     except KafkaError as exc:
                         log.warning("cannot list topics", extra={"error": repr(exc)})
                     self._topics_checked = time.monotonic()
-        return topic in self._known_topics
+        ready = topic in self._known_topics
+        if not ready and topic not in self._waiting:
+            self._waiting.add(topic)
+            log.warning(
+                "no request topic yet: its cameras' frames are not sent until a worker "
+                "serving the model creates it",
+                extra={"topic": topic},
+            )
+        elif ready and topic in self._waiting:
+            self._waiting.discard(topic)
+            log.info("request topic there: sending", extra={"topic": topic})
+        return ready
 
     async def _send_loop(self, camera: Camera) -> None:
         config = camera.config
