@@ -10,30 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
-import os
 import resource
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import pytest
-import yaml
 from aiokafka import AIOKafkaProducer
 
 from deploy.local.processes import free_port
 from producer_tools.camera_config import CameraConfig
 from producer_tools.camera_reader import CameraReader, Timeouts
 from producer_tools.cameras import CamerasSettings, Gateway
-from tests.support.cameras import MjpegServer, write_frames
-from tests.support.models import REPO_ROOT
+from tests.support.cameras import MjpegServer, run_gateway, write_frames
 
 FAST = Timeouts(connect_s=3, read_s=3, backoff_s=0.001, backoff_max_s=0.001)
 
@@ -128,49 +120,17 @@ def test_before_the_broker_listens_the_cameras_connect_health_answers_and_sigter
     (a liveness probe must not kill it), its cameras connect and are shown, it is not
     ready, and SIGTERM ends it at once, not after --start-timeout-s."""
     folder = write_frames(tmp_path / "frames")
-    config = tmp_path / "cameras.yaml"
-    config.write_text(
-        yaml.safe_dump({"cameras": [{"id": "early", "url": str(folder), "model": "m", "fps": 5}]})
-    )
-    port, nobody = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "producer_tools.cameras", str(config)],
-        cwd=REPO_ROOT,
-        env={
-            **os.environ,
-            "TFSTREAM_BOOTSTRAP": f"127.0.0.1:{nobody}",
-            "TFSTREAM_START_TIMEOUT_S": "600",
-            "TFSTREAM_METRICS_HOST": "127.0.0.1",
-            "TFSTREAM_METRICS_PORT": str(port),
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    camera = {"id": "early", "url": str(folder), "model": "m", "fps": 5}
+    nobody = f"127.0.0.1:{free_port()}"
+    gateway = run_gateway(nobody, "t", tmp_path, [camera], TFSTREAM_START_TIMEOUT_S="600")
     try:
-
-        def get(path: str) -> tuple[int, bytes]:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
-                    return r.status, r.read()
-            except urllib.error.HTTPError as exc:
-                return exc.code, exc.read()
-            except OSError:
-                return 0, b""
-
-        def shown() -> dict[str, object]:
-            status, body = get("/cameras")
-            return json.loads(body)["cameras"][0] if status == 200 else {}
-
-        _wait(lambda: proc.poll() is None and shown().get("connected"), 60, "camera shown")
-        assert get("/health/live")[0] == 200
-        assert get("/health/ready")[0] == 503  # no broker yet
-        assert shown()["frames_sent"] == 0
+        gateway.wait(lambda: gateway.states()["early"]["connected"], 30, "camera shown")
+        assert gateway.get("/health/ready")[0] == 503  # no broker yet
+        assert gateway.states()["early"]["frames_sent"] == 0
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(10)
+        gateway.proc.send_signal(signal.SIGTERM)
+        code = gateway.proc.wait(10)
         assert time.monotonic() - started < 2.0 and code == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        output = proc.communicate()[0].decode()
-    assert "Traceback" not in output, output[-3000:]
+        gateway.stop()
+    assert "Traceback" not in gateway.log.read_text(), gateway.log.read_text()[-3000:]
