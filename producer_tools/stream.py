@@ -201,7 +201,7 @@ async def run_stream(
         NotAuthorized: Kafka refused the credentials, or Write on the request topic.
         ServiceUnavailable: the broker cannot be reached within `--start-timeout-s`.
     """
-    source = open_source(settings.source, settings.jpeg_quality)
+    source = open_source(settings.source, settings.jpeg_quality, settings.max_record_image_bytes())
     deadline = time.monotonic() + settings.start_timeout_s
     topics = Topics(settings.topic_prefix)
     topic = topics.requests(settings.model)

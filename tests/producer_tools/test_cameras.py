@@ -485,3 +485,38 @@ async def test_frames_wait_for_the_request_topic_and_flow_once_a_worker_creates_
         assert gateway.metric("tfstream_camera_send_failures_total", "early") == 0
     finally:
         gateway.stop()
+
+
+@pytest.mark.asyncio
+async def test_tfstream_stream_fits_a_network_cameras_frames_to_the_message_limit(
+    worker: ConsumerProcess, rtsp: RtspServer
+) -> None:
+    """The same 12 kB limit as the `small` gateway (the frames are ~15 kB): every frame
+    is re-encoded to fit, none is refused by the producer."""
+    summary = await asyncio.wait_for(
+        run_stream(
+            StreamSettings(
+                bootstrap=worker.bootstrap,
+                topic_prefix=worker.prefix,
+                max_message_bytes=HEADER_ROOM_BYTES + 12_000,
+                model=MODEL,
+                camera="stream-small",
+                source=rtsp.url("cam"),
+                fps=5,
+                count=3,
+                deadline_ms=30_000,
+            ),
+            progress=None,
+        ),
+        60,
+    )
+    assert (summary.sent, summary.failed) == (3, 0)
+    records = await read_topic(
+        worker.bootstrap,
+        f"{worker.prefix}.requests.{MODEL}",
+        0,
+        timeout_s=30,
+        until=lambda recs: sum(r.key == b"stream-small" for r in recs) >= 3,
+    )
+    mine = [r for r in records if r.key == b"stream-small"]
+    assert len(mine) == 3 and all(len(r.value) <= 12_000 for r in mine)
