@@ -134,3 +134,21 @@ def test_before_the_broker_listens_the_cameras_connect_health_answers_and_sigter
     finally:
         gateway.stop()
     assert "Traceback" not in gateway.log.read_text(), gateway.log.read_text()[-3000:]
+
+
+def test_a_broker_that_never_comes_ends_the_gateway_with_service_unavailable(
+    tmp_path: Path,
+) -> None:
+    """Its cameras ran meanwhile; at --start-timeout-s it exits 1 with the stable code,
+    its readers stopped (no traceback, no hang)."""
+    folder = write_frames(tmp_path / "frames")
+    camera = {"id": "early", "url": str(folder), "model": "m", "fps": 5}
+    nobody = f"127.0.0.1:{free_port()}"
+    gateway = run_gateway(nobody, "t", tmp_path, [camera], TFSTREAM_START_TIMEOUT_S="4")
+    try:
+        code = gateway.proc.wait(30)
+    finally:
+        gateway.stop()
+    output = gateway.log.read_text()
+    assert code == 1 and "[service_unavailable]" in output, output[-3000:]
+    assert "camera connected" in output and "Traceback" not in output, output[-3000:]
