@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -40,8 +40,17 @@ class Problems:
 
 
 class HealthServer:
+    """`pages`: more GET paths, each answered with the JSON of its callable (the camera
+    gateway's /cameras)."""
+
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, live: Check, ready: Check
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        live: Check,
+        ready: Check,
+        pages: Mapping[str, Callable[[], object]] | None = None,
     ) -> None:
         outer = self
 
@@ -53,6 +62,9 @@ class HealthServer:
                     ok, detail = (outer.ready if self.path == "/health/ready" else outer.live)()
                     body = json.dumps({"status": "ok" if ok else "unavailable", **detail}).encode()
                     self._send(200 if ok else 503, body, "application/json")
+                elif self.path in outer.pages:
+                    body = json.dumps(outer.pages[self.path]()).encode()
+                    self._send(200, body, "application/json")
                 else:
                     self._send(404, b'{"error": "not found"}', "application/json")
 
@@ -77,6 +89,7 @@ class HealthServer:
         self.registry = registry
         self.live = live
         self.ready = ready
+        self.pages = dict(pages or {})
         self._server = Server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(

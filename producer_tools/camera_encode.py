@@ -99,12 +99,18 @@ def _bgr(frame: Any, width: int | None) -> np.ndarray:
     return frame.to_ndarray(format="bgr24")
 
 
-def _pixels(decoded: Decoded, width: int | None) -> np.ndarray:
-    """BGR pixels of an already encoded image, scaled to `width` (aspect kept) when given."""
+def _decoded_image(decoded: Decoded) -> np.ndarray:
+    """BGR pixels of an already encoded image (an image folder's file)."""
     cv2 = _cv2()
     pixels = cv2.imdecode(np.frombuffer(decoded.jpeg or b"", np.uint8), cv2.IMREAD_COLOR)
     if pixels is None:
         raise FrameTooLarge("the frame is not a readable image")
+    return pixels
+
+
+def _scaled(pixels: np.ndarray, width: int | None) -> np.ndarray:
+    """`pixels` scaled to `width` (aspect kept) when narrower."""
+    cv2 = _cv2()
     if width and width < pixels.shape[1]:
         height = max(2, round(pixels.shape[0] * width / pixels.shape[1]))
         pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
@@ -141,10 +147,14 @@ def encode(decoded: Decoded, quality: int, max_width: int | None, limit_bytes: i
         if not max_width or width <= max_width:
             return Encoded(decoded.jpeg, width, height, shrunk=False)
     frame = decoded.frame
+    image: np.ndarray | None = None
+    """An image file's pixels, decoded once however many sizes are tried."""
 
     def pixels_at(width: int | None) -> np.ndarray | tuple[np.ndarray, ...]:
+        nonlocal image
         if frame is None:
-            return _pixels(decoded, width)
+            image = _decoded_image(decoded) if image is None else image
+            return _scaled(image, width)
         return _planes(frame, width) if _yuv_ready(frame) else _bgr(frame, width)
 
     pixels = pixels_at(max_width)

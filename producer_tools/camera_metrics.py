@@ -2,8 +2,9 @@
 
     /metrics          per camera: connected, frames decoded/sent/superseded/shrunk,
                       reconnects, decode seconds, lag, frame age at send (histogram)
-    /health/live      200 while the process runs
-    /health/ready     200 once every camera was tried (connected or failed once)
+    /health/live      200 while the process runs (consumer.health's server, as the worker's)
+    /health/ready     200 once the broker answered and every camera was tried
+                      (connected or failed once)
     /cameras          each camera's state as JSON (what the live page shows)
 
 Counters are read from the readers and senders when scraped (one source of
@@ -14,16 +15,15 @@ a histogram observed at each send. Every label and text here is masked.
 from __future__ import annotations
 
 import contextlib
-import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from consumer.health import HealthServer
 
 AGE_BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
@@ -163,7 +163,7 @@ class CameraMetrics:
         )
         self.states = states
         self.ready = ready
-        self._server: ThreadingHTTPServer | None = None
+        self._server: HealthServer | None = None
 
     def forget(self, camera: str) -> None:
         with contextlib.suppress(KeyError):
@@ -171,42 +171,17 @@ class CameraMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the endpoint in a thread; the port it listens on."""
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(outer.registry), "text/plain; version=0.0.4")
-                elif path in ("/health", "/health/live"):
-                    self._json(200, {"status": "live"})
-                elif path == "/health/ready":
-                    ready = outer.ready()
-                    self._json(200 if ready else 503, {"status": "ready" if ready else "starting"})
-                elif path == "/cameras":
-                    self._json(200, {"cameras": [s.as_json() for s in outer.states()]})
-                else:
-                    self._json(404, {"error": "not_found"})
-
-            def _json(self, status: int, body: Any) -> None:
-                self._send(status, json.dumps(body).encode(), "application/json")
-
-            def _send(self, status: int, body: bytes, kind: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return int(self._server.server_address[1])
+        self._server = HealthServer(
+            host,
+            port,
+            self.registry,
+            live=lambda: (True, {}),
+            ready=lambda: (self.ready(), {}),
+            pages={"/cameras": lambda: {"cameras": [s.as_json() for s in self.states()]}},
+        )
+        self._server.start()
+        return self._server.port
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()

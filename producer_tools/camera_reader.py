@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,6 @@ class ReaderStats:
     lag_s: float = 0.0
     """How far the stream's own clock (pts) is behind the wall clock since connecting:
     a reader that keeps up holds this flat; a growing value means buffering."""
-    events: list[str] = field(default_factory=list)
 
 
 def error_code(exc: BaseException) -> str:

@@ -4,10 +4,11 @@ Each camera of the YAML file (see `producer_tools.camera_config`) gets a reader
 thread that drains its stream and keeps the newest decoded frame
 (`producer_tools.camera_reader`), and a sender task that, at the camera's fps,
 takes that frame, encodes it to fit the message limit and produces it to the
-model's request topic exactly as `tfstream-stream` does: keyed by camera id,
-correlation id `<camera>:<n>:<send ms>`, a deadline, `conflate: latest` (of a
-camera's frames waiting at a worker only the newest runs), the trace context
-when tracing is on.
+model's request topic through `tfstream-stream`'s own send path
+(`producer_tools.stream.FrameSender`): keyed by camera id, correlation id
+`<camera>:<n>:<send ms>`, a deadline, the trace context when tracing is on;
+the gateway adds `conflate: latest` (of a camera's frames waiting at a worker
+only the newest runs).
 
 A camera that fails is that camera's problem: it reconnects with a capped
 backoff while the others flow. Editing the file (checked every
@@ -34,12 +35,11 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from opentelemetry import propagate
 from pydantic import Field
 from pydantic_settings import CliPositionalArg
 
 from consumer import kafka_io
-from consumer.protocol import Request, Topics
+from consumer.protocol import Topics
 from consumer.settings import KafkaClientSettings
 from consumer.startup import until_ready
 from engines.errors import InvalidCameraConfig, TfstreamError
@@ -51,7 +51,7 @@ from producer_tools.camera_encode import FrameTooLarge, encode
 from producer_tools.camera_metrics import CameraCounters, CameraMetrics, CameraState
 from producer_tools.camera_reader import CameraReader, Timeouts
 from producer_tools.camera_states import publish_states
-from producer_tools.stream import correlation_id
+from producer_tools.stream import FrameSender
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,14 @@ class _Rate:
 class Camera:
     config: CameraConfig
     reader: CameraReader
+    sender: FrameSender | None = None
+    """Made with the first frame sent, once the producer is there."""
     task: asyncio.Task[None] | None = None
     sent: int = 0
     shrunk: int = 0
     too_large: int = 0
     unsent: int = 0
     """Taken from the reader but not sent (no topic yet for its model)."""
-    send_failures: int = 0
     last_age_s: float | None = None
     fps_in: float = 0.0
     fps_out: float = 0.0
@@ -119,9 +120,13 @@ class Camera:
 
 
 class Gateway:
-    """The running cameras; `apply()` makes them match a configuration."""
+    """The running cameras; `apply()` makes them match a configuration.
 
-    def __init__(self, settings: CamerasSettings, producer: AIOKafkaProducer) -> None:
+    `producer` is None until the broker answers: the cameras connect (and are
+    reported) meanwhile, their frames counted as superseded until there is a broker
+    and a request topic to send them to."""
+
+    def __init__(self, settings: CamerasSettings, producer: AIOKafkaProducer | None = None) -> None:
         self.settings = settings
         self.producer = producer
         self.topics = Topics(settings.topic_prefix)
@@ -133,9 +138,10 @@ class Gateway:
         )
         self.metrics = CameraMetrics(self.counters, self.states, self.ready)
         self._known_topics: set[str] = set()
+        self._waiting: set[str] = set()
+        """Request topics found missing (logged once each until they appear)."""
         self._topics_checked = 0.0
         self._topics_lock = asyncio.Lock()
-        self._acks: set[asyncio.Future[object]] = set()
 
     # -- configuration -----------------------------------------------------
 
@@ -195,6 +201,8 @@ class Gateway:
     async def _topic_ready(self, model: str) -> bool:
         topic = self.topics.requests(model)
         now = time.monotonic()
+        if self.producer is None:
+            return False
         if topic not in self._known_topics and now - self._topics_checked > 2.0:
             async with self._topics_lock:
                 if time.monotonic() - self._topics_checked > 2.0:
@@ -204,15 +212,23 @@ class Gateway:
                     except KafkaError as exc:
                         log.warning("cannot list topics", extra={"error": repr(exc)})
                     self._topics_checked = time.monotonic()
-        return topic in self._known_topics
+        ready = topic in self._known_topics
+        if not ready and topic not in self._waiting:
+            self._waiting.add(topic)
+            log.warning(
+                "no request topic yet: its cameras' frames are not sent until a worker "
+                "serving the model creates it",
+                extra={"topic": topic},
+            )
+        elif ready and topic in self._waiting:
+            self._waiting.discard(topic)
+            log.info("request topic there: sending", extra={"topic": topic})
+        return ready
 
     async def _send_loop(self, camera: Camera) -> None:
         config = camera.config
         loop = asyncio.get_running_loop()
         interval = 1.0 / config.fps
-        budget_ms = config.deadline_ms or 2000.0 / config.fps
-        topic = self.topics.requests(config.model)
-        key = config.id.encode()
         limit = self.settings.max_record_image_bytes()
         due = loop.time()
         index = 0
@@ -245,40 +261,27 @@ class Gateway:
             age = time.monotonic() - decoded.captured
             camera.last_age_s = age
             self.metrics.frame_age.labels(config.id).observe(age)
-            request = Request(
-                model=config.model,
-                correlation_id=correlation_id(config.id, index, sent_ms),
-                image=encoded.jpeg,
-                key=key,
-                deadline_ms=int(sent_ms + budget_ms),
-                image_name=f"{config.id}#{decoded.seq}",
-                content_type="image/jpeg",
-                conflate=True,
+            span = (
+                tracer().start_as_current_span("camera frame", attributes={"camera": config.id})
+                if tracing_active()
+                else contextlib.nullcontext()
             )
-            headers = request.headers()
-            if tracing_active():
-                with tracer().start_as_current_span("camera frame") as span:
-                    span.set_attribute("camera", config.id)
-                    carrier: dict[str, str] = {}
-                    propagate.inject(carrier)
-                    headers += [(k, v.encode()) for k, v in carrier.items()]
-            try:
-                ack = await self.producer.send(
-                    topic, encoded.jpeg, key=key, headers=headers, timestamp_ms=sent_ms
-                )
-            except KafkaError as exc:
-                camera.send_failures += 1
-                log.warning("frame not sent", extra={"camera": config.id, "error": repr(exc)})
-            else:
-                self._acks.add(ack)
-                ack.add_done_callback(lambda f, c=camera: self._settled(f, c))
-                camera.sent += 1
+            camera.sender = camera.sender or self._sender(config)
+            with span:
+                name = f"{config.id}#{decoded.seq}"
+                camera.sent += await camera.sender.send(index, encoded.jpeg, name, sent_ms)
             index += 1
 
-    def _settled(self, ack: asyncio.Future[object], camera: Camera) -> None:
-        self._acks.discard(ack)
-        if ack.cancelled() or ack.exception() is not None:
-            camera.send_failures += 1
+    def _sender(self, config: CameraConfig) -> FrameSender:
+        assert self.producer is not None  # _topic_ready said so
+        return FrameSender(
+            self.producer,
+            self.topics.requests(config.model),
+            config.model,
+            config.id,
+            config.deadline_ms or 2000.0 / config.fps,
+            conflate=True,
+        )
 
     # -- what is shown ------------------------------------------------------
 
@@ -289,7 +292,9 @@ class Gateway:
             camera.fps_out = camera.rate_out.add(now, camera.sent)
 
     def ready(self) -> bool:
-        return all(c.reader.stats.tried for c in self.cameras.values())
+        return self.producer is not None and all(
+            c.reader.stats.tried for c in self.cameras.values()
+        )
 
     def counters(self) -> list[CameraCounters]:
         return [
@@ -301,7 +306,7 @@ class Gateway:
                 superseded=c.reader.stats.superseded + c.unsent,
                 shrunk=c.shrunk,
                 too_large=c.too_large,
-                send_failures=c.send_failures,
+                send_failures=c.sender.failed if c.sender else 0,
                 reconnects=c.reader.stats.reconnects,
                 decode_s=c.reader.stats.decode_s_total,
                 lag_s=c.reader.stats.lag_s,
@@ -347,28 +352,37 @@ async def run_gateway(settings: CamerasSettings, stop: asyncio.Event | None = No
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-    producer = await until_ready(
-        "connecting",
-        # 5 ms of linger: the frames of many cameras due at once share one produce request.
-        lambda: kafka_io.started(kafka_io.producer(settings, "cameras", linger_ms=5)),
-        settings,
-    )
-    gateway = Gateway(settings, producer)
+    gateway = Gateway(settings)
     if settings.metrics_port:
         port = gateway.metrics.serve(settings.metrics_host, settings.metrics_port)
         log.info("metrics and health", extra={"port": port})
+    # The cameras connect (and /health, /cameras answer) while the broker is awaited:
+    # on a brand-new cluster the gateway may start first, and SIGTERM must not wait
+    # for --start-timeout-s.
     gateway.apply(wanted)
-    mtime = _mtime(settings.config)
-    publisher = (
-        asyncio.create_task(publish_states(settings, producer, gateway.states, stop))
-        if settings.states_interval_s
-        else None
+    connecting = asyncio.create_task(
+        until_ready(
+            "connecting",
+            # 5 ms of linger: the frames of many cameras due at once share one request.
+            lambda: kafka_io.started(kafka_io.producer(settings, "cameras", linger_ms=5)),
+            settings,
+        )
     )
+    mtime = _mtime(settings.config)
+    publisher: asyncio.Task[None] | None = None
     try:
         while not stop.is_set():
             interval = settings.reload_interval_s or 1.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(stop, reload), min(interval, 1.0))
+                await asyncio.wait_for(
+                    _either(stop, reload, connecting=connecting), min(interval, 1.0)
+                )
+            if gateway.producer is None and connecting.done():
+                gateway.producer = connecting.result()  # or its ServiceUnavailable...
+                if settings.states_interval_s:
+                    publisher = asyncio.create_task(
+                        publish_states(settings, gateway.producer, gateway.states, stop)
+                    )
             gateway.tick_rates()
             changed = settings.reload_interval_s and _mtime(settings.config) != mtime
             if stop.is_set() or not (reload.is_set() or changed):
@@ -383,23 +397,29 @@ async def run_gateway(settings: CamerasSettings, stop: asyncio.Event | None = No
                     extra={"error": exc.code, "detail": exc.message},
                 )
     finally:
-        if publisher is not None:
-            publisher.cancel()
-            await asyncio.gather(publisher, return_exceptions=True)
+        for task in (publisher, connecting):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await gateway.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), 0.3)
+        if gateway.producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(gateway.producer.stop(), 0.3)
         gateway.metrics.close()
     return gateway
 
 
-async def _either(*events: asyncio.Event) -> None:
-    waits = [asyncio.create_task(e.wait()) for e in events]
+async def _either(*events: asyncio.Event, connecting: asyncio.Task[object]) -> None:
+    """Until one of `events` is set, or `connecting` ends."""
+    waits: list[asyncio.Future[object]] = [asyncio.create_task(e.wait()) for e in events]
+    if not connecting.done():
+        waits.append(connecting)
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in waits:
-            task.cancel()
+            if task is not connecting:
+                task.cancel()
 
 
 def _mtime(path: Path) -> float:

@@ -195,17 +195,20 @@ def is_camera(spec: str) -> bool:
     return bool(_CAMERA_INDEX.fullmatch(spec)) or spec.startswith("/dev/video")
 
 
-def open_source(spec: str, jpeg_quality: int = 90) -> FrameSource:
+def open_source(
+    spec: str, jpeg_quality: int = 90, max_bytes: int = 16 * 1024 * 1024
+) -> FrameSource:
     """A folder, a video file, a camera (`0`, `/dev/video0`) or a network camera URL.
 
     A network camera is opened in the background (and reopened whenever it drops):
-    it never fails here; its frames come once it answers.
+    it never fails here; its frames come once it answers, each re-encoded smaller or
+    scaled down to fit `max_bytes` (the record limit) as `tfstream-cameras` does.
 
     Raises:
         SourceError: missing path, empty folder, unreadable video or camera, no OpenCV.
     """
     if is_network(spec):
-        return NetworkSource(spec, jpeg_quality)
+        return NetworkSource(spec, jpeg_quality, max_bytes)
     if is_camera(spec):
         target: str | int = int(spec) if _CAMERA_INDEX.fullmatch(spec) else spec
         return CaptureSource(

@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import Field
 
 from consumer import kafka_io
-from consumer.protocol import Request, Topics
+from consumer.protocol import Request, Topics, with_trace
 from consumer.settings import KafkaClientSettings
 from consumer.startup import until_ready
 from engines.errors import TfstreamError
@@ -108,6 +109,81 @@ def parse_correlation_id(value: str | None) -> tuple[str, int, int] | None:
     return parts[0], int(parts[1]), int(parts[2])
 
 
+class FrameSender:
+    """The one send path of a camera's frames, `tfstream-stream`'s and `tfstream-cameras`':
+    keyed by camera id, correlation id `<camera>:<n>:<send ms>`, a deadline of send time
+    + budget, the trace context of the current span. A frame the broker refuses, at once
+    or in its acknowledgement, is counted in `failed` and logged, never retried (a newer
+    frame is coming)."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        model: str,
+        camera: str,
+        budget_ms: float,
+        *,
+        conflate: bool = False,
+        confidence: float | None = None,
+        predictions: int | None = None,
+    ) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.model = model
+        self.camera = camera
+        self.key = camera.encode()
+        self.budget_ms = budget_ms
+        self.conflate = conflate
+        self.confidence = confidence
+        self.predictions = predictions
+        self.failed = 0
+        self._acks: set[asyncio.Future[object]] = set()
+
+    async def send(self, index: int, image: bytes, image_name: str, sent_ms: int) -> bool:
+        """Hand frame `index` to the producer; False when it refused it at once."""
+        request = Request(
+            model=self.model,
+            correlation_id=correlation_id(self.camera, index, sent_ms),
+            image=image,
+            key=self.key,
+            deadline_ms=int(sent_ms + self.budget_ms),
+            confidence=self.confidence,
+            predictions=self.predictions,
+            image_name=image_name,
+            content_type="image/jpeg",
+            conflate=self.conflate,
+        )
+        try:
+            ack = await self.producer.send(
+                self.topic,
+                image,
+                key=self.key,
+                headers=with_trace(request.headers()),
+                timestamp_ms=sent_ms,
+            )
+        except KafkaError as exc:
+            self.failed += 1
+            log.warning(
+                "frame not sent",
+                extra={"camera": self.camera, "frame": image_name, "error": repr(exc)},
+            )
+            return False
+        self._acks.add(ack)
+        ack.add_done_callback(self._settled)
+        return True
+
+    def _settled(self, ack: asyncio.Future[object]) -> None:
+        self._acks.discard(ack)
+        if ack.cancelled() or ack.exception() is not None:
+            self.failed += 1
+
+    async def settled(self) -> None:
+        """Wait until the broker acknowledged (or refused) every frame handed over."""
+        if self._acks:
+            await asyncio.gather(*self._acks, return_exceptions=True)
+
+
 async def run_stream(
     settings: StreamSettings,
     clock: Callable[[], float] = time.time,
@@ -125,7 +201,7 @@ async def run_stream(
         NotAuthorized: Kafka refused the credentials, or Write on the request topic.
         ServiceUnavailable: the broker cannot be reached within `--start-timeout-s`.
     """
-    source = open_source(settings.source, settings.jpeg_quality)
+    source = open_source(settings.source, settings.jpeg_quality, settings.max_record_image_bytes())
     deadline = time.monotonic() + settings.start_timeout_s
     topics = Topics(settings.topic_prefix)
     topic = topics.requests(settings.model)
@@ -144,13 +220,20 @@ async def run_stream(
         return set((await producer.client.fetch_all_metadata()).topics())
 
     summary = StreamSummary()
-    acks: set[asyncio.Future[object]] = set()
+    sender = FrameSender(
+        producer,
+        topic,
+        settings.model,
+        settings.camera,
+        settings.budget_ms,
+        confidence=settings.confidence,
+        predictions=settings.predictions,
+    )
     try:
         await wait_for_model_topic(topic_names, topics, settings.model, settings, deadline)
         loop = asyncio.get_running_loop()
         frames = frame_stream(source, settings.count, loop=settings.loop or source.live)
         interval_s = 1.0 / settings.fps
-        key = settings.camera.encode()
         started = loop.time()
         last_report = started
         index = 0
@@ -168,49 +251,20 @@ async def run_stream(
             now = loop.time()
             if now - due > interval_s:
                 summary.late += 1
-            sent_ms = int(clock() * 1000)
-            request = Request(
-                model=settings.model,
-                correlation_id=correlation_id(settings.camera, index, sent_ms),
-                image=frame.data,
-                key=key,
-                deadline_ms=int(sent_ms + settings.budget_ms),
-                confidence=settings.confidence,
-                predictions=settings.predictions,
-                image_name=frame.name,
-                content_type="image/jpeg",
-            )
-            try:
-                ack = await producer.send(
-                    topic, frame.data, key=key, headers=request.headers(), timestamp_ms=sent_ms
-                )
-            except KafkaError as exc:
-                summary.failed += 1
-                log.warning("frame not sent", extra={"frame": frame.name, "error": repr(exc)})
-            else:
-                acks.add(ack)
-                ack.add_done_callback(lambda f: _settled(f, acks, summary))
+            await sender.send(index, frame.data, frame.name, int(clock() * 1000))
             summary.sent += 1
             index += 1
             if progress is not None and now - last_report >= 5:
                 last_report = now
                 progress.write(f"camera {settings.camera}: {summary.sent} frames sent\n")
                 progress.flush()
-        if acks:
-            await asyncio.gather(*acks, return_exceptions=True)
+        await sender.settled()
+        summary.failed = sender.failed
         summary.duration_s = loop.time() - started
         return summary
     finally:
         source.close()
         await producer.stop()
-
-
-def _settled(
-    ack: asyncio.Future[object], acks: set[asyncio.Future[object]], summary: StreamSummary
-) -> None:
-    acks.discard(ack)
-    if ack.cancelled() or ack.exception() is not None:
-        summary.failed += 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

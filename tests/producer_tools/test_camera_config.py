@@ -172,3 +172,27 @@ def test_video_frames_are_encoded_from_their_yuv_planes_showing_the_same_picture
         ours = encode(decoded, quality, None, 10_000_000).jpeg
         _, theirs = cv2.imencode(".jpg", shown, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
         assert _quant_tables(ours) == _quant_tables(theirs.tobytes())
+
+
+def test_an_image_files_frame_is_decoded_once_however_many_sizes_are_tried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An image folder's file over the limit is re-encoded at lower qualities, then
+    scaled down step by step: each step starts from the pixels decoded once."""
+    import cv2
+
+    noise = np.random.default_rng(1).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", noise, [int(cv2.IMWRITE_JPEG_QUALITY), 95])[1].tobytes()
+    decoded = Decoded(seq=1, captured=0.0, captured_wall=0.0, decode_s=0.0, jpeg=jpeg)
+    calls: list[int] = []
+    imdecode = cv2.imdecode
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return imdecode(*args)
+
+    monkeypatch.setattr(cv2, "imdecode", counted)
+    fitted = encode(decoded, 90, None, 12_000)
+    # Four qualities and at least two sizes (640 -> 448 -> 313) were tried.
+    assert fitted.shrunk and len(fitted.jpeg) <= 12_000 and fitted.width <= 313
+    assert len(calls) == 1

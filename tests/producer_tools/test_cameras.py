@@ -11,29 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import math
 import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from consumer.settings import HEADER_ROOM_BYTES, KafkaClientSettings
-from deploy.local.processes import ConsumerProcess, free_port
+from deploy.local.processes import ConsumerProcess
 from producer_tools.live import LiveStreams
 from producer_tools.stream import StreamSettings, parse_correlation_id, run_stream
-from tests.support.cameras import MjpegServer, RtspServer, ensure_rtsp_server, write_frames
-from tests.support.models import REPO_ROOT
-from tests.support.workers import read_topic
+from tests.support.cameras import (
+    Cluster,
+    Gateway,
+    MjpegServer,
+    RtspServer,
+    ensure_rtsp_server,
+    run_gateway,
+    write_frames,
+)
+from tests.support.workers import create_topic, read_topic, unique_prefix
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -83,86 +84,12 @@ def blackhole() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-@dataclass
-class Gateway:
-    config: Path
-    log: Path
-    port: int
-    proc: subprocess.Popen[bytes]
-    cameras: list[dict[str, Any]] = field(default_factory=list)
-
-    def write(self, cameras: list[dict[str, Any]]) -> None:
-        self.cameras = cameras
-        tmp = self.config.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump({"cameras": cameras}))
-        tmp.replace(self.config)
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=3) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return 0, b""
-
-    def states(self) -> dict[str, dict[str, Any]]:
-        status, body = self.get("/cameras")
-        if status != 200:
-            return {}
-        return {c["camera"]: c for c in json.loads(body)["cameras"]}
-
-    def metric(self, name: str, camera: str) -> float:
-        _, body = self.get("/metrics")
-        prefix = f'{name}{{camera="{camera}"}} '
-        for line in body.decode().splitlines():
-            if line.startswith(prefix):
-                return float(line[len(prefix) :])
-        return float("nan")
-
-    def wait(self, predicate: Any, timeout_s: float, what: str) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout_s:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            if predicate():
-                return time.monotonic() - start
-            time.sleep(0.1)
-        raise AssertionError(f"{what} not within {timeout_s}s: {self.states()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 def start_gateway(
-    worker: ConsumerProcess, folder: Path, cameras: list[dict[str, Any]], *args: str
+    worker: ConsumerProcess | Cluster, folder: Path, cameras: list[dict[str, Any]], *args: str
 ) -> Gateway:
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "cameras.yaml"
-    log = folder / "gateway.log"
-    port = free_port()
-    gateway = Gateway(config, log, port, proc=None)  # type: ignore[arg-type]
-    gateway.write(cameras)
-    env = {
-        **os.environ,
-        "TFSTREAM_BOOTSTRAP": worker.bootstrap,
-        "TFSTREAM_TOPIC_PREFIX": worker.prefix,
-        "TFSTREAM_LOG_FORMAT": "json",
-        "TFSTREAM_METRICS_HOST": "127.0.0.1",
-        "TFSTREAM_METRICS_PORT": str(port),
-        "CAMERA_PASSWORD": PASSWORD,
-    }
-    with open(log, "ab") as out:
-        gateway.proc = subprocess.Popen(
-            [sys.executable, "-m", "producer_tools.cameras", str(config), *args],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    gateway.wait(lambda: gateway.get("/health/live")[0] == 200, 60, "gateway up")
-    return gateway
+    return run_gateway(
+        worker.bootstrap, worker.prefix, folder, cameras, *args, CAMERA_PASSWORD=PASSWORD
+    )
 
 
 def camera(id_: str, url: str, fps: float = 1, **extra: Any) -> dict[str, Any]:
@@ -251,6 +178,9 @@ async def test_sixteen_cameras_answered_while_a_bad_url_and_a_refused_password_r
     assert fleet.metric("tfstream_camera_decode_seconds_total", "cam-00") > 0
     status, _ = fleet.get("/health/ready")
     assert status in (200, 503)  # `hung` may not have been tried yet: both are honest
+    # Ready once `hung` was tried too (its 30 s connect timeout), not before.
+    fleet.wait(lambda: fleet.states()["hung"]["last_error"] is not None, 40, "hung tried")
+    assert fleet.get("/health/ready")[0] == 200
 
 
 @pytest.mark.asyncio
@@ -307,7 +237,7 @@ def test_sighup_adds_removes_and_changes_cameras_without_touching_the_others(
     for untouched in ("cam-00", "secure", "mjpeg"):
         assert after[untouched]["connects"] == before[untouched]["connects"] == 1
         assert after[untouched]["frames_sent"] >= before[untouched]["frames_sent"]
-    assert fleet.metric("tfstream_camera_connected", "cam-13") != 1  # series gone (nan)
+    assert math.isnan(fleet.metric("tfstream_camera_connected", "cam-13"))  # series gone
 
 
 @pytest.mark.asyncio
@@ -523,3 +453,70 @@ async def test_tfstream_stream_takes_an_rtsp_url(worker: ConsumerProcess, rtsp: 
         until=lambda recs: answered_cameras(recs).get("via-stream", 0) >= 5,
     )
     assert answered_cameras(answers)["via-stream"] == 5
+
+
+@pytest.mark.asyncio
+async def test_frames_wait_for_the_request_topic_and_flow_once_a_worker_creates_it(
+    kafka_bootstrap: str, frames: Path, tmp_path: Path
+) -> None:
+    """A new cluster: the gateway is up before any worker created its model's request
+    topic. Its frames are counted as superseded, never sent to a topic that is not there
+    (the broker does not create topics), and flow once the topic appears."""
+    cluster = Cluster(kafka_bootstrap, unique_prefix())
+    gateway = start_gateway(
+        cluster, tmp_path, [camera("early", str(frames), fps=4, loop=True)], "--states-interval-s=0"
+    )
+    try:
+        gateway.wait(
+            lambda: gateway.metric("tfstream_camera_frames_superseded_total", "early") >= 4,
+            30,
+            "frames taken while there is no topic",
+        )
+        assert gateway.states()["early"]["frames_sent"] == 0
+        assert gateway.get("/health/ready")[0] == 200  # the broker answered; the camera is up
+        assert "no request topic" in gateway.log.read_text()
+        topic = f"{cluster.prefix}.requests.{MODEL}"
+        await create_topic(kafka_bootstrap, topic)
+        gateway.wait(lambda: gateway.states()["early"]["frames_sent"] >= 3, 20, "frames sent")
+        records = await read_topic(
+            kafka_bootstrap, topic, 0, timeout_s=30, until=lambda recs: len(recs) >= 3
+        )
+        assert {r.key for r in records} == {b"early"}
+        assert gateway.metric("tfstream_camera_send_failures_total", "early") == 0
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.asyncio
+async def test_tfstream_stream_fits_a_network_cameras_frames_to_the_message_limit(
+    worker: ConsumerProcess, rtsp: RtspServer
+) -> None:
+    """The same 12 kB limit as the `small` gateway (the frames are ~15 kB): every frame
+    is re-encoded to fit, none is refused by the producer."""
+    summary = await asyncio.wait_for(
+        run_stream(
+            StreamSettings(
+                bootstrap=worker.bootstrap,
+                topic_prefix=worker.prefix,
+                max_message_bytes=HEADER_ROOM_BYTES + 12_000,
+                model=MODEL,
+                camera="stream-small",
+                source=rtsp.url("cam"),
+                fps=5,
+                count=3,
+                deadline_ms=30_000,
+            ),
+            progress=None,
+        ),
+        60,
+    )
+    assert (summary.sent, summary.failed) == (3, 0)
+    records = await read_topic(
+        worker.bootstrap,
+        f"{worker.prefix}.requests.{MODEL}",
+        0,
+        timeout_s=30,
+        until=lambda recs: sum(r.key == b"stream-small" for r in recs) >= 3,
+    )
+    mine = [r for r in records if r.key == b"stream-small"]
+    assert len(mine) == 3 and all(len(r.value) <= 12_000 for r in mine)
