@@ -260,6 +260,20 @@ def run_diff(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def offline_diff(
+    folder: Path, repositories: dict, candidate: str, min_agreement: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """tfstream-diff of `folder` through the baseline repository and `candidate`'s, on the CPU."""
+    return run_diff(
+        "--images", str(folder),
+        "--baseline-repo", str(repositories["baseline"]),
+        "--candidate-repo", str(repositories[candidate]),
+        "--min-agreement", min_agreement,
+        "--device", "cpu",
+        *extra,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def repositories(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("diff_repos")
@@ -305,24 +319,11 @@ def test_offline_diff_is_a_ci_gate(repositories: dict, images: tuple, tmp_path: 
     total = sum(len(objs) for objs in truth.values())
     assert yellow > 0
 
-    same = run_diff(
-        "--images", str(folder),
-        "--baseline-repo", str(repositories["baseline"]),
-        "--candidate-repo", str(repositories["same"]),
-        "--min-agreement", "1.0",
-        "--device", "cpu",
-    )  # fmt: skip
+    same = offline_diff(folder, repositories, "same", "1.0")
     assert same.returncode == 0, same.stderr
     assert "agreement: 1.000" in same.stdout
 
-    blind = run_diff(
-        "--images", str(folder),
-        "--baseline-repo", str(repositories["baseline"]),
-        "--candidate-repo", str(repositories["blind"]),
-        "--min-agreement", "0.95",
-        "--json",
-        "--device", "cpu",
-    )  # fmt: skip
+    blind = offline_diff(folder, repositories, "blind", "0.95", "--json")
     assert blind.returncode == 1, blind.stderr
     assert "below --min-agreement 0.95" in blind.stderr
     report = json.loads(blind.stdout)
@@ -351,14 +352,14 @@ def test_offline_diff_is_a_ci_gate(repositories: dict, images: tuple, tmp_path: 
     assert report["agreement"] == round((total - yellow) / total, 4)
     assert report["latency_ms"]["candidate"]["count"] == 24
     # A looser gate passes the same candidate.
-    loose = run_diff(
-        "--images", str(folder),
-        "--baseline-repo", str(repositories["baseline"]),
-        "--candidate-repo", str(repositories["blind"]),
-        "--min-agreement", f"{(total - yellow) / total - 0.01:.3f}",
-        "--report", str(tmp_path / "report"),
-        "--device", "cpu",
-    )  # fmt: skip
+    loose = offline_diff(
+        folder,
+        repositories,
+        "blind",
+        f"{(total - yellow) / total - 0.01:.3f}",
+        "--report",
+        str(tmp_path / "report"),
+    )
     assert loose.returncode == 0, loose.stderr
     page = (tmp_path / "report" / "index.html").read_text()
     frames_with_yellow = sum(
@@ -379,13 +380,7 @@ def test_a_candidate_that_errs_on_most_frames_fails_the_gate(
         1 for objs in truth.values() if any(o["label"] == "yellow disc" for o in objs)
     )
     assert with_yellow > len(truth) / 2
-    broken = run_diff(
-        "--images", str(folder),
-        "--baseline-repo", str(repositories["baseline"]),
-        "--candidate-repo", str(repositories["lost_label"]),
-        "--min-agreement", "0.9",
-        "--device", "cpu",
-    )  # fmt: skip
+    broken = offline_diff(folder, repositories, "lost_label", "0.9")
     print(broken.stdout)  # the table the closing note quotes
     assert broken.returncode == 1, broken.stderr
     assert "below --min-agreement 0.9" in broken.stderr
