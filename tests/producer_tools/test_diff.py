@@ -115,6 +115,39 @@ def test_the_figures_per_class_overall_errors_and_latency() -> None:
     assert shown["answered_share"] == 0.5
 
 
+def test_a_one_sided_frame_counts_the_answering_side_s_boxes_in_table_and_page(
+    tmp_path: Path,
+) -> None:
+    """Per frame, as in the figures: the boxes of the side that answered have no partner
+    where the other erred or has no answer; the page says which side failed and how."""
+    from producer_tools.diff_report import write_report
+
+    two_cars = [box("car", 0, 0, 10, 10), box("car", 50, 50, 60, 60)]
+    base = [
+        FrameAnswer("erred", two_cars),
+        FrameAnswer("missing", two_cars[:1]),
+        FrameAnswer("both", two_cars),
+        FrameAnswer("base-erred", [], error="invalid_image"),
+    ]
+    cand = [
+        FrameAnswer("erred", [], error="invalid_model_output"),
+        FrameAnswer("both", [two_cars[0], box("cat", 5, 5, 9, 9)]),
+        FrameAnswer("base-erred", two_cars[1:]),
+    ]
+    result = compare(base, cand)
+    frames = {f.baseline.ident: f for f in result.frames}
+    only = {ident: (f.only_baseline, f.only_candidate) for ident, f in frames.items()}
+    assert only == {"erred": (2, 0), "missing": (1, 0), "both": (1, 1), "base-erred": (0, 1)}
+    assert sum(f.unmatched for f in frames.values()) == result.overall.union - 1  # one pair
+    page = write_report(tmp_path / "page", result, {}).read_text()
+    for ident, (only_b, only_c) in only.items():
+        assert (
+            f'data-frame="{ident}" data-only-baseline="{only_b}" data-only-candidate="{only_c}"'
+        ) in page
+    assert "candidate: invalid_model_output" in page and "candidate: no answer" in page
+    assert "baseline: invalid_image" in page
+
+
 def test_a_candidate_that_errs_where_the_baseline_answered_fails_the_gate() -> None:
     """Even on frames where the baseline found nothing: no box is lost, but the
     candidate did not answer. Both failing alike (a broken image) is no reason."""
