@@ -245,6 +245,35 @@ def test_until_filters_on_the_request_time_and_count_keeps_one_sided_frames() ->
     assert result.only_baseline_frames == 1 and result.agreement == pytest.approx(3 / 4)
 
 
+def test_the_gate_lets_a_lagging_candidate_pass_and_fails_one_that_skips_frames() -> None:
+    """gate() itself, live: frames a shadow has not reached are pending, not against it;
+    a frame inside the span it answered with no answer fails it, as does the same
+    lag read offline (no request positions: nothing can be pending)."""
+    car = [box("car", 0, 0, 10, 10)]
+    base = [logged(str(i), i, car) for i in range(10)]
+
+    def live(cand: list[LoggedAnswer]) -> Any:
+        return compare(
+            (FrameAnswer.from_logged(a) for a in base),
+            (FrameAnswer.from_logged(a) for a in cand),
+            live=True,
+        )
+
+    lagging = live(base[:6])
+    assert lagging.pending == 4 and lagging.gate(1.0) == []
+    skipping = live([a for a in base if a.request.offset != 4])
+    assert skipping.pending == 0
+    assert skipping.gate(0.95) == [
+        "agreement 0.900 is below --min-agreement 0.95",
+        "the candidate answered 0.900 of the frames the baseline answered, below "
+        "--min-agreement 0.95",
+    ]
+    offline = compare(
+        [FrameAnswer(str(i), car) for i in range(10)], [FrameAnswer(str(i), car) for i in range(6)]
+    )
+    assert offline.pending == 0 and len(offline.gate(1.0)) == 2
+
+
 def test_identical_answers_agree_fully_and_empty_frames_count_as_agreeing() -> None:
     answers = [FrameAnswer("a", [box("car", 0, 0, 10, 10)]), FrameAnswer("b", [])]
     result = compare(answers, answers)
@@ -277,6 +306,44 @@ def test_a_live_diff_waits_for_the_broker_until_start_timeout_s() -> None:
     with pytest.raises(ServiceUnavailable, match=r"not ready after 2s \(connecting\)"):
         asyncio.run(read_answers(settings))
     assert time.monotonic() - started >= 1  # it waited, not failed on the first refusal
+
+
+@pytest.mark.kafka
+@pytest.mark.asyncio
+async def test_since_and_until_read_the_requests_time_from_the_topics(kafka_bootstrap: str) -> None:
+    """Two answer topics on a real broker, each record stamped with its answer's time: the
+    window keeps the requests sent in it, whenever they were answered. Offset 1 was sent
+    before --since and answered inside the window (its record is read, then left out);
+    offset 5 was sent before --until and answered after it (kept); offset 0 lies before
+    --since altogether (the read starts past it)."""
+    from producer_tools.diff import live_diff
+    from tests.support.workers import create_topic, raw_producer, unique_prefix
+
+    start = int(time.time() * 1000) - 600_000
+    sent = {i: start + i * 10_000 for i in range(7)}
+    answered = {i: t + 100 for i, t in sent.items()} | {1: start + 25_000, 5: start + 65_000}
+    car = [box("car", 0, 0, 10, 10)]
+    topics = [f"{unique_prefix()}.answers.m", f"{unique_prefix()}.shadow.v2.m"]
+    async with raw_producer(kafka_bootstrap) as producer:
+        for topic in topics:
+            await create_topic(kafka_bootstrap, topic)
+            for i in sorted(answered, key=answered.__getitem__):  # in answer order, as logged
+                record = logged(str(i), i, car, sent_ms=sent[i])
+                await producer.send_and_wait(
+                    topic, record.to_json(), partition=0, timestamp_ms=answered[i]
+                )
+    settings = DiffSettings(
+        baseline=topics[0],
+        candidate=topics[1],
+        bootstrap=kafka_bootstrap,
+        since=str(sent[2]),
+        until=str(sent[5]),
+    )
+    result, _ = await live_diff(settings)
+    offsets = sorted(f.baseline.request.offset for f in result.frames if f.baseline.request)
+    assert offsets == [2, 3, 4, 5]
+    assert (result.paired, result.pending, result.agreement) == (4, 0, 1.0)
+    assert result.gate(1.0) == []
 
 
 # -- offline, as a model's CI runs it ----------------------------------------------------
