@@ -18,12 +18,29 @@ from pathlib import Path
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) so far; 0 if it is gone."""
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _stat(pid: int, tid: int | None = None) -> list[str]:
+    """The fields of /proc/<pid>/stat (of one thread: task/<tid>/stat) after the command
+    name, which may hold spaces and parentheses; [] if it is gone."""
+    path = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    with contextlib.suppress(OSError, IndexError):
+        return path.read_text().rsplit(")", 1)[1].split()
+    return []
+
+
+def process_cpu_s(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process (all its threads) so far, or of its thread
+    `tid` (the main thread: tid == pid); 0 if it is gone."""
+    with contextlib.suppress(IndexError, ValueError):
+        fields = _stat(pid, tid)
         return (int(fields[11]) + int(fields[12])) / _TICK
     return 0.0
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (fresh memory touched); 0 if it is gone."""
+    with contextlib.suppress(IndexError, ValueError):
+        return int(_stat(pid)[7])
+    return 0
 
 
 def machine_cpu_s() -> tuple[float, float]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
@@ -34,13 +33,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cpu import process_cpu_s
+from bench.cpu import minor_faults, process_cpu_s
 from bench.processes import MODEL, pids, worker_env
 from deploy.local.processes import ConsumerProcess
 
 IN_FLIGHT = (64, 512)
 RESOLUTIONS = ((1920, 1080), (3840, 2160))
-_TICK = os.sysconf("SC_CLK_TCK")
 FRAMES = 32
 MAX_BATCH = 64
 TARGET_MS = 1.0
@@ -87,20 +85,6 @@ def decode_alone_ms(folder: Path, passes: int = 3) -> float:
     return float(out.stdout.strip())
 
 
-def thread_cpu_s(pid: int, tid: int) -> float:
-    """User + system CPU seconds of one thread of a process (the main thread: tid == pid)."""
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
-    return 0.0
-
-
-def minor_faults(pid: int) -> int:
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-    return 0
-
-
 @dataclass(frozen=True)
 class FeedRun:
     answered: int
@@ -134,12 +118,12 @@ def replay_once(
         env = {**os.environ, "TFSTREAM_PROGRESS": "false"}
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         before = process_cpu_s(consumer)
-        loop_before = thread_cpu_s(consumer, consumer)
+        loop_before = process_cpu_s(consumer, consumer)
         faults_before = minor_faults(consumer)
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _, err = proc.communicate(timeout=seconds + 180)
         after = process_cpu_s(consumer)
-        loop_after = thread_cpu_s(consumer, consumer)
+        loop_after = process_cpu_s(consumer, consumer)
         faults_after = minor_faults(consumer)
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:

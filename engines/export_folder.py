@@ -121,12 +121,12 @@ def model_input_size(
 def model_resizer(
     model: str, folder: Path, config: ModelConfig, meta: ExportMetadata | None
 ) -> Resizer | None:
-    """What the model resizes an image to, for JPEG decoding at model resolution:
-    Ultralytics letterboxes (the long side fits); a KerasHub converter crops or
-    stretches (both sides covered) or pads (the long side fits); an Object
-    Detection API graph resizes to config.json's `input_size`, else to what its
-    `pipeline.config` says (in the model folder, or its Model Zoo `saved_model/`
-    parent layout).
+    """What the model resizes an image to (whether JPEGs are then decoded no larger
+    is `decode_resizer`'s choice, per convention): Ultralytics letterboxes (the long
+    side fits); a KerasHub converter crops or stretches (both sides covered) or pads
+    (the long side fits); an Object Detection API graph resizes to config.json's
+    `input_size`, else to what its `pipeline.config` says (in the model folder, or
+    its Model Zoo `saved_model/` parent layout).
 
     Raises:
         InvalidModelConfig: see `model_input_size`.

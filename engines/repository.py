@@ -75,7 +75,9 @@ class ModelSpec:
     weights: Path
     """The SavedModel folder, or the frozen graph file."""
     resizer: Resizer | None = None
-    """What the graph resizes images to, if known: JPEGs decode no larger than that."""
+    """What the model resizes images to, if known (`export_folder.model_resizer`). JPEGs
+    decode no larger than that only where `Detector.resizer` says so: not for Ultralytics
+    and KerasHub exports, which get full decodes (`export_folder.decode_resizer`)."""
     version: int = 1
     """The version folder served (1 for the flat layout)."""
     metadata: ExportMetadata | None = None

@@ -1,9 +1,10 @@
 """The resolution a model's graph resizes its input to, so images need not be
 decoded larger than that.
 
-Two sources: `input_size: [height, width]` in `config.json`, or the
-`image_resizer` of a TF Object Detection API `pipeline.config` beside the
-export (the Model Zoo ships one with every model). The OD API's protos are not
+Sources: `input_size: [height, width]` in `config.json` or an exporter's
+`metadata.yaml` size (which must agree: `engines.export_folder.model_input_size`),
+else the `image_resizer` of a TF Object Detection API `pipeline.config` beside
+the export (the Model Zoo ships one with every model). The OD API's protos are not
 installed here, so `pipeline.config` is read with a small parser of protobuf
 text format that knows nothing of the schema: it only needs the resizer block.
 """

@@ -216,7 +216,9 @@ class UltralyticsAdapter:
         in_h, in_w = self.input_size
         boxed = np.stack([letterbox(image, in_h, in_w) for image in images])
         info = np.stack([resize_record(*image.shape[:2], in_h, in_w) for image in images])
-        output = call(tf.constant(boxed.astype(np.float32) / 255.0))[self.convention.source_output]
+        pixels = boxed.astype(np.float32)
+        pixels /= 255.0  # in place: `astype(...) / 255` writes a second float copy per batch
+        output = call(tf.constant(pixels))[self.convention.source_output]
         scale = np.array([in_w, in_h, in_w, in_h], np.float32)
         if self.convention.variant == RAW:
             self._decide_unit(output[:, :4])

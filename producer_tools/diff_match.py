@@ -234,9 +234,18 @@ class FrameDiff:
         return self.baseline.answered != self.candidate.answered
 
     @property
+    def only_baseline(self) -> int:
+        """The baseline's boxes without a partner (all of them where the candidate
+        erred or has no answer; none where the baseline itself did not answer)."""
+        return len(self.baseline.boxes) - len(self.pairs) if self.baseline.answered else 0
+
+    @property
+    def only_candidate(self) -> int:
+        return len(self.candidate.boxes) - len(self.pairs) if self.candidate.answered else 0
+
+    @property
     def unmatched(self) -> int:
-        counted = [a for a in (self.baseline, self.candidate) if a.answered]
-        return sum(len(a.boxes) for a in counted) - 2 * len(self.pairs)
+        return self.only_baseline + self.only_candidate
 
     @property
     def disagreement(self) -> float:

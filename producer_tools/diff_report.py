@@ -121,8 +121,7 @@ def _frame(
         for side, answer in (("baseline", b), ("candidate", c))
         if answer.latency_ms is not None
     )
-    only_b = len(b.boxes) - len(frame.pairs) if b.answered else 0
-    only_c = len(c.boxes) - len(frame.pairs) if c.answered else 0
+    only_b, only_c = frame.only_baseline, frame.only_candidate
     caption = (
         f"<b>#{rank} {html.escape(b.name)}</b><br>"
         f"baseline {len(b.boxes)} boxes, candidate {len(c.boxes)}; matched {len(frame.pairs)}, "

@@ -152,3 +152,22 @@ def test_feed_rows_carry_the_median_beyond_the_decode_and_their_targets_read_it(
     assert outcome.measured == 1.5 and not outcome.met
     page = markdown(Bench(1, 1, 0.1), [row], [outcome], {}, [], 60)
     assert feed.row_id(1920, 1080, 512) in page and feed.BEYOND in page
+
+
+def test_the_proc_readers_read_cpu_of_a_thread_and_minor_faults() -> None:
+    """bench.feed's figures come from these fields of /proc/<pid>/stat: the main
+    thread's CPU is part of the process's, and touching fresh memory faults pages."""
+    import os
+
+    import numpy as np
+
+    from bench.cpu import minor_faults, process_cpu_s
+
+    pid = os.getpid()
+    before = minor_faults(pid)
+    touched = np.ones(64 * 2**20, np.uint8)  # 64 MiB written: 32 huge pages at the fewest
+    assert minor_faults(pid) - before >= 32 and int(touched[-1]) == 1
+    sum(i * i for i in range(2_000_000))  # CPU on the main thread
+    main, total = process_cpu_s(pid, pid), process_cpu_s(pid)
+    assert 0 < main <= total
+    assert process_cpu_s(2**22 + 1) == 0.0 and minor_faults(2**22 + 1) == 0  # no such pid

@@ -35,10 +35,10 @@ from tests.support.exporter_layouts import (
     LAYOUT_MODELS,
     NAMES,
     SCENES,
-    TOLERANCE,
     YOLO_MODELS,
     box_problems,
     scene,
+    scene_problems,
 )
 
 RAW_OUTPUTS = {"output_0": "float32[1, 8, 8400]"}
@@ -231,8 +231,7 @@ def test_the_folder_alone_is_a_model_read_with_the_exporter_s_defaults(
 def test_boxes_are_the_drawn_objects_in_image_pixels(
     detectors: dict[str, Detector], name: str, size: tuple[int, int]
 ) -> None:
-    (boxes,) = detectors[name].detect([scene(size)])
-    assert box_problems(boxes, SCENES[size], TOLERANCE[size]) == []
+    assert scene_problems(detectors[name], size) == []
 
 
 @pytest.mark.slow

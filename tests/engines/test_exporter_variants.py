@@ -25,7 +25,14 @@ from engines.repository import ModelRepository
 from engines.resizer import FixedShape, Letterbox
 from engines.yolo import ultralytics_convention
 from tests.engines.test_conventions import config, resolve
-from tests.support.exporter_layouts import NAMES, SCENES, TOLERANCE, box_problems, scene
+from tests.support.exporter_layouts import (
+    NAMES,
+    SCENES,
+    TOLERANCE,
+    box_problems,
+    scene,
+    scene_problems,
+)
 from tests.support.models import REPO_ROOT, build_repository
 
 KERAS_HUB_VARIANTS = ("keras_hub_shapes_pad", "keras_hub_shapes_stretch", "keras_hub_shapes_xyxy")
@@ -62,19 +69,22 @@ def _edit_metadata(folder: Path, old: str, new: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", KERAS_HUB_VARIANTS)
+@pytest.mark.parametrize("name", (*KERAS_HUB_VARIANTS, *NORMALIZED))
 @pytest.mark.parametrize("size", list(SCENES), ids=lambda s: f"{s[0]}x{s[1]}")
-def test_keras_hub_pad_stretch_and_xyxy_boxes_are_the_drawn_objects(
+def test_variant_boxes_are_the_drawn_objects_in_image_pixels(
     detectors: dict[str, Detector], name: str, size: tuple[int, int]
 ) -> None:
-    (boxes,) = detectors[name].detect([scene(size)])
+    """KerasHub's pad, stretch and xyxy converters, and the saved_model of
+    Ultralytics' tflite export (normalised boxes: the code before served them ~1 px
+    wide at (0, 0))."""
     # Padding shrinks the image into 512 px more than cropping: a pixel more of slack.
-    tolerance = TOLERANCE[size] + (2 if name.endswith("pad") else 0)
-    assert box_problems(boxes, SCENES[size], tolerance) == []
+    assert scene_problems(detectors[name], size, 2 if name.endswith("pad") else 0) == []
 
 
 @pytest.mark.slow
-def test_keras_hub_geometry_is_read_from_metadata(detectors: dict[str, Detector]) -> None:
+def test_the_variant_is_read_from_metadata(detectors: dict[str, Detector]) -> None:
+    for name in NORMALIZED:  # from metadata.yaml's export args
+        assert detectors[name].engine.convention.normalized is True
     assert detectors["keras_hub_shapes_pad"].engine.convention.variant == "pad"
     assert detectors["keras_hub_shapes_pad"].spec.resizer == Letterbox(512, 512)
     assert detectors["keras_hub_shapes_stretch"].engine.convention.variant == "stretch"
@@ -106,18 +116,6 @@ def test_keras_hub_metadata_that_does_not_say_its_geometry_is_refused_naming_the
 
 
 # --- 2. normalised Ultralytics outputs --------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NORMALIZED)
-@pytest.mark.parametrize("size", list(SCENES), ids=lambda s: f"{s[0]}x{s[1]}")
-def test_normalised_ultralytics_outputs_are_served_in_image_pixels(
-    detectors: dict[str, Detector], name: str, size: tuple[int, int]
-) -> None:
-    """The tflite export's saved_model: today's code served boxes ~1 px wide at (0, 0)."""
-    assert detectors[name].engine.convention.normalized is True  # from metadata's args
-    (boxes,) = detectors[name].detect([scene(size)])
-    assert box_problems(boxes, SCENES[size], TOLERANCE[size]) == []
 
 
 @pytest.mark.slow

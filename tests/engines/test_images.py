@@ -179,14 +179,20 @@ def test_scaled_decode_keeps_the_limits() -> None:
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 1), (3, 5), (641, 479), (960, 540)])
-def test_pixels_are_what_numpy_makes_of_the_image_in_one_packing(size: tuple[int, int]) -> None:
+def test_pixels_are_what_numpy_makes_of_the_image_in_one_packing(
+    size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from engines.images import pixels
 
     rng = np.random.default_rng(sum(size))
     image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    got = pixels(image)
+    expected = np.asarray(image)
+    with monkeypatch.context() as patched:
+        # An RGB image never takes np.asarray's way (Image.tobytes' 64 KB loop).
+        patched.setattr(Image.Image, "tobytes", lambda *a, **k: pytest.fail("tobytes called"))
+        got = pixels(image)
     assert got.dtype == np.uint8 and got.shape == (size[1], size[0], 3)
-    assert np.array_equal(got, np.asarray(image))
+    assert np.array_equal(got, expected)
     assert not got.flags.writeable  # as np.asarray's: the engine never writes into them
     grey = image.convert("L")
     assert np.array_equal(pixels(grey), np.asarray(grey))  # other modes: numpy's way

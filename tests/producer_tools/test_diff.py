@@ -115,6 +115,39 @@ def test_the_figures_per_class_overall_errors_and_latency() -> None:
     assert shown["answered_share"] == 0.5
 
 
+def test_a_one_sided_frame_counts_the_answering_side_s_boxes_in_table_and_page(
+    tmp_path: Path,
+) -> None:
+    """Per frame, as in the figures: the boxes of the side that answered have no partner
+    where the other erred or has no answer; the page says which side failed and how."""
+    from producer_tools.diff_report import write_report
+
+    two_cars = [box("car", 0, 0, 10, 10), box("car", 50, 50, 60, 60)]
+    base = [
+        FrameAnswer("erred", two_cars),
+        FrameAnswer("missing", two_cars[:1]),
+        FrameAnswer("both", two_cars),
+        FrameAnswer("base-erred", [], error="invalid_image"),
+    ]
+    cand = [
+        FrameAnswer("erred", [], error="invalid_model_output"),
+        FrameAnswer("both", [two_cars[0], box("cat", 5, 5, 9, 9)]),
+        FrameAnswer("base-erred", two_cars[1:]),
+    ]
+    result = compare(base, cand)
+    frames = {f.baseline.ident: f for f in result.frames}
+    only = {ident: (f.only_baseline, f.only_candidate) for ident, f in frames.items()}
+    assert only == {"erred": (2, 0), "missing": (1, 0), "both": (1, 1), "base-erred": (0, 1)}
+    assert sum(f.unmatched for f in frames.values()) == result.overall.union - 1  # one pair
+    page = write_report(tmp_path / "page", result, {}).read_text()
+    for ident, (only_b, only_c) in only.items():
+        assert (
+            f'data-frame="{ident}" data-only-baseline="{only_b}" data-only-candidate="{only_c}"'
+        ) in page
+    assert "candidate: invalid_model_output" in page and "candidate: no answer" in page
+    assert "baseline: invalid_image" in page
+
+
 def test_a_candidate_that_errs_where_the_baseline_answered_fails_the_gate() -> None:
     """Even on frames where the baseline found nothing: no box is lost, but the
     candidate did not answer. Both failing alike (a broken image) is no reason."""
@@ -212,6 +245,35 @@ def test_until_filters_on_the_request_time_and_count_keeps_one_sided_frames() ->
     assert result.only_baseline_frames == 1 and result.agreement == pytest.approx(3 / 4)
 
 
+def test_the_gate_lets_a_lagging_candidate_pass_and_fails_one_that_skips_frames() -> None:
+    """gate() itself, live: frames a shadow has not reached are pending, not against it;
+    a frame inside the span it answered with no answer fails it, as does the same
+    lag read offline (no request positions: nothing can be pending)."""
+    car = [box("car", 0, 0, 10, 10)]
+    base = [logged(str(i), i, car) for i in range(10)]
+
+    def live(cand: list[LoggedAnswer]) -> Any:
+        return compare(
+            (FrameAnswer.from_logged(a) for a in base),
+            (FrameAnswer.from_logged(a) for a in cand),
+            live=True,
+        )
+
+    lagging = live(base[:6])
+    assert lagging.pending == 4 and lagging.gate(1.0) == []
+    skipping = live([a for a in base if a.request.offset != 4])
+    assert skipping.pending == 0
+    assert skipping.gate(0.95) == [
+        "agreement 0.900 is below --min-agreement 0.95",
+        "the candidate answered 0.900 of the frames the baseline answered, below "
+        "--min-agreement 0.95",
+    ]
+    offline = compare(
+        [FrameAnswer(str(i), car) for i in range(10)], [FrameAnswer(str(i), car) for i in range(6)]
+    )
+    assert offline.pending == 0 and len(offline.gate(1.0)) == 2
+
+
 def test_identical_answers_agree_fully_and_empty_frames_count_as_agreeing() -> None:
     answers = [FrameAnswer("a", [box("car", 0, 0, 10, 10)]), FrameAnswer("b", [])]
     result = compare(answers, answers)
@@ -246,6 +308,44 @@ def test_a_live_diff_waits_for_the_broker_until_start_timeout_s() -> None:
     assert time.monotonic() - started >= 1  # it waited, not failed on the first refusal
 
 
+@pytest.mark.kafka
+@pytest.mark.asyncio
+async def test_since_and_until_read_the_requests_time_from_the_topics(kafka_bootstrap: str) -> None:
+    """Two answer topics on a real broker, each record stamped with its answer's time: the
+    window keeps the requests sent in it, whenever they were answered. Offset 1 was sent
+    before --since and answered inside the window (its record is read, then left out);
+    offset 5 was sent before --until and answered after it (kept); offset 0 lies before
+    --since altogether (the read starts past it)."""
+    from producer_tools.diff import live_diff
+    from tests.support.workers import create_topic, raw_producer, unique_prefix
+
+    start = int(time.time() * 1000) - 600_000
+    sent = {i: start + i * 10_000 for i in range(7)}
+    answered = {i: t + 100 for i, t in sent.items()} | {1: start + 25_000, 5: start + 65_000}
+    car = [box("car", 0, 0, 10, 10)]
+    topics = [f"{unique_prefix()}.answers.m", f"{unique_prefix()}.shadow.v2.m"]
+    async with raw_producer(kafka_bootstrap) as producer:
+        for topic in topics:
+            await create_topic(kafka_bootstrap, topic)
+            for i in sorted(answered, key=answered.__getitem__):  # in answer order, as logged
+                record = logged(str(i), i, car, sent_ms=sent[i])
+                await producer.send_and_wait(
+                    topic, record.to_json(), partition=0, timestamp_ms=answered[i]
+                )
+    settings = DiffSettings(
+        baseline=topics[0],
+        candidate=topics[1],
+        bootstrap=kafka_bootstrap,
+        since=str(sent[2]),
+        until=str(sent[5]),
+    )
+    result, _ = await live_diff(settings)
+    offsets = sorted(f.baseline.request.offset for f in result.frames if f.baseline.request)
+    assert offsets == [2, 3, 4, 5]
+    assert (result.paired, result.pending, result.agreement) == (4, 0, 1.0)
+    assert result.gate(1.0) == []
+
+
 # -- offline, as a model's CI runs it ----------------------------------------------------
 
 
@@ -258,6 +358,20 @@ def run_diff(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=600,
         check=False,
     )
+
+
+def offline_diff(
+    folder: Path, repositories: dict, candidate: str, min_agreement: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """tfstream-diff of `folder` through the baseline repository and `candidate`'s, on the CPU."""
+    return run_diff(
+        "--images", str(folder),
+        "--baseline-repo", str(repositories["baseline"]),
+        "--candidate-repo", str(repositories[candidate]),
+        "--min-agreement", min_agreement,
+        "--device", "cpu",
+        *extra,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -305,24 +419,11 @@ def test_offline_diff_is_a_ci_gate(repositories: dict, images: tuple, tmp_path: 
     total = sum(len(objs) for objs in truth.values())
     assert yellow > 0
 
-    same = run_diff(
-        "--images", str(folder),
-        "--baseline-repo", str(repositories["baseline"]),
-        "--candidate-repo", str(repositories["same"]),
-        "--min-agreement", "1.0",
-        "--device", "cpu",
-    )  # fmt: skip
+    same = offline_diff(folder, repositories, "same", "1.0")
     assert same.returncode == 0, same.stderr
     assert "agreement: 1.000" in same.stdout
 
-    blind = run_diff(
-        "--images", str(folder),
-        "--baseline-repo", str(repositories["baseline"]),
-        "--candidate-repo", str(repositories["blind"]),
-        "--min-agreement", "0.95",
-        "--json",
-        "--device", "cpu",
-    )  # fmt: skip
+    blind = offline_diff(folder, repositories, "blind", "0.95", "--json")
     assert blind.returncode == 1, blind.stderr
     assert "below --min-agreement 0.95" in blind.stderr
     report = json.loads(blind.stdout)
@@ -351,14 +452,14 @@ def test_offline_diff_is_a_ci_gate(repositories: dict, images: tuple, tmp_path: 
     assert report["agreement"] == round((total - yellow) / total, 4)
     assert report["latency_ms"]["candidate"]["count"] == 24
     # A looser gate passes the same candidate.
-    loose = run_diff(
-        "--images", str(folder),
-        "--baseline-repo", str(repositories["baseline"]),
-        "--candidate-repo", str(repositories["blind"]),
-        "--min-agreement", f"{(total - yellow) / total - 0.01:.3f}",
-        "--report", str(tmp_path / "report"),
-        "--device", "cpu",
-    )  # fmt: skip
+    loose = offline_diff(
+        folder,
+        repositories,
+        "blind",
+        f"{(total - yellow) / total - 0.01:.3f}",
+        "--report",
+        str(tmp_path / "report"),
+    )
     assert loose.returncode == 0, loose.stderr
     page = (tmp_path / "report" / "index.html").read_text()
     frames_with_yellow = sum(
@@ -379,13 +480,7 @@ def test_a_candidate_that_errs_on_most_frames_fails_the_gate(
         1 for objs in truth.values() if any(o["label"] == "yellow disc" for o in objs)
     )
     assert with_yellow > len(truth) / 2
-    broken = run_diff(
-        "--images", str(folder),
-        "--baseline-repo", str(repositories["baseline"]),
-        "--candidate-repo", str(repositories["lost_label"]),
-        "--min-agreement", "0.9",
-        "--device", "cpu",
-    )  # fmt: skip
+    broken = offline_diff(folder, repositories, "lost_label", "0.9")
     print(broken.stdout)  # the table the closing note quotes
     assert broken.returncode == 1, broken.stderr
     assert "below --min-agreement 0.9" in broken.stderr

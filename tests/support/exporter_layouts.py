@@ -64,6 +64,13 @@ def scene_png(size: tuple[int, int], seed: int = 1) -> bytes:
     return out.getvalue()
 
 
+def scene_problems(detector: Any, size: tuple[int, int], slack: int = 0) -> list[str]:
+    """`box_problems` of what `detector` (an engines.detector.Detector) serves for
+    `scene(size)`, within `TOLERANCE[size]` plus `slack` pixels."""
+    (boxes,) = detector.detect([scene(size)])
+    return box_problems(boxes, SCENES[size], TOLERANCE[size] + slack)
+
+
 def box_problems(
     boxes: list[dict[str, Any]],
     expected: list[tuple[int, tuple[int, int, int, int]]],
