@@ -151,7 +151,8 @@ class ModelDirectory(Catalogue):
         return any(a.facts.name == name for a in self._remembered())
 
     def view(self, name: str) -> ModelFacts:
-        """The model's live view.
+        """The model's live view: the newest version ready on some worker; else, while
+        any worker still loads it, `loading` (even where another failed); else failed.
 
         Raises:
             ModelNotFound: no worker ever announced it.
@@ -162,8 +163,11 @@ class ModelDirectory(Catalogue):
             if self.ever_announced(name):
                 raise ModelUnavailable(f"no worker serves model '{name}' at the moment")
             raise ModelNotFound(f"model '{name}' does not exist (no worker announces it)")
+        # Ready anywhere serves; else loading anywhere may still serve (requests wait
+        # for it: `failed_everywhere` is None), so a failure elsewhere is not the answer.
         ready = [a for a in live if a.facts.state is ModelState.READY]
-        best = max(ready or live, key=lambda a: (a.facts.version, a.updated_ms))
+        loading = [a for a in live if a.facts.state is ModelState.LOADING]
+        best = max(ready or loading or live, key=lambda a: (a.facts.version, a.updated_ms))
         if ready:
             return replace(best.facts, error=None)
         return replace(best.facts, version=0, fingerprint="")
@@ -199,4 +203,4 @@ class ModelDirectory(Catalogue):
             return view
         if view.error:
             raise TfstreamError.from_dict(view.error)
-        raise ModelUnavailable(f"model '{name}' is {view.state.value} on every worker")
+        raise ModelUnavailable(f"model '{name}' is not ready on any worker ({view.state.value})")

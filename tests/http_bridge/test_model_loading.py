@@ -18,6 +18,7 @@ import pytest
 from consumer.metrics import WorkerMetrics
 from consumer.protocol import Announcement, ModelState, Topics, announcement_key
 from consumer.registry import Entry, ModelRegistry, model_facts
+from engines.errors import ModelLoadFailed
 from engines.repository import ModelRepository
 from http_bridge.app import create_app
 from http_bridge.embedded import EmbeddedBackend
@@ -91,11 +92,11 @@ async def test_embedded_a_model_still_loading_answers_model_loading(tmp_path: Pa
         await app.state.supervisor.stop()
 
 
-async def announce(bootstrap: str, prefix: str, entry: Entry) -> None:
-    announcement = Announcement(model_facts(entry), worker="w-test")
+async def announce(bootstrap: str, prefix: str, entry: Entry, worker: str = "w-test") -> None:
+    announcement = Announcement(model_facts(entry), worker=worker)
     async with raw_producer(bootstrap) as producer:
         await producer.send_and_wait(
-            Topics(prefix).models, announcement.to_json(), key=announcement_key("m", "w-test")
+            Topics(prefix).models, announcement.to_json(), key=announcement_key("m", worker)
         )
 
 
@@ -122,6 +123,10 @@ async def test_kafka_a_model_announced_loading_answers_model_loading(
     await create_topic(kafka_bootstrap, Topics(prefix).models)
     # What a starting worker announces: the model, before its folder is even read.
     await announce(kafka_bootstrap, prefix, Entry("m", ModelState.LOADING))
+    # Another worker failed to load it, later: the first may still bring it up, so
+    # the answer stays "loading" (not that worker's error, nor facts without weights).
+    broken = Entry("m", ModelState.FAILED, error=ModelLoadFailed("broken on w-other"))
+    await announce(kafka_bootstrap, prefix, broken, worker="w-other")
     async for client in kafka_bridge(kafka_bootstrap, prefix):
         await assert_every_route_says_loading(client)
         # The worker's weights are in: it announces `ready` with its spec.

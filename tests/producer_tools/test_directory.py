@@ -92,3 +92,23 @@ def test_a_worker_gone_longer_than_forget_ms_is_forgotten_and_its_model_is_404()
     assert not directory.expected("m")
     with pytest.raises(ModelNotFound):
         directory.view("m")
+
+
+def test_a_model_loading_on_one_worker_and_failed_on_another_is_loading() -> None:
+    """The failure is newer and names a higher version, yet the model may still come
+    up on the worker loading it (requests wait for it): the view says loading, not
+    the other worker's error."""
+    directory = ModelDirectory(KafkaClientSettings(bootstrap="127.0.0.1:1"))
+    announce(directory, "w1", facts("m", ModelState.LOADING, 0), age_ms=1_000)
+    error = {"code": "model_load_failed", "message": "broken on w2"}
+    announce(directory, "w2", facts("m", ModelState.FAILED, 3, error=error))
+    view = directory.view("m")
+    assert (view.state, view.version, view.fingerprint, view.error) == (
+        ModelState.LOADING,
+        0,
+        "",
+        None,
+    )
+    assert directory.failed_everywhere("m") is None
+    with pytest.raises(ModelUnavailable, match="not ready on any worker"):
+        directory.serving("m")
