@@ -22,7 +22,9 @@ Life of a worker:
    and polling (so nothing says `ready` or starts a reload after the goodbye);
    finish and deliver what is in hand; commit (once more if a rebalance refused
    it); announce its models `stopped`; leave the group. A SIGTERM while still
-   starting (waiting for the broker) ends the start at once, exit status 0.
+   starting (waiting for the broker) ends the start at once, exit status 0. A
+   fetch error that aiokafka does not retry (an ACL revoked) shuts down the same
+   way, then ends the worker with that error.
 
 With `--answer-log` every answer is also copied to `<prefix>.answers.<model>`;
 with `--shadow NAME` the worker joins a group of its own, announces nothing and
@@ -123,7 +125,14 @@ class Worker:
         health = self._start_health()  # readiness stays false until the group is joined
         try:
             if await self._unless_stopped(self._start()):
-                await self.fetcher.loop(self.stopping)
+                try:
+                    await self.fetcher.loop(self.stopping)
+                except Exception as exc:  # one aiokafka does not retry: an ACL revoked...
+                    # ...ends the worker as a shutdown does: what is answered is
+                    # committed, or the restart answers all of it again.
+                    log.error("fetching failed; shutting down", extra={"error": repr(exc)})
+                    await self._shutdown()
+                    raise
                 await self._shutdown()
             else:
                 await self._abandon_start()
@@ -180,10 +189,6 @@ class Worker:
             self.consumer, self.adapter, self.offsets, s.max_inflight, self.metrics, self.problems
         )
         self.probes.last_tick = lambda: self.fetcher.last_tick_s
-        # What is loaded by now (TensorFlow, the models, the clients) lives as long as
-        # the process: out of the cyclic collector's sight, or every full collection
-        # walks all of it (a quarter of the event loop's CPU at 512 frames in flight).
-        gc.freeze()
         self.probes.joined = True
         log.info(
             "worker started",
@@ -277,6 +282,7 @@ class Worker:
         # Announce `loading` first: a bridge then knows a worker is coming for these
         # models and lets their requests wait in Kafka instead of answering 404.
         await self.announcer.every(self.registry.announce_loading())
+        await asyncio.to_thread(self._freeze_the_lasting)
         entries = await asyncio.to_thread(self.registry.load_all)
         await self.announcer.every(entries)
         if not any(entry.state is ModelState.READY for entry in entries):
@@ -287,6 +293,25 @@ class Worker:
             raise ModelLoadFailed(
                 f"no model could be loaded ({problems or 'no models in the repository'})"
             )
+
+    def _freeze_the_lasting(self) -> None:
+        """Put what lives as long as the process (the modules, TensorFlow's above all,
+        and the clients) out of the cyclic collector's sight, or every full collection
+        walks all of it (a quarter of the event loop's CPU at 512 frames in flight).
+
+        Before the models load, not after: a frozen object is never collected, and a
+        TensorFlow engine sits in reference cycles, so weights frozen at start would
+        outlive a reload or a new version for good. TensorFlow is set up here for the
+        models (its modules are 93% of the objects then, the large bench model 7%);
+        garbage of the start-up is collected first, not made immortal.
+        """
+        if not self.settings.simulate_batch_ms:  # only simulated engines need no TensorFlow
+            from engines import runtime
+
+            with contextlib.suppress(ValueError):  # a device not there: each model says so
+                runtime.configure(None if self.settings.device == "auto" else self.settings.device)
+        gc.collect()
+        gc.freeze()
 
     async def _start_consumer(self, served: list[str]) -> AIOKafkaConsumer:
         s = self.settings
