@@ -90,7 +90,8 @@ def test_cameras_added_and_removed_many_times_leave_no_reader_or_series(
     async def edits() -> tuple[list[str], list[str], int]:
         # Never started: these cameras deliver no frame before they are removed, or
         # none is sent (no topic), so nothing reaches the producer.
-        gateway = Gateway(settings, AIOKafkaProducer(bootstrap_servers="127.0.0.1:1"))
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+        gateway = Gateway(settings, producer)
         for round_ in range(50):
             gateway.apply(
                 {
@@ -105,6 +106,7 @@ def test_cameras_added_and_removed_many_times_leave_no_reader_or_series(
         gateway.apply({})
         await asyncio.sleep(0.2)
         left = await gateway.stop()
+        await producer.stop()  # never started, but left unstopped it warns when collected
         return running, sorted(c.camera for c in gateway.counters()), left
 
     running, counted, left = asyncio.run(asyncio.wait_for(edits(), 60))
@@ -152,3 +154,4 @@ def test_a_broker_that_never_comes_ends_the_gateway_with_service_unavailable(
     output = gateway.log.read_text()
     assert code == 1 and "[service_unavailable]" in output, output[-3000:]
     assert "camera connected" in output and "Traceback" not in output, output[-3000:]
+
