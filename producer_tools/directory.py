@@ -34,9 +34,7 @@ TOPICS_REFRESH_S = 5.0
 
 
 class ModelDirectory(Catalogue):
-    def __init__(
-        self, settings: KafkaClientSettings, forget_ms: int = DEFAULT_FORGET_MS
-    ) -> None:
+    def __init__(self, settings: KafkaClientSettings, forget_ms: int = DEFAULT_FORGET_MS) -> None:
         """`forget_ms`: how long a request topic alone (no announcement of its model)
         makes requests wait; the workers' `--announce-forget-ms`."""
         self.settings = settings

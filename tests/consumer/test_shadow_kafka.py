@@ -164,9 +164,7 @@ async def test_clients_get_only_serving_answers_and_the_diff_counts_what_the_can
     # Every answer is logged, once per request, by the serving group and by each shadow.
     logged = answers(await everything(bootstrap, rollout.topic("answers"), TOTAL, 300))
     shadow_v2 = answers(await everything(bootstrap, rollout.topic("shadow", "v2"), TOTAL, 300))
-    shadow_same = answers(
-        await everything(bootstrap, rollout.topic("shadow", "same"), TOTAL, 300)
-    )
+    shadow_same = answers(await everything(bootstrap, rollout.topic("shadow", "same"), TOTAL, 300))
     all_ids = {cid for ids in sent.values() for cid in ids} | set(camera)
     assert set(logged) == set(shadow_v2) == set(shadow_same) == all_ids
     assert len(all_ids) == TOTAL == 200

@@ -154,4 +154,3 @@ def test_a_broker_that_never_comes_ends_the_gateway_with_service_unavailable(
     output = gateway.log.read_text()
     assert code == 1 and "[service_unavailable]" in output, output[-3000:]
     assert "camera connected" in output and "Traceback" not in output, output[-3000:]
-
