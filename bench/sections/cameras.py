@@ -12,6 +12,9 @@ Rows:
 - gateway at 5 frames/s out, one camera, 640x480 and 1920x1080: CPU ms per
   camera-second, over the CPU ms per camera-second of a bare PyAV decode loop
   of the same stream in its own process, measured right before (the ratio);
+- the same camera read but not sent (its request topic absent): what the
+  reader, decoder and an idle gateway cost over FFmpeg's decode, apart from
+  the encode and the producer of the rows above;
 - 1920x1080 at 1 frame/s out, decoding every frame and key frames only: the
   saving of `decode: keyframes`;
 - four 1920x1080 cameras at 5 frames/s out in one gateway: CPU per camera, how
@@ -120,14 +123,18 @@ def _quantile(before: dict[float, float], after: dict[float, float], q: float) -
 
 
 async def _gateway(
-    ctx: Context, cameras: list[dict[str, Any]], seconds: float
+    ctx: Context, cameras: list[dict[str, Any]], seconds: float, send: bool = True
 ) -> tuple[float, int, dict[float, float], dict[float, float]]:
-    """(gateway CPU seconds over the window, frames sent, age buckets before, after)."""
+    """(gateway CPU seconds over the window, frames sent, age buckets before, after).
+
+    `send` False leaves the request topic out: the cameras are read and decoded,
+    and their frames counted unsent (no encode, no producer)."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     settings = KafkaClientSettings(bootstrap=ctx.bootstrap, topic_prefix=prefix)
-    await kafka_io.ensure_topics(
-        settings, [kafka_io.TopicSpec(f"{prefix}.requests.{MODEL}", partitions=4)]
-    )
+    if send:
+        await kafka_io.ensure_topics(
+            settings, [kafka_io.TopicSpec(f"{prefix}.requests.{MODEL}", partitions=4)]
+        )
     config = ctx.logs / f"{prefix}-cameras.yaml"
     config.write_text(yaml.safe_dump({"cameras": cameras}))
     port = free_port()
@@ -156,7 +163,10 @@ async def _gateway(
                 states = json.loads(_get(port, "/cameras"))["cameras"]
             except OSError:
                 continue
-            if states and all(s["connected"] and s["frames_sent"] > 2 for s in states):
+            if states and all(
+                s["connected"] and (s["frames_sent"] > 2 or (not send and s["fps_in"] > 0))
+                for s in states
+            ):
                 break
             assert time.monotonic() < deadline, f"cameras not connected: {states}"
         await asyncio.sleep(1.0)
@@ -223,6 +233,18 @@ async def cameras(ctx: Context) -> list[Row]:
                     seconds,
                     1,
                     **{FFMPEG_MS: ffmpeg_ms, RATIO: gateway_ms / ffmpeg_ms},
+                )
+            )
+            read_s, _, _, _ = await _gateway(ctx, [camera(0, mount, 5)], seconds, send=False)
+            rows.append(
+                _row(
+                    row_id(size, 5, "read-only"),
+                    f"{size}, 1 camera, read and decoded, not sent",
+                    read_s,
+                    0,
+                    seconds,
+                    1,
+                    **{FFMPEG_MS: ffmpeg_ms, RATIO: 1000 * read_s / seconds / ffmpeg_ms},
                 )
             )
         full_s, sent, _, _ = await _gateway(ctx, [camera(0, "hd", 1)], seconds)
