@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,9 @@ from engines.config import ModelConfig
 from engines.detector import Detector
 from engines.errors import ModelNotFound, ReplyUndeliverable
 from engines.repository import ModelSpec
+
+if TYPE_CHECKING:
+    from consumer.worker import Worker
 
 
 class CountingEngine(Engine):
@@ -252,3 +256,32 @@ class GatedFactory:
         self.loading.set()
         assert self.gate.wait(30), "the test never let the load finish"
         return CountingEngine()
+
+
+def fake_model_worker(
+    bootstrap: str, repository: Path, engine: Callable[[], Engine], **settings: object
+) -> Worker:
+    """A worker in this process serving the fake model 'm' (written to `repository`),
+    each load of it built by `engine`: for tests that watch a worker's own state."""
+    from consumer.registry import ModelRegistry
+    from consumer.settings import ConsumerSettings
+    from consumer.worker import Worker
+    from engines.repository import ModelRepository
+    from tests.support.workers import unique_prefix
+
+    write_fake_model(repository, "m")
+    worker = Worker(
+        ConsumerSettings(
+            bootstrap=bootstrap,
+            repository=repository,
+            models="m",
+            topic_prefix=unique_prefix(),
+            group=unique_prefix(),
+            poll_interval_s=0,
+            **settings,  # type: ignore[arg-type]
+        )
+    )
+    worker.registry = ModelRegistry(
+        ModelRepository(repository), ["m"], "cpu", lambda spec, device: engine()
+    )
+    return worker

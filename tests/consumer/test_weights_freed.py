@@ -21,11 +21,15 @@ import pytest
 from consumer.pipeline import Pipeline
 from consumer.protocol import ModelState
 from consumer.registry import ModelRegistry
-from consumer.settings import ConsumerSettings, EngineSettings
-from consumer.worker import Worker
+from consumer.settings import EngineSettings
 from engines.repository import ModelRepository
-from tests.consumer.fakes import CountingEngine, jpeg, request, write_fake_model
-from tests.support.workers import unique_prefix, wait_for
+from tests.consumer.fakes import (
+    CountingEngine,
+    fake_model_worker,
+    jpeg,
+    request,
+)
+from tests.support.workers import wait_for
 
 pytestmark = pytest.mark.slow  # TensorFlow loads the shapes model four times
 
@@ -113,20 +117,7 @@ async def test_a_running_worker_frees_the_weights_a_reload_replaced(
     """The worker hides what lives as long as the process from the cyclic collector
     (`gc.freeze`); the models loaded at start must not be among it, or weights a
     reload or a new version replaced would stay in memory (on a GPU, its memory)."""
-    write_fake_model(tmp_path, "m")
-    settings = ConsumerSettings(
-        bootstrap=kafka_bootstrap,
-        repository=tmp_path,
-        models="m",
-        device="cpu",
-        topic_prefix=unique_prefix(),
-        group=unique_prefix(),
-        poll_interval_s=0,
-    )
-    worker = Worker(settings)
-    worker.registry = ModelRegistry(
-        ModelRepository(tmp_path), ["m"], "cpu", lambda spec, device: CyclicEngine()
-    )
+    worker = fake_model_worker(kafka_bootstrap, tmp_path, CyclicEngine, device="cpu")
     running = asyncio.create_task(worker.run())
     try:
         await wait_for(lambda: worker.joined or running.done(), timeout_s=120)

@@ -11,14 +11,10 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from consumer.registry import ModelRegistry
-from consumer.settings import ConsumerSettings
 from consumer.tracking_stage import CameraFeed
-from consumer.worker import Worker
 from deploy.local.processes import free_port
-from engines.repository import ModelRepository
-from tests.consumer.fakes import CountingEngine, write_fake_model
-from tests.support.workers import unique_prefix, wait_for
+from tests.consumer.fakes import CountingEngine, fake_model_worker
+from tests.support.workers import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -27,7 +23,6 @@ pytestmark = pytest.mark.kafka
 async def test_reading_the_zones_is_retried_while_the_broker_is_away(
     kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_fake_model(tmp_path, "m")
     attempts: list[CameraFeed] = []
     catch_up_once = CameraFeed._catch_up_once
 
@@ -39,19 +34,12 @@ async def test_reading_the_zones_is_retried_while_the_broker_is_away(
         await catch_up_once(feed)
 
     monkeypatch.setattr(CameraFeed, "_catch_up_once", away_once)
-    settings = ConsumerSettings(
-        bootstrap=kafka_bootstrap,
-        repository=tmp_path,
-        models="m",
-        topic_prefix=unique_prefix(),
-        group=unique_prefix(),
+    worker = fake_model_worker(
+        kafka_bootstrap,
+        tmp_path,
+        CountingEngine,
         metrics_host="127.0.0.1",
         metrics_port=free_port(),
-        poll_interval_s=0,
-    )
-    worker = Worker(settings)
-    worker.registry = ModelRegistry(
-        ModelRepository(tmp_path), ["m"], "cpu", lambda spec, device: CountingEngine()
     )
     running = asyncio.create_task(worker.run())
     try:
