@@ -306,10 +306,10 @@ class Worker:
         garbage of the start-up is collected first, not made immortal.
         """
         if not self.settings.simulate_batch_ms:  # only simulated engines need no TensorFlow
-            from engines import runtime
+            from engines.detector import tensorflow_device
 
             with contextlib.suppress(ValueError):  # a device not there: each model says so
-                runtime.configure(None if self.settings.device == "auto" else self.settings.device)
+                tensorflow_device(self.settings.device)
         gc.collect()
         gc.freeze()
 

@@ -35,7 +35,13 @@ _WARMUP_SHAPE = (64, 64, 3)
 EngineFactory = Callable[[ModelSpec, str], Engine]
 
 
-def _tensorflow_device(requested: str) -> str:
+def tensorflow_device(requested: str) -> str:
+    """TensorFlow set up (once per process) and the device models run on, for a
+    requested "auto", "cpu" or "GPU:1".
+
+    Raises:
+        ValueError: the requested device is not there.
+    """
     from engines import runtime
 
     return runtime.configure(None if requested == "auto" else requested)
@@ -44,13 +50,13 @@ def _tensorflow_device(requested: str) -> str:
 def _tf2(spec: ModelSpec, device: str) -> Engine:
     from engines.tf2 import TF2Engine
 
-    return TF2Engine(spec, _tensorflow_device(device))
+    return TF2Engine(spec, tensorflow_device(device))
 
 
 def _tf1(spec: ModelSpec, device: str) -> Engine:
     from engines.tf1 import TF1Engine
 
-    return TF1Engine(spec, _tensorflow_device(device))
+    return TF1Engine(spec, tensorflow_device(device))
 
 
 ENGINES: dict[EngineName, EngineFactory] = {
