@@ -62,6 +62,21 @@ print(1000 * statistics.fmean(times))
 """
 
 
+_DECODE_OWN = """
+import sys, time, pathlib, statistics
+from engines.images import decode_for_model
+from engines.resizer import FixedShape
+datas = [f.read_bytes() for f in sorted(pathlib.Path(sys.argv[1]).glob("*.jpg"))]
+times = []
+for _ in range(int(sys.argv[2])):
+    for data in datas:
+        t = time.thread_time()
+        decode_for_model(data, resizer=FixedShape(300, 300))
+        times.append(time.thread_time() - t)
+print(1000 * statistics.fmean(times))
+"""
+
+
 def write_frames(folder: Path, width: int, height: int, count: int = FRAMES) -> float:
     """`count` distinct textured frames as files; their mean size in KB."""
     from bench.raw_engine import textured_jpegs
@@ -73,11 +88,14 @@ def write_frames(folder: Path, width: int, height: int, count: int = FRAMES) -> 
     return sum(map(len, jpegs)) / len(jpegs) / 1024
 
 
-def decode_alone_ms(folder: Path, passes: int = 3) -> float:
+def decode_alone_ms(folder: Path, passes: int = 3, own: bool = False) -> float:
     """CPU ms of one DCT-scaled PIL decode, mean over the frames, one thread of a fresh
-    process (not this one: its heap, threads and caches are not the consumer's either)."""
+    process (not this one: its heap, threads and caches are not the consumer's either).
+    `own`: the consumer's own decode instead (`engines.images.decode_for_model`, which
+    decodes JPEGs with libjpeg-turbo directly, faster than PIL), so that what the
+    consumer adds to its own decode can be read beside the issue's figure."""
     out = subprocess.run(
-        [sys.executable, "-c", _DECODE, str(folder), str(passes)],
+        [sys.executable, "-c", _DECODE_OWN if own else _DECODE, str(folder), str(passes)],
         check=True,
         capture_output=True,
         text=True,
@@ -149,6 +167,8 @@ class FeedResult:
     kb: float
     decode_ms: float
     runs: list[FeedRun]
+    own_decode_ms: float = float("nan")
+    """The consumer's own decode alone (`decode_alone_ms(own=True)`)."""
 
     @property
     def consumer_ms(self) -> float:
@@ -164,7 +184,9 @@ class FeedResult:
         return (
             f"{self.width}x{self.height} ({self.kb:.0f} KB), {self.in_flight} in flight: "
             f"consumer {self.consumer_ms:.2f} ms/frame, decode alone {self.decode_ms:.2f}, "
-            f"beyond the decode {self.beyond_ms:+.2f} ms (runs {each}); "
+            f"beyond the decode {self.beyond_ms:+.2f} ms (runs {each}); its own decode "
+            f"alone {self.own_decode_ms:.2f}, beyond it "
+            f"{self.consumer_ms - self.own_decode_ms:+.2f}; "
             f"event loop {statistics.median(r.loop_ms for r in self.runs):.2f}, other threads "
             f"{statistics.median(r.consumer_ms - r.loop_ms for r in self.runs):.2f} ms/frame; "
             f"{statistics.median(r.faults for r in self.runs):.0f} page faults/frame; "
@@ -198,7 +220,12 @@ async def measure(
     for width, height in resolutions:
         folder = work / f"feed-{width}x{height}"
         kb = write_frames(folder, width, height)
-        frames[width, height] = (folder, kb, decode_alone_ms(folder))
+        frames[width, height] = (
+            folder,
+            kb,
+            decode_alone_ms(folder),
+            decode_alone_ms(folder, own=True),
+        )
     results = []
     for depth in in_flight:
         prefix = f"feed{os.getpid()}d{depth}"
@@ -206,14 +233,14 @@ async def measure(
         try:
             await asyncio.to_thread(worker.wait_ready, 240)
             (pid,) = pids([worker])
-            for (width, height), (folder, kb, decode_ms) in frames.items():
+            for (width, height), (folder, kb, decode_ms, own_ms) in frames.items():
                 done = [
                     await asyncio.to_thread(
                         replay_once, bootstrap, prefix, folder, depth, seconds, pid
                     )
                     for _ in range(runs)
                 ]
-                result = FeedResult(width, height, depth, kb, decode_ms, done)
+                result = FeedResult(width, height, depth, kb, decode_ms, done, own_ms)
                 if show:
                     print(result.text(), flush=True)
                 results.append(result)

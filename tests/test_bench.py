@@ -143,11 +143,14 @@ def test_feed_rows_carry_the_median_beyond_the_decode_and_their_targets_read_it(
         )
         for ms in (9.0, 8.0, 12.0)
     ]
-    result = feed_method.FeedResult(1920, 1080, 512, 448.0, decode_ms=7.5, runs=runs)
+    result = feed_method.FeedResult(
+        1920, 1080, 512, 448.0, decode_ms=7.5, runs=runs, own_decode_ms=6.0
+    )
     row = feed.to_row(result)
     assert row.id == feed.row_id(1920, 1080, 512)
     assert row.value(feed.BEYOND) == 1.5  # median consumer 9.0 - decode 7.5
     assert row.value(feed.RUNS + " min") == 0.5 and row.value(feed.RUNS + " max") == 4.5
+    assert row.value(feed.BEYOND_OWN) == 3.0  # the consumer's own, faster decode
     (outcome,) = [o for o in evaluate([row], feed.TARGETS) if o.measured is not None]
     assert outcome.measured == 1.5 and not outcome.met
     page = markdown(Bench(1, 1, 0.1), [row], [outcome], {}, [], 60)

@@ -26,6 +26,8 @@ CONSUMER = "consumer CPU ms/frame (median)"
 DECODE = "decode alone ms (PIL draft)"
 BEYOND = "consumer CPU beyond the decode, ms"
 RUNS = "runs beyond the decode, ms (min / max)"
+OWN_DECODE = "its own decode alone ms (engines.images)"
+BEYOND_OWN = "consumer CPU beyond its own decode, ms"
 REPLAY = "replay CPU ms/frame"
 LOOP = "of which the event loop thread, ms"
 
@@ -71,6 +73,8 @@ def to_row(result: feed.FeedResult) -> Row:
             BEYOND: result.beyond_ms,
             RUNS + " min": min(runs),
             RUNS + " max": max(runs),
+            OWN_DECODE: result.own_decode_ms,
+            BEYOND_OWN: result.consumer_ms - result.own_decode_ms,
             LOOP: statistics.median(r.loop_ms for r in result.runs),
             REPLAY: statistics.median(r.replay_ms for r in result.runs),
         },
