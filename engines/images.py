@@ -136,7 +136,7 @@ def _dct_scale(width: int, height: int, need_w: int, need_h: int) -> int:
     libjpeg-turbo also scales by M/8, but those scales decode slower here than the
     power of two above them (3/8 of 1080p 5.6 ms, 1/2 5.4 ms)."""
     room = min(width // max(need_w, 1), height // max(need_h, 1))
-    return next(d for d in (8, 4, 2, 1) if room >= d)
+    return next((d for d in (8, 4, 2) if room >= d), 1)  # 1: smaller than needed
 
 
 def _turbo_decode(data: bytes, width: int, height: int, scale: int) -> np.ndarray | None:

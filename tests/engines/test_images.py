@@ -211,6 +211,7 @@ def _pillow_only(monkeypatch: pytest.MonkeyPatch) -> None:
         ((3840, 2160), FixedShape(300, 300), "RGB"),  # 1/4
         ((1001, 333), FixedShape(60, 40), "RGB"),  # 1/8, odd sizes round up
         ((641, 479), None, "RGB"),  # full size
+        ((200, 150), FixedShape(300, 300), "RGB"),  # smaller than the model's input
         ((1920, 1080), FixedShape(300, 300), "L"),  # grey becomes RGB
     ],
 )
