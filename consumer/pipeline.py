@@ -371,6 +371,8 @@ class Pipeline:
         result: Decoded | BaseException
         try:
             result = self.decode(job.request, job.detector)
+        except StopIteration as exc:  # a future refuses it (PEP 479): it would never settle
+            result = RuntimeError(f"StopIteration {exc}".strip())
         except BaseException as exc:  # settled on the loop, as any outcome
             result = exc
         with self._decoded_lock:

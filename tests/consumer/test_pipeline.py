@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from consumer.batching import Batching
-from consumer.pipeline import RUNNER_RESTARTS, Answer, Pipeline, Verdict, verdict
+from consumer.pipeline import RUNNER_RESTARTS, Answer, Decoded, Pipeline, Verdict, verdict
+from consumer.protocol import Request
 from consumer.settings import EngineSettings
 from consumer.supervision import Supervisor
 from engines import errors
@@ -481,3 +482,38 @@ async def test_a_runner_that_died_in_a_cameras_round_leaves_the_camera_free_to_r
         )
     assert died.error is not None and died.error.code == "inference_failed"
     assert after.error is None and len(engine.calls) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_decode_that_raises_stopiteration_is_answered_and_holds_up_nobody() -> None:
+    """An asyncio future refuses StopIteration (PEP 479): set as a decode's outcome it
+    raised in the loop's callback instead, and that request, with every other one
+    decoded in the same burst, was never answered (a decode bug once raised one)."""
+    gate = threading.Event()
+    engine = CountingEngine(gate=gate)
+    pipeline = Pipeline(Detectors({"a": engine}), settings(), "w1")
+    real = pipeline.decode
+    decoding: list[str] = []
+
+    def decode(request: Request, detector: Detector) -> Decoded:
+        decoding.append(request.correlation_id)
+        if request.correlation_id.startswith("bad"):
+            raise StopIteration
+        return real(request, detector)
+
+    pipeline.decode = decode  # type: ignore[method-assign]
+    async with running(pipeline):
+        first = pipeline.submit(request("a", "first", SMALL))
+        await until(lambda: engine.entered.is_set())  # the runner is busy: the rest queue
+        queued = [pipeline.submit(request("a", cid, SMALL)) for cid in ("bad1", "ok", "bad2")]
+        await until(lambda: len(decoding) == 4)  # decoded while they wait, in the pool
+        await asyncio.sleep(0.1)  # their outcomes handed to the loop
+        gate.set()
+        results = await answers([first, *queued])
+    codes = [(a.reply.correlation_id, a.error and a.error.code) for a in results]
+    assert codes == [
+        ("first", None),
+        ("bad1", "inference_failed"),
+        ("ok", None),
+        ("bad2", "inference_failed"),
+    ]
