@@ -31,7 +31,7 @@ from consumer.ordering import Chains
 from consumer.outbox import OutboxClosed
 from consumer.protocol import Headers
 from consumer.settings import KafkaClientSettings
-from engines.errors import NotAuthorized, ReplyUndeliverable
+from engines.errors import NotAuthorized, ReplyUndeliverable, ServiceUnavailable
 
 # Every process that talks to Kafka builds its clients here: their connections read
 # responses without asyncio's StreamReader copies (consumer/kafka_reader.py).
@@ -278,12 +278,30 @@ async def delete_topics(settings: KafkaClientSettings, names: list[str]) -> None
 
 
 async def seek_to_time(
-    consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], from_ms: int
+    consumer: AIOKafkaConsumer,
+    partitions: Sequence[TopicPartition],
+    from_ms: int,
+    timeout_s: float,
 ) -> None:
     """Each partition to its first record at or after `from_ms` (epoch ms), or to its
-    end where there is none: where a shadow or a diff starts reading "from then on"."""
-    found = await consumer.offsets_for_times({tp: from_ms for tp in partitions})
-    ends = await consumer.end_offsets(list(partitions))
+    end where there is none: where a shadow or a diff starts reading "from then on".
+
+    Raises:
+        ServiceUnavailable: the offsets were not known within `timeout_s`. aiokafka's
+            offset look-ups wait for good on a partition that does not exist (a
+            topic deleted after the assignment): bounded, so that a caller that
+            retries logs each wait instead of hanging silently.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            found = await consumer.offsets_for_times({tp: from_ms for tp in partitions})
+            ends = await consumer.end_offsets(list(partitions))
+    except TimeoutError as exc:
+        names = sorted({tp.topic for tp in partitions})
+        raise ServiceUnavailable(
+            f"the offsets of {', '.join(names)} were not known within {timeout_s:g}s "
+            "(does the topic exist?)"
+        ) from exc
     for tp in partitions:
         hit = found.get(tp)
         consumer.seek(tp, hit.offset if hit is not None else ends[tp])

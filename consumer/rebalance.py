@@ -27,11 +27,15 @@ from aiokafka.errors import KafkaError
 from consumer.commits import Commits
 from consumer.startup import retrying
 from consumer.tracking_stage import TrackingStage
+from engines.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
 #: How often a revoke checks whether the revoked partitions' work is done.
 REVOKE_POLL_S = 0.02
+#: Failures of a placement that are tried again: refusals, lost connections, and
+#: offsets not known in time (`kafka_io.seek_to_time`).
+RETRIED = (KafkaError, OSError, ServiceUnavailable)
 
 
 def _names(partitions: set[TopicPartition]) -> list[str]:
@@ -90,7 +94,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                     },
                 )
 
-            await retrying(lambda: placed(assigned), (KafkaError, OSError), failed)
+            await retrying(lambda: placed(assigned), RETRIED, failed)
         if self.tracking is not None:
             self.tracking.assigned(assigned)
         log.info("partitions assigned", extra={"partitions": _names(assigned)})

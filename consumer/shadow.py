@@ -34,12 +34,18 @@ log = logging.getLogger(__name__)
 
 
 async def start_positions(
-    consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition], from_ms: int | None
+    consumer: AIOKafkaConsumer,
+    assigned: Iterable[TopicPartition],
+    from_ms: int | None,
+    timeout_s: float,
 ) -> None:
     """Place partitions this group never committed: at their end, or at `from_ms`.
 
     Done at assignment, not left to `auto_offset_reset`, so that the position is
     fixed before the shadow says it is ready: a request sent after that is answered.
+
+    Raises:
+        ServiceUnavailable: `from_ms`'s offsets not known within `timeout_s`.
     """
     fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
     if not fresh:
@@ -47,7 +53,7 @@ async def start_positions(
     if from_ms is None:
         await consumer.seek_to_end(*fresh)
     else:
-        await kafka_io.seek_to_time(consumer, fresh, from_ms)
+        await kafka_io.seek_to_time(consumer, fresh, from_ms, timeout_s)
     log.info(
         "shadow starts",
         extra={

@@ -337,7 +337,12 @@ class Worker:
         return await kafka_io.started(consumer)
 
     async def _place(self, assigned: set[TopicPartition]) -> None:
-        await start_positions(self.consumer, assigned, self.settings.shadow_start_ms())
+        await start_positions(
+            self.consumer,
+            assigned,
+            self.settings.shadow_start_ms(),
+            self.settings.broker_timeout_ms / 1000,
+        )
         self.probes.positioned = True
 
     # -- tracking -------------------------------------------------------------------------

@@ -183,7 +183,9 @@ async def read_answers(settings: DiffSettings) -> tuple[list[LoggedAnswer], list
         if since is None:
             await consumer.seek_to_beginning(*partitions)
         else:
-            await kafka_io.seek_to_time(consumer, partitions, since)
+            await kafka_io.seek_to_time(
+                consumer, partitions, since, settings.broker_timeout_ms / 1000
+            )
         ends = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + settings.wait_s
 
