@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -286,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         cluster.stop()
+        # Only the logs are kept: the broker's data and the frames are ~7 GB a run.
+        for bulky in work.iterdir():
+            if bulky != logs:
+                shutil.rmtree(bulky, ignore_errors=True)
     print(
         f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
         f"{(time.monotonic() - started) / 60:.1f} min; logs in {logs}",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the broker's data: ~0.7 GB of frames
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
