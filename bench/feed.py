@@ -46,33 +46,24 @@ TARGET_MS = 1.0
 """Consumer CPU per frame beyond the DCT-scaled decode (issue 31)."""
 
 _DECODE = """
-import sys, time, pathlib, statistics
-from PIL import Image
-files = sorted(pathlib.Path(sys.argv[1]).glob("*.jpg"))
-datas = [f.read_bytes() for f in files]
-import io
-times = []
-for _ in range(int(sys.argv[2])):
-    for data in datas:
-        t = time.thread_time()
+import io, sys, time, pathlib, statistics
+datas = [f.read_bytes() for f in sorted(pathlib.Path(sys.argv[1]).glob("*.jpg"))]
+if sys.argv[3] == "own":
+    from engines.images import decode_for_model
+    from engines.resizer import FixedShape
+    def decode(data):
+        decode_for_model(data, resizer=FixedShape(300, 300))
+else:
+    from PIL import Image
+    def decode(data):
         image = Image.open(io.BytesIO(data))
         image.draft("RGB", (300, 300))
         image.load()
-        times.append(time.thread_time() - t)
-print(1000 * statistics.fmean(times))
-"""
-
-
-_DECODE_OWN = """
-import sys, time, pathlib, statistics
-from engines.images import decode_for_model
-from engines.resizer import FixedShape
-datas = [f.read_bytes() for f in sorted(pathlib.Path(sys.argv[1]).glob("*.jpg"))]
 times = []
 for _ in range(int(sys.argv[2])):
     for data in datas:
         t = time.thread_time()
-        decode_for_model(data, resizer=FixedShape(300, 300))
+        decode(data)
         times.append(time.thread_time() - t)
 print(1000 * statistics.fmean(times))
 """
@@ -96,7 +87,7 @@ def decode_alone_ms(folder: Path, passes: int = 3, own: bool = False) -> float:
     decodes JPEGs with libjpeg-turbo directly, faster than PIL), so that what the
     consumer adds to its own decode can be read beside the issue's figure."""
     out = subprocess.run(
-        [sys.executable, "-c", _DECODE_OWN if own else _DECODE, str(folder), str(passes)],
+        [sys.executable, "-c", _DECODE, str(folder), str(passes), "own" if own else "pil"],
         check=True,
         capture_output=True,
         text=True,
